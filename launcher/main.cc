@@ -1,0 +1,59 @@
+// The `graft` executable: dispatches subcommands, owns the one place where errors are caught,
+// printed on one line, and turned into an exit code (docs/exit-codes.md).
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "cli/cli.h"
+#include "communicator.h"
+#include "util/error.h"
+#include "world.h"
+
+namespace {
+
+const char* const kUsage =
+    "usage: graft <command> [options]   (graft <command> --help for its options)\n"
+    "\n"
+    "commands:\n"
+    "  train      fine-tune or pretrain on N ranks: mpirun -np N graft train --config configs/X.ini\n"
+    "  prepare    text file -> HDF5 token dataset with train and validation parts\n"
+    "  generate   sample text from a model (run.c-exact at --temperature 0)\n"
+    "  eval       mean next-token loss of a text or of token ids, as JSON\n"
+    "  tokenize   print the token ids of a text\n";
+
+int dispatch(const std::string& command, const graft::Args& args) {
+  if (command == "tokenize") return graft::runTokenize(args);
+  if (command == "generate") return graft::runGenerate(args);
+  if (command == "eval") return graft::runEval(args);
+  if (command == "prepare") return graft::runPrepare(args);
+  if (command == "train") {
+    auto comm = graft::makeCommunicator(graft::detectBackend());
+    return graft::runTrain(args, *comm);
+  }
+  std::fprintf(stderr, "graft: unknown command '%s'\n%s", command.c_str(), kUsage);
+  return graft::kExitBadInput;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::printf("%s", kUsage);
+    return argc < 2 ? graft::kExitBadInput : graft::kExitOk;
+  }
+  const std::string command = argv[1];
+  const graft::Args args(argv + 2, argv + argc);
+  try {
+    return dispatch(command, args);
+  } catch (const graft::InputError& e) {
+    std::fprintf(stderr, "%sgraft %s: error: %s\n", graft::rankPrefix().c_str(), command.c_str(), e.what());
+    graft::abortWorld(graft::kExitBadInput);
+    return graft::kExitBadInput;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%sgraft %s: error: %s\n", graft::rankPrefix().c_str(), command.c_str(), e.what());
+    graft::abortWorld(graft::kExitFailure);
+    return graft::kExitFailure;
+  }
+}

@@ -1,0 +1,55 @@
+// Training checkpoints: one HDF5 file per checkpoint under RUN_DIR/checkpoints/, named
+// step-<8 digits>.h5, written by rank 0 as step-XXXXXXXX.h5.tmp, fsynced, renamed, and its
+// directory fsynced. Layout (format version 1) in docs/checkpoint-format.md:
+//   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen,
+//                 config (resolved INI text), created_unix, complete=1 (written last)
+//   /model        see io/model_io.h
+//   /optimizer    attrs step_count, beta1, beta2, eps, weight_decay;
+//                 exp_avg/<param>, exp_avg_sq/<param> float32
+//   /schedule     attrs lr, min_lr, warmup, total
+//   /sampler      attrs seed, next_batch (global batch index the run continues with)
+//   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+#include "train/adamw.h"
+#include "train/schedule.h"
+
+namespace graft {
+
+constexpr std::int64_t kCheckpointVersion = 1;
+
+struct TrainingState {
+  std::int64_t step = 0;          // optimizer steps completed
+  std::int64_t tokens_seen = 0;
+  std::int64_t world_size = 1;
+  std::uint64_t seed = 0;
+  std::int64_t next_batch = 0;    // sampler cursor
+  std::string config;             // resolved INI
+  at::Tensor rng_states;          // uint8 [world_size, n]
+};
+
+std::string checkpointName(std::int64_t step);
+
+// Rank 0 only. Writes and publishes the checkpoint; returns its path.
+std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimizer, const Schedule& schedule,
+                            const TrainingState& state);
+
+// Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
+// graft format attribute and complete=1; partial or foreign files are skipped).
+std::vector<std::string> completeCheckpoints(const std::string& dir);
+
+// Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor).
+TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optimizer);
+
+// Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files.
+void pruneCheckpoints(const std::string& dir, std::int64_t keep);
+
+}  // namespace graft

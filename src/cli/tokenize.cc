@@ -1,0 +1,29 @@
+#include <iostream>
+
+#include "cli/cli.h"
+#include "cli/options.h"
+#include "io/tokenizer.h"
+
+namespace graft {
+namespace po = boost::program_options;
+
+int runTokenize(const Args& args) {
+  std::string tokenizer_spec, text;
+  bool no_bos = false;
+  po::options_description options("graft tokenize options");
+  options.add_options()
+      ("tokenizer", po::value(&tokenizer_spec)->required(), "tokenizer file (llama2.c .bin) or 'bytes'")
+      ("text", po::value(&text)->required(), "text to encode")
+      ("no-bos", po::bool_switch(&no_bos), "do not prepend BOS");
+  po::variables_map vm;
+  if (!parseCommandLine(args, "usage: graft tokenize --tokenizer T --text TEXT\n"
+                              "Prints the token ids (BOS first) separated by spaces.", options, vm))
+    return 0;
+  const auto tokenizer = loadTokenizer(tokenizer_spec);
+  const auto ids = tokenizer->encode(text, !no_bos, false);
+  for (std::size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
+  std::cout << "\n";
+  return 0;
+}
+
+}  // namespace graft

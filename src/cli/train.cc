@@ -1,0 +1,28 @@
+#include <cstdio>
+
+#include "cli/cli.h"
+#include "config/train_config.h"
+#include "train/trainer.h"
+#include "util/log.h"
+
+namespace graft {
+
+int runTrain(const Args& args, Communicator& comm) {
+  TrainConfig config;
+  if (!parseTrainConfig(args, config)) return 0;
+  Trainer trainer(config, comm);
+  const TrainResult result = trainer.run();
+  Logger log(comm.rank(), comm.size());
+  char line[256];
+  if (result.stopped_early) {
+    std::snprintf(line, sizeof(line), "stopped after step %lld as asked (train.stop_after); run again to resume",
+                  static_cast<long long>(result.steps_done));
+  } else {
+    std::snprintf(line, sizeof(line), "done: val loss %.4f (at start of this run %.4f), %.0f tokens/s",
+                  result.final_val_loss, result.base_val_loss, result.tokens_per_second);
+  }
+  log.main(line);
+  return 0;
+}
+
+}  // namespace graft

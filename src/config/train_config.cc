@@ -1,0 +1,220 @@
+#include "config/train_config.h"
+
+#include <boost/program_options.hpp>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "util/error.h"
+#include "util/files.h"
+
+namespace graft {
+namespace po = boost::program_options;
+
+namespace {
+
+// Every option, declared once: its key, target, default, help, and how to print its value.
+class OptionTable {
+ public:
+  explicit OptionTable(TrainConfig& c) : desc_("graft train options (INI [section] key, or --section.key=value)") {
+    add("run.dir", c.run_dir, "run directory: checkpoints/, metrics.jsonl; an existing one is resumed");
+    add("model.path", c.model_path, "pretrained model (llama2.c .bin or graft .h5); empty = random init");
+    add("model.dim", c.arch.dim, "width (random init only)");
+    add("model.hidden_dim", c.arch.hidden_dim, "feed-forward width (random init only)");
+    add("model.n_layers", c.arch.n_layers, "layers (random init only)");
+    add("model.n_heads", c.arch.n_heads, "attention heads (random init only)");
+    add("model.n_kv_heads", c.arch.n_kv_heads, "key/value heads (random init only)");
+    add("model.max_seq_len", c.arch.seq_len, "rotary table length (random init only)");
+    add("model.tied", c.arch.tied, "classifier shares the embedding (random init only)");
+    add("data.path", c.data_path, "token dataset from `graft prepare` (HDF5)");
+    add("train.steps", c.steps, "optimizer steps in the whole run");
+    add("train.batch_size", c.batch_size, "global batch (sequences per optimizer step, all ranks)");
+    add("train.micro_batch", c.micro_batch, "sequences per rank per forward/backward");
+    add("train.seq_len", c.seq_len, "tokens per training sequence");
+    add("train.lr", c.lr, "peak learning rate");
+    add("train.min_lr", c.min_lr, "learning rate at the end of the cosine decay");
+    add("train.warmup", c.warmup, "linear warm-up steps");
+    add("train.weight_decay", c.weight_decay, "AdamW decoupled weight decay (matrices only)");
+    add("train.beta1", c.beta1, "AdamW beta1");
+    add("train.beta2", c.beta2, "AdamW beta2");
+    add("train.eps", c.eps, "AdamW epsilon");
+    add("train.grad_clip", c.grad_clip, "global gradient-norm clip (0 = off)");
+    add("train.seed", c.seed, "seed for initialisation and data order");
+    add("train.threads", c.threads, "intra-op threads per rank (0 = cores / ranks on the host)");
+    add("train.log_every", c.log_every, "progress line every N steps");
+    add("train.stop_after", c.stop_after, "checkpoint and stop after this step (0 = run to the end)");
+    add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
+    add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
+    add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
+    add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
+  }
+
+  po::options_description& description() { return desc_; }
+  std::string resolved() const {
+    std::ostringstream out;
+    std::string section;
+    for (const auto& [key, print] : printers_) {
+      const auto dot = key.find('.');
+      if (key.substr(0, dot) != section) {
+        section = key.substr(0, dot);
+        out << (out.tellp() > 0 ? "\n" : "") << "[" << section << "]\n";
+      }
+      out << key.substr(dot + 1) << " = " << print() << "\n";
+    }
+    return out.str();
+  }
+
+ private:
+  template <typename T>
+  void add(const char* key, T& target, const char* help) {
+    desc_.add_options()(key, po::value<T>(&target)->default_value(target), help);
+    printers_.emplace_back(key, [&target]() {
+      std::ostringstream s;
+      s.precision(17);
+      s << std::boolalpha << target;
+      return s.str();
+    });
+  }
+  void add(const char* key, std::string& target, const char* help) {
+    desc_.add_options()(key, po::value<std::string>(&target)->default_value(target), help);
+    printers_.emplace_back(key, [&target]() { return target; });
+  }
+
+  po::options_description desc_;
+  std::vector<std::pair<std::string, std::function<std::string()>>> printers_;
+};
+
+struct IniEntry {
+  std::string key, value;
+  int line;
+};
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+}
+
+std::vector<IniEntry> readIni(const std::string& text, const std::string& origin) {
+  std::vector<IniEntry> entries;
+  std::istringstream in(text);
+  std::string raw, section;
+  int number = 0;
+  while (std::getline(in, raw)) {
+    ++number;
+    const std::string line = trim(raw);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.front() == '[') {
+      if (line.back() != ']') throw InputError(origin + ":" + std::to_string(number) + ": malformed section header '" + line + "'");
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) throw InputError(origin + ":" + std::to_string(number) + ": expected 'key = value', got '" + line + "'");
+    if (section.empty()) throw InputError(origin + ":" + std::to_string(number) + ": key outside of any [section]");
+    std::string value = trim(line.substr(eq + 1));
+    const auto comment = value.find(" #");
+    if (comment != std::string::npos) value = trim(value.substr(0, comment));
+    entries.push_back({section + "." + trim(line.substr(0, eq)), value, number});
+  }
+  return entries;
+}
+
+// Stores the INI entries (lower priority than anything already stored) with errors at FILE:LINE.
+void storeIni(const std::vector<IniEntry>& entries, const std::string& origin, po::options_description& desc,
+              po::variables_map& vm) {
+  std::map<std::string, int> seen;
+  for (const auto& e : entries) {
+    const std::string at = origin + ":" + std::to_string(e.line);
+    if (!desc.find_nothrow(e.key, false)) throw InputError(at + ": unknown key '" + e.key + "' (see graft train --help)");
+    if (seen.count(e.key)) throw InputError(at + ": key '" + e.key + "' repeats line " + std::to_string(seen[e.key]));
+    seen[e.key] = e.line;
+    po::parsed_options parsed(&desc);
+    parsed.options.emplace_back(e.key, std::vector<std::string>{e.value});
+    try {
+      po::store(parsed, vm);
+    } catch (const po::error& err) {
+      throw InputError(at + ": " + e.key + " = '" + e.value + "': " + err.what());
+    }
+  }
+}
+
+void finish(po::variables_map& vm, TrainConfig& config) {
+  try {
+    po::notify(vm);
+  } catch (const po::error& err) {
+    throw InputError(err.what());
+  }
+}
+
+}  // namespace
+
+void TrainConfig::validate(int world) const {
+  auto need = [](bool ok, const std::string& key, const std::string& why) {
+    if (!ok) throw InputError("config key " + key + ": " + why);
+  };
+  need(!run_dir.empty(), "run.dir", "is required");
+  need(!data_path.empty(), "data.path", "is required");
+  need(steps > 0, "train.steps", "must be positive");
+  need(micro_batch > 0, "train.micro_batch", "must be positive");
+  need(batch_size > 0 && batch_size % (micro_batch * world) == 0, "train.batch_size",
+       std::to_string(batch_size) + " is not a positive multiple of micro_batch x ranks = " +
+           std::to_string(micro_batch) + " x " + std::to_string(world));
+  need(seq_len > 0, "train.seq_len", "must be positive");
+  need(lr > 0, "train.lr", "must be positive");
+  need(min_lr >= 0 && min_lr <= lr, "train.min_lr", "must be in [0, train.lr]");
+  need(warmup >= 0, "train.warmup", "must be >= 0");
+  need(beta1 >= 0 && beta1 < 1, "train.beta1", "must be in [0, 1)");
+  need(beta2 >= 0 && beta2 < 1, "train.beta2", "must be in [0, 1)");
+  need(eps > 0, "train.eps", "must be positive");
+  need(grad_clip >= 0, "train.grad_clip", "must be >= 0");
+  need(weight_decay >= 0, "train.weight_decay", "must be >= 0");
+  need(threads >= 0, "train.threads", "must be >= 0");
+  need(log_every > 0, "train.log_every", "must be positive");
+  need(stop_after >= 0, "train.stop_after", "must be >= 0");
+  need(eval_every >= 0, "eval.every", "must be >= 0");
+  need(eval_batches > 0, "eval.batches", "must be positive");
+  need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");
+  need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
+}
+
+std::string TrainConfig::resolved() const {
+  TrainConfig copy = *this;
+  return OptionTable(copy).resolved();
+}
+
+bool parseTrainConfig(const std::vector<std::string>& args, TrainConfig& config) {
+  OptionTable table(config);
+  po::options_description cli("graft train");
+  cli.add_options()("help,h", "print this help")("config", po::value<std::string>(), "INI file (configs/*.ini)");
+  cli.add(table.description());
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(cli).run(), vm);
+  } catch (const po::error& err) {
+    throw InputError(std::string(err.what()) + " (see graft train --help)");
+  }
+  if (vm.count("help")) {
+    std::cout << "usage: mpirun -np N graft train --config configs/X.ini [--section.key=value ...]\n\n" << cli << "\n";
+    return false;
+  }
+  if (vm.count("config")) {
+    config.config_file = vm["config"].as<std::string>();
+    if (!fileExists(config.config_file)) throw InputError(config.config_file + ": config file not found");
+    storeIni(readIni(readFile(config.config_file), config.config_file), config.config_file, table.description(), vm);
+  }
+  finish(vm, config);
+  return true;
+}
+
+TrainConfig parseTrainConfigText(const std::string& ini, const std::string& origin) {
+  TrainConfig config;
+  OptionTable table(config);
+  po::variables_map vm;
+  storeIni(readIni(ini, origin), origin, table.description(), vm);
+  finish(vm, config);
+  return config;
+}
+
+}  // namespace graft

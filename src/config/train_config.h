@@ -1,0 +1,55 @@
+// The training configuration: an INI file (configs/*.ini) plus `--section.key=value` overrides.
+// Every key is declared once, with its default and help text, in train_config.cc; `graft train
+// --help` prints them all and docs/config.md lists them. Unknown keys, bad values and missing
+// files are InputErrors that name the key and, for file entries, FILE:LINE.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/llama_config.h"
+
+namespace graft {
+
+struct TrainConfig {
+  std::string config_file;
+  // [run]
+  std::string run_dir;
+  // [model]
+  std::string model_path;  // llama2.c .bin or graft .h5; empty = random init with `arch`
+  LlamaConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
+  // [data]
+  std::string data_path;
+  // [train]
+  std::int64_t steps = 100;
+  std::int64_t batch_size = 8;  // global batch, in sequences, per optimizer step
+  std::int64_t micro_batch = 4; // per rank, per forward/backward
+  int seq_len = 64;
+  double lr = 1e-3, min_lr = 1e-4;
+  std::int64_t warmup = 10;
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
+  std::uint64_t seed = 1234;
+  int threads = 0;              // 0 = cores / ranks on this host
+  std::int64_t log_every = 1;
+  std::int64_t stop_after = 0;  // stop (with a checkpoint) after this step; 0 = run to the end
+  // [eval]
+  std::int64_t eval_every = 50;
+  std::int64_t eval_batches = 8;
+  // [checkpoint]
+  std::int64_t checkpoint_every = 50;
+  std::int64_t keep_last = 3;
+
+  std::int64_t accumulation(int world) const { return batch_size / (micro_batch * world); }
+  // Throws InputError naming the key when values do not fit `world` ranks.
+  void validate(int world) const;
+  // Every key = value, as an INI text that parses back to this config.
+  std::string resolved() const;
+};
+
+// Parses `graft train` arguments. Returns false when --help was printed.
+bool parseTrainConfig(const std::vector<std::string>& args, TrainConfig& config);
+// Parses an INI text (for tests and for reading the config stored in a checkpoint).
+TrainConfig parseTrainConfigText(const std::string& ini, const std::string& origin);
+
+}  // namespace graft

@@ -1,0 +1,282 @@
+#include "io/hdf5.h"
+
+#include <torch/torch.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+struct QuietHdf5 {
+  QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+};
+void quiet() { static QuietHdf5 once; }
+
+// Closes an HDF5 handle of any kind at scope exit.
+class Handle {
+ public:
+  explicit Handle(hid_t id) : id_(id) {}
+  ~Handle() {
+    if (id_ >= 0) H5Idec_ref(id_);  // closes a handle of any kind
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t get() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+};
+
+hid_t memType(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return H5T_NATIVE_FLOAT;
+    case at::kDouble: return H5T_NATIVE_DOUBLE;
+    case at::kInt: return H5T_NATIVE_INT32;
+    case at::kLong: return H5T_NATIVE_INT64;
+    case at::kByte: return H5T_NATIVE_UINT8;
+    default: return -1;
+  }
+}
+
+at::ScalarType scalarTypeOf(hid_t type) {
+  const H5T_class_t cls = H5Tget_class(type);
+  const std::size_t size = H5Tget_size(type);
+  if (cls == H5T_FLOAT) return size == 8 ? at::kDouble : at::kFloat;
+  if (cls == H5T_INTEGER) {
+    if (size == 1) return at::kByte;
+    return size == 8 ? at::kLong : at::kInt;
+  }
+  return at::kByte;
+}
+
+std::string attrTarget(const std::string& object) { return object.empty() ? "/" : object; }
+
+}  // namespace
+
+H5File H5File::create(const std::string& path) {
+  quiet();
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (id < 0) throw Error(path + ": cannot create HDF5 file");
+  return H5File(id, path);
+}
+
+H5File H5File::openRead(const std::string& path) {
+  quiet();
+  if (!isHdf5(path)) throw InputError(path + ": not an HDF5 file (or missing)");
+  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) throw InputError(path + ": cannot open HDF5 file (truncated or corrupt?)");
+  return H5File(id, path);
+}
+
+bool H5File::isHdf5(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char sig[8] = {};
+  if (!in.read(sig, 8)) return false;
+  return std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
+}
+
+H5File::H5File(H5File&& other) noexcept : id_(other.id_), path_(std::move(other.path_)) { other.id_ = -1; }
+
+H5File& H5File::operator=(H5File&& other) noexcept {
+  if (this != &other) {
+    if (id_ >= 0) H5Fclose(id_);
+    id_ = other.id_;
+    path_ = std::move(other.path_);
+    other.id_ = -1;
+  }
+  return *this;
+}
+
+H5File::~H5File() {
+  if (id_ >= 0) H5Fclose(id_);
+}
+
+void H5File::close() {
+  if (id_ < 0) return;
+  const herr_t flushed = H5Fflush(id_, H5F_SCOPE_GLOBAL);
+  const herr_t closed = H5Fclose(id_);
+  id_ = -1;
+  if (flushed < 0 || closed < 0) throw Error(path_ + ": HDF5 flush/close failed (disk full?)");
+}
+
+std::string H5File::where(const std::string& object) const { return path_ + ":" + object; }
+
+bool H5File::exists(const std::string& object) const {
+  if (object == "/" || object.empty()) return true;
+  // Check each prefix: H5Lexists fails on a missing intermediate group.
+  std::size_t pos = 0;
+  while (true) {
+    pos = object.find('/', pos + 1);
+    const std::string prefix = object.substr(0, pos);
+    if (!prefix.empty() && prefix != "/" && H5Lexists(id_, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (pos == std::string::npos) return true;
+  }
+}
+
+std::vector<std::string> H5File::list(const std::string& group) const {
+  std::vector<std::string> names;
+  if (!exists(group)) return names;
+  Handle g(H5Gopen2(id_, group.c_str(), H5P_DEFAULT));
+  if (!g.ok()) throw InputError(where(group) + ": not a group");
+  H5G_info_t info{};
+  H5Gget_info(g.get(), &info);
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t len = H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    std::string name(static_cast<std::size_t>(len), '\0');
+    H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size() + 1, H5P_DEFAULT);
+    names.push_back(name);
+  }
+  return names;
+}
+
+hid_t H5File::ensureGroup(const std::string& group) {
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = group.find('/', pos + 1);
+    const std::string prefix = group.substr(0, pos);
+    if (prefix.empty() || prefix == "/") continue;
+    if (H5Lexists(id_, prefix.c_str(), H5P_DEFAULT) <= 0) {
+      const hid_t g = H5Gcreate2(id_, prefix.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      if (g < 0) throw Error(where(prefix) + ": cannot create group");
+      H5Gclose(g);
+    }
+  }
+  return 0;
+}
+
+void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
+  ensureGroup(object.substr(0, object.find_last_of('/')));
+  auto t = tensor.detach().cpu().contiguous();
+  const hid_t type = memType(t.scalar_type());
+  if (type < 0) throw Error(where(object) + ": unsupported dtype " + std::string(c10::toString(t.scalar_type())));
+  std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+  Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  Handle ds(H5Dcreate2(id_, object.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  if (!ds.ok()) throw Error(where(object) + ": cannot create dataset");
+  if (t.numel() > 0 && H5Dwrite(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0)
+    throw Error(where(object) + ": write failed (disk full?)");
+}
+
+std::vector<std::int64_t> H5File::shape(const std::string& object) const {
+  if (!exists(object)) throw InputError(where(object) + ": missing");
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw InputError(where(object) + ": not a dataset");
+  Handle space(H5Dget_space(ds.get()));
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0 || rank > 8) throw InputError(where(object) + ": bad dataspace");
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return std::vector<std::int64_t>(dims.begin(), dims.end());
+}
+
+at::Tensor H5File::readTensor(const std::string& object) const {
+  const auto dims = shape(object);
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  Handle ftype(H5Dget_type(ds.get()));
+  auto t = torch::empty(dims, torch::TensorOptions().dtype(scalarTypeOf(ftype.get())));
+  if (t.numel() > 0 && H5Dread(ds.get(), memType(t.scalar_type()), H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0)
+    throw InputError(where(object) + ": read failed (truncated or corrupt file?)");
+  return t;
+}
+
+void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const {
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw InputError(where(object) + ": missing dataset");
+  Handle space(H5Dget_space(ds.get()));
+  hsize_t start = static_cast<hsize_t>(offset), n = static_cast<hsize_t>(count);
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
+  Handle mem(H5Screate_simple(1, &n, nullptr));
+  if (H5Dread(ds.get(), H5T_NATIVE_INT32, mem.get(), space.get(), H5P_DEFAULT, out) < 0)
+    throw InputError(where(object) + ": cannot read elements " + std::to_string(offset) + ".." +
+                     std::to_string(offset + count));
+}
+
+namespace {
+template <typename Writer>
+void putAttr(hid_t file, const std::string& where, const std::string& object, const std::string& key, hid_t type,
+             hid_t space, Writer write) {
+  Handle obj(H5Oopen(file, attrTarget(object).c_str(), H5P_DEFAULT));
+  if (!obj.ok()) throw Error(where + ": cannot open for attribute " + key);
+  if (H5Aexists(obj.get(), key.c_str()) > 0) H5Adelete(obj.get(), key.c_str());
+  Handle attr(H5Acreate2(obj.get(), key.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT));
+  if (!attr.ok() || write(attr.get()) < 0) throw Error(where + ": cannot write attribute " + key);
+}
+}  // namespace
+
+void H5File::setAttr(const std::string& object, const std::string& key, std::int64_t value) {
+  ensureGroup(attrTarget(object));
+  Handle space(H5Screate(H5S_SCALAR));
+  putAttr(id_, where(object), object, key, H5T_NATIVE_INT64, space.get(),
+          [&](hid_t a) { return H5Awrite(a, H5T_NATIVE_INT64, &value); });
+}
+
+void H5File::setAttr(const std::string& object, const std::string& key, double value) {
+  ensureGroup(attrTarget(object));
+  Handle space(H5Screate(H5S_SCALAR));
+  putAttr(id_, where(object), object, key, H5T_NATIVE_DOUBLE, space.get(),
+          [&](hid_t a) { return H5Awrite(a, H5T_NATIVE_DOUBLE, &value); });
+}
+
+void H5File::setAttr(const std::string& object, const std::string& key, const std::string& value) {
+  ensureGroup(attrTarget(object));
+  Handle type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), value.empty() ? 1 : value.size());
+  H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
+  Handle space(H5Screate(H5S_SCALAR));
+  const std::string padded = value.empty() ? std::string(1, '\0') : value;
+  putAttr(id_, where(object), object, key, type.get(), space.get(),
+          [&](hid_t a) { return H5Awrite(a, type.get(), padded.data()); });
+}
+
+bool H5File::hasAttr(const std::string& object, const std::string& key) const {
+  if (!exists(attrTarget(object))) return false;
+  return H5Aexists_by_name(id_, attrTarget(object).c_str(), key.c_str(), H5P_DEFAULT) > 0;
+}
+
+namespace {
+hid_t openAttr(hid_t file, const std::string& where, const std::string& object, const std::string& key) {
+  const hid_t attr = H5Aexists_by_name(file, attrTarget(object).c_str(), key.c_str(), H5P_DEFAULT) > 0
+                         ? H5Aopen_by_name(file, attrTarget(object).c_str(), key.c_str(), H5P_DEFAULT, H5P_DEFAULT)
+                         : -1;
+  if (attr < 0) throw InputError(where + ": missing attribute '" + key + "'");
+  return attr;
+}
+}  // namespace
+
+std::int64_t H5File::intAttr(const std::string& object, const std::string& key) const {
+  std::int64_t v = 0;
+  Handle attr(openAttr(id_, where(object), object, key));
+  if (H5Aread(attr.get(), H5T_NATIVE_INT64, &v) < 0) throw InputError(where(object) + ": attribute '" + key + "' is not an integer");
+  return v;
+}
+
+double H5File::doubleAttr(const std::string& object, const std::string& key) const {
+  double v = 0;
+  Handle attr(openAttr(id_, where(object), object, key));
+  if (H5Aread(attr.get(), H5T_NATIVE_DOUBLE, &v) < 0) throw InputError(where(object) + ": attribute '" + key + "' is not a number");
+  return v;
+}
+
+std::string H5File::stringAttr(const std::string& object, const std::string& key) const {
+  Handle attr(openAttr(id_, where(object), object, key));
+  Handle type(H5Aget_type(attr.get()));
+  if (H5Tget_class(type.get()) != H5T_STRING) throw InputError(where(object) + ": attribute '" + key + "' is not a string");
+  if (H5Tis_variable_str(type.get()) > 0) {
+    char* text = nullptr;
+    Handle mem(H5Tget_native_type(type.get(), H5T_DIR_ASCEND));
+    if (H5Aread(attr.get(), mem.get(), &text) < 0) throw InputError(where(object) + ": cannot read attribute '" + key + "'");
+    std::string out = text ? text : "";
+    H5free_memory(text);
+    return out;
+  }
+  std::string out(H5Tget_size(type.get()), '\0');
+  if (H5Aread(attr.get(), type.get(), out.data()) < 0) throw InputError(where(object) + ": cannot read attribute '" + key + "'");
+  out.resize(std::strlen(out.c_str()));
+  return out;
+}
+
+}  // namespace graft

@@ -1,0 +1,62 @@
+// A small move-only RAII layer over the HDF5 C API, with errors that name the file and object.
+// HDF5's own error printing is switched off; every failure becomes an Error (or InputError when
+// reading a file that does not have what graft expects).
+//
+// Object paths use '/' for groups; dataset names may contain dots (parameter names do).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace graft {
+
+class H5File {
+ public:
+  static H5File create(const std::string& path);  // truncates
+  static H5File openRead(const std::string& path);
+  // True when the file starts with the HDF5 signature.
+  static bool isHdf5(const std::string& path);
+
+  H5File(H5File&& other) noexcept;
+  H5File& operator=(H5File&& other) noexcept;
+  H5File(const H5File&) = delete;
+  H5File& operator=(const H5File&) = delete;
+  ~H5File();
+
+  const std::string& path() const { return path_; }
+  // Flushes and closes; throws on failure (the destructor closes silently).
+  void close();
+
+  bool exists(const std::string& object) const;
+  // Names directly under `group`, sorted.
+  std::vector<std::string> list(const std::string& group) const;
+
+  // Tensors: float32, float64, int32, int64, uint8 (contiguous copy is made as needed); parents created.
+  void writeTensor(const std::string& object, const at::Tensor& tensor);
+  at::Tensor readTensor(const std::string& object) const;
+  std::vector<std::int64_t> shape(const std::string& object) const;
+  // Reads elements [offset, offset + count) of a 1-D int32 dataset into `out`.
+  void readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const;
+
+  // Scalar attributes on an object ("/" for the file); parents created on write.
+  void setAttr(const std::string& object, const std::string& key, std::int64_t value);
+  void setAttr(const std::string& object, const std::string& key, double value);
+  void setAttr(const std::string& object, const std::string& key, const std::string& value);
+  bool hasAttr(const std::string& object, const std::string& key) const;
+  std::int64_t intAttr(const std::string& object, const std::string& key) const;
+  double doubleAttr(const std::string& object, const std::string& key) const;
+  std::string stringAttr(const std::string& object, const std::string& key) const;
+
+ private:
+  H5File(hid_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  hid_t ensureGroup(const std::string& group);
+  std::string where(const std::string& object) const;
+  hid_t id_ = -1;
+  std::string path_;
+};
+
+}  // namespace graft

@@ -1,0 +1,69 @@
+#include "io/model_io.h"
+
+#include <torch/torch.h>
+
+#include "io/llama2c.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace graft {
+
+Llama loadModel(const std::string& path) {
+  if (path.empty()) throw InputError("no model given");
+  if (!fileExists(path)) throw InputError(path + ": model file not found");
+  if (!H5File::isHdf5(path)) return loadLlama2c(path);
+  H5File file = H5File::openRead(path);
+  Llama model(readModelConfig(file));
+  readModelWeights(file, model);
+  return model;
+}
+
+void writeModelGroup(H5File& file, Llama& model) {
+  const LlamaConfig& c = model->config();
+  file.setAttr("/model", "dim", std::int64_t{c.dim});
+  file.setAttr("/model", "hidden_dim", std::int64_t{c.hidden_dim});
+  file.setAttr("/model", "n_layers", std::int64_t{c.n_layers});
+  file.setAttr("/model", "n_heads", std::int64_t{c.n_heads});
+  file.setAttr("/model", "n_kv_heads", std::int64_t{c.n_kv_heads});
+  file.setAttr("/model", "vocab_size", std::int64_t{c.vocab_size});
+  file.setAttr("/model", "seq_len", std::int64_t{c.seq_len});
+  file.setAttr("/model", "tied", std::int64_t{c.tied ? 1 : 0});
+  file.setAttr("/model", "norm_eps", c.norm_eps);
+  file.setAttr("/model", "rope_theta", c.rope_theta);
+  file.setAttr("/model", "architecture", std::string("llama"));
+  for (const auto& p : model->named_parameters()) file.writeTensor("/model/" + p.key(), p.value());
+}
+
+LlamaConfig readModelConfig(const H5File& file) {
+  if (!file.exists("/model")) throw InputError(file.path() + ": no /model group; not a graft checkpoint");
+  LlamaConfig c;
+  auto get = [&](const char* key) { return static_cast<int>(file.intAttr("/model", key)); };
+  c.dim = get("dim");
+  c.hidden_dim = get("hidden_dim");
+  c.n_layers = get("n_layers");
+  c.n_heads = get("n_heads");
+  c.n_kv_heads = get("n_kv_heads");
+  c.vocab_size = get("vocab_size");
+  c.seq_len = get("seq_len");
+  c.tied = get("tied") != 0;
+  c.norm_eps = file.doubleAttr("/model", "norm_eps");
+  c.rope_theta = file.doubleAttr("/model", "rope_theta");
+  c.validate(file.path() + ":/model");
+  return c;
+}
+
+void readModelWeights(const H5File& file, Llama& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    const std::string object = "/model/" + p.key();
+    if (!file.exists(object)) throw InputError(file.path() + ": tensor " + p.key() + " is missing");
+    auto t = file.readTensor(object);
+    if (t.sizes() != p.value().sizes() || t.scalar_type() != torch::kFloat)
+      throw InputError(file.path() + ": tensor " + p.key() + " has shape " + c10::str(t.sizes()) + " " +
+                       std::string(c10::toString(t.scalar_type())) + ", the model expects " +
+                       c10::str(p.value().sizes()) + " Float");
+    p.value().copy_(t);
+  }
+}
+
+}  // namespace graft

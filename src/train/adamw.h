@@ -1,0 +1,40 @@
+// AdamW with decoupled weight decay, the update of torch.optim.AdamW (amsgrad off), with state
+// that graft owns so that checkpoints hold exactly what resume needs: per parameter exp_avg and
+// exp_avg_sq, and one step count.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace graft {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  struct Slot {
+    std::string name;
+    at::Tensor param, exp_avg, exp_avg_sq;
+    bool decay;  // weight decay applies (matrices), not to norms
+  };
+  // `params`: (name, tensor) of the trainable parameters; decay applies to those with dim >= 2.
+  AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions options);
+  // One update with learning rate `lr` from the gradients in param.grad().
+  void step(double lr);
+  std::int64_t stepCount() const { return step_count_; }
+  void setStepCount(std::int64_t n) { step_count_ = n; }
+  std::vector<Slot>& slots() { return slots_; }
+  const AdamWOptions& options() const { return options_; }
+
+ private:
+  std::vector<Slot> slots_;
+  AdamWOptions options_;
+  std::int64_t step_count_ = 0;
+};
+
+}  // namespace graft

@@ -1,0 +1,293 @@
+#include "train/trainer.h"
+
+#include <sched.h>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "checkpoint/checkpoint.h"
+#include "data/dataset.h"
+#include "data/sampler.h"
+#include "io/model_io.h"
+#include "train/adamw.h"
+#include "train/grad_sync.h"
+#include "train/schedule.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/log.h"
+
+namespace graft {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int defaultThreads(int local_ranks) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  return std::max(1, cores / std::max(1, local_ranks));
+}
+
+std::string formatDuration(double seconds) {
+  char buf[32];
+  const long s = static_cast<long>(std::max(0.0, seconds));
+  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+  return buf;
+}
+
+Llama buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
+  if (!c.model_path.empty()) {
+    auto model = loadModel(c.model_path);
+    if (model->config().vocab_size != vocab_size)
+      throw InputError(c.model_path + ": model vocabulary " + std::to_string(model->config().vocab_size) +
+                       " differs from the dataset's " + std::to_string(vocab_size) + " (" + c.data_path +
+                       "); prepare the data with the model's tokenizer");
+    if (model->config().seq_len < c.seq_len)
+      throw InputError("train.seq_len " + std::to_string(c.seq_len) + " exceeds the model's context of " +
+                       std::to_string(model->config().seq_len));
+    log.main("model: " + c.model_path + " (" + model->config().describe() + ")");
+    return model;
+  }
+  LlamaConfig arch = c.arch;
+  arch.vocab_size = vocab_size;
+  arch.seq_len = std::max(arch.seq_len, c.seq_len);
+  Llama model(arch);
+  model->initialise(c.seed);
+  log.main("model: random initialisation, seed " + std::to_string(c.seed) + " (" + arch.describe() + ")");
+  return model;
+}
+
+}  // namespace
+
+struct Trainer::State {
+  State(const TrainConfig& c, Communicator& comm_)
+      : config(c),
+        comm(comm_),
+        log(comm_.rank(), comm_.size()),
+        train_data(c.data_path, "train", c.seq_len),
+        val_data(c.data_path, "val", c.seq_len),
+        model(buildModel(c, train_data.vocabSize(), log)),
+        sampler(train_data.numSamples(), c.batch_size, c.seed),
+        optimizer(model->named_parameters().pairs(), {c.beta1, c.beta2, c.eps, c.weight_decay}),
+        sync(model->parameters(), /*extra=*/1),
+        schedule{c.lr, c.min_lr, c.warmup, c.steps},
+        checkpoint_dir(c.run_dir + "/checkpoints") {}
+
+  // Collective: all ranks start from rank 0's parameters.
+  void broadcastParameters() {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters())
+      comm.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
+  }
+
+  // Collective: mean validation loss over the first eval.batches x micro_batch x world sequences.
+  double validationLoss() {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    const std::int64_t wanted = config.eval_batches * config.micro_batch * comm.size();
+    const std::int64_t n = std::min(wanted, val_data.numSamples());
+    std::vector<std::int64_t> mine;
+    for (std::int64_t i = comm.rank(); i < n; i += comm.size()) mine.push_back(i);
+    double totals[2] = {0, static_cast<double>(mine.size())};
+    for (std::size_t at = 0; at < mine.size(); at += static_cast<std::size_t>(config.micro_batch)) {
+      const std::vector<std::int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(at),
+                                           mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), at + config.micro_batch)));
+      auto batch = gather(val_data, part);
+      auto inputs = batch.narrow(1, 0, config.seq_len), targets = batch.narrow(1, 1, config.seq_len);
+      auto logits = model->forward(inputs);
+      auto per_token = torch::nn::functional::cross_entropy(
+          logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+      totals[0] += per_token.view({-1, config.seq_len}).mean(1).sum().item<double>();
+    }
+    model->train();
+    comm.allReduce(totals, 2, ReduceOp::Sum, "val/loss");
+    return totals[1] > 0 ? totals[0] / totals[1] : std::nan("");
+  }
+
+  torch::Tensor gather(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
+    auto batch = torch::empty({static_cast<std::int64_t>(indices.size()), config.seq_len + 1}, torch::kInt64);
+    for (std::size_t i = 0; i < indices.size(); ++i) data.sample(indices[i], batch[static_cast<std::int64_t>(i)].data_ptr<std::int64_t>());
+    return batch;
+  }
+
+  // Collective. One optimizer step over global batch `step - 1`; returns {loss, grad norm}.
+  std::pair<double, double> step(std::int64_t step_number) {
+    const auto accumulation = config.accumulation(comm.size());
+    for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    double loss_sum = 0;
+    for (std::int64_t m = 0; m < accumulation; ++m) {
+      const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
+                                              static_cast<int>(config.micro_batch));
+      auto batch = gather(train_data, indices);
+      auto loss = model->loss(batch.narrow(1, 0, config.seq_len), batch.narrow(1, 1, config.seq_len)) /
+                  static_cast<double>(accumulation);
+      loss.backward();
+      loss_sum += loss.item<double>();
+    }
+    std::vector<double> extra = {loss_sum};
+    sync.average(comm, extra);
+    const double norm = sync.globalNorm();
+    if (config.grad_clip > 0 && norm > config.grad_clip) sync.scale(config.grad_clip / (norm + 1e-6));
+    optimizer.step(schedule.at(step_number));
+    return {extra[0] / comm.size(), norm};
+  }
+
+  TrainingState snapshot(std::int64_t step_number) {
+    TrainingState state;
+    state.step = step_number;
+    state.tokens_seen = step_number * config.batch_size * config.seq_len;
+    state.world_size = comm.size();
+    state.seed = config.seed;
+    state.next_batch = step_number;
+    state.config = config.resolved();
+    at::Tensor mine;
+    {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      mine = gen.get_state();
+    }
+    auto all = torch::empty({comm.size(), mine.numel()}, torch::kUInt8);
+    comm.allGather(mine.data_ptr(), static_cast<std::size_t>(mine.numel()), all.data_ptr(), "ckpt/rng");
+    state.rng_states = all;
+    return state;
+  }
+
+  // Collective (RNG states are gathered); rank 0 writes.
+  void saveCheckpoint(std::int64_t step_number) {
+    auto state = snapshot(step_number);
+    if (comm.rank() == 0) {
+      const auto start = Clock::now();
+      const auto path = writeCheckpoint(checkpoint_dir, model, optimizer, schedule, state);
+      pruneCheckpoints(checkpoint_dir, config.keep_last);
+      log.main("checkpoint: " + path + " (" +
+               std::to_string(std::chrono::duration<double>(Clock::now() - start).count()).substr(0, 5) + " s)");
+    }
+    comm.barrier("ckpt/done");
+  }
+
+  // Collective. Returns the step to continue after (0 for a fresh run).
+  std::int64_t resumeIfPossible() {
+    std::int64_t found[1] = {-1};
+    std::string path;
+    if (comm.rank() == 0) {
+      const auto complete = completeCheckpoints(checkpoint_dir);
+      if (!complete.empty()) {
+        path = complete.front();
+        found[0] = std::stoll(path.substr(path.size() - 11, 8));
+      }
+    }
+    comm.allReduce(found, 1, ReduceOp::Max, "resume/step");
+    if (found[0] < 0) return 0;
+    path = checkpoint_dir + "/" + checkpointName(found[0]);
+    const auto state = readCheckpoint(path, model, optimizer);
+    if (state.world_size == comm.size() && state.rng_states.defined() && state.rng_states.size(0) == comm.size()) {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(state.rng_states[comm.rank()].contiguous());
+    }
+    log.main("resuming from " + path + " at step " + std::to_string(state.step) + " (saved with " +
+             std::to_string(state.world_size) + " ranks, now " + std::to_string(comm.size()) + ")");
+    if (comm.rank() == 0) truncateMetrics(state.step);
+    return state.step;
+  }
+
+  // Drops metrics lines past `step` (they belong to work the checkpoint does not hold).
+  void truncateMetrics(std::int64_t step_number) {
+    const std::string path = config.run_dir + "/metrics.jsonl";
+    if (!fileExists(path)) return;
+    std::istringstream in(readFile(path));
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      const auto at = line.find("\"step\": ");
+      if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= step_number) kept += line + "\n";
+    }
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp, std::ios::trunc) << kept;
+    publishFile(tmp, path);
+  }
+
+  void appendMetrics(const std::string& json) {
+    if (comm.rank() != 0) return;
+    std::ofstream out(config.run_dir + "/metrics.jsonl", std::ios::app);
+    out << json << "\n";
+    if (!out.flush()) throw Error(config.run_dir + "/metrics.jsonl: write failed");
+  }
+
+  TrainConfig config;
+  Communicator& comm;
+  Logger log;
+  TokenDataset train_data, val_data;
+  Llama model;
+  GlobalSampler sampler;
+  AdamW optimizer;
+  FlatGradSync sync;
+  Schedule schedule;
+  std::string checkpoint_dir;
+};
+
+Trainer::Trainer(const TrainConfig& config, Communicator& comm) {
+  config.validate(comm.size());
+  torch::set_num_threads(config.threads > 0 ? config.threads : defaultThreads(comm.localSize()));
+  if (comm.rank() == 0) makeDirectories(config.run_dir);
+  comm.barrier("init/run_dir");
+  s_ = std::make_unique<State>(config, comm);
+}
+
+Trainer::~Trainer() = default;
+
+TrainResult Trainer::run() {
+  auto& s = *s_;
+  const auto& c = s.config;
+  s.broadcastParameters();
+  const std::int64_t start = s.resumeIfPossible();
+  TrainResult result;
+  const std::int64_t tokens_per_step = c.batch_size * c.seq_len;
+  s.log.main("train: " + std::to_string(c.steps) + " steps x " + std::to_string(c.batch_size) + " sequences x " +
+             std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) (" + s.comm.backend() +
+             ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
+             std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.train_data.numSamples()) +
+             " training sequences");
+  result.base_val_loss = s.validationLoss();
+  if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
+  const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;
+  const auto t0 = Clock::now();
+  double val_loss = result.base_val_loss;
+  for (std::int64_t step = start + 1; step <= last; ++step) {
+    const auto [loss, norm] = s.step(step);
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double tps = static_cast<double>((step - start) * tokens_per_step) / std::max(elapsed, 1e-9);
+    const bool eval_now = (c.eval_every > 0 && step % c.eval_every == 0) || step == c.steps;
+    if (eval_now) val_loss = s.validationLoss();
+    char json[512];
+    std::snprintf(json, sizeof(json),
+                  "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
+                  "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f%s}",
+                  static_cast<long long>(step), loss, s.schedule.at(step), norm,
+                  static_cast<long long>(step * tokens_per_step), tps, elapsed,
+                  eval_now ? (", \"val_loss\": " + std::to_string(val_loss)).c_str() : "");
+    s.appendMetrics(json);
+    if (step % c.log_every == 0 || step == last || eval_now) {
+      char line[256];
+      std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
+                    static_cast<long long>(step), static_cast<long long>(c.steps), loss, s.schedule.at(step), tps,
+                    formatDuration(elapsed / static_cast<double>(step - start) * static_cast<double>(c.steps - step)).c_str(),
+                    eval_now ? (" | val loss " + std::to_string(val_loss)).c_str() : "");
+      s.log.main(line);
+    }
+    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == last) s.saveCheckpoint(step);
+    result.steps_done = step;
+    result.tokens_per_second = tps;
+  }
+  result.final_val_loss = val_loss;
+  result.stopped_early = last < c.steps;
+  return result;
+}
+
+}  // namespace graft

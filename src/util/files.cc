@@ -1,0 +1,70 @@
+#include "util/files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace graft {
+
+std::string readFile(const std::string& path) {
+  if (isDirectory(path)) throw InputError(path + ": is a directory, expected a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path + ": cannot open (" + std::strerror(errno) + ")");
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+bool fileExists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool isDirectory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void makeDirectories(const std::string& path) {
+  std::string partial;
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    partial = path.substr(0, pos);
+    if (partial.empty() || isDirectory(partial)) continue;
+    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+      throw Error(partial + ": cannot create directory (" + std::strerror(errno) + ")");
+  }
+}
+
+void syncPath(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(path + ": cannot open for fsync (" + std::strerror(errno) + ")");
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0) throw Error(path + ": fsync failed (" + std::strerror(saved) + ")");
+}
+
+std::string parentDirectory(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+void publishFile(const std::string& tmp_path, const std::string& final_path) {
+  syncPath(tmp_path);
+  if (::rename(tmp_path.c_str(), final_path.c_str()) != 0)
+    throw Error(final_path + ": cannot rename from " + tmp_path + " (" + std::strerror(errno) + ")");
+  syncPath(parentDirectory(final_path));
+}
+
+}  // namespace graft

@@ -1,0 +1,20 @@
+// Small file helpers with errors that name the file.
+#pragma once
+
+#include <string>
+
+namespace graft {
+
+// Whole file as bytes; throws InputError("<path>: <reason>") when it cannot be read.
+std::string readFile(const std::string& path);
+bool fileExists(const std::string& path);
+bool isDirectory(const std::string& path);
+// mkdir -p; throws Error naming the path.
+void makeDirectories(const std::string& path);
+// fsync a file or a directory by path; throws Error naming the path.
+void syncPath(const std::string& path);
+// rename(2) then fsync of the parent directory: the publish step of temp + fsync + rename.
+void publishFile(const std::string& tmp_path, const std::string& final_path);
+std::string parentDirectory(const std::string& path);
+
+}  // namespace graft

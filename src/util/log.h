@@ -1,0 +1,23 @@
+// Rank-aware logging. Every line on stderr starts with "[r<rank>/<size> <host>]"; lines that only
+// rank 0 should print go through Logger::main(), so the choice is explicit at the call site.
+#pragma once
+
+#include <string>
+
+namespace graft {
+
+class Logger {
+ public:
+  Logger(int rank, int size);
+  // Any rank, to stderr, prefixed.
+  void info(const std::string& message) const;
+  // Rank 0 only, to stdout, unprefixed (progress lines, results).
+  void main(const std::string& message) const;
+  bool isMain() const { return rank_ == 0; }
+
+ private:
+  int rank_;
+  std::string prefix_;
+};
+
+}  // namespace graft

@@ -1,0 +1,77 @@
+#include "e2e_util.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace graft::e2e {
+
+Result run(const std::string& command) {
+  Result r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+std::string graft() { return std::string("'") + GRAFT_EXECUTABLE + "'"; }
+
+std::string mpirun(int ranks) {
+  return std::string(GRAFT_MPIEXEC) + " -np " + std::to_string(ranks) + " --oversubscribe --bind-to none";
+}
+
+std::string data(const std::string& relative) { return std::string(GRAFT_SHARED_DATA) + "/" + relative; }
+
+std::string freshDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "graft_e2e/" + name;
+  run("rm -rf '" + dir + "' && mkdir -p '" + dir + "'");
+  return dir;
+}
+
+std::string readText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::vector<std::string> losses(const std::string& run_dir) {
+  std::vector<std::string> out;
+  std::istringstream in(readText(run_dir + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto at = line.find("\"loss\": ");
+    if (at == std::string::npos) continue;
+    out.push_back(line.substr(at + 8, line.find(',', at) - at - 8));
+  }
+  return out;
+}
+
+std::string tinyConfig(const std::string& run_dir, const std::string& data_path) {
+  return "[run]\ndir = " + run_dir + "\n[model]\ndim = 32\nhidden_dim = 64\nn_layers = 2\nn_heads = 4\n"
+         "n_kv_heads = 2\nmax_seq_len = 32\n[data]\npath = " + data_path + "\n[train]\nsteps = 20\n"
+         "batch_size = 8\nmicro_batch = 2\nseq_len = 32\nlr = 3e-3\nmin_lr = 3e-4\nwarmup = 3\nseed = 11\n"
+         "threads = 1\nlog_every = 5\n[eval]\nevery = 10\nbatches = 2\n[checkpoint]\nevery = 5\nkeep_last = 2\n";
+}
+
+std::string storiesDataset() {
+  static std::string path;
+  if (path.empty()) {
+    const std::string dir = freshDir("stories_data");
+    path = dir + "/stories.h5";
+    const auto r = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " +
+                       data("datasets/tinystories_sample/tinystories_sample.txt") + " --out " + path +
+                       " --val-fraction 0.1");
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  return path;
+}
+
+}  // namespace graft::e2e

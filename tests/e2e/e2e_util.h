@@ -1,0 +1,28 @@
+// Helpers for end-to-end tests: run the real `graft` executable (under mpirun where asked) and
+// read what it wrote.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace graft::e2e {
+
+struct Result {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& command);
+std::string graft();                    // quoted path of the graft executable
+std::string mpirun(int ranks);          // "mpirun -np N --oversubscribe --bind-to none"
+std::string data(const std::string& relative);  // path under ../shared/data
+std::string freshDir(const std::string& name);  // empty directory under the test temp dir
+std::string readText(const std::string& path);
+// The "loss" field of every line of RUN_DIR/metrics.jsonl, as printed (17 significant digits).
+std::vector<std::string> losses(const std::string& run_dir);
+// A tiny random-init training config (stories tokenizer dataset) as INI text.
+std::string tinyConfig(const std::string& run_dir, const std::string& data_path);
+// Prepares the TinyStories sample with tok512 once per test binary run; returns the .h5 path.
+std::string storiesDataset();
+
+}  // namespace graft::e2e

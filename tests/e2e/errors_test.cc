@@ -1,0 +1,68 @@
+// Bad input: one-line errors that name the key or file, exit code 2, nothing written.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "e2e_util.h"
+
+namespace graft::e2e {
+namespace {
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+void expectInputError(const Result& r, const std::string& must_name) {
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(must_name), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+}
+
+TEST(Errors, ConfigProblemsNameKeyFileAndLine) {
+  const std::string dir = freshDir("errors_cfg");
+  std::ofstream(dir + "/bad.ini") << tinyConfig(dir + "/run", storiesDataset()) << "[train]\nlearning_rate = 1\n";
+  auto r = run(graft() + " train --config " + dir + "/bad.ini");
+  expectInputError(r, dir + "/bad.ini:");
+  EXPECT_NE(r.output.find("train.learning_rate"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", storiesDataset());
+  expectInputError(run(graft() + " train --config " + dir + "/ok.ini --train.stepz=3"), "train.stepz");
+  expectInputError(run(graft() + " train --config " + dir + "/ok.ini --train.steps=abc"), "train.steps");
+  expectInputError(run(graft() + " train --config " + dir + "/missing.ini"), dir + "/missing.ini");
+  expectInputError(run(graft() + " train --config " + dir + "/ok.ini --train.batch_size=7"), "train.batch_size");
+  EXPECT_FALSE(std::ifstream(dir + "/run/metrics.jsonl").good());
+}
+
+TEST(Errors, MissingAndMalformedFilesAreNamed) {
+  const std::string dir = freshDir("errors_files");
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", storiesDataset());
+  expectInputError(run(graft() + " train --config " + dir + "/ok.ini --model.path=" + dir + "/nope.bin"), dir + "/nope.bin");
+  expectInputError(run(graft() + " train --config " + dir + "/ok.ini --data.path=" + dir + "/nope.h5"), dir + "/nope.h5");
+  std::ofstream(dir + "/garbage.bin") << "this is not a model";
+  expectInputError(run(graft() + " eval --model " + dir + "/garbage.bin --ids '1 2 3'"), dir + "/garbage.bin");
+  expectInputError(run(graft() + " generate --model " + data("llama2c/stories260K.bin") + " --tokenizer bytes"), "bytes");
+  expectInputError(run(graft() + " eval --model " + data("llama2c/stories260K.bin") + " --ids '1 9999'"), "9999");
+  expectInputError(run(graft() + " tokenize --tokenizer " + dir + "/none.bin --text hi"), dir + "/none.bin");
+  expectInputError(run(graft() + " prepare --tokenizer bytes --input " + dir + "/none.txt --out " + dir + "/x.h5"), dir + "/none.txt");
+  EXPECT_EQ(run(graft() + " frobnicate").code, 2);
+}
+
+TEST(Errors, DatasetSmallerThanOneBatch) {
+  const std::string dir = freshDir("errors_small");
+  std::ofstream(dir + "/tiny.txt") << "Just a few words.\n\nAnd a second doc.\n";
+  ASSERT_EQ(run(graft() + " prepare --tokenizer bytes --input " + dir + "/tiny.txt --out " + dir + "/tiny.h5").code, 0);
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", dir + "/tiny.h5");
+  const auto r = run(graft() + " train --config " + dir + "/ok.ini");
+  expectInputError(r, "fewer than one global batch");
+}
+
+TEST(Errors, ConfigErrorUnderMpirunStopsAllRanks) {
+  const std::string dir = freshDir("errors_mpi");
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", storiesDataset());
+  const auto r = run(mpirun(2) + " " + graft() + " train --config " + dir + "/ok.ini --train.nope=1");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("train.nope"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace graft::e2e

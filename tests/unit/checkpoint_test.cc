@@ -1,0 +1,109 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "checkpoint/checkpoint.h"
+#include "io/hdf5.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+LlamaConfig tiny() {
+  LlamaConfig c;
+  c.dim = 16;
+  c.hidden_dim = 24;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 20;
+  c.seq_len = 8;
+  return c;
+}
+
+TEST(Hdf5, TensorsAndAttributesRoundTrip) {
+  const std::string path = ::testing::TempDir() + "/rt.h5";
+  auto a = torch::randn({3, 4});
+  auto b = torch::arange(10, torch::kInt32);
+  {
+    auto f = H5File::create(path);
+    f.writeTensor("/g/a.with.dots", a);
+    f.writeTensor("/b", b);
+    f.setAttr("/g", "n", std::int64_t{42});
+    f.setAttr("/", "s", std::string("hello"));
+    f.close();
+  }
+  auto f = H5File::openRead(path);
+  EXPECT_TRUE(torch::equal(f.readTensor("/g/a.with.dots"), a));
+  EXPECT_TRUE(torch::equal(f.readTensor("/b"), b));
+  EXPECT_EQ(f.intAttr("/g", "n"), 42);
+  EXPECT_EQ(f.stringAttr("/", "s"), "hello");
+  EXPECT_FALSE(f.exists("/nope/x"));
+  EXPECT_THROW(f.readTensor("/nope"), InputError);
+  EXPECT_THROW(f.intAttr("/", "missing"), InputError);
+}
+
+TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_rt";
+  Llama model(tiny());
+  model->initialise(5);
+  AdamW opt(model->named_parameters().pairs(), {0.9, 0.95, 1e-8, 0.1});
+  for (auto& s : opt.slots()) s.exp_avg.normal_(), s.exp_avg_sq.uniform_();
+  opt.setStepCount(17);
+  TrainingState st;
+  st.step = 17;
+  st.world_size = 2;
+  st.next_batch = 17;
+  st.config = "[train]\nsteps = 20\n";
+  st.rng_states = torch::arange(10, torch::kUInt8).view({2, 5});
+  writeCheckpoint(dir, model, opt, Schedule{1e-3, 1e-4, 2, 20}, st);
+  // A half-written newer checkpoint and a foreign file must be ignored.
+  std::ofstream(dir + "/" + checkpointName(18)) << "not hdf5";
+  std::ofstream(dir + "/" + checkpointName(19) + ".tmp") << "partial";
+  const auto found = completeCheckpoints(dir);
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(found[0], dir + "/" + checkpointName(17));
+
+  Llama other(tiny());
+  other->initialise(6);
+  AdamW opt2(other->named_parameters().pairs(), {0.9, 0.95, 1e-8, 0.1});
+  const auto back = readCheckpoint(found[0], other, opt2);
+  EXPECT_EQ(back.step, 17);
+  EXPECT_EQ(back.world_size, 2);
+  EXPECT_EQ(back.config, st.config);
+  EXPECT_TRUE(torch::equal(back.rng_states, st.rng_states));
+  EXPECT_EQ(opt2.stepCount(), 17);
+  auto p1 = model->named_parameters(), p2 = other->named_parameters();
+  for (const auto& item : p1) EXPECT_TRUE(torch::equal(item.value(), p2[item.key()])) << item.key();
+  for (std::size_t i = 0; i < opt.slots().size(); ++i) {
+    EXPECT_TRUE(torch::equal(opt.slots()[i].exp_avg, opt2.slots()[i].exp_avg));
+    EXPECT_TRUE(torch::equal(opt.slots()[i].exp_avg_sq, opt2.slots()[i].exp_avg_sq));
+  }
+  pruneCheckpoints(dir, 1);
+  std::ifstream tmp(dir + "/" + checkpointName(19) + ".tmp");
+  EXPECT_FALSE(tmp.good());
+}
+
+TEST(Checkpoint, OtherArchitectureIsRejectedWithBothShapes) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_arch";
+  Llama model(tiny());
+  AdamW opt(model->named_parameters().pairs(), {});
+  TrainingState st;
+  st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
+  const auto path = writeCheckpoint(dir, model, opt, Schedule{}, st);
+  auto c = tiny();
+  c.n_layers = 3;
+  Llama bigger(c);
+  AdamW opt2(bigger->named_parameters().pairs(), {});
+  try {
+    readCheckpoint(path, bigger, opt2);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("layers 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layers 3"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace graft

@@ -1,0 +1,67 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "io/llama2c.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+TEST(Llama, ParameterNamesAreCheckpointNames) {
+  LlamaConfig c;
+  c.n_layers = 1;
+  c.tied = false;
+  Llama m(c);
+  std::vector<std::string> names;
+  for (const auto& p : m->named_parameters()) names.push_back(p.key());
+  const std::vector<std::string> expected = {
+      "tok_embeddings.weight", "layers.0.attention_norm.weight", "layers.0.attention.wq.weight",
+      "layers.0.attention.wk.weight", "layers.0.attention.wv.weight", "layers.0.attention.wo.weight",
+      "layers.0.ffn_norm.weight", "layers.0.feed_forward.w1.weight", "layers.0.feed_forward.w2.weight",
+      "layers.0.feed_forward.w3.weight", "norm.weight", "output.weight"};
+  EXPECT_EQ(names, expected);
+}
+
+TEST(Llama, IsCausal) {
+  LlamaConfig c;
+  c.n_layers = 2;
+  Llama m(c);
+  m->initialise(1);
+  torch::NoGradGuard g;
+  auto a = torch::tensor({{1, 5, 9, 13}}, torch::kInt64);
+  auto b = torch::tensor({{1, 5, 9, 200}}, torch::kInt64);
+  auto la = m->forward(a), lb = m->forward(b);
+  EXPECT_TRUE(torch::equal(la.narrow(1, 0, 3), lb.narrow(1, 0, 3)));
+  EXPECT_FALSE(torch::equal(la.narrow(1, 3, 1), lb.narrow(1, 3, 1)));
+}
+
+TEST(Llama2c, SaveLoadRoundTripIsBitwise) {
+  const std::string src = std::string(GRAFT_SHARED_DATA) + "/llama2c/stories260K.bin";
+  auto m = loadLlama2c(src);
+  EXPECT_EQ(m->config().dim, 64);
+  EXPECT_EQ(m->config().n_kv_heads, 4);
+  EXPECT_TRUE(m->config().tied);
+  const std::string out = ::testing::TempDir() + "/rt260k.bin";
+  saveLlama2c(m, out);
+  auto back = loadLlama2c(out);
+  auto p1 = m->named_parameters(), p2 = back->named_parameters();
+  for (const auto& item : p1) EXPECT_TRUE(torch::equal(item.value(), p2[item.key()])) << item.key();
+}
+
+TEST(Llama2c, LyingHeaderIsAnInputError) {
+  const std::string path = ::testing::TempDir() + "/lying.bin";
+  FILE* f = fopen(path.c_str(), "wb");
+  const int header[7] = {64, 172, 5, 8, 4, 512, 512};  // claims 260K parameters, holds none
+  fwrite(header, 4, 7, f);
+  fclose(f);
+  try {
+    loadLlama2c(path);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("needs"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace graft
