@@ -11,7 +11,7 @@ namespace graft::e2e {
 
 Result run(const std::string& command) {
   Result r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  FILE* pipe = popen(("( " + command + " ) 2>&1").c_str(), "r");
   if (!pipe) return r;
   char buf[4096];
   std::size_t n;
