@@ -1,14 +1,17 @@
-// Communicator: the collectives graft needs, over raw host buffers.
+// Communicator: the collectives graft needs, over raw buffers (host memory for the MPI and local
+// backends, CUDA device memory for NCCL), each started asynchronously and returning a Work.
 //
-// Contract: every function below is a collective. All ranks of the communicator must call the
-// same functions, in the same order, with the same sizes; `tag` is a short human label (e.g.
-// "grad/flat", "val/loss") that appears in error messages together with a per-communicator
-// sequence number, so a mismatch or a failure names what each rank was doing.
+// Contract: every collective below must be called by all ranks of the communicator, in the same
+// order, with the same counts, types and roots; `tag` is a short label (e.g. "grad/bucket3",
+// "val/loss") that appears in errors together with a per-communicator sequence number, so a
+// mismatch or a hang names what each rank was doing.
 //
-// Errors throw CollectiveError. A communicator that threw must not be used again: the caller
-// lets the exception reach main(), which aborts the job (see launcher/main.cc).
+// Errors throw CollectiveError. A communicator that saw an error (a timeout included) is failed:
+// it is never used again and not torn down collectively; main() aborts the job (MPI_Abort), since
+// the other ranks may be stuck in the collective that failed.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -18,11 +21,34 @@
 namespace graft {
 
 enum class ReduceOp { Sum, Max, Min };
+enum class DType { Float32, Float64, Int32, Int64, UInt8, BFloat16, Float16 };
+std::size_t sizeOf(DType type);
+const char* nameOf(DType type);
+
+template <typename T> constexpr DType dtypeOf();
+template <> constexpr DType dtypeOf<float>() { return DType::Float32; }
+template <> constexpr DType dtypeOf<double>() { return DType::Float64; }
+template <> constexpr DType dtypeOf<std::int32_t>() { return DType::Int32; }
+template <> constexpr DType dtypeOf<std::int64_t>() { return DType::Int64; }
+template <> constexpr DType dtypeOf<std::uint8_t>() { return DType::UInt8; }
 
 class CollectiveError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// One in-flight collective. Owned by the caller; buffers must stay alive until it completes.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Drives progress; true once the collective has completed on this rank.
+  virtual bool test() = 0;
+  // Blocks until completion. After `timeout` with no completion it throws a CollectiveError that
+  // names the operation, tag, sequence number, this rank, and the ranks that did not arrive.
+  // A Work whose wait timed out may be waited on again (for example with a longer timeout).
+  virtual void wait(std::chrono::milliseconds timeout) = 0;
+};
+using WorkPtr = std::unique_ptr<Work>;
 
 class Communicator {
  public:
@@ -32,27 +58,51 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // Rank and count of the ranks that share this host (for thread and device binding).
+  // Rank and count of the ranks that share this host (thread and device binding).
   virtual int localRank() const = 0;
   virtual int localSize() const = 0;
   virtual std::string backend() const = 0;
 
-  // In-place reduction of `count` elements; every rank ends with the reduced values.
-  virtual void allReduce(float* data, std::size_t count, ReduceOp op, const char* tag) = 0;
-  virtual void allReduce(double* data, std::size_t count, ReduceOp op, const char* tag) = 0;
-  virtual void allReduce(std::int64_t* data, std::size_t count, ReduceOp op, const char* tag) = 0;
-  // `bytes` from `root` to every rank.
-  virtual void broadcast(void* data, std::size_t bytes, int root, const char* tag) = 0;
-  // Rank r's `bytes` land at recv + r * bytes on every rank (recv holds size() * bytes).
-  virtual void allGather(const void* send, std::size_t bytes, void* recv, const char* tag) = 0;
-  virtual void barrier(const char* tag) = 0;
+  // In place: every rank ends with the reduction of all ranks' `count` elements.
+  virtual WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) = 0;
+  // `send` holds size() blocks of `count` elements; rank r receives the reduction of block r.
+  virtual WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
+                                     const char* tag) = 0;
+  // Rank r's `count` elements land at block r of `recv` (size() * count elements) on every rank.
+  virtual WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) = 0;
+  virtual WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) = 0;
+  virtual WorkPtr barrierAsync(const char* tag) = 0;
+
+  // Blocking forms: start, then wait(timeout()).
+  template <typename T>
+  void allReduce(T* data, std::size_t count, ReduceOp op, const char* tag) {
+    allReduceAsync(data, count, dtypeOf<T>(), op, tag)->wait(timeout_);
+  }
+  void broadcast(void* data, std::size_t bytes, int root, const char* tag) {
+    broadcastAsync(data, bytes, DType::UInt8, root, tag)->wait(timeout_);
+  }
+  void allGather(const void* send, std::size_t bytes, void* recv, const char* tag) {
+    allGatherAsync(send, recv, bytes, DType::UInt8, tag)->wait(timeout_);
+  }
+  void barrier(const char* tag) { barrierAsync(tag)->wait(timeout_); }
+
+  // How long a blocking collective may wait without completing (default 60 s).
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  void setTimeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
 
  protected:
   Communicator() = default;
+
+ private:
+  std::chrono::milliseconds timeout_{60000};
 };
 
-// backend: "local" (one process, collectives are copies) or "mpi" (initialises MPI if needed and
-// finalises it when the communicator is destroyed).
+// backend: "local" (one process; collectives are copies), "mpi" (initialises MPI if needed and
+// finalises it when destroyed), "nccl" (CUDA device buffers; needs a build with GRAFT_WITH_NCCL,
+// a GPU, and an MPI world to exchange the NCCL id), or "auto" (nccl when built with it and a GPU
+// is visible, else mpi when launched by mpirun/srun, else local).
 std::unique_ptr<Communicator> makeCommunicator(const std::string& backend);
+// True when this build includes the NCCL backend.
+bool ncclCompiledIn();
 
 }  // namespace graft

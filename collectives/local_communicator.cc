@@ -1,11 +1,19 @@
-// The world-size-1 backend: every collective is the identity (or a copy).
+// The world-size-1 backend: every collective is the identity (or a copy) and completes at once.
+#include <cstdlib>
 #include <cstring>
 
 #include "communicator.h"
 #include "mpi_communicator.h"
+#include "nccl_communicator.h"
 
 namespace graft {
 namespace {
+
+class DoneWork final : public Work {
+ public:
+  bool test() override { return true; }
+  void wait(std::chrono::milliseconds) override {}
+};
 
 class LocalCommunicator final : public Communicator {
  public:
@@ -14,25 +22,72 @@ class LocalCommunicator final : public Communicator {
   int localRank() const override { return 0; }
   int localSize() const override { return 1; }
   std::string backend() const override { return "local"; }
-  void allReduce(float*, std::size_t, ReduceOp, const char*) override {}
-  void allReduce(double*, std::size_t, ReduceOp, const char*) override {}
-  void allReduce(std::int64_t*, std::size_t, ReduceOp, const char*) override {}
-  void broadcast(void*, std::size_t, int root, const char* tag) override {
-    if (root != 0) throw CollectiveError(std::string("broadcast '") + tag + "': root " +
-                                         std::to_string(root) + " out of range for world size 1");
+  WorkPtr allReduceAsync(void*, std::size_t, DType, ReduceOp, const char*) override { return done(); }
+  WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp,
+                             const char*) override {
+    return copy(send, recv, count * sizeOf(type));
   }
-  void allGather(const void* send, std::size_t bytes, void* recv, const char*) override {
-    if (bytes) std::memmove(recv, send, bytes);
+  WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char*) override {
+    return copy(send, recv, count * sizeOf(type));
   }
-  void barrier(const char*) override {}
+  WorkPtr broadcastAsync(void*, std::size_t, DType, int root, const char* tag) override {
+    if (root != 0)
+      throw CollectiveError(std::string("broadcast '") + tag + "': root " + std::to_string(root) +
+                            " out of range for world size 1");
+    return done();
+  }
+  WorkPtr barrierAsync(const char*) override { return done(); }
+
+ private:
+  static WorkPtr done() { return std::make_unique<DoneWork>(); }
+  static WorkPtr copy(const void* send, void* recv, std::size_t bytes) {
+    if (bytes && send != recv) std::memmove(recv, send, bytes);
+    return done();
+  }
 };
 
+bool launchedAsSeveralRanks() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK"})
+    if (const char* v = std::getenv(name); v && *v) return true;
+  return false;
+}
+
 }  // namespace
+
+std::size_t sizeOf(DType type) {
+  switch (type) {
+    case DType::Float32: case DType::Int32: return 4;
+    case DType::Float64: case DType::Int64: return 8;
+    case DType::UInt8: return 1;
+    case DType::BFloat16: case DType::Float16: return 2;
+  }
+  return 1;
+}
+
+const char* nameOf(DType type) {
+  switch (type) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Int32: return "int32";
+    case DType::Int64: return "int64";
+    case DType::UInt8: return "uint8";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float16: return "float16";
+  }
+  return "?";
+}
+
+bool ncclCompiledIn() { return ncclBackendAvailable(); }
 
 std::unique_ptr<Communicator> makeCommunicator(const std::string& backend) {
   if (backend == "local") return std::make_unique<LocalCommunicator>();
   if (backend == "mpi") return makeMpiCommunicator();
-  throw CollectiveError("unknown communicator backend '" + backend + "' (expected local or mpi)");
+  if (backend == "nccl") return makeNcclCommunicator();
+  if (backend == "auto") {
+    if (ncclBackendAvailable() && cudaDeviceVisible()) return makeNcclCommunicator();
+    return launchedAsSeveralRanks() ? makeMpiCommunicator() : std::make_unique<LocalCommunicator>();
+  }
+  throw CollectiveError("unknown communicator backend '" + backend + "' (expected auto, local, mpi or nccl)");
 }
 
 }  // namespace graft

@@ -1,12 +1,17 @@
 #include "mpi_communicator.h"
 
 #include <mpi.h>
-#include <unistd.h>
 
-#include <string>
+#include <cstring>
+#include <map>
+#include <thread>
+#include <vector>
 
 namespace graft {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kNoticeTag = 7101;
 
 MPI_Op toMpi(ReduceOp op) {
   switch (op) {
@@ -17,7 +22,44 @@ MPI_Op toMpi(ReduceOp op) {
   return MPI_SUM;
 }
 
-// Owns the duplicated world communicator; move-only through unique_ptr ownership of the class.
+MPI_Datatype toMpi(DType type) {
+  switch (type) {
+    case DType::Float32: return MPI_FLOAT;
+    case DType::Float64: return MPI_DOUBLE;
+    case DType::Int32: return MPI_INT32_T;
+    case DType::Int64: return MPI_INT64_T;
+    case DType::UInt8: return MPI_UINT8_T;
+    case DType::BFloat16: case DType::Float16: return MPI_DATATYPE_NULL;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+// Where a rank is: the collective it is waiting in (see Note [who did not arrive]).
+struct Notice {
+  std::uint64_t seq;
+  char op[16];
+  char tag[48];
+};
+
+class MpiCommunicator;
+
+class MpiWork final : public Work {
+ public:
+  MpiWork(MpiCommunicator& comm, MPI_Request request, const char* op, const char* tag, std::uint64_t seq)
+      : comm_(comm), request_(request), op_(op), tag_(tag), seq_(seq) {}
+  ~MpiWork() override;
+  bool test() override;
+  void wait(std::chrono::milliseconds timeout) override;
+
+ private:
+  MpiCommunicator& comm_;
+  MPI_Request request_;
+  const char* op_;
+  std::string tag_;
+  std::uint64_t seq_;
+  bool done_ = false;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator() {
@@ -29,8 +71,10 @@ class MpiCommunicator final : public Communicator {
         throw CollectiveError("MPI_Init_thread failed (is this process started by mpirun or srun?)");
       owns_mpi_ = true;
     }
-    MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
-    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    for (MPI_Comm* c : {&comm_, &watch_}) {
+      MPI_Comm_dup(MPI_COMM_WORLD, c);
+      MPI_Comm_set_errhandler(*c, MPI_ERRORS_RETURN);
+    }
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_);
@@ -39,9 +83,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   ~MpiCommunicator() override {
-    // Never throws; after an error the launcher calls MPI_Abort instead of reaching here.
-    if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
-    if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    // Never throws or blocks on peers. A failed communicator is left as it is: main() aborts.
+    if (failed_) return;
+    drainNotices();
+    for (MPI_Comm* c : {&node_, &watch_, &comm_})
+      if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
     int finalised = 0;
     MPI_Finalized(&finalised);
     if (owns_mpi_ && !finalised) MPI_Finalize();
@@ -53,67 +99,169 @@ class MpiCommunicator final : public Communicator {
   int localSize() const override { return local_size_; }
   std::string backend() const override { return "mpi"; }
 
-  void allReduce(float* data, std::size_t count, ReduceOp op, const char* tag) override {
-    reduce(data, count, MPI_FLOAT, op, tag);
+  WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
+    return start("allReduce", tag, type, [&](MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, data, toCount(count, "allReduce", tag), toMpi(type), toMpi(op), comm_, r);
+    });
   }
-  void allReduce(double* data, std::size_t count, ReduceOp op, const char* tag) override {
-    reduce(data, count, MPI_DOUBLE, op, tag);
+  WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
+                             const char* tag) override {
+    return start("reduceScatter", tag, type, [&](MPI_Request* r) {
+      return MPI_Ireduce_scatter_block(send, recv, toCount(count, "reduceScatter", tag), toMpi(type), toMpi(op), comm_, r);
+    });
   }
-  void allReduce(std::int64_t* data, std::size_t count, ReduceOp op, const char* tag) override {
-    reduce(data, count, MPI_INT64_T, op, tag);
+  WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {
+    return start("allGather", tag, type, [&](MPI_Request* r) {
+      const int n = toCount(count, "allGather", tag);
+      return MPI_Iallgather(send, n, toMpi(type), recv, n, toMpi(type), comm_, r);
+    });
   }
-
-  void broadcast(void* data, std::size_t bytes, int root, const char* tag) override {
-    const auto seq = next("broadcast", tag);
-    check(MPI_Bcast(data, toCount(bytes, "broadcast", tag), MPI_BYTE, root, comm_), "broadcast", tag, seq);
+  WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) override {
+    if (root < 0 || root >= size_) throw CollectiveError(context("broadcast", tag, seq_ + 1) + ": root " + std::to_string(root) + " out of range");
+    return start("broadcast", tag, type, [&](MPI_Request* r) {
+      return MPI_Ibcast(data, toCount(count, "broadcast", tag), toMpi(type), root, comm_, r);
+    });
   }
-
-  void allGather(const void* send, std::size_t bytes, void* recv, const char* tag) override {
-    const auto seq = next("allGather", tag);
-    const int n = toCount(bytes, "allGather", tag);
-    check(MPI_Allgather(send, n, MPI_BYTE, recv, n, MPI_BYTE, comm_), "allGather", tag, seq);
-  }
-
-  void barrier(const char* tag) override {
-    const auto seq = next("barrier", tag);
-    check(MPI_Barrier(comm_), "barrier", tag, seq);
-  }
-
- private:
-  void reduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op, const char* tag) {
-    const auto seq = next("allReduce", tag);
-    check(MPI_Allreduce(MPI_IN_PLACE, data, toCount(count, "allReduce", tag), type, toMpi(op), comm_),
-          "allReduce", tag, seq);
+  WorkPtr barrierAsync(const char* tag) override {
+    return start("barrier", tag, DType::UInt8, [&](MPI_Request* r) { return MPI_Ibarrier(comm_, r); });
   }
 
-  std::uint64_t next(const char*, const char*) { return ++seq_; }
-
-  int toCount(std::size_t n, const char* op, const char* tag) const {
-    if (n > static_cast<std::size_t>(INT32_MAX))
-      throw CollectiveError(context(op, tag, seq_) + ": " + std::to_string(n) +
-                            " elements exceed MPI's int count; split the buffer");
-    return static_cast<int>(n);
+  std::string context(const char* op, const std::string& tag, std::uint64_t seq) const {
+    return std::string("mpi ") + op + " '" + tag + "' #" + std::to_string(seq) + " on rank " + std::to_string(rank_) +
+           "/" + std::to_string(size_);
   }
 
-  std::string context(const char* op, const char* tag, std::uint64_t seq) const {
-    return std::string("mpi ") + op + " '" + tag + "' #" + std::to_string(seq) + " on rank " +
-           std::to_string(rank_) + "/" + std::to_string(size_);
-  }
-
-  void check(int rc, const char* op, const char* tag, std::uint64_t seq) const {
+  void check(int rc, const char* op, const std::string& tag, std::uint64_t seq) {
     if (rc == MPI_SUCCESS) return;
+    failed_ = true;
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, text, &len);
-    throw CollectiveError(context(op, tag, seq) + " failed: " + std::string(text, len));
+    throw CollectiveError(context(op, tag, seq) + " failed: " + std::string(text, static_cast<std::size_t>(len)));
   }
 
-  MPI_Comm comm_ = MPI_COMM_NULL;
-  MPI_Comm node_ = MPI_COMM_NULL;
+  void markFailed() { failed_ = true; }
+  bool failed() const { return failed_; }
+
+  // See Note [who did not arrive] in mpi_communicator.h.
+  [[noreturn]] void timedOut(const char* op, const std::string& tag, std::uint64_t seq, std::chrono::milliseconds waited) {
+    failed_ = true;
+    Notice mine{};
+    mine.seq = seq;
+    std::strncpy(mine.op, op, sizeof(mine.op) - 1);
+    std::strncpy(mine.tag, tag.c_str(), sizeof(mine.tag) - 1);
+    outbox_.push_back(mine);
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_) continue;
+      MPI_Request r;
+      MPI_Isend(&outbox_.back(), sizeof(Notice), MPI_BYTE, peer, kNoticeTag, watch_, &r);
+      MPI_Request_free(&r);  // point-to-point: freeing an active send is allowed
+    }
+    const auto grace = std::min<std::chrono::milliseconds>(waited, std::chrono::milliseconds(3000));
+    std::map<int, Notice> heard = collectNotices(Clock::now() + grace, seq);
+    std::string missing;
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_) continue;
+      const auto it = heard.find(peer);
+      std::string why;
+      if (it == heard.end()) why = "no reply";
+      else if (it->second.seq != seq || tag != it->second.tag)
+        why = std::string("waiting in ") + it->second.op + " '" + it->second.tag + "' #" + std::to_string(it->second.seq);
+      if (!why.empty()) missing += (missing.empty() ? "" : ", ") + std::to_string(peer) + " (" + why + ")";
+    }
+    if (missing.empty()) missing = "none (all peers are waiting in the same collective)";
+    throw CollectiveError(context(op, tag, seq) + " timed out after " + std::to_string(waited.count() / 1000.0).substr(0, 5) +
+                          " s; ranks that did not arrive: " + missing);
+  }
+
+ private:
+  template <typename Starter>
+  WorkPtr start(const char* op, const char* tag, DType type, Starter starter) {
+    if (failed_) throw CollectiveError(context(op, tag, seq_ + 1) + ": communicator already failed");
+    if (toMpi(type) == MPI_DATATYPE_NULL)
+      throw CollectiveError(context(op, tag, seq_ + 1) + ": " + nameOf(type) + " is not supported by the MPI backend");
+    const std::uint64_t seq = ++seq_;
+    MPI_Request request = MPI_REQUEST_NULL;
+    check(starter(&request), op, tag, seq);
+    return std::make_unique<MpiWork>(*this, request, op, tag, seq);
+  }
+
+  // Receives notices until every peer reported `seq` or the deadline passes; keeps the newest per peer.
+  std::map<int, Notice> collectNotices(Clock::time_point deadline, std::uint64_t seq) {
+    std::map<int, Notice> heard;
+    while (Clock::now() < deadline) {
+      int flag = 0;
+      MPI_Status status;
+      MPI_Iprobe(MPI_ANY_SOURCE, kNoticeTag, watch_, &flag, &status);
+      if (!flag) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        continue;
+      }
+      Notice n{};
+      MPI_Recv(&n, sizeof(n), MPI_BYTE, status.MPI_SOURCE, kNoticeTag, watch_, MPI_STATUS_IGNORE);
+      n.tag[sizeof(n.tag) - 1] = n.op[sizeof(n.op) - 1] = '\0';
+      if (!heard.count(status.MPI_SOURCE) || heard[status.MPI_SOURCE].seq < n.seq) heard[status.MPI_SOURCE] = n;
+      int agreeing = 0;
+      for (const auto& [peer, notice] : heard) agreeing += notice.seq == seq;
+      if (agreeing == size_ - 1) break;
+    }
+    return heard;
+  }
+
+  void drainNotices() {
+    int flag = 1;
+    while (flag) {
+      MPI_Status status;
+      MPI_Iprobe(MPI_ANY_SOURCE, kNoticeTag, watch_, &flag, &status);
+      if (!flag) break;
+      Notice n{};
+      MPI_Recv(&n, sizeof(n), MPI_BYTE, status.MPI_SOURCE, kNoticeTag, watch_, MPI_STATUS_IGNORE);
+    }
+  }
+
+  int toCount(std::size_t n, const char* op, const char* tag) const {
+    if (n > static_cast<std::size_t>(INT32_MAX))
+      throw CollectiveError(context(op, tag, seq_ + 1) + ": " + std::to_string(n) + " elements exceed MPI's int count; split the buffer");
+    return static_cast<int>(n);
+  }
+
+  MPI_Comm comm_ = MPI_COMM_NULL, watch_ = MPI_COMM_NULL, node_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
-  bool owns_mpi_ = false;
+  bool owns_mpi_ = false, failed_ = false;
   std::uint64_t seq_ = 0;
+  std::vector<Notice> outbox_;  // notices stay alive until the process ends
 };
+
+MpiWork::~MpiWork() {
+  // A non-blocking collective cannot be cancelled; finish it unless the communicator has failed.
+  if (done_ || comm_.failed()) return;
+  int flag = 0;
+  const auto deadline = Clock::now() + comm_.timeout();
+  while (!flag && Clock::now() < deadline) {
+    if (MPI_Test(&request_, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+    if (!flag) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  if (!flag) comm_.markFailed();
+}
+
+bool MpiWork::test() {
+  if (done_) return true;
+  int flag = 0;
+  comm_.check(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE), op_, tag_, seq_);
+  done_ = flag != 0;
+  return done_;
+}
+
+void MpiWork::wait(std::chrono::milliseconds timeout) {
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
+  // Spin briefly (small collectives finish in microseconds), then poll with short sleeps.
+  for (int spins = 0; !test(); ++spins) {
+    if (Clock::now() >= deadline)
+      comm_.timedOut(op_, tag_, seq_, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start));
+    if (spins > 2000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
 
 }  // namespace
 

@@ -1,7 +1,14 @@
-// MPI backend of Communicator (CPU buffers). Initialises MPI (MPI_THREAD_FUNNELED) unless the
-// process already did, duplicates MPI_COMM_WORLD with MPI_ERRORS_RETURN so failures become
-// CollectiveError instead of an abort without context, and finalises MPI on destruction if it
-// initialised it.
+// MPI backend of Communicator (host buffers, non-blocking collectives). Initialises MPI
+// (MPI_THREAD_FUNNELED: call it from the thread that created it) unless the process already did,
+// works on duplicates of MPI_COMM_WORLD with MPI_ERRORS_RETURN so failures become
+// CollectiveError, and finalises MPI on destruction if it initialised it.
+//
+// Note [who did not arrive]: MPI cannot tell which ranks have not entered a collective. When a
+// wait times out, this rank sends a small notice (sequence number, op, tag) to every peer on a
+// side communicator and listens for theirs for a short grace period. Peers stuck in the same
+// collective time out too and answer with the same sequence number; the ranks that stay silent,
+// or report another collective, are the ones named as not arrived. Nothing is sent while all goes
+// well.
 #pragma once
 
 #include <memory>

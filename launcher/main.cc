@@ -28,10 +28,10 @@ int dispatch(const std::string& command, const graft::Args& args) {
   if (command == "generate") return graft::runGenerate(args);
   if (command == "eval") return graft::runEval(args);
   if (command == "prepare") return graft::runPrepare(args);
-  if (command == "train") {
-    auto comm = graft::makeCommunicator(graft::detectBackend());
-    return graft::runTrain(args, *comm);
-  }
+  if (command == "train")
+    return graft::runTrain(args, [](const std::string& backend) {
+      return graft::makeCommunicator(backend == "auto" ? graft::detectBackend() : backend);
+    });
   std::fprintf(stderr, "graft: unknown command '%s'\n%s", command.c_str(), kUsage);
   return graft::kExitBadInput;
 }

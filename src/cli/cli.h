@@ -3,6 +3,10 @@
 // Errors are thrown (InputError for bad input, exit code 2); launcher/main.cc prints them.
 #pragma once
 
+#include <functional>
+#include <memory>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,7 +19,11 @@ int runTokenize(const Args& args);
 int runGenerate(const Args& args);
 int runEval(const Args& args);
 int runPrepare(const Args& args);
-// Collective: every rank of `comm` calls it.
-int runTrain(const Args& args, Communicator& comm);
+// Makes the communicator for a backend name ("auto" is resolved by the launcher from how the
+// process was started).
+using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend)>;
+// Every rank calls it. The config is parsed before any collective, so a config error is reported
+// by each rank on its own; the communicator is made afterwards from [dist] backend.
+int runTrain(const Args& args, const CommunicatorFactory& make_communicator);
 
 }  // namespace graft

@@ -1,15 +1,24 @@
 #include <cstdio>
 
+#include <chrono>
+
 #include "cli/cli.h"
+#include "communicator.h"
+#include "util/error.h"
 #include "config/train_config.h"
 #include "train/trainer.h"
 #include "util/log.h"
 
 namespace graft {
 
-int runTrain(const Args& args, Communicator& comm) {
+int runTrain(const Args& args, const CommunicatorFactory& make_communicator) {
   TrainConfig config;
   if (!parseTrainConfig(args, config)) return 0;
+  auto owned = make_communicator(config.backend);
+  Communicator& comm = *owned;
+  comm.setTimeout(std::chrono::milliseconds(static_cast<std::int64_t>(config.timeout_s * 1000)));
+  if (comm.backend() == "nccl")
+    throw InputError("dist.backend = nccl needs CUDA tensors, and this build trains on the CPU; use mpi");
   Trainer trainer(config, comm);
   const TrainResult result = trainer.run();
   Logger log(comm.rank(), comm.size());

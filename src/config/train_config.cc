@@ -46,6 +46,11 @@ class OptionTable {
     add("train.stop_after", c.stop_after, "checkpoint and stop after this step (0 = run to the end)");
     add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
+    add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");
+    add("dist.timeout_s", c.timeout_s, "seconds a collective may wait before the run stops with an error naming it");
+    add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
+    add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
+    add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
   }
@@ -68,7 +73,9 @@ class OptionTable {
  private:
   template <typename T>
   void add(const char* key, T& target, const char* help) {
-    desc_.add_options()(key, po::value<T>(&target)->default_value(target), help);
+    std::ostringstream shown;  // short form for --help; resolved() prints full precision
+    shown << std::boolalpha << target;
+    desc_.add_options()(key, po::value<T>(&target)->default_value(target, shown.str()), help);
     printers_.emplace_back(key, [&target]() {
       std::ostringstream s;
       s.precision(17);
@@ -176,6 +183,10 @@ void TrainConfig::validate(int world) const {
   need(eval_every >= 0, "eval.every", "must be >= 0");
   need(eval_batches > 0, "eval.batches", "must be positive");
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");
+  need(backend == "auto" || backend == "mpi" || backend == "local" || backend == "nccl", "dist.backend",
+       "'" + backend + "' is not one of auto, mpi, local, nccl");
+  need(timeout_s > 0, "dist.timeout_s", "must be positive");
+  need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
 }
 

@@ -36,6 +36,11 @@ struct TrainConfig {
   // [eval]
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;
+  // [dist]
+  std::string backend = "auto";  // auto | mpi | local | nccl
+  double timeout_s = 30;          // a collective that makes no progress this long is an error
+  double bucket_mb = 25, first_bucket_mb = 1;
+  bool overlap = true;
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;

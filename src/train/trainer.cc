@@ -15,7 +15,7 @@
 #include "data/sampler.h"
 #include "io/model_io.h"
 #include "train/adamw.h"
-#include "train/grad_sync.h"
+#include "parallel/grad_reducer.h"
 #include "train/schedule.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -75,7 +75,9 @@ struct Trainer::State {
         model(buildModel(c, train_data.vocabSize(), log)),
         sampler(train_data.numSamples(), c.batch_size, c.seed),
         optimizer(model->named_parameters().pairs(), {c.beta1, c.beta2, c.eps, c.weight_decay}),
-        sync(model->parameters(), /*extra=*/1),
+        reducer(model->named_parameters().pairs(), comm_,
+                {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)), static_cast<std::size_t>(c.bucket_mb * (1 << 20)),
+                 c.overlap}),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
         checkpoint_dir(c.run_dir + "/checkpoints") {}
 
@@ -120,9 +122,10 @@ struct Trainer::State {
   // Collective. One optimizer step over global batch `step - 1`; returns {loss, grad norm}.
   std::pair<double, double> step(std::int64_t step_number) {
     const auto accumulation = config.accumulation(comm.size());
-    for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    reducer.beginStep();
     double loss_sum = 0;
     for (std::int64_t m = 0; m < accumulation; ++m) {
+      reducer.beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
       auto batch = gather(train_data, indices);
@@ -131,12 +134,12 @@ struct Trainer::State {
       loss.backward();
       loss_sum += loss.item<double>();
     }
-    std::vector<double> extra = {loss_sum};
-    sync.average(comm, extra);
-    const double norm = sync.globalNorm();
-    if (config.grad_clip > 0 && norm > config.grad_clip) sync.scale(config.grad_clip / (norm + 1e-6));
+    reducer.finish();
+    comm.allReduce(&loss_sum, 1, ReduceOp::Sum, "train/loss");
+    const double norm = reducer.globalNorm();
+    if (config.grad_clip > 0 && norm > config.grad_clip) reducer.scaleGradients(config.grad_clip / (norm + 1e-6));
     optimizer.step(schedule.at(step_number));
-    return {extra[0] / comm.size(), norm};
+    return {loss_sum / comm.size(), norm};
   }
 
   TrainingState snapshot(std::int64_t step_number) {
@@ -227,7 +230,7 @@ struct Trainer::State {
   Llama model;
   GlobalSampler sampler;
   AdamW optimizer;
-  FlatGradSync sync;
+  GradReducer reducer;
   Schedule schedule;
   std::string checkpoint_dir;
 };

@@ -1,0 +1,177 @@
+#include "nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <thread>
+
+#include "mpi_communicator.h"
+
+namespace graft {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+ncclDataType_t toNccl(DType type) {
+  switch (type) {
+    case DType::Float32: return ncclFloat32;
+    case DType::Float64: return ncclFloat64;
+    case DType::Int32: return ncclInt32;
+    case DType::Int64: return ncclInt64;
+    case DType::UInt8: return ncclUint8;
+    case DType::BFloat16: return ncclBfloat16;
+    case DType::Float16: return ncclFloat16;
+  }
+  return ncclUint8;
+}
+
+ncclRedOp_t toNccl(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return ncclSum;
+    case ReduceOp::Max: return ncclMax;
+    case ReduceOp::Min: return ncclMin;
+  }
+  return ncclSum;
+}
+
+class NcclCommunicator;
+
+class NcclWork final : public Work {
+ public:
+  NcclWork(NcclCommunicator& comm, cudaEvent_t event, const char* op, const char* tag, std::uint64_t seq)
+      : comm_(comm), event_(event), op_(op), tag_(tag), seq_(seq) {}
+  ~NcclWork() override { cudaEventDestroy(event_); }
+  bool test() override;
+  void wait(std::chrono::milliseconds timeout) override;
+
+ private:
+  NcclCommunicator& comm_;
+  cudaEvent_t event_;
+  const char* op_;
+  std::string tag_;
+  std::uint64_t seq_;
+  bool done_ = false;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator() : bootstrap_(makeMpiCommunicator()) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+      throw CollectiveError("nccl backend: no CUDA device visible on rank " + std::to_string(bootstrap_->rank()));
+    device_ = bootstrap_->localRank() % devices;
+    cudaSetDevice(device_);
+    ncclUniqueId id{};
+    if (bootstrap_->rank() == 0) ncclGetUniqueId(&id);
+    bootstrap_->broadcast(&id, sizeof(id), 0, "nccl/unique_id");
+    cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
+  }
+
+  ~NcclCommunicator() override {
+    if (comm_) failed_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return bootstrap_->rank(); }
+  int size() const override { return bootstrap_->size(); }
+  int localRank() const override { return bootstrap_->localRank(); }
+  int localSize() const override { return bootstrap_->localSize(); }
+  std::string backend() const override { return "nccl"; }
+
+  WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
+    return start("allReduce", tag, [&] { return ncclAllReduce(data, data, count, toNccl(type), toNccl(op), comm_, stream_); });
+  }
+  WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
+                             const char* tag) override {
+    return start("reduceScatter", tag,
+                 [&] { return ncclReduceScatter(send, recv, count, toNccl(type), toNccl(op), comm_, stream_); });
+  }
+  WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {
+    return start("allGather", tag, [&] { return ncclAllGather(send, recv, count, toNccl(type), comm_, stream_); });
+  }
+  WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) override {
+    return start("broadcast", tag, [&] { return ncclBroadcast(data, data, count, toNccl(type), root, comm_, stream_); });
+  }
+  WorkPtr barrierAsync(const char* tag) override {
+    if (!barrier_buffer_) cudaMalloc(&barrier_buffer_, sizeof(float));
+    return start("barrier", tag, [&] { return ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_, stream_); });
+  }
+
+  std::string context(const char* op, const std::string& tag, std::uint64_t seq) const {
+    return std::string("nccl ") + op + " '" + tag + "' #" + std::to_string(seq) + " on rank " +
+           std::to_string(rank()) + "/" + std::to_string(size()) + " (cuda:" + std::to_string(device_) + ")";
+  }
+
+  void checkNccl(ncclResult_t rc, const char* op, const std::string& tag, std::uint64_t seq) {
+    if (rc == ncclSuccess || rc == ncclInProgress) return;
+    failed_ = true;
+    throw CollectiveError(context(op, tag, seq) + " failed: " + ncclGetErrorString(rc));
+  }
+
+  // Asynchronous NCCL errors (a peer died, a network failure) surface here while waiting.
+  void checkAsync(const char* op, const std::string& tag, std::uint64_t seq) {
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    checkNccl(async, op, tag, seq);
+  }
+
+  [[noreturn]] void timedOut(const char* op, const std::string& tag, std::uint64_t seq, double seconds) {
+    failed_ = true;
+    throw CollectiveError(context(op, tag, seq) + " timed out after " + std::to_string(seconds).substr(0, 5) +
+                          " s; NCCL cannot tell which ranks did not arrive: compare the sequence numbers in the other "
+                          "ranks' errors");
+  }
+
+ private:
+  template <typename Launch>
+  WorkPtr start(const char* op, const char* tag, Launch launch) {
+    if (failed_) throw CollectiveError(context(op, tag, seq_ + 1) + ": communicator already failed");
+    const std::uint64_t seq = ++seq_;
+    checkNccl(launch(), op, tag, seq);
+    cudaEvent_t event;
+    cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+    cudaEventRecord(event, stream_);
+    return std::make_unique<NcclWork>(*this, event, op, tag, seq);
+  }
+
+  std::unique_ptr<Communicator> bootstrap_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* barrier_buffer_ = nullptr;
+  int device_ = 0;
+  bool failed_ = false;
+  std::uint64_t seq_ = 0;
+};
+
+bool NcclWork::test() {
+  if (done_) return true;
+  const cudaError_t rc = cudaEventQuery(event_);
+  if (rc == cudaSuccess) return done_ = true;
+  if (rc != cudaErrorNotReady)
+    throw CollectiveError(comm_.context(op_, tag_, seq_) + ": CUDA error " + cudaGetErrorString(rc));
+  comm_.checkAsync(op_, tag_, seq_);
+  return false;
+}
+
+void NcclWork::wait(std::chrono::milliseconds timeout) {
+  const auto start = Clock::now();
+  while (!test()) {
+    const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+    if (Clock::now() - start >= timeout) comm_.timedOut(op_, tag_, seq_, waited);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+}  // namespace
+
+bool ncclBackendAvailable() { return true; }
+
+bool cudaDeviceVisible() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+std::unique_ptr<Communicator> makeNcclCommunicator() { return std::make_unique<NcclCommunicator>(); }
+
+}  // namespace graft

@@ -1,0 +1,108 @@
+// GradReducer on every rank (mpirun -np 2 / -np 4), with gradients that are integers so every
+// average is exact: loss = sum_i (p_i * c_i) gives grad p_i = c_i exactly.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "mpi_world.h"
+#include "parallel/grad_reducer.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+Communicator& comm() { return *testing::g_comm; }
+
+struct Toy {
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  Toy(bool freeze_second = false) {
+    const std::vector<std::int64_t> sizes = {7000, 13, 50000, 999};  // 28 KB, 52 B, 200 KB, 4 KB
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      auto p = torch::zeros({sizes[i]}, torch::kFloat).requires_grad_(!(freeze_second && i == 1));
+      params.emplace_back("p" + std::to_string(i), p);
+    }
+  }
+  // Integer coefficients that differ per rank and per micro-step.
+  static torch::Tensor coefficient(std::int64_t n, int rank, int micro) {
+    return (torch::arange(n, torch::kFloat).remainder(11) - 5) * static_cast<float>(rank + 1 + 3 * micro);
+  }
+  void backward(int micro) {
+    torch::Tensor loss = torch::zeros({});
+    for (auto& [name, p] : params)
+      if (p.requires_grad()) loss = loss + (p * coefficient(p.numel(), comm().rank(), micro)).sum();
+    loss.backward();
+  }
+  // The exact average over ranks of the summed coefficients of `micros` micro-steps.
+  static torch::Tensor expected(std::int64_t n, int micros) {
+    auto sum = torch::zeros({n}, torch::kFloat);
+    for (int r = 0; r < comm().size(); ++r)
+      for (int m = 0; m < micros; ++m) sum += coefficient(n, r, m);
+    return sum / static_cast<float>(comm().size());
+  }
+};
+
+TEST(GradReducer, BucketedEqualsFlatAndTheExactAverage) {
+  Toy bucketed, flat;
+  GradReducer many(bucketed.params, comm(), {1000, 40000, true});
+  GradReducer one(flat.params, comm(), {1u << 30, 1u << 30, false});
+  ASSERT_GE(many.plan().buckets.size(), 3u);
+  ASSERT_EQ(one.plan().buckets.size(), 1u);
+  for (int step = 0; step < 2; ++step) {
+    for (auto pair : {std::make_pair(&many, &bucketed), std::make_pair(&one, &flat)}) {
+      pair.first->beginStep();
+      pair.first->beginMicroStep(true);
+      pair.second->backward(0);
+      pair.first->finish();
+    }
+    EXPECT_EQ(many.collectivesLastStep(), many.plan().buckets.size());
+    for (std::size_t i = 0; i < bucketed.params.size(); ++i) {
+      const auto& a = bucketed.params[i].second.grad();
+      EXPECT_TRUE(torch::equal(a, flat.params[i].second.grad())) << i;
+      EXPECT_TRUE(torch::equal(a, Toy::expected(a.numel(), 1))) << i;
+    }
+  }
+}
+
+TEST(GradReducer, FrozenParametersHaveNoBucketAndNoGradient) {
+  Toy toy(/*freeze_second=*/true);
+  GradReducer reducer(toy.params, comm(), {1, 1, true});  // one bucket per trainable parameter
+  EXPECT_EQ(reducer.plan().buckets.size(), 3u);
+  EXPECT_EQ(reducer.plan().bucket_of[1], -1);
+  reducer.beginStep();
+  reducer.beginMicroStep(true);
+  toy.backward(0);
+  reducer.finish();
+  EXPECT_EQ(reducer.collectivesLastStep(), 3u);
+  EXPECT_FALSE(toy.params[1].second.grad().defined());
+  EXPECT_TRUE(torch::equal(toy.params[2].second.grad(), Toy::expected(50000, 1)));
+}
+
+TEST(GradReducer, AccumulationCommunicatesOnlyOnTheLastMicroStep) {
+  Toy toy;
+  GradReducer reducer(toy.params, comm(), {1000, 40000, true});
+  reducer.beginStep();
+  reducer.beginMicroStep(false);
+  toy.backward(0);
+  EXPECT_EQ(reducer.collectivesLastStep(), 0u);
+  // Not synced yet: each rank still holds its own coefficients.
+  EXPECT_TRUE(torch::equal(toy.params[0].second.grad(), Toy::coefficient(7000, comm().rank(), 0)));
+  reducer.beginMicroStep(true);
+  toy.backward(1);
+  reducer.finish();
+  EXPECT_EQ(reducer.collectivesLastStep(), reducer.plan().buckets.size());
+  for (auto& [name, p] : toy.params) EXPECT_TRUE(torch::equal(p.grad(), Toy::expected(p.numel(), 2))) << name;
+}
+
+TEST(GradReducer, MismatchedPlansNameTheFirstDifferingParameter) {
+  Toy toy(/*freeze_second=*/comm().rank() == comm().size() - 1);
+  try {
+    GradReducer reducer(toy.params, comm(), {1000, 40000, true});
+    FAIL() << "plans differ but no error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("first at parameter #1"), std::string::npos) << what;
+    EXPECT_NE(what.find("'p1 13 trainable'"), std::string::npos) << what;
+  }
+}
+
+}  // namespace
+}  // namespace graft
