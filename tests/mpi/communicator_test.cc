@@ -57,3 +57,22 @@ TEST(Communicator, BroadcastAndAllGather) {
 
 }  // namespace
 }  // namespace graft
+
+namespace graft {
+namespace {
+
+TEST(Communicator, ReduceScatterGivesEachRankItsReducedBlock) {
+  const int n = comm().size(), r = comm().rank();
+  const std::size_t block = 1000;
+  std::vector<std::int64_t> send(block * static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < send.size(); ++i) send[i] = static_cast<std::int64_t>(i) * (r + 1);
+  std::vector<std::int64_t> recv(block, -1);
+  comm().reduceScatterAsync(send.data(), recv.data(), block, DType::Int64, ReduceOp::Sum, "test/rs")
+      ->wait(std::chrono::milliseconds(10000));
+  const std::int64_t ranks_sum = n * (n + 1) / 2;
+  for (std::size_t i = 0; i < block; ++i)
+    ASSERT_EQ(recv[i], static_cast<std::int64_t>(r * block + i) * ranks_sum) << i;
+}
+
+}  // namespace
+}  // namespace graft
