@@ -318,6 +318,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=0, help="0 = cores / ranks on this host")
     p.add_argument("--warmup-steps-excluded", type=int, default=5, help="first steps left out of the timing")
     p.add_argument("--port", type=int, default=29533, help="TCP port on 127.0.0.1 for the gloo rendezvous")
+    p.add_argument("--init", default="", help="start from the /model tensors of a graft checkpoint (.h5)")
     p.add_argument("--ddp", action="store_true", help="use a gloo group and DDP even at world size 1")
     return p.parse_args()
 
@@ -352,6 +353,10 @@ def main():
     sampler = GlobalSampler(data.num_samples(), a.batch_size, a.seed)
     model = Llama(data.vocab_size, a.dim, a.hidden_dim, a.n_layers, a.n_heads, a.n_kv_heads, a.seq_len)
     model.initialise(a.seed)
+    if a.init:  # same starting weights as graft's --model.path=<checkpoint>, so the loss curves compare
+        with h5py.File(a.init, "r") as f, torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(torch.from_numpy(f["model"][name][()]))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},

@@ -1,6 +1,9 @@
 // The `graft` executable: dispatches subcommands, owns the one place where errors are caught,
 // printed on one line, and turned into an exit code (docs/exit-codes.md).
+#include <malloc.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -36,9 +39,21 @@ int dispatch(const std::string& command, const graft::Args& args) {
   return graft::kExitBadInput;
 }
 
+// Note [allocator]: glibc returns large freed blocks to the OS (munmap / trim) and then faults them
+// in again on the next step; a training step allocates the same sizes every time, so keep them.
+// Measured on the demo fine-tune: about +40% tokens/s (docs/building.md). MALLOC_* variables in the
+// environment still override these.
+void keepFreedMemory() {
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("GLIBC_TUNABLES")) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // the largest value glibc accepts on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 256 << 20);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  keepFreedMemory();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::printf("%s", kUsage);
     return argc < 2 ? graft::kExitBadInput : graft::kExitOk;
