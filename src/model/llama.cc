@@ -63,24 +63,27 @@ AttentionImpl::AttentionImpl(const LlamaConfig& c)
   wo = register_module("wo", linear(c.dim, c.dim));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                     const torch::Tensor& mask) {
   const auto B = x.size(0), T = x.size(1);
-  auto q = rotate(wq(x).view({B, T, n_heads_, head_dim_}), cos, sin);
-  auto k = rotate(wk(x).view({B, T, n_kv_heads_, head_dim_}), cos, sin);
-  auto v = wv(x).view({B, T, n_kv_heads_, head_dim_});
+  // [B, T, heads, D] -> [B * heads, T, D], the layout of the batched matmuls below.
+  auto heads = [&](const torch::Tensor& t, int n) { return t.transpose(1, 2).reshape({B * n, T, head_dim_}); };
+  // q, k and v from one matmul against the concatenated weights (fewer, larger GEMMs).
+  const int64_t q_dim = n_heads_ * head_dim_, kv_dim = n_kv_heads_ * head_dim_;
+  auto qkv = torch::matmul(x, torch::cat({wq->weight, wk->weight, wv->weight}).t());
+  auto q = heads(rotate(qkv.narrow(-1, 0, q_dim).view({B, T, n_heads_, head_dim_}), cos, sin), n_heads_);
+  auto k = rotate(qkv.narrow(-1, q_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_}), cos, sin);
+  auto v = qkv.narrow(-1, q_dim + kv_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_});
   const int group = n_heads_ / n_kv_heads_;
   if (group > 1) {  // query head h reads kv head h / group
-    k = k.repeat_interleave(group, 2);
-    v = v.repeat_interleave(group, 2);
+    k = k.unsqueeze(3).expand({B, T, n_kv_heads_, group, head_dim_}).reshape({B, T, n_heads_, head_dim_});
+    v = v.unsqueeze(3).expand({B, T, n_kv_heads_, group, head_dim_}).reshape({B, T, n_heads_, head_dim_});
   }
-  q = q.transpose(1, 2);  // [B, H, T, D]
-  k = k.transpose(1, 2);
-  v = v.transpose(1, 2);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  auto mask = torch::ones({T, T}, torch::kBool).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  auto out = torch::matmul(torch::softmax(scores, -1), v);  // [B, H, T, D]
-  return wo(out.transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
+  // One fused call: mask + scale * q k^T (the mask is 0 on and below the diagonal, -inf above).
+  auto scores = torch::baddbmm(mask, q, heads(k, n_heads_).transpose(1, 2), /*beta=*/1.0,
+                               /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  auto out = torch::bmm(torch::softmax(scores, -1), heads(v, n_heads_));  // [B * H, T, D]
+  return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
 }
 
 FeedForwardImpl::FeedForwardImpl(const LlamaConfig& c) {
@@ -89,7 +92,12 @@ FeedForwardImpl::FeedForwardImpl(const LlamaConfig& c) {
   w3 = register_module("w3", linear(c.dim, c.hidden_dim));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) { return w2(torch::silu(w1(x)) * w3(x)); }
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  // Gate and up projections from one matmul against the concatenated weights.
+  auto both = torch::matmul(x, torch::cat({w1->weight, w3->weight}).t());
+  const auto hidden = w1->weight.size(0);
+  return w2(torch::silu(both.narrow(-1, 0, hidden)) * both.narrow(-1, hidden, hidden));
+}
 
 BlockImpl::BlockImpl(const LlamaConfig& c) {
   attention_norm = register_module("attention_norm", RMSNorm(c.dim, c.norm_eps));
@@ -98,8 +106,9 @@ BlockImpl::BlockImpl(const LlamaConfig& c) {
   feed_forward = register_module("feed_forward", FeedForward(c));
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto h = x + attention(attention_norm(x), cos, sin);
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                 const torch::Tensor& mask) {
+  auto h = x + attention(attention_norm(x), cos, sin, mask);
   return h + feed_forward(ffn_norm(h));
 }
 
@@ -118,6 +127,7 @@ LlamaImpl::LlamaImpl(const LlamaConfig& c) : config_(c) {
   auto angle = torch::outer(pos, freq);
   rope_cos_ = torch::cos(angle);
   rope_sin_ = torch::sin(angle);
+  causal_mask_ = torch::full({c.seq_len, c.seq_len}, -std::numeric_limits<float>::infinity()).triu(1);
 }
 
 torch::Tensor LlamaImpl::classifierWeight() const { return config_.tied ? tok_embeddings->weight : output->weight; }
@@ -128,8 +138,9 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& ids) {
     throw InputError("sequence of " + std::to_string(T) + " tokens exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
   auto cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
+  auto mask = causal_mask_.narrow(0, 0, T).narrow(1, 0, T);
   auto x = tok_embeddings(ids);
-  for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin);
+  for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
   return torch::matmul(norm(x), classifierWeight().t());
 }
 

@@ -36,8 +36,9 @@ TORCH_MODULE(RMSNorm);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const LlamaConfig& c);
-  // x [B, T, dim]; cos/sin [T, head_dim/2]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  // x [B, T, dim]; cos/sin [T, head_dim/2]; mask [T, T] additive (0 / -inf)
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask);
   torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
 
  private:
@@ -56,7 +57,8 @@ TORCH_MODULE(FeedForward);
 class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const LlamaConfig& c);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask);
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
   Attention attention{nullptr};
   FeedForward feed_forward{nullptr};
@@ -84,6 +86,7 @@ class LlamaImpl : public torch::nn::Module {
  private:
   LlamaConfig config_;
   torch::Tensor rope_cos_, rope_sin_;  // [seq_len, head_dim/2], buffers (not parameters)
+  torch::Tensor causal_mask_;          // [seq_len, seq_len]: 0 on and below the diagonal, -inf above
 };
 TORCH_MODULE(Llama);
 

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# graft vs PyTorch DDP (bench/ddp_peer.py, gloo) on the same model, batch, data, thread count and
+# starting weights; plus overlap on/off and weak scaling. Prints one JSON object (medians of
+# REPEATS alternating runs; steps/s measured after the first SKIP steps).
+#   steps/s            graft and peer at np=1 (2 threads) and np=2 (1 thread per rank)
+#   loss_curve         max relative difference of graft's and the peer's per-step losses
+#   overlap            graft np=2 with dist.overlap=true vs false
+#   weak_scaling       graft tokens/s at np=2 / (2 x np=1), same per-rank batch, 1 thread per rank
+# usage: bench/ddp_compare.sh [graft]   (uses runs/demo from launcher/demo.sh, running it if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRAFT=$(realpath "${1:-build/launcher/graft}")
+REPEATS=${REPEATS:-3}
+STEPS=${STEPS:-30}
+SKIP=${SKIP:-5}
+DATA=runs/demo/stories.h5
+[[ -f $DATA ]] || bash launcher/demo.sh "$GRAFT" >/dev/null
+BASE=$(ls runs/demo/pretrain/checkpoints/step-*.h5 | tail -1)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
+export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+PY=/usr/bin/python3
+
+graft_run() {  # np threads batch micro extra... -> steps/s after SKIP steps; losses in $tmp/graft_losses
+  local np=$1 threads=$2 batch=$3 micro=$4; shift 4
+  rm -rf "$tmp/run"
+  mpirun -np "$np" --oversubscribe --bind-to none "$GRAFT" train --config configs/demo_finetune.ini \
+    --run.dir="$tmp/run" --data.path="$DATA" --model.path="$BASE" --train.steps="$STEPS" --train.threads="$threads" \
+    --train.batch_size="$batch" --train.micro_batch="$micro" --eval.every=0 --eval.batches=1 \
+    --checkpoint.every=0 --train.log_every="$STEPS" "$@" >/dev/null
+  $PY - "$tmp/run/metrics.jsonl" "$SKIP" "$tmp/graft_losses" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+skip = int(sys.argv[2])
+print((len(rows) - skip) / (rows[-1]["elapsed_s"] - rows[skip - 1]["elapsed_s"]))
+json.dump([r["loss"] for r in rows], open(sys.argv[3], "w"))
+PYEOF
+}
+
+peer_run() {  # np threads -> steps/s; losses in $tmp/peer_losses
+  local np=$1 threads=$2
+  mpirun -np "$np" --oversubscribe --bind-to none $PY bench/ddp_peer.py --data "$DATA" --init "$BASE" \
+    --steps "$STEPS" --threads "$threads" --warmup-steps-excluded "$SKIP" --seed 2 2>/dev/null > "$tmp/peer.json"
+  $PY -c "import json,sys; d=json.load(open('$tmp/peer.json')); json.dump(d['losses'], open('$tmp/peer_losses','w')); print(d['steps_per_s'])"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+curve_diff() { $PY -c "import json; a=json.load(open('$tmp/graft_losses')); b=json.load(open('$tmp/peer_losses')); print(max(abs(x-y)/abs(y) for x,y in zip(a,b)))"; }
+
+declare -A g p d
+for np in 1 2; do
+  threads=$((np == 1 ? 2 : 1))
+  : > "$tmp/g$np"; : > "$tmp/p$np"
+  for ((i = 0; i < REPEATS; i++)); do
+    graft_run "$np" "$threads" 16 8 >> "$tmp/g$np"
+    peer_run "$np" "$threads" >> "$tmp/p$np"
+  done
+  g[$np]=$(median < "$tmp/g$np"); p[$np]=$(median < "$tmp/p$np"); d[$np]=$(curve_diff)
+done
+: > "$tmp/on"; : > "$tmp/off"; : > "$tmp/w1"; : > "$tmp/w2"
+for ((i = 0; i < REPEATS; i++)); do
+  graft_run 2 1 16 8 --dist.overlap=true >> "$tmp/on"
+  graft_run 2 1 16 8 --dist.overlap=false >> "$tmp/off"
+  graft_run 1 1 8 8 >> "$tmp/w1"
+  graft_run 2 1 16 8 >> "$tmp/w2"
+done
+$PY - "${g[1]}" "${g[2]}" "${p[1]}" "${p[2]}" "${d[1]}" "${d[2]}" "$(median < "$tmp/on")" "$(median < "$tmp/off")" \
+  "$(median < "$tmp/w1")" "$(median < "$tmp/w2")" "$REPEATS" "$STEPS" "$SKIP" <<'PYEOF'
+import json, sys
+g1, g2, p1, p2, d1, d2, on, off, w1, w2 = map(float, sys.argv[1:11])
+repeats, steps, skip = map(int, sys.argv[11:14])
+print(json.dumps({
+    "bench": "ddp_compare", "model": "demo_finetune (dim 96, 3 layers, seq 128, global batch 16)",
+    "repeats": repeats, "steps": steps, "timed_after_step": skip, "statistic": "median",
+    "graft_steps_per_s": {"np1": g1, "np2": g2}, "ddp_steps_per_s": {"np1": p1, "np2": p2},
+    "graft_over_ddp": {"np1": g1 / p1, "np2": g2 / p2},
+    "loss_curve_max_rel_diff": {"np1": d1, "np2": d2},
+    "overlap_steps_per_s": {"on": on, "off": off, "on_over_off": on / off},
+    "weak_scaling": {"np1_steps_per_s_batch8": w1, "np2_steps_per_s_batch16": w2, "efficiency": w2 / w1},
+}))
+PYEOF
