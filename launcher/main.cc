@@ -12,6 +12,7 @@
 #include "cli/cli.h"
 #include "communicator.h"
 #include "util/error.h"
+#include "signals.h"
 #include "world.h"
 
 namespace {
@@ -31,10 +32,15 @@ int dispatch(const std::string& command, const graft::Args& args) {
   if (command == "generate") return graft::runGenerate(args);
   if (command == "eval") return graft::runEval(args);
   if (command == "prepare") return graft::runPrepare(args);
-  if (command == "train")
-    return graft::runTrain(args, [](const std::string& backend) {
-      return graft::makeCommunicator(backend == "auto" ? graft::detectBackend() : backend);
-    });
+  if (command == "train") {
+    graft::installStopSignals();
+    return graft::runTrain(
+        args,
+        [](const std::string& backend) {
+          return graft::makeCommunicator(backend == "auto" ? graft::detectBackend() : backend);
+        },
+        graft::stopRequested);
+  }
   std::fprintf(stderr, "graft: unknown command '%s'\n%s", command.c_str(), kUsage);
   return graft::kExitBadInput;
 }

@@ -62,6 +62,7 @@ std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimiz
     file.setAttr("/", "step", state.step);
     file.setAttr("/", "world_size", state.world_size);
     file.setAttr("/", "tokens_seen", state.tokens_seen);
+    file.setAttr("/", "skipped_steps", state.skipped_steps);
     file.setAttr("/", "config", state.config);
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
     writeModelGroup(file, model);
@@ -123,6 +124,7 @@ TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optim
   state.step = file.intAttr("/", "step");
   state.world_size = file.intAttr("/", "world_size");
   state.tokens_seen = file.intAttr("/", "tokens_seen");
+  state.skipped_steps = file.intAttr("/", "skipped_steps");
   state.config = file.stringAttr("/", "config");
   state.seed = static_cast<std::uint64_t>(file.intAttr("/sampler", "seed"));
   state.next_batch = file.intAttr("/sampler", "next_batch");

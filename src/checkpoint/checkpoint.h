@@ -1,7 +1,7 @@
 // Training checkpoints: one HDF5 file per checkpoint under RUN_DIR/checkpoints/, named
 // step-<8 digits>.h5, written by rank 0 as step-XXXXXXXX.h5.tmp, fsynced, renamed, and its
 // directory fsynced. Layout (format version 1) in docs/checkpoint-format.md:
-//   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen,
+//   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen, skipped_steps,
 //                 config (resolved INI text), created_unix, complete=1 (written last)
 //   /model        see io/model_io.h
 //   /optimizer    attrs step_count, beta1, beta2, eps, weight_decay;
@@ -29,6 +29,7 @@ constexpr std::int64_t kCheckpointVersion = 1;
 struct TrainingState {
   std::int64_t step = 0;          // optimizer steps completed
   std::int64_t tokens_seen = 0;
+  std::int64_t skipped_steps = 0;  // steps skipped for a non-finite loss or gradient
   std::int64_t world_size = 1;
   std::uint64_t seed = 0;
   std::int64_t next_batch = 0;    // sampler cursor

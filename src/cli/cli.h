@@ -24,6 +24,7 @@ int runPrepare(const Args& args);
 using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend)>;
 // Every rank calls it. The config is parsed before any collective, so a config error is reported
 // by each rank on its own; the communicator is made afterwards from [dist] backend.
-int runTrain(const Args& args, const CommunicatorFactory& make_communicator);
+// `stop_requested` is polled once per step (signals); a stopped run exits with kExitRequeue.
+int runTrain(const Args& args, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested);
 
 }  // namespace graft

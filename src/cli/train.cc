@@ -11,7 +11,7 @@
 
 namespace graft {
 
-int runTrain(const Args& args, const CommunicatorFactory& make_communicator) {
+int runTrain(const Args& args, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested) {
   TrainConfig config;
   if (!parseTrainConfig(args, config)) return 0;
   auto owned = make_communicator(config.backend);
@@ -19,16 +19,21 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator) {
   comm.setTimeout(std::chrono::milliseconds(static_cast<std::int64_t>(config.timeout_s * 1000)));
   if (comm.backend() == "nccl")
     throw InputError("dist.backend = nccl needs CUDA tensors, and this build trains on the CPU; use mpi");
-  Trainer trainer(config, comm);
+  Trainer trainer(config, comm, stop_requested);
   const TrainResult result = trainer.run();
   Logger log(comm.rank(), comm.size());
   char line[256];
+  if (result.preempted) {
+    log.main("exiting with code " + std::to_string(kExitRequeue) + " (checkpointed, requeue me)");
+    return kExitRequeue;
+  }
   if (result.stopped_early) {
     std::snprintf(line, sizeof(line), "stopped after step %lld as asked (train.stop_after); run again to resume",
                   static_cast<long long>(result.steps_done));
   } else {
-    std::snprintf(line, sizeof(line), "done: val loss %.4f (at start of this run %.4f), %.0f tokens/s",
-                  result.final_val_loss, result.base_val_loss, result.tokens_per_second);
+    std::snprintf(line, sizeof(line), "done: val loss %.4f (at start of this run %.4f), %.0f tokens/s%s",
+                  result.final_val_loss, result.base_val_loss, result.tokens_per_second,
+                  result.skipped_steps ? (", " + std::to_string(result.skipped_steps) + " step(s) skipped (not finite)").c_str() : "");
   }
   log.main(line);
   return 0;

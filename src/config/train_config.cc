@@ -44,6 +44,7 @@ class OptionTable {
     add("train.threads", c.threads, "intra-op threads per rank (0 = cores / ranks on the host)");
     add("train.log_every", c.log_every, "progress line every N steps");
     add("train.stop_after", c.stop_after, "checkpoint and stop after this step (0 = run to the end)");
+    add("train.max_bad_steps", c.max_bad_steps, "consecutive steps with a non-finite loss or gradient that stop the run");
     add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
     add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");
@@ -51,6 +52,9 @@ class OptionTable {
     add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
+    add("debug.nan_from", c.nan_from, "fault injection (tests): NaN loss from this step (0 = off)");
+    add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
+    add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
   }
@@ -180,6 +184,8 @@ void TrainConfig::validate(int world) const {
   need(threads >= 0, "train.threads", "must be >= 0");
   need(log_every > 0, "train.log_every", "must be positive");
   need(stop_after >= 0, "train.stop_after", "must be >= 0");
+  need(max_bad_steps > 0, "train.max_bad_steps", "must be positive");
+  need(nan_from >= 0 && nan_count >= 0 && nan_rank >= 0, "debug.nan_from", "fault injection values must be >= 0");
   need(eval_every >= 0, "eval.every", "must be >= 0");
   need(eval_batches > 0, "eval.batches", "must be positive");
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");

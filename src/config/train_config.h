@@ -33,6 +33,7 @@ struct TrainConfig {
   int threads = 0;              // 0 = cores / ranks on this host
   std::int64_t log_every = 1;
   std::int64_t stop_after = 0;  // stop (with a checkpoint) after this step; 0 = run to the end
+  std::int64_t max_bad_steps = 5;  // consecutive non-finite steps that stop the run
   // [eval]
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;
@@ -41,6 +42,9 @@ struct TrainConfig {
   double timeout_s = 30;          // a collective that makes no progress this long is an error
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
+  // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`
+  std::int64_t nan_from = 0, nan_count = 1;
+  int nan_rank = 0;
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;

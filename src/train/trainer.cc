@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -41,6 +42,29 @@ std::string formatDuration(double seconds) {
   return buf;
 }
 
+// Raises the communicator's timeout for phases that legitimately take long on some ranks only
+// (loading the model, writing a checkpoint on rank 0), and restores it afterwards.
+class LongTimeout {
+ public:
+  explicit LongTimeout(Communicator& comm) : comm_(comm), saved_(comm.timeout()) {
+    comm_.setTimeout(std::max(saved_, std::chrono::milliseconds(kSlowPhaseMs)));
+  }
+  ~LongTimeout() { comm_.setTimeout(saved_); }
+  static constexpr std::int64_t kSlowPhaseMs = 30 * 60 * 1000;
+
+ private:
+  Communicator& comm_;
+  std::chrono::milliseconds saved_;
+};
+
+// JSON has no NaN or Infinity: non-finite values are written as null.
+std::string jsonNumber(double value, int digits) {
+  if (!std::isfinite(value)) return "null";
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.*g", digits, value);
+  return buf;
+}
+
 Llama buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
   if (!c.model_path.empty()) {
     auto model = loadModel(c.model_path);
@@ -65,9 +89,16 @@ Llama buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
 
 }  // namespace
 
+struct StepOutcome {
+  double loss = 0, grad_norm = 0;
+  bool applied = true;         // false: skipped for a non-finite loss or gradient norm
+  bool stop_requested = false;  // some rank asked to stop (signal)
+};
+
 struct Trainer::State {
-  State(const TrainConfig& c, Communicator& comm_)
+  State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop)
       : config(c),
+        stop_requested(std::move(stop)),
         comm(comm_),
         log(comm_.rank(), comm_.size()),
         train_data(c.data_path, "train", c.seq_len),
@@ -119,8 +150,10 @@ struct Trainer::State {
     return batch;
   }
 
-  // Collective. One optimizer step over global batch `step - 1`; returns {loss, grad norm}.
-  std::pair<double, double> step(std::int64_t step_number) {
+  // Collective. One optimizer step over global batch `step - 1`. The step's loss and the stop flag
+  // travel in one all-reduce; a non-finite loss or gradient norm (on any rank, so on every rank
+  // after the average) skips the update everywhere.
+  StepOutcome step(std::int64_t step_number) {
     const auto accumulation = config.accumulation(comm.size());
     reducer.beginStep();
     double loss_sum = 0;
@@ -131,21 +164,74 @@ struct Trainer::State {
       auto batch = gather(train_data, indices);
       auto loss = model->loss(batch.narrow(1, 0, config.seq_len), batch.narrow(1, 1, config.seq_len)) /
                   static_cast<double>(accumulation);
+      if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
       loss.backward();
       loss_sum += loss.item<double>();
     }
     reducer.finish();
-    comm.allReduce(&loss_sum, 1, ReduceOp::Sum, "train/loss");
-    const double norm = reducer.globalNorm();
-    if (config.grad_clip > 0 && norm > config.grad_clip) reducer.scaleGradients(config.grad_clip / (norm + 1e-6));
+    double reduced[2] = {loss_sum, stop_requested && stop_requested() ? 1.0 : 0.0};
+    comm.allReduce(reduced, 2, ReduceOp::Sum, "train/loss+stop");
+    StepOutcome out;
+    out.loss = reduced[0] / comm.size();
+    out.stop_requested = reduced[1] > 0;
+    out.grad_norm = reducer.globalNorm();
+    out.applied = std::isfinite(out.loss) && std::isfinite(out.grad_norm);
+    if (!out.applied) return out;
+    if (config.grad_clip > 0 && out.grad_norm > config.grad_clip)
+      reducer.scaleGradients(config.grad_clip / (out.grad_norm + 1e-6));
     optimizer.step(schedule.at(step_number));
-    return {loss_sum / comm.size(), norm};
+    return out;
+  }
+
+  bool injectNan(std::int64_t step_number) const {
+    return config.nan_from > 0 && step_number >= config.nan_from && step_number < config.nan_from + config.nan_count &&
+           comm.rank() == config.nan_rank % comm.size();
+  }
+
+  // Counts a skipped step; throws once train.max_bad_steps were skipped in a row.
+  void countSkipped(std::int64_t step_number, const StepOutcome& out) {
+    ++skipped_total;
+    ++bad_in_a_row;
+    log.main("step " + std::to_string(step_number) + ": loss " + std::to_string(out.loss) + ", gradient norm " +
+             std::to_string(out.grad_norm) + " not finite; update skipped on all ranks (" + std::to_string(bad_in_a_row) +
+             " in a row)");
+    if (bad_in_a_row < config.max_bad_steps) return;
+    const auto complete = comm.rank() == 0 ? completeCheckpoints(checkpoint_dir) : std::vector<std::string>{};
+    throw Error("steps " + std::to_string(step_number - bad_in_a_row + 1) + "-" + std::to_string(step_number) +
+                ": loss or gradient norm not finite " + std::to_string(bad_in_a_row) +
+                " times in a row (train.max_bad_steps); stopping. Last complete checkpoint: " +
+                (complete.empty() ? std::string("none") : complete.front()) +
+                " (lower train.lr or raise train.grad_clip's effect, then resume)");
+  }
+
+  // Rank 0: one metrics.jsonl line per step, a progress line every log_every steps.
+  void report(std::int64_t step, std::int64_t start, const StepOutcome& out, double tokens_per_s, double elapsed,
+              double val_loss) {
+    const bool has_val = !std::isnan(val_loss);
+    char json[640];
+    std::snprintf(json, sizeof(json),
+                  "{\"step\": %lld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens\": %lld, "
+                  "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
+                  static_cast<long long>(step), jsonNumber(out.loss, 17).c_str(), schedule.at(step),
+                  jsonNumber(out.grad_norm, 9).c_str(),
+                  static_cast<long long>(step * config.batch_size * config.seq_len), tokens_per_s, elapsed,
+                  out.applied ? 0 : 1, static_cast<long long>(skipped_total),
+                  has_val ? (", \"val_loss\": " + std::to_string(val_loss)).c_str() : "");
+    appendMetrics(json);
+    if (step % config.log_every != 0 && step != config.steps && !has_val) return;
+    const double eta = elapsed / static_cast<double>(step - start) * static_cast<double>(config.steps - step);
+    char line[256];
+    std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
+                  static_cast<long long>(step), static_cast<long long>(config.steps), out.loss, schedule.at(step),
+                  tokens_per_s, formatDuration(eta).c_str(), has_val ? (" | val loss " + std::to_string(val_loss)).c_str() : "");
+    log.main(line);
   }
 
   TrainingState snapshot(std::int64_t step_number) {
     TrainingState state;
     state.step = step_number;
     state.tokens_seen = step_number * config.batch_size * config.seq_len;
+    state.skipped_steps = skipped_total;
     state.world_size = comm.size();
     state.seed = config.seed;
     state.next_batch = step_number;
@@ -164,6 +250,7 @@ struct Trainer::State {
 
   // Collective (RNG states are gathered); rank 0 writes.
   void saveCheckpoint(std::int64_t step_number) {
+    LongTimeout slow(comm);
     auto state = snapshot(step_number);
     if (comm.rank() == 0) {
       const auto start = Clock::now();
@@ -190,6 +277,7 @@ struct Trainer::State {
     if (found[0] < 0) return 0;
     path = checkpoint_dir + "/" + checkpointName(found[0]);
     const auto state = readCheckpoint(path, model, optimizer);
+    skipped_total = state.skipped_steps;
     if (state.world_size == comm.size() && state.rng_states.defined() && state.rng_states.size(0) == comm.size()) {
       at::Generator gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
@@ -224,6 +312,8 @@ struct Trainer::State {
   }
 
   TrainConfig config;
+  std::function<bool()> stop_requested;
+  std::int64_t skipped_total = 0, bad_in_a_row = 0;
   Communicator& comm;
   Logger log;
   TokenDataset train_data, val_data;
@@ -235,12 +325,13 @@ struct Trainer::State {
   std::string checkpoint_dir;
 };
 
-Trainer::Trainer(const TrainConfig& config, Communicator& comm) {
+Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bool()> stop_requested) {
   config.validate(comm.size());
   torch::set_num_threads(config.threads > 0 ? config.threads : defaultThreads(comm.localSize()));
   if (comm.rank() == 0) makeDirectories(config.run_dir);
+  LongTimeout slow(comm);  // set-up: loading data and the model can take minutes on some ranks
   comm.barrier("init/run_dir");
-  s_ = std::make_unique<State>(config, comm);
+  s_ = std::make_unique<State>(config, comm, std::move(stop_requested));
 }
 
 Trainer::~Trainer() = default;
@@ -248,10 +339,13 @@ Trainer::~Trainer() = default;
 TrainResult Trainer::run() {
   auto& s = *s_;
   const auto& c = s.config;
-  s.broadcastParameters();
-  const std::int64_t start = s.resumeIfPossible();
+  std::int64_t start = 0;
+  {
+    LongTimeout slow(s.comm);  // ranks may reach this point minutes apart (loading a big model)
+    s.broadcastParameters();
+    start = s.resumeIfPossible();
+  }
   TrainResult result;
-  const std::int64_t tokens_per_step = c.batch_size * c.seq_len;
   s.log.main("train: " + std::to_string(c.steps) + " steps x " + std::to_string(c.batch_size) + " sequences x " +
              std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) (" + s.comm.backend() +
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
@@ -261,35 +355,27 @@ TrainResult Trainer::run() {
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
   const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;
   const auto t0 = Clock::now();
-  double val_loss = result.base_val_loss;
+  result.final_val_loss = result.base_val_loss;
   for (std::int64_t step = start + 1; step <= last; ++step) {
-    const auto [loss, norm] = s.step(step);
+    const StepOutcome out = s.step(step);
+    if (out.applied) s.bad_in_a_row = 0;
+    else s.countSkipped(step, out);
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double tps = static_cast<double>((step - start) * tokens_per_step) / std::max(elapsed, 1e-9);
+    result.tokens_per_second = static_cast<double>((step - start) * c.batch_size * c.seq_len) / std::max(elapsed, 1e-9);
     const bool eval_now = (c.eval_every > 0 && step % c.eval_every == 0) || step == c.steps;
-    if (eval_now) val_loss = s.validationLoss();
-    char json[512];
-    std::snprintf(json, sizeof(json),
-                  "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
-                  "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f%s}",
-                  static_cast<long long>(step), loss, s.schedule.at(step), norm,
-                  static_cast<long long>(step * tokens_per_step), tps, elapsed,
-                  eval_now ? (", \"val_loss\": " + std::to_string(val_loss)).c_str() : "");
-    s.appendMetrics(json);
-    if (step % c.log_every == 0 || step == last || eval_now) {
-      char line[256];
-      std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
-                    static_cast<long long>(step), static_cast<long long>(c.steps), loss, s.schedule.at(step), tps,
-                    formatDuration(elapsed / static_cast<double>(step - start) * static_cast<double>(c.steps - step)).c_str(),
-                    eval_now ? (" | val loss " + std::to_string(val_loss)).c_str() : "");
-      s.log.main(line);
-    }
-    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == last) s.saveCheckpoint(step);
+    if (eval_now) result.final_val_loss = s.validationLoss();
+    s.report(step, start, out, result.tokens_per_second, elapsed, eval_now ? result.final_val_loss : std::nan(""));
+    const bool checkpoint_due = (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == last;
+    if (checkpoint_due || out.stop_requested) s.saveCheckpoint(step);
     result.steps_done = step;
-    result.tokens_per_second = tps;
+    if (out.stop_requested) {
+      s.log.main("stop requested (signal): checkpointed at step " + std::to_string(step) + "; run again to resume");
+      result.preempted = true;
+      break;
+    }
   }
-  result.final_val_loss = val_loss;
-  result.stopped_early = last < c.steps;
+  result.stopped_early = !result.preempted && last < c.steps;
+  result.skipped_steps = s.skipped_total;
   return result;
 }
 

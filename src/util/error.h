@@ -11,6 +11,7 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitFailure = 1,    // a runtime failure (I/O, collective, numerical)
   kExitBadInput = 2,   // bad command line, config, or input file: nothing was changed
+  kExitRequeue = 75,   // stopped on request (SIGTERM/SIGUSR1) after writing a checkpoint: requeue me
 };
 
 // A runtime failure; the message names what failed (file, tensor, op, rank).
