@@ -58,6 +58,10 @@ void keepFreedMemory() {
 
 }  // namespace
 
+// Note [exit after an error]: after a failure the process leaves with std::_Exit, skipping atexit
+// handlers: HDF5's would try to close objects of a file whose write failed (disk full) and crash,
+// turning a clean one-line error into a segfault. Everything that matters was published (temp +
+// fsync + rename) or deliberately abandoned before the error reached here.
 int main(int argc, char** argv) {
   keepFreedMemory();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
@@ -71,10 +75,10 @@ int main(int argc, char** argv) {
   } catch (const graft::InputError& e) {
     std::fprintf(stderr, "%sgraft %s: error: %s\n", graft::rankPrefix().c_str(), command.c_str(), e.what());
     graft::abortWorld(graft::kExitBadInput);
-    return graft::kExitBadInput;
+    std::_Exit(graft::kExitBadInput);  // see Note [exit after an error]
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%sgraft %s: error: %s\n", graft::rankPrefix().c_str(), command.c_str(), e.what());
     graft::abortWorld(graft::kExitFailure);
-    return graft::kExitFailure;
+    std::_Exit(graft::kExitFailure);
   }
 }

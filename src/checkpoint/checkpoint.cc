@@ -1,6 +1,7 @@
 #include "checkpoint/checkpoint.h"
 
 #include <dirent.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <torch/torch.h>
@@ -8,9 +9,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <sstream>
 
 #include "io/hdf5.h"
 #include "io/model_io.h"
+#include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -42,6 +45,20 @@ bool isComplete(const std::string& path) {
   }
 }
 
+// Fails early, with a clear message and before anything is written, when the file system cannot
+// hold one more checkpoint (the previous ones stay until the new one is verified).
+void requireSpace(const std::string& dir, Llama& model, AdamW& optimizer) {
+  std::uint64_t bytes = 64u << 10;  // metadata, attributes, RNG states
+  for (const auto& p : model->parameters()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
+  for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.exp_avg.numel()) * 8;
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
+  const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (free_bytes < bytes + bytes / 10)
+    throw Error(dir + ": not enough disk space for a checkpoint (needs about " + std::to_string(bytes >> 10) +
+                " KiB, " + std::to_string(free_bytes >> 10) + " KiB free; disk full?); earlier checkpoints are intact");
+}
+
 }  // namespace
 
 std::string checkpointName(std::int64_t step) {
@@ -53,9 +70,10 @@ std::string checkpointName(std::int64_t step) {
 std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state) {
   makeDirectories(dir);
+  requireSpace(dir, model, optimizer);
   const std::string path = dir + "/" + checkpointName(state.step);
   const std::string tmp = path + ".tmp";
-  {
+  try {
     H5File file = H5File::create(tmp);
     file.setAttr("/", "format", std::string("graft-checkpoint"));
     file.setAttr("/", "version", kCheckpointVersion);
@@ -83,10 +101,16 @@ std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimiz
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
     file.writeTensor("/rng/torch_cpu", state.rng_states);
+    file.setAttr("/", "manifest", file.manifest());
     file.setAttr("/", "complete", std::int64_t{1});
     file.close();
+    publishFile(tmp, path);
+  } catch (const Error& e) {
+    ::unlink(tmp.c_str());  // free the space; the previous checkpoints were not touched
+    throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(state.step) +
+                " not written, earlier checkpoints are intact");
   }
-  publishFile(tmp, path);
+  verifyCheckpoint(path);
   return path;
 }
 
@@ -96,6 +120,28 @@ std::vector<std::string> completeCheckpoints(const std::string& dir) {
   for (auto it = names.rbegin(); it != names.rend(); ++it)
     if (isCheckpointName(*it) && isComplete(dir + "/" + *it)) found.push_back(dir + "/" + *it);
   return found;
+}
+
+void verifyCheckpoint(const std::string& path) {
+  H5File file = H5File::openRead(path);
+  if (!file.hasAttr("/", "manifest")) throw InputError(path + ": no manifest; not a complete graft checkpoint");
+  std::istringstream lines(file.stringAttr("/", "manifest"));
+  std::string object;
+  std::uint64_t crc = 0, bytes = 0;
+  int count = 0;
+  while (lines >> object >> crc >> bytes) {
+    at::Tensor t;
+    try {
+      t = file.readTensor(object).contiguous();
+    } catch (const Error& e) {
+      throw InputError(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
+    }
+    const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
+    if (have != bytes || crc32(t.data_ptr(), have) != crc)
+      throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest)");
+    ++count;
+  }
+  if (count == 0) throw InputError(path + ": empty manifest");
 }
 
 TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optimizer) {

@@ -9,6 +9,7 @@
 //   /schedule     attrs lr, min_lr, warmup, total
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
+//   / attr manifest: "object crc32 bytes" per tensor, written just before complete=1
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -39,7 +40,8 @@ struct TrainingState {
 
 std::string checkpointName(std::int64_t step);
 
-// Rank 0 only. Writes and publishes the checkpoint; returns its path.
+// Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it; returns its
+// path. On failure (disk full...) the temporary file is removed and nothing older is touched.
 std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state);
 
@@ -47,10 +49,15 @@ std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimiz
 // graft format attribute and complete=1; partial or foreign files are skipped).
 std::vector<std::string> completeCheckpoints(const std::string& dir);
 
+// Reads every tensor of a complete checkpoint and checks it against the manifest; throws
+// InputError naming the file and the first damaged or missing tensor.
+void verifyCheckpoint(const std::string& path);
+
 // Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor).
 TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optimizer);
 
-// Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files.
+// Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files. Call it
+// only after the newest checkpoint was verified.
 void pruneCheckpoints(const std::string& dir, std::int64_t keep);
 
 }  // namespace graft

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "util/checksum.h"
 #include "util/error.h"
 
 namespace graft {
@@ -59,7 +60,11 @@ std::string attrTarget(const std::string& object) { return object.empty() ? "/" 
 
 H5File H5File::create(const std::string& path) {
   quiet();
-  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  // CLOSE_STRONG: closing the file closes every object in it, even after a failed write (disk
+  // full), so nothing is left for HDF5's exit handler to trip over.
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+  H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
   if (id < 0) throw Error(path + ": cannot create HDF5 file");
   return H5File(id, path);
 }
@@ -79,13 +84,17 @@ bool H5File::isHdf5(const std::string& path) {
   return std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
 }
 
-H5File::H5File(H5File&& other) noexcept : id_(other.id_), path_(std::move(other.path_)) { other.id_ = -1; }
+H5File::H5File(H5File&& other) noexcept
+    : id_(other.id_), path_(std::move(other.path_)), manifest_(std::move(other.manifest_)) {
+  other.id_ = -1;
+}
 
 H5File& H5File::operator=(H5File&& other) noexcept {
   if (this != &other) {
     if (id_ >= 0) H5Fclose(id_);
     id_ = other.id_;
     path_ = std::move(other.path_);
+    manifest_ = std::move(other.manifest_);
     other.id_ = -1;
   }
   return *this;
@@ -159,6 +168,8 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
   if (!ds.ok()) throw Error(where(object) + ": cannot create dataset");
   if (t.numel() > 0 && H5Dwrite(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0)
     throw Error(where(object) + ": write failed (disk full?)");
+  const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
+  manifest_ += object + " " + std::to_string(crc32(t.data_ptr(), bytes)) + " " + std::to_string(bytes) + "\n";
 }
 
 std::vector<std::int64_t> H5File::shape(const std::string& object) const {

@@ -36,7 +36,10 @@ class H5File {
   std::vector<std::string> list(const std::string& group) const;
 
   // Tensors: float32, float64, int32, int64, uint8 (contiguous copy is made as needed); parents created.
+  // Every tensor written is remembered with the CRC-32 of its bytes (see manifest()).
   void writeTensor(const std::string& object, const at::Tensor& tensor);
+  // "object crc32 bytes" per line, for every tensor written through this handle, in order.
+  const std::string& manifest() const { return manifest_; }
   at::Tensor readTensor(const std::string& object) const;
   std::vector<std::int64_t> shape(const std::string& object) const;
   // Reads elements [offset, offset + count) of a 1-D int32 dataset into `out`.
@@ -57,6 +60,7 @@ class H5File {
   std::string where(const std::string& object) const;
   hid_t id_ = -1;
   std::string path_;
+  std::string manifest_;
 };
 
 }  // namespace graft

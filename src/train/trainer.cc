@@ -267,10 +267,16 @@ struct Trainer::State {
     std::int64_t found[1] = {-1};
     std::string path;
     if (comm.rank() == 0) {
-      const auto complete = completeCheckpoints(checkpoint_dir);
-      if (!complete.empty()) {
-        path = complete.front();
-        found[0] = std::stoll(path.substr(path.size() - 11, 8));
+      // The newest complete checkpoint whose tensors match their manifest; damaged ones are skipped.
+      for (const auto& candidate : completeCheckpoints(checkpoint_dir)) {
+        try {
+          verifyCheckpoint(candidate);
+        } catch (const InputError& e) {
+          log.info(std::string("skipping damaged checkpoint: ") + e.what());
+          continue;
+        }
+        found[0] = std::stoll(candidate.substr(candidate.size() - 11, 8));
+        break;
       }
     }
     comm.allReduce(found, 1, ReduceOp::Max, "resume/step");

@@ -2,6 +2,9 @@
 // rank in the middle of a run.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -77,6 +80,102 @@ TEST(Reliability, SigtermOnOneRankCheckpointsAllAndExitsWithTheRequeueCode) {
                          std::to_string(steps + 2));
   EXPECT_EQ(again.code, 0) << again.output;
   EXPECT_NE(again.output.find("resuming from " + complete.front()), std::string::npos) << again.output;
+}
+
+}  // namespace
+}  // namespace graft::e2e
+
+namespace graft::e2e {
+namespace {
+
+void flipByteOf(const std::string& path, const std::string& object) {
+  at::Tensor t = H5File::openRead(path).readTensor(object).contiguous();
+  std::string bytes = readText(path);
+  const auto at = bytes.find(std::string(static_cast<const char*>(t.data_ptr()), 64));
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 20] ^= 0x01;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+TEST(Reliability, DamagedNewestCheckpointFallsBackToThePreviousOne) {
+  const std::string dir = freshDir("damaged");
+  const auto cfg = configIn(dir, "");
+  ASSERT_EQ(run(graft() + " train --config " + cfg + " --train.steps=15 --train.stop_after=10").code, 0);
+  const std::string ckpts = dir + "/run/checkpoints/";
+  flipByteOf(ckpts + checkpointName(10), "/optimizer/exp_avg/tok_embeddings.weight");
+  auto r = run(graft() + " train --config " + cfg + " --train.steps=15 --train.stop_after=11");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(ckpts + checkpointName(10) + ": tensor /optimizer/exp_avg/tok_embeddings.weight is damaged"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resuming from " + ckpts + checkpointName(5)), std::string::npos) << r.output;
+  // A truncated newest checkpoint is not complete: resume falls back the same way.
+  const std::string newest = completeCheckpoints(dir + "/run/checkpoints").front();
+  ASSERT_NE(newest.find(checkpointName(11)), std::string::npos);
+  ASSERT_EQ(run("truncate -s 5000 " + newest).code, 0);
+  r = run(graft() + " train --config " + cfg + " --train.steps=15 --train.stop_after=12");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from " + ckpts + checkpointName(10)), std::string::npos) << r.output;
+}
+
+TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a size-limited tmpfs";
+  const std::string dir = freshDir("diskfull");
+  const std::string run_dir = dir + "/run";
+  ASSERT_EQ(run("mkdir -p " + run_dir + " && mount -t tmpfs -o size=700k graft-test " + run_dir).code, 0);
+  const auto cfg = configIn(dir, "");
+  const auto r = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1");
+  const auto complete = completeCheckpoints(run_dir + "/checkpoints");
+  const auto leftovers = run("ls " + run_dir + "/checkpoints");
+  std::string verified = "yes";
+  try {
+    if (!complete.empty()) verifyCheckpoint(complete.front());
+  } catch (const std::exception& e) {
+    verified = e.what();
+  }
+  run("umount " + run_dir);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("disk full?"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("earlier checkpoints are intact"), std::string::npos) << r.output;
+  ASSERT_EQ(complete.size(), 1u) << leftovers.output;
+  EXPECT_NE(complete.front().find(checkpointName(5)), std::string::npos);
+  EXPECT_EQ(verified, "yes");
+  EXPECT_EQ(leftovers.output.find(".tmp"), std::string::npos) << leftovers.output;
+}
+
+TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) {
+  const std::string dir = freshDir("kill9");
+  const auto cfg = configIn(dir, "");
+  std::srand(12345);
+  for (int trial = 0; trial < 20; ++trial) {
+    // Checkpoint every step, so kills land in the middle of writes too; kill one rank or all.
+    const int delay_ms = std::rand() % 800;  // after the first logged step
+    const std::string victim = (trial % 4 == 3) ? "$(pgrep -P $M)" : "$(pgrep -P $M | tail -1)";
+    // `timeout` bounds a trial whose kill went astray; the log is new each trial, so the wait for
+    // its first checkpoint line sees this run's progress only.
+    const auto r = run("timeout -s KILL 60 " + mpirun(2) + " " + graft() + " train --config " + cfg +
+                       " --train.steps=100000 --checkpoint.every=1 --checkpoint.keep_last=2 > " + dir +
+                       "/log 2>&1 & T=$!; for i in $(seq 1 1500); do grep -q checkpoint: " + dir +
+                       "/log 2>/dev/null && break; sleep 0.02; done; sleep " + std::to_string(delay_ms / 1000.0) +
+                       "; M=$(pgrep -P $T); kill -9 " + victim + "; wait $T; echo rc=$?");
+    EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << "trial " << trial << ": the run was not killed";
+    const auto complete = completeCheckpoints(dir + "/run/checkpoints");
+    if (complete.empty()) continue;  // killed before the first checkpoint
+    std::string verified = "yes";
+    try {
+      verifyCheckpoint(complete.front());
+    } catch (const std::exception& e) {
+      verified = e.what();
+    }
+    EXPECT_EQ(verified, "yes") << "trial " << trial;
+  }
+  // After the last kill, the run resumes from the newest verified checkpoint.
+  const auto complete = completeCheckpoints(dir + "/run/checkpoints");
+  ASSERT_FALSE(complete.empty()) << "no trial got as far as a checkpoint";
+  const auto step = std::stoll(complete.front().substr(complete.front().size() - 11, 8));
+  const auto resumed = run(mpirun(2) + " " + graft() + " train --config " + cfg +
+                           " --train.steps=100000 --train.stop_after=" + std::to_string(step + 1));
+  EXPECT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resuming from " + complete.front()), std::string::npos) << resumed.output;
 }
 
 }  // namespace

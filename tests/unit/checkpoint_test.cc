@@ -107,3 +107,48 @@ TEST(Checkpoint, OtherArchitectureIsRejectedWithBothShapes) {
 
 }  // namespace
 }  // namespace graft
+
+namespace graft {
+namespace {
+
+// Flips one byte inside the stored data of `object` (found by searching for its bytes).
+void flipByteOf(const std::string& path, const std::string& object) {
+  at::Tensor t;
+  {
+    auto f = H5File::openRead(path);
+    t = f.readTensor(object).contiguous();
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string needle(static_cast<const char*>(t.data_ptr()), 64);
+  const auto at = bytes.find(needle);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 10] ^= 0x40;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_flip";
+  Llama model(tiny());
+  model->initialise(9);
+  AdamW opt(model->named_parameters().pairs(), {});
+  TrainingState st;
+  st.step = 3;
+  st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
+  const auto path = writeCheckpoint(dir, model, opt, Schedule{}, st);
+  EXPECT_NO_THROW(verifyCheckpoint(path));
+  flipByteOf(path, "/model/layers.1.feed_forward.w2.weight");
+  try {
+    verifyCheckpoint(path);
+    FAIL() << "damage not detected";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("/model/layers.1.feed_forward.w2.weight"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace graft
