@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -176,6 +177,60 @@ TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) {
                            " --train.steps=100000 --train.stop_after=" + std::to_string(step + 1));
   EXPECT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resuming from " + complete.front()), std::string::npos) << resumed.output;
+}
+
+}  // namespace
+}  // namespace graft::e2e
+
+namespace graft::e2e {
+namespace {
+
+TEST(Reliability, AStalledRankMakesTheOthersStopWithAnErrorNamingIt) {
+  const std::string dir = freshDir("stall");
+  const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
+                     " --train.steps=100000 --checkpoint.every=1 > " + dir + "/log 2>&1 & T=$!; "
+                     "for i in $(seq 1 1500); do grep -q checkpoint: " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
+                     "M=$(pgrep -P $T); V=$(pgrep -P $M | tail -1); kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = readText(dir + "/log");
+  EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
+  EXPECT_NE(log.find("timed out after 3"), std::string::npos) << log;
+  EXPECT_TRUE(log.find("ranks that did not arrive: 1 (no reply)") != std::string::npos ||
+              log.find("ranks that did not arrive: 0 (no reply)") != std::string::npos) << log;
+  EXPECT_LT(seconds, 60.0);
+}
+
+// Exact resume at world sizes 1, 2 and 4, with gradient accumulation, across epoch boundaries
+// (74 samples: 4 global batches of 16 per epoch, 3 epochs) and a stop in the middle of an epoch.
+TEST(Reliability, ResumeIsBitwiseAtWorldSizes124AcrossEpochs) {
+  const std::string dir = freshDir("resume_ws");
+  const std::string text = readText(data("datasets/tinystories_sample/tinystories_sample.txt")).substr(0, 6000);
+  std::ofstream(dir + "/small.txt") << text;
+  ASSERT_EQ(run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " + dir + "/small.txt --out " +
+                dir + "/small.h5 --val-fraction 0.1").code, 0);
+  for (int world : {1, 2, 4}) {
+    const std::string base = dir + "/ws" + std::to_string(world);
+    run("mkdir -p " + base);
+    const std::string cfg = base + "/config.ini";
+    std::ofstream(cfg) << tinyConfig(base + "/straight", dir + "/small.h5") << "[train]\n";
+    const std::string common = " train --config " + cfg + " --train.batch_size=16 --train.micro_batch=2 --train.steps=12";
+    const std::string launcher = world == 1 ? "" : mpirun(world) + " ";
+    auto a = run(launcher + graft() + common);
+    ASSERT_EQ(a.code, 0) << a.output;
+    ASSERT_NE(a.output.find("accumulation " + std::to_string(8 / world)), std::string::npos) << a.output;
+    auto b = run(launcher + graft() + common + " --run.dir=" + base + "/split --train.stop_after=7");
+    ASSERT_EQ(b.code, 0) << b.output;
+    b = run(launcher + graft() + common + " --run.dir=" + base + "/split");
+    ASSERT_EQ(b.code, 0) << b.output;
+    EXPECT_EQ(losses(base + "/straight"), losses(base + "/split")) << "world " << world;
+    auto x = H5File::openRead(completeCheckpoints(base + "/straight/checkpoints").front());
+    auto y = H5File::openRead(completeCheckpoints(base + "/split/checkpoints").front());
+    for (const auto& name : x.list("/model"))
+      EXPECT_TRUE(torch::equal(x.readTensor("/model/" + name), y.readTensor("/model/" + name))) << world << " " << name;
+  }
 }
 
 }  // namespace
