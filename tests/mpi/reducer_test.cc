@@ -106,3 +106,37 @@ TEST(GradReducer, MismatchedPlansNameTheFirstDifferingParameter) {
 
 }  // namespace
 }  // namespace graft
+
+#include "parallel/tensor_collectives.h"
+
+namespace graft {
+namespace {
+
+TEST(TensorCollectives, ExactResultsOnIntegerTensors) {
+  const int n = comm().size(), r = comm().rank();
+  const auto wait = std::chrono::milliseconds(10000);
+  auto t = torch::arange(12, torch::kFloat) * static_cast<float>(r + 1);
+  allReduce(comm(), t, ReduceOp::Sum, "t/sum")->wait(wait);
+  EXPECT_TRUE(torch::equal(t, torch::arange(12, torch::kFloat) * static_cast<float>(n * (n + 1) / 2)));
+
+  auto input = torch::arange(4 * n, torch::kLong) + 100 * r;
+  auto block = torch::empty({4}, torch::kLong);
+  reduceScatter(comm(), input, block, ReduceOp::Max, "t/rs")->wait(wait);
+  EXPECT_TRUE(torch::equal(block, torch::arange(4 * r, 4 * r + 4, torch::kLong) + 100 * (n - 1)));
+
+  auto gathered = torch::empty({2 * n}, torch::kDouble);
+  allGather(comm(), torch::full({2}, static_cast<double>(r), torch::kDouble), gathered, "t/ag")->wait(wait);
+  EXPECT_TRUE(torch::equal(gathered, torch::arange(n, torch::kDouble).repeat_interleave(2)));
+
+  auto b = torch::full({3}, r == 0 ? 7 : 0, torch::kInt);
+  broadcast(comm(), b, 0, "t/bcast")->wait(wait);
+  EXPECT_TRUE(torch::equal(b, torch::full({3}, 7, torch::kInt)));
+
+  auto wrong = torch::empty({3}, torch::kLong);
+  EXPECT_THROW(reduceScatter(comm(), input, wrong, ReduceOp::Sum, "t/bad"), CollectiveError);
+  auto strided = torch::zeros({4, 4}).t();
+  EXPECT_THROW(allReduce(comm(), strided, ReduceOp::Sum, "t/strided"), CollectiveError);
+}
+
+}  // namespace
+}  // namespace graft
