@@ -12,6 +12,7 @@
 #include "cli/cli.h"
 #include "communicator.h"
 #include "util/error.h"
+#include "launch.h"
 #include "signals.h"
 #include "world.h"
 
@@ -22,6 +23,7 @@ const char* const kUsage =
     "\n"
     "commands:\n"
     "  train      fine-tune or pretrain on N ranks: mpirun -np N graft train --config configs/X.ini\n"
+    "  launch     plan and start mpirun/srun: graft launch --nodes 2 --gpus-per-node 8 -- train --config X.ini\n"
     "  prepare    text file -> HDF5 token dataset with train and validation parts\n"
     "  generate   sample text from a model (run.c-exact at --temperature 0)\n"
     "  eval       mean next-token loss of a text or of token ids, as JSON\n"
@@ -32,6 +34,7 @@ int dispatch(const std::string& command, const graft::Args& args) {
   if (command == "generate") return graft::runGenerate(args);
   if (command == "eval") return graft::runEval(args);
   if (command == "prepare") return graft::runPrepare(args);
+  if (command == "launch") return graft::runLaunch(args);
   if (command == "train") {
     graft::installStopSignals();
     return graft::runTrain(

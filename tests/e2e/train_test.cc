@@ -124,3 +124,22 @@ TEST(Training, LossGoesDownOnTinyStories) {
 
 }  // namespace
 }  // namespace graft::e2e
+
+namespace graft::e2e {
+namespace {
+
+TEST(Training, LaunchPlansAndStartsTheRanks) {
+  const std::string dir = freshDir("launch");
+  const std::string cfg = writeConfig(dir, tinyConfig(dir + "/run", storiesDataset()));
+  const auto dry = run(graft() + " launch --ranks-per-node 2 --dry-run -- train --config " + cfg);
+  ASSERT_EQ(dry.code, 0) << dry.output;
+  EXPECT_EQ(dry.output.rfind("mpirun -np 2 --map-by ppr:2:node", 0), 0u) << dry.output;
+  const auto r = run(graft() + " launch --ranks-per-node 2 -- train --config " + cfg + " --train.steps=3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("on 2 rank(s) (mpi"), std::string::npos) << r.output;
+  EXPECT_EQ(losses(dir + "/run").size(), 3u);
+  EXPECT_EQ(run(graft() + " launch --nodes 2 -- train --config " + cfg).code, 2);
+}
+
+}  // namespace
+}  // namespace graft::e2e
