@@ -353,7 +353,8 @@ TrainResult Trainer::run() {
   }
   TrainResult result;
   s.log.main("train: " + std::to_string(c.steps) + " steps x " + std::to_string(c.batch_size) + " sequences x " +
-             std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) (" + s.comm.backend() +
+             std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) on " +
+             std::to_string(s.comm.size() / std::max(1, s.comm.localSize())) + " host(s) (" + s.comm.backend() +
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
              std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.train_data.numSamples()) +
              " training sequences");

@@ -59,7 +59,7 @@ TEST(Training, TwoRanksTimesBEqualOneRankTimes2B) {
   ASSERT_EQ(r1.code, 0) << r1.output;
   const auto r2 = run(mpirun(2) + " " + graft() + " train --config " + writeConfig(two, fineTuneConfig(two + "/run", 2)));
   ASSERT_EQ(r2.code, 0) << r2.output;
-  EXPECT_NE(r2.output.find("on 2 rank(s) (mpi"), std::string::npos) << r2.output;
+  EXPECT_NE(r2.output.find("on 2 rank(s) on 1 host(s) (mpi"), std::string::npos) << r2.output;
   const auto l1 = losses(one + "/run"), l2 = losses(two + "/run");
   ASSERT_EQ(l1.size(), 5u);
   ASSERT_EQ(l2.size(), 5u);
@@ -136,7 +136,7 @@ TEST(Training, LaunchPlansAndStartsTheRanks) {
   EXPECT_EQ(dry.output.rfind("mpirun -np 2 --map-by ppr:2:node", 0), 0u) << dry.output;
   const auto r = run(graft() + " launch --ranks-per-node 2 -- train --config " + cfg + " --train.steps=3");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("on 2 rank(s) (mpi"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("on 2 rank(s) on 1 host(s) (mpi"), std::string::npos) << r.output;
   EXPECT_EQ(losses(dir + "/run").size(), 3u);
   EXPECT_EQ(run(graft() + " launch --nodes 2 -- train --config " + cfg).code, 2);
 }
