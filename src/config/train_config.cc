@@ -49,6 +49,8 @@ class OptionTable {
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
     add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");
     add("dist.timeout_s", c.timeout_s, "seconds a collective may wait before the run stops with an error naming it");
+    add("dist.slow_phase_timeout_s", c.slow_phase_timeout_s,
+        "collective timeout while loading and while rank 0 writes a checkpoint (seconds)");
     add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
@@ -192,6 +194,7 @@ void TrainConfig::validate(int world) const {
   need(backend == "auto" || backend == "mpi" || backend == "local" || backend == "nccl", "dist.backend",
        "'" + backend + "' is not one of auto, mpi, local, nccl");
   need(timeout_s > 0, "dist.timeout_s", "must be positive");
+  need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
 }

@@ -40,6 +40,7 @@ struct TrainConfig {
   // [dist]
   std::string backend = "auto";  // auto | mpi | local | nccl
   double timeout_s = 30;          // a collective that makes no progress this long is an error
+  double slow_phase_timeout_s = 600;  // the same during set-up and checkpoint writes
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
   // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`

@@ -42,15 +42,14 @@ std::string formatDuration(double seconds) {
   return buf;
 }
 
-// Raises the communicator's timeout for phases that legitimately take long on some ranks only
-// (loading the model, writing a checkpoint on rank 0), and restores it afterwards.
+// Raises the communicator's timeout to dist.slow_phase_timeout_s for phases that legitimately
+// take long on some ranks only (loading the model, rank 0 writing a checkpoint), and restores it.
 class LongTimeout {
  public:
-  explicit LongTimeout(Communicator& comm) : comm_(comm), saved_(comm.timeout()) {
-    comm_.setTimeout(std::max(saved_, std::chrono::milliseconds(kSlowPhaseMs)));
+  LongTimeout(Communicator& comm, double seconds) : comm_(comm), saved_(comm.timeout()) {
+    comm_.setTimeout(std::max(saved_, std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000))));
   }
   ~LongTimeout() { comm_.setTimeout(saved_); }
-  static constexpr std::int64_t kSlowPhaseMs = 30 * 60 * 1000;
 
  private:
   Communicator& comm_;
@@ -250,7 +249,7 @@ struct Trainer::State {
 
   // Collective (RNG states are gathered); rank 0 writes.
   void saveCheckpoint(std::int64_t step_number) {
-    LongTimeout slow(comm);
+    LongTimeout slow(comm, config.slow_phase_timeout_s);
     auto state = snapshot(step_number);
     if (comm.rank() == 0) {
       const auto start = Clock::now();
@@ -335,7 +334,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   config.validate(comm.size());
   torch::set_num_threads(config.threads > 0 ? config.threads : defaultThreads(comm.localSize()));
   if (comm.rank() == 0) makeDirectories(config.run_dir);
-  LongTimeout slow(comm);  // set-up: loading data and the model can take minutes on some ranks
+  LongTimeout slow(comm, config.slow_phase_timeout_s);  // set-up: loading data and the model can take minutes on some ranks
   comm.barrier("init/run_dir");
   s_ = std::make_unique<State>(config, comm, std::move(stop_requested));
 }
@@ -347,7 +346,7 @@ TrainResult Trainer::run() {
   const auto& c = s.config;
   std::int64_t start = 0;
   {
-    LongTimeout slow(s.comm);  // ranks may reach this point minutes apart (loading a big model)
+    LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // ranks may reach this point minutes apart (loading a big model)
     s.broadcastParameters();
     start = s.resumeIfPossible();
   }
