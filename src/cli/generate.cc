@@ -45,6 +45,7 @@ int runGenerate(const Args& args) {
     std::fflush(stdout);
   });
   std::printf("\n");
+  std::fflush(stdout);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "achieved tok/s: %.1f\n", produced / std::max(seconds, 1e-9));
   return 0;
