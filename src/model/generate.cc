@@ -70,15 +70,15 @@ int generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt
   const std::vector<int> prompt_ids = tokenizer.encode(prompt, /*bos=*/true, /*eos=*/false);
   XorShift rng(options.seed ? options.seed : static_cast<std::uint64_t>(std::time(nullptr)));
 
-  std::vector<std::int64_t> context = {prompt_ids[0]};
+  std::vector<KVSlot> cache;  // keys and values of the positions fed so far, as run.c keeps them
+  int token = prompt_ids[0];
   int produced = 0;
   for (int pos = 0; pos < steps; ++pos) {
+    auto logits = model->forwardStep(token, pos, cache);
     int next;
     if (pos + 1 < static_cast<int>(prompt_ids.size())) {
       next = prompt_ids[pos + 1];
     } else {
-      auto ids = torch::from_blob(context.data(), {1, static_cast<std::int64_t>(context.size())}, torch::kInt64);
-      auto logits = model->forward(ids).select(1, -1).squeeze(0);
       if (options.temperature == 0.0f) {
         next = static_cast<int>(logits.argmax().item<std::int64_t>());
       } else {
@@ -91,8 +91,8 @@ int generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt
       ++produced;
     }
     if (next == Tokenizer::kBos) break;
-    emit(Tokenizer::printable(tokenizer.decode(static_cast<int>(context.back()), next)));
-    context.push_back(next);
+    emit(Tokenizer::printable(tokenizer.decode(token, next)));
+    token = next;
   }
   return produced;
 }

@@ -64,25 +64,36 @@ AttentionImpl::AttentionImpl(const LlamaConfig& c)
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                     const torch::Tensor& mask) {
+                                     const torch::Tensor& mask, KVSlot* cache, std::int64_t pos) {
   const auto B = x.size(0), T = x.size(1);
-  // [B, T, heads, D] -> [B * heads, T, D], the layout of the batched matmuls below.
-  auto heads = [&](const torch::Tensor& t, int n) { return t.transpose(1, 2).reshape({B * n, T, head_dim_}); };
   // q, k and v from one matmul against the concatenated weights (fewer, larger GEMMs).
   const int64_t q_dim = n_heads_ * head_dim_, kv_dim = n_kv_heads_ * head_dim_;
   auto qkv = torch::matmul(x, torch::cat({wq->weight, wk->weight, wv->weight}).t());
-  auto q = heads(rotate(qkv.narrow(-1, 0, q_dim).view({B, T, n_heads_, head_dim_}), cos, sin), n_heads_);
+  auto q = rotate(qkv.narrow(-1, 0, q_dim).view({B, T, n_heads_, head_dim_}), cos, sin);
   auto k = rotate(qkv.narrow(-1, q_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_}), cos, sin);
   auto v = qkv.narrow(-1, q_dim + kv_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_});
+  if (cache) {
+    cache->k.narrow(1, pos, T).copy_(k);
+    cache->v.narrow(1, pos, T).copy_(v);
+    k = cache->k.narrow(1, 0, pos + T);
+    v = cache->v.narrow(1, 0, pos + T);
+  }
+  const auto S = k.size(1);  // key positions
+  // [B, T, heads, D] -> [B * heads, T, D], the layout of the batched matmuls below.
+  auto heads = [&](const torch::Tensor& t, std::int64_t len) {
+    return t.transpose(1, 2).reshape({B * n_heads_, len, head_dim_});
+  };
   const int group = n_heads_ / n_kv_heads_;
   if (group > 1) {  // query head h reads kv head h / group
-    k = k.unsqueeze(3).expand({B, T, n_kv_heads_, group, head_dim_}).reshape({B, T, n_heads_, head_dim_});
-    v = v.unsqueeze(3).expand({B, T, n_kv_heads_, group, head_dim_}).reshape({B, T, n_heads_, head_dim_});
+    k = k.unsqueeze(3).expand({B, S, n_kv_heads_, group, head_dim_}).reshape({B, S, n_heads_, head_dim_});
+    v = v.unsqueeze(3).expand({B, S, n_kv_heads_, group, head_dim_}).reshape({B, S, n_heads_, head_dim_});
   }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  auto keys_t = heads(k, S).transpose(1, 2);
   // One fused call: mask + scale * q k^T (the mask is 0 on and below the diagonal, -inf above).
-  auto scores = torch::baddbmm(mask, q, heads(k, n_heads_).transpose(1, 2), /*beta=*/1.0,
-                               /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  auto out = torch::bmm(torch::softmax(scores, -1), heads(v, n_heads_));  // [B * H, T, D]
+  auto scores = mask.defined() ? torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale)
+                               : torch::bmm(heads(q, T), keys_t) * scale;
+  auto out = torch::bmm(torch::softmax(scores, -1), heads(v, S));  // [B * H, T, D]
   return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
 }
 
@@ -107,8 +118,8 @@ BlockImpl::BlockImpl(const LlamaConfig& c) {
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                 const torch::Tensor& mask) {
-  auto h = x + attention(attention_norm(x), cos, sin, mask);
+                                 const torch::Tensor& mask, KVSlot* cache, std::int64_t pos) {
+  auto h = x + attention->forward(attention_norm(x), cos, sin, mask, cache, pos);
   return h + feed_forward(ffn_norm(h));
 }
 
@@ -142,6 +153,21 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& ids) {
   auto x = tok_embeddings(ids);
   for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
   return torch::matmul(norm(x), classifierWeight().t());
+}
+
+torch::Tensor LlamaImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {
+  if (pos < 0 || pos >= config_.seq_len)
+    throw InputError("position " + std::to_string(pos) + " is outside the model's context of " +
+                     std::to_string(config_.seq_len));
+  if (cache.empty()) {
+    const auto shape = std::vector<std::int64_t>{1, config_.seq_len, config_.n_kv_heads, config_.headDim()};
+    for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
+  }
+  auto x = tok_embeddings(torch::full({1, 1}, token, torch::kInt64));
+  auto cos = rope_cos_.narrow(0, pos, 1), sin = rope_sin_.narrow(0, pos, 1);
+  for (std::size_t l = 0; l < cache.size(); ++l)
+    x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], pos);
+  return torch::matmul(norm(x), classifierWeight().t()).view({-1});
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {

@@ -16,11 +16,17 @@
 #include <torch/nn/modules/linear.h>
 
 #include <string>
+#include <vector>
 
 #include "model/llama_config.h"
 
 namespace graft {
 
+
+// Keys and values of one layer for incremental decoding: [1, seq_len, n_kv_heads, head_dim].
+struct KVSlot {
+  torch::Tensor k, v;
+};
 
 class RMSNormImpl : public torch::nn::Module {
  public:
@@ -36,9 +42,11 @@ TORCH_MODULE(RMSNorm);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const LlamaConfig& c);
-  // x [B, T, dim]; cos/sin [T, head_dim/2]; mask [T, T] additive (0 / -inf)
+  // x [B, T, dim]; cos/sin [T, head_dim/2]; mask [T, T] additive (0 / -inf).
+  // With `cache` (B = 1): the new keys/values are stored at positions [pos, pos + T) and the queries
+  // attend to positions [0, pos + T); `mask` may then be undefined for T = 1.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask);
+                        const torch::Tensor& mask, KVSlot* cache = nullptr, std::int64_t pos = 0);
   torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
 
  private:
@@ -58,7 +66,7 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const LlamaConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask);
+                        const torch::Tensor& mask, KVSlot* cache = nullptr, std::int64_t pos = 0);
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
   Attention attention{nullptr};
   FeedForward feed_forward{nullptr};
@@ -70,6 +78,9 @@ class LlamaImpl : public torch::nn::Module {
   explicit LlamaImpl(const LlamaConfig& c);
   // ids [B, T] int64 -> logits [B, T, vocab] (float32). T <= config.seq_len.
   torch::Tensor forward(const torch::Tensor& ids);
+  // Incremental decoding: the logits [vocab] after token `token` at position `pos`, given that
+  // positions [0, pos) were fed before with the same `cache` (empty = fresh, pos must be 0).
+  torch::Tensor forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache);
   // Mean next-token cross-entropy of inputs[B,T] against targets[B,T] (nats), as a scalar tensor.
   torch::Tensor loss(const torch::Tensor& inputs, const torch::Tensor& targets);
   // Deterministic initialisation from `seed` (normal(0, 0.02), norms at 1; output projections
