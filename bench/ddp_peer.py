@@ -4,7 +4,7 @@
 What it measures
   Optimizer steps per second (and tokens per second) of plain PyTorch training the same model on
   the same samples, in the same order, with the same step as `graft train`:
-    * model: Llama-style decoder as src/model/llama.cc (RMSNorm eps 1e-5, interleaved-pair RoPE,
+    * model: Llama-style decoder as src/model/transformer.cc (RMSNorm eps 1e-5, interleaved-pair RoPE,
       grouped-query attention, SwiGLU feed-forward, tied classifier), float32 on the CPU;
     * data: a `graft prepare` HDF5 file (/train/tokens int32); sample i is the window of
       seq_len + 1 tokens starting at i * seq_len; samples are drawn by a bit-exact port of graft's
@@ -154,7 +154,7 @@ class TokenDataset:
 
 
 # ---------------------------------------------------------------------------------------------
-# Model: src/model/llama.cc, batched.
+# Model: src/model/transformer.cc, batched.
 
 
 class RMSNorm(nn.Module):

@@ -47,7 +47,7 @@ bool isComplete(const std::string& path) {
 
 // Fails early, with a clear message and before anything is written, when the file system cannot
 // hold one more checkpoint (the previous ones stay until the new one is verified).
-void requireSpace(const std::string& dir, Llama& model, AdamW& optimizer) {
+void requireSpace(const std::string& dir, Transformer& model, AdamW& optimizer) {
   std::uint64_t bytes = 64u << 10;  // metadata, attributes, RNG states
   for (const auto& p : model->parameters()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
   for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.exp_avg.numel()) * 8;
@@ -67,7 +67,7 @@ std::string checkpointName(std::int64_t step) {
   return name;
 }
 
-std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimizer, const Schedule& schedule,
+std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state) {
   makeDirectories(dir);
   requireSpace(dir, model, optimizer);
@@ -144,13 +144,13 @@ void verifyCheckpoint(const std::string& path) {
   if (count == 0) throw InputError(path + ": empty manifest");
 }
 
-TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optimizer) {
+TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer) {
   H5File file = H5File::openRead(path);
   const auto version = file.intAttr("/", "version");
   if (version != kCheckpointVersion)
     throw InputError(path + ": checkpoint format version " + std::to_string(version) + " is not supported (expected " +
                      std::to_string(kCheckpointVersion) + ")");
-  const LlamaConfig stored = readModelConfig(file);
+  const ModelConfig stored = readModelConfig(file);
   if (!(stored == model->config()))
     throw InputError(path + ": checkpoint holds a model of " + stored.describe() + ", but this run builds " +
                      model->config().describe());

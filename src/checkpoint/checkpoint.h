@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "model/llama.h"
+#include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/schedule.h"
 
@@ -42,7 +42,7 @@ std::string checkpointName(std::int64_t step);
 
 // Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it; returns its
 // path. On failure (disk full...) the temporary file is removed and nothing older is touched.
-std::string writeCheckpoint(const std::string& dir, Llama& model, AdamW& optimizer, const Schedule& schedule,
+std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state);
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
@@ -54,7 +54,7 @@ std::vector<std::string> completeCheckpoints(const std::string& dir);
 void verifyCheckpoint(const std::string& path);
 
 // Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor).
-TrainingState readCheckpoint(const std::string& path, Llama& model, AdamW& optimizer);
+TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer);
 
 // Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files. Call it
 // only after the newest checkpoint was verified.

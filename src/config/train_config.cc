@@ -19,7 +19,8 @@ class OptionTable {
  public:
   explicit OptionTable(TrainConfig& c) : desc_("graft train options (INI [section] key, or --section.key=value)") {
     add("run.dir", c.run_dir, "run directory: checkpoints/, metrics.jsonl; an existing one is resumed");
-    add("model.path", c.model_path, "pretrained model (llama2.c .bin or graft .h5); empty = random init");
+    add("model.path", c.model_path, "pretrained model: llama2.c .bin, graft .h5, or Hugging Face folder / .safetensors; empty = random init");
+    add("model.arch", c.arch.arch, "llama or gpt2 (random init only)");
     add("model.dim", c.arch.dim, "width (random init only)");
     add("model.hidden_dim", c.arch.hidden_dim, "feed-forward width (random init only)");
     add("model.n_layers", c.arch.n_layers, "layers (random init only)");

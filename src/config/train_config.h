@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "model/llama_config.h"
+#include "model/model_config.h"
 
 namespace graft {
 
@@ -18,7 +18,7 @@ struct TrainConfig {
   std::string run_dir;
   // [model]
   std::string model_path;  // llama2.c .bin or graft .h5; empty = random init with `arch`
-  LlamaConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
+  ModelConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
   // [data]
   std::string data_path;
   // [train]

@@ -17,7 +17,7 @@ const char* const kLayerOrder[] = {"attention_norm", "attention.wq", "attention.
                                    "attention.wo",   "ffn_norm",     "feed_forward.w1",
                                    "feed_forward.w2", "feed_forward.w3"};
 
-torch::Tensor param(Llama& m, const std::string& name) {
+torch::Tensor param(Transformer& m, const std::string& name) {
   auto params = m->named_parameters();
   auto* p = params.find(name);
   if (!p) throw Error("model has no parameter " + name);
@@ -30,12 +30,12 @@ std::string layerParam(int layer, const char* what) {
 
 }  // namespace
 
-Llama loadLlama2c(const std::string& path) {
+Transformer loadLlama2c(const std::string& path) {
   const std::string bytes = readFile(path);
   if (bytes.size() < 28) throw InputError(path + ": " + std::to_string(bytes.size()) + " bytes, too short for a llama2.c header");
   std::int32_t h[7];
   std::memcpy(h, bytes.data(), sizeof(h));
-  LlamaConfig c;
+  ModelConfig c;
   c.dim = h[0];
   c.hidden_dim = h[1];
   c.n_layers = h[2];
@@ -52,7 +52,7 @@ Llama loadLlama2c(const std::string& path) {
                        " is out of range; is this a llama2.c .bin model?");
   }
   c.validate(path);
-  Llama model(c);
+  Transformer model(c);
   const std::int64_t head = c.headDim();
   const std::int64_t expected_floats =
       static_cast<std::int64_t>(c.vocab_size) * c.dim +
@@ -81,8 +81,8 @@ Llama loadLlama2c(const std::string& path) {
   return model;
 }
 
-void saveLlama2c(Llama& model, const std::string& path) {
-  const LlamaConfig& c = model->config();
+void saveLlama2c(Transformer& model, const std::string& path) {
+  const ModelConfig& c = model->config();
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) throw Error(path + ": cannot create");
   const std::int32_t h[7] = {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,

@@ -4,14 +4,14 @@
 
 #include <string>
 
-#include "model/llama.h"
+#include "model/transformer.h"
 
 namespace graft {
 
 // Reads the file; throws InputError naming the file and the field/tensor on any inconsistency
 // (bad header, truncated or oversized file).
-Llama loadLlama2c(const std::string& path);
+Transformer loadLlama2c(const std::string& path);
 // Writes `model` in the same format (legacy RoPE tables included, as run.c expects to skip them).
-void saveLlama2c(Llama& model, const std::string& path);
+void saveLlama2c(Transformer& model, const std::string& path);
 
 }  // namespace graft

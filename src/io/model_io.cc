@@ -8,18 +8,18 @@
 
 namespace graft {
 
-Llama loadModel(const std::string& path) {
+Transformer loadModel(const std::string& path) {
   if (path.empty()) throw InputError("no model given");
   if (!fileExists(path)) throw InputError(path + ": model file not found");
   if (!H5File::isHdf5(path)) return loadLlama2c(path);
   H5File file = H5File::openRead(path);
-  Llama model(readModelConfig(file));
+  Transformer model(readModelConfig(file));
   readModelWeights(file, model);
   return model;
 }
 
-void writeModelGroup(H5File& file, Llama& model) {
-  const LlamaConfig& c = model->config();
+void writeModelGroup(H5File& file, Transformer& model) {
+  const ModelConfig& c = model->config();
   file.setAttr("/model", "dim", std::int64_t{c.dim});
   file.setAttr("/model", "hidden_dim", std::int64_t{c.hidden_dim});
   file.setAttr("/model", "n_layers", std::int64_t{c.n_layers});
@@ -30,13 +30,15 @@ void writeModelGroup(H5File& file, Llama& model) {
   file.setAttr("/model", "tied", std::int64_t{c.tied ? 1 : 0});
   file.setAttr("/model", "norm_eps", c.norm_eps);
   file.setAttr("/model", "rope_theta", c.rope_theta);
-  file.setAttr("/model", "architecture", std::string("llama"));
+  file.setAttr("/model", "architecture", c.arch);
+  file.setAttr("/model", "qkv_bias", std::int64_t{c.qkv_bias ? 1 : 0});
+  file.setAttr("/model", "sliding_window", std::int64_t{c.sliding_window});
   for (const auto& p : model->named_parameters()) file.writeTensor("/model/" + p.key(), p.value());
 }
 
-LlamaConfig readModelConfig(const H5File& file) {
+ModelConfig readModelConfig(const H5File& file) {
   if (!file.exists("/model")) throw InputError(file.path() + ": no /model group; not a graft checkpoint");
-  LlamaConfig c;
+  ModelConfig c;
   auto get = [&](const char* key) { return static_cast<int>(file.intAttr("/model", key)); };
   c.dim = get("dim");
   c.hidden_dim = get("hidden_dim");
@@ -48,11 +50,15 @@ LlamaConfig readModelConfig(const H5File& file) {
   c.tied = get("tied") != 0;
   c.norm_eps = file.doubleAttr("/model", "norm_eps");
   c.rope_theta = file.doubleAttr("/model", "rope_theta");
+  // Written since format 1.1; earlier checkpoints are all plain llama.
+  if (file.hasAttr("/model", "architecture")) c.arch = file.stringAttr("/model", "architecture");
+  if (file.hasAttr("/model", "qkv_bias")) c.qkv_bias = get("qkv_bias") != 0;
+  if (file.hasAttr("/model", "sliding_window")) c.sliding_window = get("sliding_window");
   c.validate(file.path() + ":/model");
   return c;
 }
 
-void readModelWeights(const H5File& file, Llama& model) {
+void readModelWeights(const H5File& file, Transformer& model) {
   torch::NoGradGuard no_grad;
   for (auto& p : model->named_parameters()) {
     const std::string object = "/model/" + p.key();

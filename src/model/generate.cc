@@ -61,7 +61,7 @@ int sampleTopP(const std::vector<float>& probs, float top_p, float coin) {
 
 }  // namespace
 
-int generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt, const SampleOptions& options,
+int generate(Transformer& model, const Tokenizer& tokenizer, const std::string& prompt, const SampleOptions& options,
              const std::function<void(const std::string&)>& emit) {
   torch::NoGradGuard no_grad;
   model->eval();

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "io/tokenizer.h"
-#include "model/llama.h"
+#include "model/transformer.h"
 
 namespace graft {
 
@@ -21,7 +21,7 @@ struct SampleOptions {
 
 // Calls `emit` with each decoded piece, in order (prompt pieces included, as run.c prints them).
 // Returns the number of tokens produced after the prompt.
-int generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt, const SampleOptions& options,
+int generate(Transformer& model, const Tokenizer& tokenizer, const std::string& prompt, const SampleOptions& options,
              const std::function<void(const std::string&)>& emit);
 
 }  // namespace graft

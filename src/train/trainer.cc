@@ -64,7 +64,7 @@ std::string jsonNumber(double value, int digits) {
   return buf;
 }
 
-Llama buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
+Transformer buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
   if (!c.model_path.empty()) {
     auto model = loadModel(c.model_path);
     if (model->config().vocab_size != vocab_size)
@@ -77,10 +77,10 @@ Llama buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
     log.main("model: " + c.model_path + " (" + model->config().describe() + ")");
     return model;
   }
-  LlamaConfig arch = c.arch;
+  ModelConfig arch = c.arch;
   arch.vocab_size = vocab_size;
   arch.seq_len = std::max(arch.seq_len, c.seq_len);
-  Llama model(arch);
+  Transformer model(arch);
   model->initialise(c.seed);
   log.main("model: random initialisation, seed " + std::to_string(c.seed) + " (" + arch.describe() + ")");
   return model;
@@ -322,7 +322,7 @@ struct Trainer::State {
   Communicator& comm;
   Logger log;
   TokenDataset train_data, val_data;
-  Llama model;
+  Transformer model;
   GlobalSampler sampler;
   AdamW optimizer;
   GradReducer reducer;

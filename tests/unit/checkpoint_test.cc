@@ -10,8 +10,8 @@
 namespace graft {
 namespace {
 
-LlamaConfig tiny() {
-  LlamaConfig c;
+ModelConfig tiny() {
+  ModelConfig c;
   c.dim = 16;
   c.hidden_dim = 24;
   c.n_layers = 2;
@@ -46,7 +46,7 @@ TEST(Hdf5, TensorsAndAttributesRoundTrip) {
 
 TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   const std::string dir = ::testing::TempDir() + "/ckpt_rt";
-  Llama model(tiny());
+  Transformer model(tiny());
   model->initialise(5);
   AdamW opt(model->named_parameters().pairs(), {0.9, 0.95, 1e-8, 0.1});
   for (auto& s : opt.slots()) s.exp_avg.normal_(), s.exp_avg_sq.uniform_();
@@ -65,7 +65,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   ASSERT_EQ(found.size(), 1u);
   EXPECT_EQ(found[0], dir + "/" + checkpointName(17));
 
-  Llama other(tiny());
+  Transformer other(tiny());
   other->initialise(6);
   AdamW opt2(other->named_parameters().pairs(), {0.9, 0.95, 1e-8, 0.1});
   const auto back = readCheckpoint(found[0], other, opt2);
@@ -87,14 +87,14 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
 
 TEST(Checkpoint, OtherArchitectureIsRejectedWithBothShapes) {
   const std::string dir = ::testing::TempDir() + "/ckpt_arch";
-  Llama model(tiny());
+  Transformer model(tiny());
   AdamW opt(model->named_parameters().pairs(), {});
   TrainingState st;
   st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
   const auto path = writeCheckpoint(dir, model, opt, Schedule{}, st);
   auto c = tiny();
   c.n_layers = 3;
-  Llama bigger(c);
+  Transformer bigger(c);
   AdamW opt2(bigger->named_parameters().pairs(), {});
   try {
     readCheckpoint(path, bigger, opt2);
@@ -132,7 +132,7 @@ void flipByteOf(const std::string& path, const std::string& object) {
 
 TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
   const std::string dir = ::testing::TempDir() + "/ckpt_flip";
-  Llama model(tiny());
+  Transformer model(tiny());
   model->initialise(9);
   AdamW opt(model->named_parameters().pairs(), {});
   TrainingState st;

@@ -1,4 +1,4 @@
-#include "model/llama.h"
+#include "model/transformer.h"
 
 #include <torch/torch.h>
 
@@ -8,32 +8,54 @@
 
 namespace graft {
 
-void LlamaConfig::validate(const std::string& where) const {
+void ModelConfig::validate(const std::string& where) const {
   auto need = [&](bool ok, const std::string& what) {
     if (!ok) throw InputError(where + ": " + what + " (" + describe() + ")");
   };
+  need(arch == "llama" || arch == "gpt2", "architecture '" + arch + "' is not llama or gpt2");
   need(dim > 0 && hidden_dim > 0 && n_layers > 0 && n_heads > 0 && n_kv_heads > 0, "sizes must be positive");
   need(vocab_size > 3, "vocab_size must exceed 3");
   need(seq_len > 0, "seq_len must be positive");
   need(dim % n_heads == 0, "dim must be divisible by n_heads");
-  need(headDim() % 2 == 0, "head size (dim / n_heads) must be even for rotary embeddings");
+  need(isGpt2() || headDim() % 2 == 0, "head size (dim / n_heads) must be even for rotary embeddings");
   need(n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+  need(sliding_window >= 0, "sliding_window must not be negative");
+  need(norm_eps > 0 && rope_theta > 0, "norm_eps and rope_theta must be positive");
 }
 
-std::string LlamaConfig::describe() const {
-  return "dim " + std::to_string(dim) + ", hidden " + std::to_string(hidden_dim) + ", layers " +
-         std::to_string(n_layers) + ", heads " + std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) +
-         " kv, vocab " + std::to_string(vocab_size) + ", seq_len " + std::to_string(seq_len) +
-         (tied ? ", tied" : ", untied");
+std::string ModelConfig::describe() const {
+  std::string s = arch + ": dim " + std::to_string(dim) + ", hidden " + std::to_string(hidden_dim) + ", layers " +
+                  std::to_string(n_layers) + ", heads " + std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) +
+                  " kv, vocab " + std::to_string(vocab_size) + ", seq_len " + std::to_string(seq_len) +
+                  (tied ? ", tied" : ", untied");
+  if (qkv_bias) s += ", qkv bias";
+  if (sliding_window > 0) s += ", window " + std::to_string(sliding_window);
+  return s;
 }
 
-bool LlamaConfig::operator==(const LlamaConfig& o) const {
-  return dim == o.dim && hidden_dim == o.hidden_dim && n_layers == o.n_layers && n_heads == o.n_heads &&
-         n_kv_heads == o.n_kv_heads && vocab_size == o.vocab_size && tied == o.tied;
+bool ModelConfig::operator==(const ModelConfig& o) const {
+  return arch == o.arch && dim == o.dim && hidden_dim == o.hidden_dim && n_layers == o.n_layers &&
+         n_heads == o.n_heads && n_kv_heads == o.n_kv_heads && vocab_size == o.vocab_size && tied == o.tied &&
+         qkv_bias == o.qkv_bias && sliding_window == o.sliding_window;
 }
 
 namespace {
-torch::nn::Linear linear(int in, int out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); }
+torch::nn::Linear linear(int in, int out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+// x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM.
+torch::Tensor fusedProjection(const torch::Tensor& x, std::initializer_list<torch::nn::Linear> parts) {
+  std::vector<torch::Tensor> weights, biases;
+  for (const auto& p : parts) {
+    weights.push_back(p->weight);
+    if (p->bias.defined()) biases.push_back(p->bias);
+  }
+  auto w = torch::cat(weights);
+  if (biases.empty()) return torch::matmul(x, w.t());
+  TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
+  return torch::matmul(x, w.t()) + torch::cat(biases);
+}
 
 // Interleaved-pair rotation: (a, b) -> (a cos - b sin, a sin + b cos) on pairs (2i, 2i+1).
 torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -46,21 +68,24 @@ torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const tor
 }
 }  // namespace
 
-RMSNormImpl::RMSNormImpl(int dim, double eps) : eps_(eps) {
-  weight = register_parameter("weight", torch::ones({dim}));
+NormImpl::NormImpl(const ModelConfig& c) : eps_(c.norm_eps), layer_norm_(c.isGpt2()) {
+  weight = register_parameter("weight", torch::ones({c.dim}));
+  if (layer_norm_) bias = register_parameter("bias", torch::zeros({c.dim}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  if (layer_norm_) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
   return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps_) * weight;
 }
 
-AttentionImpl::AttentionImpl(const LlamaConfig& c)
-    : n_heads_(c.n_heads), n_kv_heads_(c.n_kv_heads), head_dim_(c.headDim()) {
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_heads_(c.n_heads), n_kv_heads_(c.n_kv_heads), head_dim_(c.headDim()), window_(c.sliding_window) {
   const int kv_dim = c.n_kv_heads * c.headDim();
-  wq = register_module("wq", linear(c.dim, c.dim));
-  wk = register_module("wk", linear(c.dim, kv_dim));
-  wv = register_module("wv", linear(c.dim, kv_dim));
-  wo = register_module("wo", linear(c.dim, c.dim));
+  const bool qkv_bias = c.isGpt2() || c.qkv_bias;
+  wq = register_module("wq", linear(c.dim, c.dim, qkv_bias));
+  wk = register_module("wk", linear(c.dim, kv_dim, qkv_bias));
+  wv = register_module("wv", linear(c.dim, kv_dim, qkv_bias));
+  wo = register_module("wo", linear(c.dim, c.dim, c.isGpt2()));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -68,15 +93,21 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   const auto B = x.size(0), T = x.size(1);
   // q, k and v from one matmul against the concatenated weights (fewer, larger GEMMs).
   const int64_t q_dim = n_heads_ * head_dim_, kv_dim = n_kv_heads_ * head_dim_;
-  auto qkv = torch::matmul(x, torch::cat({wq->weight, wk->weight, wv->weight}).t());
-  auto q = rotate(qkv.narrow(-1, 0, q_dim).view({B, T, n_heads_, head_dim_}), cos, sin);
-  auto k = rotate(qkv.narrow(-1, q_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_}), cos, sin);
+  auto qkv = fusedProjection(x, {wq, wk, wv});
+  auto q = qkv.narrow(-1, 0, q_dim).view({B, T, n_heads_, head_dim_});
+  auto k = qkv.narrow(-1, q_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_});
   auto v = qkv.narrow(-1, q_dim + kv_dim, kv_dim).view({B, T, n_kv_heads_, head_dim_});
+  if (cos.defined()) {
+    q = rotate(q, cos, sin);
+    k = rotate(k, cos, sin);
+  }
   if (cache) {
     cache->k.narrow(1, pos, T).copy_(k);
     cache->v.narrow(1, pos, T).copy_(v);
-    k = cache->k.narrow(1, 0, pos + T);
-    v = cache->v.narrow(1, 0, pos + T);
+    // One new position attends to the window before it; longer chunks use the mask instead.
+    const std::int64_t first = (window_ > 0 && T == 1) ? std::max<std::int64_t>(0, pos + 1 - window_) : 0;
+    k = cache->k.narrow(1, first, pos + T - first);
+    v = cache->v.narrow(1, first, pos + T - first);
   }
   const auto S = k.size(1);  // key positions
   // [B, T, heads, D] -> [B * heads, T, D], the layout of the batched matmuls below.
@@ -97,23 +128,25 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
 }
 
-FeedForwardImpl::FeedForwardImpl(const LlamaConfig& c) {
-  w1 = register_module("w1", linear(c.dim, c.hidden_dim));
-  w2 = register_module("w2", linear(c.hidden_dim, c.dim));
-  w3 = register_module("w3", linear(c.dim, c.hidden_dim));
+FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) {
+  const bool bias = c.isGpt2();
+  w1 = register_module("w1", linear(c.dim, c.hidden_dim, bias));
+  w2 = register_module("w2", linear(c.hidden_dim, c.dim, bias));
+  if (!c.isGpt2()) w3 = register_module("w3", linear(c.dim, c.hidden_dim, false));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  if (!w3) return w2(torch::gelu(w1(x), "tanh"));  // GPT-2's "gelu_new"
   // Gate and up projections from one matmul against the concatenated weights.
-  auto both = torch::matmul(x, torch::cat({w1->weight, w3->weight}).t());
+  auto both = fusedProjection(x, {w1, w3});
   const auto hidden = w1->weight.size(0);
   return w2(torch::silu(both.narrow(-1, 0, hidden)) * both.narrow(-1, hidden, hidden));
 }
 
-BlockImpl::BlockImpl(const LlamaConfig& c) {
-  attention_norm = register_module("attention_norm", RMSNorm(c.dim, c.norm_eps));
+BlockImpl::BlockImpl(const ModelConfig& c) {
+  attention_norm = register_module("attention_norm", Norm(c));
   attention = register_module("attention", Attention(c));
-  ffn_norm = register_module("ffn_norm", RMSNorm(c.dim, c.norm_eps));
+  ffn_norm = register_module("ffn_norm", Norm(c));
   feed_forward = register_module("feed_forward", FeedForward(c));
 }
 
@@ -123,13 +156,15 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
   return h + feed_forward(ffn_norm(h));
 }
 
-LlamaImpl::LlamaImpl(const LlamaConfig& c) : config_(c) {
+TransformerImpl::TransformerImpl(const ModelConfig& c) : config_(c) {
   c.validate("model");
   tok_embeddings = register_module("tok_embeddings", torch::nn::Embedding(c.vocab_size, c.dim));
+  if (c.isGpt2()) pos_embeddings = register_module("pos_embeddings", torch::nn::Embedding(c.seq_len, c.dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int i = 0; i < c.n_layers; ++i) layers->push_back(Block(c));
-  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
-  if (!c.tied) output = register_module("output", linear(c.dim, c.vocab_size));
+  norm = register_module("norm", Norm(c));
+  if (!c.tied) output = register_module("output", linear(c.dim, c.vocab_size, false));
+  if (c.isGpt2()) return;
   // Rotary tables in float64 then float32, angle = pos * theta^(-2i/D), as llama2.c's run.c.
   const int half = c.headDim() / 2;
   auto i = torch::arange(half, torch::kFloat64);
@@ -138,24 +173,41 @@ LlamaImpl::LlamaImpl(const LlamaConfig& c) : config_(c) {
   auto angle = torch::outer(pos, freq);
   rope_cos_ = torch::cos(angle);
   rope_sin_ = torch::sin(angle);
-  causal_mask_ = torch::full({c.seq_len, c.seq_len}, -std::numeric_limits<float>::infinity()).triu(1);
 }
 
-torch::Tensor LlamaImpl::classifierWeight() const { return config_.tied ? tok_embeddings->weight : output->weight; }
+torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
+  if (!causal_mask_.defined() || causal_mask_.size(0) != T) {
+    const float inf = std::numeric_limits<float>::infinity();
+    causal_mask_ = torch::full({T, T}, -inf).triu(1);
+    if (config_.sliding_window > 0 && T > config_.sliding_window)  // nor further back than the window
+      causal_mask_ += torch::full({T, T}, -inf).tril(-config_.sliding_window);
+  }
+  return causal_mask_;
+}
 
-torch::Tensor LlamaImpl::forward(const torch::Tensor& ids) {
+// Token (+ learned position) embeddings of ids [B, T] placed at positions [pos, pos + T).
+torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos) {
+  auto x = tok_embeddings(ids);
+  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, pos, ids.size(1));
+  return x;
+}
+
+torch::Tensor TransformerImpl::classifierWeight() const { return config_.tied ? tok_embeddings->weight : output->weight; }
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) {
   const auto T = ids.size(1);
   if (T > config_.seq_len)
     throw InputError("sequence of " + std::to_string(T) + " tokens exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
-  auto cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
-  auto mask = causal_mask_.narrow(0, 0, T).narrow(1, 0, T);
-  auto x = tok_embeddings(ids);
+  torch::Tensor cos, sin;
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
+  auto mask = causalMask(T);
+  auto x = embed(ids, 0);
   for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
   return torch::matmul(norm(x), classifierWeight().t());
 }
 
-torch::Tensor LlamaImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {
+torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {
   if (pos < 0 || pos >= config_.seq_len)
     throw InputError("position " + std::to_string(pos) + " is outside the model's context of " +
                      std::to_string(config_.seq_len));
@@ -163,26 +215,29 @@ torch::Tensor LlamaImpl::forwardStep(std::int64_t token, std::int64_t pos, std::
     const auto shape = std::vector<std::int64_t>{1, config_.seq_len, config_.n_kv_heads, config_.headDim()};
     for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
   }
-  auto x = tok_embeddings(torch::full({1, 1}, token, torch::kInt64));
-  auto cos = rope_cos_.narrow(0, pos, 1), sin = rope_sin_.narrow(0, pos, 1);
+  auto x = embed(torch::full({1, 1}, token, torch::kInt64), pos);
+  torch::Tensor cos, sin;
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, 1), sin = rope_sin_.narrow(0, pos, 1);
   for (std::size_t l = 0; l < cache.size(); ++l)
     x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], pos);
   return torch::matmul(norm(x), classifierWeight().t()).view({-1});
 }
 
-torch::Tensor LlamaImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {
+torch::Tensor TransformerImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {
   auto logits = forward(inputs);
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 
-void LlamaImpl::initialise(std::uint64_t seed) {
+void TransformerImpl::initialise(std::uint64_t seed) {
   torch::NoGradGuard no_grad;
   auto gen = at::detail::createCPUGenerator(seed);
   const double out_std = 0.02 / std::sqrt(2.0 * config_.n_layers);
   for (auto& item : named_parameters()) {
     auto& p = item.value();
     const auto& name = item.key();
-    if (name.find("norm") != std::string::npos) {
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      p.zero_();
+    } else if (name.find("norm") != std::string::npos) {
       p.fill_(1.0);
     } else {
       const bool residual_out = name.find("wo.weight") != std::string::npos || name.find("w2.weight") != std::string::npos;

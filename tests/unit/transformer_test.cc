@@ -7,11 +7,11 @@
 namespace graft {
 namespace {
 
-TEST(Llama, ParameterNamesAreCheckpointNames) {
-  LlamaConfig c;
+TEST(Transformer, ParameterNamesAreCheckpointNames) {
+  ModelConfig c;
   c.n_layers = 1;
   c.tied = false;
-  Llama m(c);
+  Transformer m(c);
   std::vector<std::string> names;
   for (const auto& p : m->named_parameters()) names.push_back(p.key());
   const std::vector<std::string> expected = {
@@ -22,10 +22,10 @@ TEST(Llama, ParameterNamesAreCheckpointNames) {
   EXPECT_EQ(names, expected);
 }
 
-TEST(Llama, IsCausal) {
-  LlamaConfig c;
+TEST(Transformer, IsCausal) {
+  ModelConfig c;
   c.n_layers = 2;
-  Llama m(c);
+  Transformer m(c);
   m->initialise(1);
   torch::NoGradGuard g;
   auto a = torch::tensor({{1, 5, 9, 13}}, torch::kInt64);

@@ -1,0 +1,119 @@
+// A decoder-only transformer of either family in ModelConfig (llama: RMSNorm, rotary embeddings in
+// interleaved pairs as llama2.c, SwiGLU; gpt2: LayerNorm, learned positions, GELU), with
+// grouped-query attention and a tied or untied classifier.
+//
+// Parameter names are the checkpoint names, one to one (Meta/llama2.c naming for both families;
+// io/hf_import.cc maps Hugging Face names onto them):
+//   tok_embeddings.weight                      [vocab, dim]
+//   pos_embeddings.weight                      [seq_len, dim]   (gpt2)
+//   layers.<i>.attention_norm.{weight,bias}    [dim]            (bias: gpt2)
+//   layers.<i>.attention.{wq,wk,wv,wo}.weight  [out, in]
+//   layers.<i>.attention.{wq,wk,wv}.bias       [out]            (gpt2, or qkv_bias)
+//   layers.<i>.attention.wo.bias               [dim]            (gpt2)
+//   layers.<i>.ffn_norm.{weight,bias}          [dim]
+//   layers.<i>.feed_forward.{w1,w2,w3}.weight  [out, in]  (llama: w1 gate, w2 down, w3 up;
+//                                                          gpt2: w1 up, w2 down, no w3; biases too)
+//   norm.{weight,bias}                         [dim]
+//   output.weight                              [vocab, dim]  (only when untied)
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+
+#include <string>
+#include <vector>
+
+#include "model/model_config.h"
+
+namespace graft {
+
+
+// Keys and values of one layer for incremental decoding: [1, seq_len, n_kv_heads, head_dim].
+struct KVSlot {
+  torch::Tensor k, v;
+};
+
+// RMSNorm (llama) or LayerNorm with bias (gpt2).
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;  // bias: LayerNorm only
+
+ private:
+  double eps_;
+  bool layer_norm_;
+};
+TORCH_MODULE(Norm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& c);
+  // x [B, T, dim]; cos/sin [T, head_dim/2] (undefined: no rotary embedding); mask [T, T] additive
+  // (0 / -inf). With `cache` (B = 1): the new keys/values are stored at positions [pos, pos + T)
+  // and the queries attend to positions [0, pos + T), or the last sliding_window of them; `mask`
+  // may then be undefined for T = 1.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVSlot* cache = nullptr, std::int64_t pos = 0);
+  torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
+
+ private:
+  int n_heads_, n_kv_heads_, head_dim_, window_;
+};
+TORCH_MODULE(Attention);
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit FeedForwardImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};  // w3: llama only
+};
+TORCH_MODULE(FeedForward);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVSlot* cache = nullptr, std::int64_t pos = 0);
+  Norm attention_norm{nullptr}, ffn_norm{nullptr};
+  Attention attention{nullptr};
+  FeedForward feed_forward{nullptr};
+};
+TORCH_MODULE(Block);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  explicit TransformerImpl(const ModelConfig& c);
+  // ids [B, T] int64 -> logits [B, T, vocab] (float32). T <= config.seq_len.
+  torch::Tensor forward(const torch::Tensor& ids);
+  // Incremental decoding: the logits [vocab] after token `token` at position `pos`, given that
+  // positions [0, pos) were fed before with the same `cache` (empty = fresh, pos must be 0).
+  torch::Tensor forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache);
+  // Mean next-token cross-entropy of inputs[B,T] against targets[B,T] (nats), as a scalar tensor.
+  torch::Tensor loss(const torch::Tensor& inputs, const torch::Tensor& targets);
+  // Deterministic initialisation from `seed` (normal(0, 0.02), norms at 1, biases 0; output
+  // projections scaled by 1/sqrt(2 * n_layers) as in GPT-2).
+  void initialise(std::uint64_t seed);
+  const ModelConfig& config() const { return config_; }
+  torch::Tensor classifierWeight() const;
+
+  torch::nn::Embedding tok_embeddings{nullptr};
+  torch::nn::Embedding pos_embeddings{nullptr};  // gpt2 only
+  torch::nn::ModuleList layers{nullptr};
+  Norm norm{nullptr};
+  torch::nn::Linear output{nullptr};  // null when tied
+
+ private:
+  // The additive causal mask for T positions (0 where a query may look, -inf elsewhere), kept for
+  // the last T seen: a seq_len x seq_len table would be 4 GB for a 32K-context model.
+  torch::Tensor causalMask(std::int64_t T);
+  torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos);
+
+  ModelConfig config_;
+  torch::Tensor rope_cos_, rope_sin_;  // [seq_len, head_dim/2] (llama), buffers (not parameters)
+  torch::Tensor causal_mask_;
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace graft
