@@ -5,18 +5,18 @@
 #include <string>
 
 #include "io/hdf5.h"
-#include "model/llama.h"
+#include "model/transformer.h"
 
 namespace graft {
 
-Llama loadModel(const std::string& path);
+Transformer loadModel(const std::string& path);
 
 // /model: one float32 dataset per parameter (parameter names as dataset names) and the
 // architecture as attributes (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 // seq_len, tied, norm_eps, rope_theta).
-void writeModelGroup(H5File& file, Llama& model);
-LlamaConfig readModelConfig(const H5File& file);
+void writeModelGroup(H5File& file, Transformer& model);
+ModelConfig readModelConfig(const H5File& file);
 // Copies /model tensors into `model`, checking names and shapes (errors name file and tensor).
-void readModelWeights(const H5File& file, Llama& model);
+void readModelWeights(const H5File& file, Transformer& model);
 
 }  // namespace graft
