@@ -134,13 +134,16 @@ void dumpValue(const Json& j, int indent, int depth, std::string& out) {
     case Json::Type::String: dumpString(j.asString(""), out); break;
     case Json::Type::Array: {
       const auto& a = j.asArray("");
+      // Arrays of scalars (shapes, id lists) stay on one line when pretty-printing.
+      bool flat = true;
+      for (const auto& e : a) flat = flat && !e.isArray() && !e.isObject();
       out += '[';
       for (std::size_t i = 0; i < a.size(); ++i) {
-        if (i) out += ',';
-        newline(depth + 1);
+        if (i) out += flat && indent >= 0 ? ", " : ",";
+        if (!flat) newline(depth + 1);
         dumpValue(a[i], indent, depth + 1, out);
       }
-      if (!a.empty()) newline(depth);
+      if (!a.empty() && !flat) newline(depth);
       out += ']';
       break;
     }
@@ -205,6 +208,22 @@ class JsonParser {
     throw JsonError(what_ + ": invalid JSON at byte " + std::to_string(at_) + ": " + why);
   }
 
+  // Input text quoted in an error: at most 64 bytes, control and non-ASCII bytes as \xNN, so the
+  // message stays one line whatever the file holds.
+  static std::string quote(std::string_view text) {
+    std::string out;
+    for (unsigned char c : text.substr(0, 64)) {
+      if (c >= 0x20 && c < 0x7f) {
+        out += static_cast<char>(c);
+      } else {
+        char buf[8];
+        std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+        out += buf;
+      }
+    }
+    return out;
+  }
+
   void skipSpace() {
     while (at_ < s_.size() && (s_[at_] == ' ' || s_[at_] == '\n' || s_[at_] == '\r' || s_[at_] == '\t')) ++at_;
   }
@@ -235,7 +254,7 @@ class JsonParser {
     if (c == 'f') { expectWord("false"); return Json(false); }
     if (c == 'n') { expectWord("null"); return Json(); }
     if (c == '-' || (c >= '0' && c <= '9')) return number();
-    fail(std::string("unexpected character '") + (c >= 0x20 && c < 0x7f ? std::string(1, c) : "\\x..") + "'");
+    fail("unexpected character '" + quote(std::string_view(&s_[at_], 1)) + "'");
   }
 
   Json object(int depth) {
@@ -246,7 +265,7 @@ class JsonParser {
       skipSpace();
       if (at_ >= s_.size() || s_[at_] != '"') fail("expected a string key");
       std::string key = string();
-      if (!consume(':')) fail("expected ':' after key \"" + key.substr(0, 64) + "\"");
+      if (!consume(':')) fail("expected ':' after key \"" + quote(key) + "\"");
       obj.object_.emplace_back(std::move(key), value(depth + 1));
     } while (consume(','));
     if (!consume('}')) fail("expected ',' or '}' in object");
@@ -318,7 +337,7 @@ class JsonParser {
           appendUtf8(cp, out);
           break;
         }
-        default: fail(std::string("bad escape '\\") + e + "'");
+        default: fail("bad escape '\\" + quote(std::string_view(&e, 1)) + "'");
       }
     }
   }
