@@ -90,8 +90,11 @@ int generate(Transformer& model, const Tokenizer& tokenizer, const std::string& 
       }
       ++produced;
     }
-    if (next == Tokenizer::kBos) break;
-    emit(Tokenizer::printable(tokenizer.decode(token, next)));
+    if (next == tokenizer.bos() || next == tokenizer.eos()) break;  // run.c stops at BOS; HF models end with EOS
+    // run.c drops lone non-printable bytes; byte-level BPE pieces (GPT-2) carry parts of UTF-8
+    // characters, so they are passed through whole.
+    const std::string piece = tokenizer.decode(token, next);
+    emit(tokenizer.addsBos() ? Tokenizer::printable(piece) : piece);
     token = next;
   }
   return produced;
