@@ -6,35 +6,66 @@
 #include "cli/options.h"
 #include "data/dataset.h"
 #include "io/tokenizer.h"
+#include "util/error.h"
 
 namespace graft {
 namespace po = boost::program_options;
 
 int runPrepare(const Args& args) {
-  std::string tokenizer_spec, input, output;
-  double val_fraction = 0.1;
-  std::uint64_t seed = 1234;
+  std::string tokenizer_spec, input, output, delimiter;
+  PrepareOptions opt;
   po::options_description options("graft prepare options");
   options.add_options()
-      ("tokenizer", po::value(&tokenizer_spec)->required(), "tokenizer: llama2.c .bin or 'bytes'")
-      ("input", po::value(&input)->required(), "UTF-8 text; documents are separated by blank lines")
+      ("tokenizer", po::value(&tokenizer_spec)->required(),
+       "tokenizer: llama2.c .bin, SentencePiece .model, GPT-2 encoder.json/vocab.bpe, tokenizer.json, a Hugging Face folder, or 'bytes'")
+      ("input", po::value(&input)->required(), "text (documents separated by blank lines), .jsonl or .csv/.tsv")
       ("out", po::value(&output)->required(), "HDF5 token dataset to write (replaced atomically)")
-      ("val-fraction", po::value(&val_fraction)->default_value(0.1), "share of documents held out for validation")
-      ("seed", po::value(&seed)->default_value(1234), "seed of the train/validation split");
+      ("format", po::value(&opt.source.format)->default_value("auto"), "auto | text | jsonl | csv (auto: by extension)")
+      ("text-field", po::value(&opt.source.text_field)->default_value("text"), "jsonl key / csv column of the text")
+      ("prompt-field", po::value(&opt.source.prompt_field)->default_value("prompt"), "jsonl key / csv column of prompts")
+      ("completion-field", po::value(&opt.source.completion_field)->default_value("completion"),
+       "jsonl key / csv column of completions (the only tokens the loss is taken on)")
+      ("label-field", po::value(&opt.source.label_field)->default_value("label"),
+       "jsonl key / csv column of class labels (banking77: category); '' = none")
+      ("delimiter", po::value(&delimiter), "csv field separator (default ',' or tab for .tsv)")
+      ("val-fraction", po::value(&opt.val_fraction)->default_value(0.1),
+       "share held out for validation (per label for labelled data)")
+      ("max-per-label", po::value(&opt.max_per_label)->default_value(0),
+       "few-shot: keep at most this many train examples per label (0 = all)")
+      ("seed", po::value(&opt.seed)->default_value(1234), "seed of the train/validation split");
   po::variables_map vm;
-  if (!parseCommandLine(args, "usage: graft prepare --tokenizer T --input FILE.txt --out DATA.h5 [--val-fraction F]\n"
-                              "Tokenizes documents (BOS first) into train and val splits (docs/data-format.md).",
+  if (!parseCommandLine(args, "usage: graft prepare --tokenizer T --input FILE --out DATA.h5 [--val-fraction F]\n"
+                              "Tokenizes documents (BOS first) into train and val splits (docs/data-format.md),\n"
+                              "streaming the input in constant memory.",
                         options, vm))
     return 0;
+  // A label column asked for by name must exist; the default one is used only when present.
+  opt.source.require_label = !vm["label-field"].defaulted() && !opt.source.label_field.empty();
+  if (vm.count("delimiter")) {
+    if (delimiter == "\\t" || delimiter == "tab") delimiter = "\t";
+    if (delimiter.size() != 1) throw InputError("--delimiter must be one character (or 'tab')");
+    opt.source.delimiter = delimiter[0];
+  }
   const auto tokenizer = loadTokenizer(tokenizer_spec);
   const bool tty = isatty(fileno(stderr));
-  const auto stats = prepareDataset(input, *tokenizer, output, val_fraction, seed, [&](std::int64_t done, std::int64_t total) {
-    if (tty) std::fprintf(stderr, "\rprepare: %5.1f%% of %lld bytes", total ? 100.0 * done / total : 100.0, static_cast<long long>(total));
+  const auto stats = prepareDataset(input, *tokenizer, output, opt, [&](std::int64_t done, std::int64_t total) {
+    if (!tty) return;
+    if (total > 0) {
+      const int width = 30, filled = static_cast<int>(width * done / total);
+      std::fprintf(stderr, "\rprepare: [%.*s%*s] %5.1f%% of %.1f MB", filled, "##############################",
+                   width - filled, "", 100.0 * done / total, total / 1e6);
+    } else {
+      std::fprintf(stderr, "\rprepare: %.1f MB read", done / 1e6);
+    }
   });
   if (tty) std::fprintf(stderr, "\n");
-  std::printf("%s: train %lld docs / %lld tokens, val %lld docs / %lld tokens (%s)\n", output.c_str(),
+  std::printf("%s: train %lld docs / %lld tokens, val %lld docs / %lld tokens (%s)", output.c_str(),
               static_cast<long long>(stats.train_docs), static_cast<long long>(stats.train_tokens),
               static_cast<long long>(stats.val_docs), static_cast<long long>(stats.val_tokens), tokenizer->describe().c_str());
+  if (!stats.labels.empty()) std::printf(", %zu labels", stats.labels.size());
+  if (stats.skipped) std::printf(", %lld examples beyond --max-per-label left out", static_cast<long long>(stats.skipped));
+  if (stats.loss_mask) std::printf(", loss on completions only");
+  std::printf("\n");
   return 0;
 }
 

@@ -2,110 +2,215 @@
 
 #include <torch/torch.h>
 
-#include <fstream>
+#include <unistd.h>
+
+#include <algorithm>
+#include <unordered_map>
 
 #include "data/sampler.h"
 #include "io/hdf5.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace graft {
 namespace {
 
-struct Split {
-  std::vector<std::int32_t> tokens;
-  std::vector<std::int64_t> offsets{0};
-  void add(const std::vector<int>& ids) {
-    tokens.insert(tokens.end(), ids.begin(), ids.end());
-    offsets.push_back(static_cast<std::int64_t>(tokens.size()));
+// One split being written: buffers flushed to growing HDF5 datasets every ~1M tokens, so memory
+// stays constant whatever the input size.
+class SplitWriter {
+ public:
+  SplitWriter(H5File& file, std::string name) : file_(file), name_(std::move(name)) {
+    file_.createGrowing(name_ + "/tokens", torch::kInt);
+    file_.createGrowing(name_ + "/doc_offsets", torch::kLong);
+    offsets_.push_back(0);
   }
-  std::int64_t docs() const { return static_cast<std::int64_t>(offsets.size()) - 1; }
-  void write(H5File& file, const std::string& name) const {
-    file.writeTensor(name + "/tokens", torch::from_blob(const_cast<std::int32_t*>(tokens.data()),
-                                                        {static_cast<std::int64_t>(tokens.size())}, torch::kInt32));
-    file.writeTensor(name + "/doc_offsets", torch::from_blob(const_cast<std::int64_t*>(offsets.data()),
-                                                             {static_cast<std::int64_t>(offsets.size())}, torch::kInt64));
+
+  void add(const std::vector<int>& ids, const std::vector<std::uint8_t>& mask, int label) {
+    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+    total_tokens_ += static_cast<std::int64_t>(ids.size());
+    offsets_.push_back(total_tokens_);
+    if (has_mask_) mask_.insert(mask_.end(), mask.begin(), mask.end());
+    if (has_labels_) labels_.push_back(label);
+    ++docs_;
+    if (tokens_.size() >= (1u << 20)) flush();
   }
+
+  // Masks start when the first prompt/completion record arrives; tokens before it were all targets.
+  void startMask() {
+    if (has_mask_) return;
+    flush();
+    file_.createGrowing(name_ + "/loss_mask", torch::kByte);
+    const std::vector<std::uint8_t> ones(1 << 16, 1);
+    for (std::int64_t left = total_tokens_; left > 0; left -= static_cast<std::int64_t>(ones.size()))
+      file_.append(name_ + "/loss_mask", torch::kByte, ones.data(), std::min<std::int64_t>(left, ones.size()));
+    has_mask_ = true;
+  }
+
+  void startLabels() {
+    file_.createGrowing(name_ + "/labels", torch::kInt);
+    has_labels_ = true;
+  }
+
+  void flush() {
+    file_.append(name_ + "/tokens", torch::kInt, tokens_.data(), static_cast<std::int64_t>(tokens_.size()));
+    file_.append(name_ + "/doc_offsets", torch::kLong, offsets_.data(), static_cast<std::int64_t>(offsets_.size()));
+    if (has_mask_) file_.append(name_ + "/loss_mask", torch::kByte, mask_.data(), static_cast<std::int64_t>(mask_.size()));
+    if (has_labels_) file_.append(name_ + "/labels", torch::kInt, labels_.data(), static_cast<std::int64_t>(labels_.size()));
+    tokens_.clear();
+    offsets_.clear();
+    mask_.clear();
+    labels_.clear();
+  }
+
+  std::int64_t docs() const { return docs_; }
+  std::int64_t tokens() const { return total_tokens_; }
+
+ private:
+  H5File& file_;
+  std::string name_;
+  std::vector<std::int32_t> tokens_, labels_;
+  std::vector<std::int64_t> offsets_;
+  std::vector<std::uint8_t> mask_;
+  std::int64_t docs_ = 0, total_tokens_ = 0;
+  bool has_mask_ = false, has_labels_ = false;
 };
 
-bool isBlank(const std::string& line) { return line.find_first_not_of(" \t\r") == std::string::npos; }
+// A record's token ids and loss mask. Prompt and completion are encoded together (the tokenizer
+// sees the text a model will see) and the prompt's share is found by encoding it alone; when the
+// prompt's ids are not a prefix of the whole (a merge across the boundary), both parts are encoded
+// separately and concatenated.
+void encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, std::vector<int>& ids, std::vector<std::uint8_t>& mask) {
+  const bool pair = r.text.empty() && (!r.prompt.empty() || !r.completion.empty());
+  if (!pair) {
+    ids = tokenizer.encode(r.text, /*add_bos=*/true, /*add_eos=*/false);
+    mask.assign(ids.size(), 1);
+    return;
+  }
+  const bool eos = tokenizer.eos() >= 0;
+  const auto prompt = tokenizer.encode(r.prompt, true, false);
+  ids = tokenizer.encode(r.prompt + r.completion, true, eos);
+  if (ids.size() < prompt.size() || !std::equal(prompt.begin(), prompt.end(), ids.begin())) {
+    ids = prompt;
+    std::vector<int> rest = tokenizer.encode(r.completion, false, eos);
+    ids.insert(ids.end(), rest.begin(), rest.end());
+  }
+  mask.assign(ids.size(), 1);
+  std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(prompt.size()), 0);
+}
 
 }  // namespace
 
 PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer, const std::string& output,
-                            double val_fraction, std::uint64_t seed,
+                            const PrepareOptions& options,
                             const std::function<void(std::int64_t, std::int64_t)>& progress) {
-  if (val_fraction < 0 || val_fraction >= 1) throw InputError("--val-fraction must be in [0, 1)");
-  if (isDirectory(input)) throw InputError(input + ": is a directory, expected a text file");
-  std::ifstream in(input, std::ios::binary);
-  if (!in) throw InputError(input + ": cannot open input text");
-  in.seekg(0, std::ios::end);
-  const std::int64_t total = in.tellg();
-  in.seekg(0);
-
-  Split train, val;
-  std::string line, doc;
-  std::int64_t index = 0, read = 0, last_report = 0;
-  std::vector<int> last_train_doc;
-  auto flush = [&]() {
-    if (doc.empty()) return;
-    if (doc.back() == '\n') doc.pop_back();
-    const auto ids = tokenizer.encode(doc, /*bos=*/true, /*eos=*/false);
-    const double u = static_cast<double>(mix64(seed ^ mix64(static_cast<std::uint64_t>(index++)))) / 18446744073709551616.0;
-    if (u < val_fraction) {
-      val.add(ids);
-    } else {
-      train.add(ids);
-      last_train_doc = ids;
-    }
-    doc.clear();
-  };
-  while (std::getline(in, line)) {
-    read += static_cast<std::int64_t>(line.size()) + 1;
-    if (isBlank(line)) {
-      flush();
-    } else {
-      doc += line;
-      doc += '\n';
-    }
-    if (read - last_report > (1 << 20)) {
-      progress(read, total);
-      last_report = read;
-    }
-  }
-  flush();
-  if (index == 0) throw InputError(input + ": no documents (empty file?)");
-  if (val_fraction > 0 && val.docs() == 0 && train.docs() >= 2) {  // move the last train document
-    val.add(last_train_doc);
-    train.tokens.resize(train.tokens.size() - last_train_doc.size());
-    train.offsets.pop_back();
-  }
-  progress(total, total);
+  if (options.val_fraction < 0 || options.val_fraction >= 1) throw InputError("--val-fraction must be in [0, 1)");
+  auto records = openRecords(input, options.source);
+  StratifiedSplit stratified(options.val_fraction, options.seed);
+  FewShotLimit few_shot(options.max_per_label);
+  PrepareStats stats;
+  std::unordered_map<std::string, int> label_ids;
 
   const std::string tmp = output + ".tmp";
-  {
+  try {
     H5File file = H5File::create(tmp);
+    SplitWriter train(file, "/train"), val(file, "/val");
+    // The newest train document waits here before it is written: if validation is still empty at
+    // the end, it goes there instead (one document of memory, not the corpus).
+    struct Held {
+      std::vector<int> ids;
+      std::vector<std::uint8_t> mask;
+      int label = -1;
+      bool valid = false;
+    } held;
+    TextRecord record;
+    std::vector<int> ids;
+    std::vector<std::uint8_t> mask;
+    std::int64_t index = 0, last_report = 0;
+    bool first = true, labelled = false;
+    while (records->next(record)) {
+      const bool has_label = !record.label.empty();
+      if (first) {
+        labelled = has_label;
+        if (labelled) train.startLabels(), val.startLabels();
+        first = false;
+      } else if (has_label != labelled) {
+        throw InputError(input + ":" + std::to_string(record.line) + ": " +
+                         (labelled ? "record without a label" : "record with a label") +
+                         ", unlike the records before it");
+      }
+      encodeRecord(tokenizer, record, ids, mask);
+      if (!record.prompt.empty() || !record.completion.empty()) {
+        train.startMask();
+        val.startMask();
+        stats.loss_mask = true;
+      }
+      int label = -1;
+      bool to_val;
+      if (labelled) {
+        const auto it = label_ids.emplace(record.label, static_cast<int>(label_ids.size())).first;
+        if (it->second == static_cast<int>(stats.labels.size())) stats.labels.push_back(record.label);
+        label = it->second;
+        to_val = stratified.isVal(record.label);
+        if (!to_val && !few_shot.take(record.label)) {
+          ++stats.skipped;
+          continue;
+        }
+      } else {
+        const double u = static_cast<double>(mix64(options.seed ^ mix64(static_cast<std::uint64_t>(index)))) / 18446744073709551616.0;
+        to_val = u < options.val_fraction;
+      }
+      ++index;
+      if (to_val) {
+        val.add(ids, mask, label);
+      } else {
+        if (held.valid) train.add(held.ids, held.mask, held.label);
+        held = {ids, mask, label, true};
+      }
+      if (records->bytesRead() - last_report > (1 << 20)) {
+        progress(records->bytesRead(), records->bytesTotal());
+        last_report = records->bytesRead();
+      }
+    }
+    if (index == 0) throw InputError(input + ": no documents (empty file?)");
+    if (held.valid) {
+      const bool move_to_val = options.val_fraction > 0 && val.docs() == 0 && train.docs() >= 1;
+      (move_to_val ? val : train).add(held.ids, held.mask, held.label);
+    }
+    train.flush();
+    val.flush();
+    progress(records->bytesRead(), records->bytesTotal());
+    const bool v2 = stats.loss_mask || labelled;
     file.setAttr("/", "format", std::string("graft-tokens"));
-    file.setAttr("/", "version", std::int64_t{1});
+    file.setAttr("/", "version", std::int64_t{v2 ? 2 : 1});
     file.setAttr("/", "tokenizer", tokenizer.describe());
     file.setAttr("/", "vocab_size", std::int64_t{tokenizer.vocabSize()});
     file.setAttr("/", "source", input);
-    train.write(file, "/train");
-    val.write(file, "/val");
+    if (labelled) {
+      Json names = Json::array();
+      for (const auto& l : stats.labels) names.push(l);
+      file.setAttr("/", "label_names", names.dump());
+    }
+    stats.train_docs = train.docs();
+    stats.val_docs = val.docs();
+    stats.train_tokens = train.tokens();
+    stats.val_tokens = val.tokens();
     file.close();
+  } catch (...) {
+    ::unlink(tmp.c_str());  // an error leaves nothing behind, and `output` untouched
+    throw;
   }
   publishFile(tmp, output);
-  return {train.docs(), val.docs(), static_cast<std::int64_t>(train.tokens.size()),
-          static_cast<std::int64_t>(val.tokens.size())};
+  return stats;
 }
 
 TokenDataset::TokenDataset(const std::string& path, const std::string& split, int seq_len) : seq_len_(seq_len) {
   H5File file = H5File::openRead(path);
   if (!file.hasAttr("/", "format") || file.stringAttr("/", "format") != "graft-tokens")
     throw InputError(path + ": not a graft token dataset (make one with `graft prepare`)");
-  if (file.intAttr("/", "version") != 1)
-    throw InputError(path + ": dataset format version " + std::to_string(file.intAttr("/", "version")) +
-                     " is not supported (expected 1)");
+  const auto version = file.intAttr("/", "version");
+  if (version != 1 && version != 2)
+    throw InputError(path + ": dataset format version " + std::to_string(version) + " is not supported (expected 1 or 2)");
   vocab_size_ = static_cast<int>(file.intAttr("/", "vocab_size"));
   const std::string object = "/" + split + "/tokens";
   if (!file.exists(object)) throw InputError(path + ": has no '" + split + "' split");
@@ -127,6 +232,12 @@ std::int64_t TokenDataset::numSamples() const {
 void TokenDataset::sample(std::int64_t index, std::int64_t* out) const {
   const std::int64_t start = index * seq_len_;
   for (int i = 0; i <= seq_len_; ++i) out[i] = tokens_[static_cast<std::size_t>(start + i)];
+}
+
+void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
+  const auto start = static_cast<std::size_t>(index * seq_len_ + 1);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(seq_len_); ++i)
+    out[i] = loss_mask_.empty() || loss_mask_[start + i] ? tokens_[start + i] : kIgnoreTarget;
 }
 
 }  // namespace graft

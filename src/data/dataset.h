@@ -1,9 +1,12 @@
 // Token datasets in HDF5 (layout in docs/data-format.md):
-//   /            attrs format="graft-tokens", version=1, tokenizer, vocab_size
+//   /            attrs format="graft-tokens", version (1; 2 with loss masks or labels), tokenizer,
+//                vocab_size, source, and label_names (a JSON array) for classification data
 //   /<split>/tokens       int32 [n]   documents back to back, each starting with BOS
 //   /<split>/doc_offsets  int64 [d+1] where each document starts in tokens
-// with <split> = train | val. A sample is a window of seq_len + 1 tokens starting at
-// i * seq_len (inputs are its first seq_len tokens, targets its last seq_len).
+//   /<split>/loss_mask    uint8 [n]   (prompt/completion data) 1 where the token is a target to learn
+//   /<split>/labels       int32 [d]   (classification data) the label id of each document
+// with <split> = train | val. A language-modelling sample is a window of seq_len + 1 tokens
+// starting at i * seq_len (inputs are its first seq_len tokens, targets its last seq_len).
 #pragma once
 
 #include <cstdint>
@@ -11,20 +14,35 @@
 #include <string>
 #include <vector>
 
+#include "data/text_sources.h"
 #include "io/tokenizer.h"
 
 namespace graft {
 
-struct PrepareStats {
-  std::int64_t train_docs = 0, val_docs = 0, train_tokens = 0, val_tokens = 0;
+struct PrepareOptions {
+  SourceOptions source;      // format and field/column names of the input
+  double val_fraction = 0.1;
+  std::uint64_t seed = 1234;
+  std::int64_t max_per_label = 0;  // few-shot: at most this many train examples per label (0 = all)
 };
 
-// Reads `input` (documents separated by blank lines), tokenizes each document with BOS first,
-// assigns it to val with probability `val_fraction` (seeded, at least one val document when
-// val_fraction > 0 and there are two or more), and writes `output` via a temporary file + rename.
-// `progress(bytes_read, bytes_total)` is called now and then.
+struct PrepareStats {
+  std::int64_t train_docs = 0, val_docs = 0, train_tokens = 0, val_tokens = 0;
+  std::int64_t skipped = 0;  // examples left out by max_per_label
+  std::vector<std::string> labels;  // label names by id (classification data)
+  bool loss_mask = false;           // prompt/completion records: loss on completions only
+};
+
+// Streams `input` (text: documents separated by blank lines; jsonl; csv; see data/text_sources.h)
+// in constant memory: each record is tokenized with BOS first and appended to train or val.
+//   text records     go to val with probability val_fraction (a seeded hash of their index);
+//   labelled records are split per label (StratifiedSplit), labels numbered by first appearance;
+//   prompt/completion records are encoded as prompt + completion (+ EOS), and only completion
+//                    tokens are targets (loss_mask).
+// At least one document goes to val when val_fraction > 0 and there are two or more. Writes
+// `output` via a temporary file + rename; `progress(bytes_read, bytes_total)` is called now and then.
 PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer, const std::string& output,
-                            double val_fraction, std::uint64_t seed,
+                            const PrepareOptions& options,
                             const std::function<void(std::int64_t, std::int64_t)>& progress);
 
 class TokenDataset {
@@ -36,10 +54,18 @@ class TokenDataset {
   int vocabSize() const { return vocab_size_; }
   // Writes seq_len + 1 tokens of sample `index` to `out`.
   void sample(std::int64_t index, std::int64_t* out) const;
+  // True when some tokens are not targets (prompt/completion data).
+  bool hasLossMask() const { return !loss_mask_.empty(); }
+  // The seq_len targets of sample `index`: its last seq_len tokens, with kIgnoreTarget where the
+  // loss mask says the token is not learned.
+  void targets(std::int64_t index, std::int64_t* out) const;
   int seqLen() const { return seq_len_; }
+
+  static constexpr std::int64_t kIgnoreTarget = -100;  // torch's cross_entropy ignore_index
 
  private:
   std::vector<std::int32_t> tokens_;
+  std::vector<std::uint8_t> loss_mask_;
   int seq_len_;
   int vocab_size_;
 };

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "checkpoint/manifest.h"
 #include "util/checksum.h"
 #include "util/error.h"
 
@@ -169,7 +170,37 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
   if (t.numel() > 0 && H5Dwrite(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0)
     throw Error(where(object) + ": write failed (disk full?)");
   const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
-  manifest_ += object + " " + std::to_string(crc32(t.data_ptr(), bytes)) + " " + std::to_string(bytes) + "\n";
+  manifest_ += formatManifestLine({object, crc32(t.data_ptr(), bytes), static_cast<std::uint64_t>(bytes)});
+}
+
+void H5File::createGrowing(const std::string& object, at::ScalarType dtype, std::int64_t chunk_elements) {
+  ensureGroup(object.substr(0, object.find_last_of('/')));
+  const hid_t type = memType(dtype);
+  if (type < 0) throw Error(where(object) + ": unsupported dtype for a growing dataset");
+  hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk = static_cast<hsize_t>(chunk_elements);
+  Handle space(H5Screate_simple(1, &zero, &unlimited));
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  H5Pset_chunk(dcpl.get(), 1, &chunk);
+  Handle ds(H5Dcreate2(id_, object.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+  if (!ds.ok()) throw Error(where(object) + ": cannot create dataset");
+}
+
+void H5File::append(const std::string& object, at::ScalarType dtype, const void* data, std::int64_t count) {
+  if (count <= 0) return;
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw Error(where(object) + ": missing dataset");
+  hsize_t size = 0;
+  {
+    Handle space(H5Dget_space(ds.get()));
+    H5Sget_simple_extent_dims(space.get(), &size, nullptr);
+  }
+  hsize_t grown = size + static_cast<hsize_t>(count), n = static_cast<hsize_t>(count);
+  if (H5Dset_extent(ds.get(), &grown) < 0) throw Error(where(object) + ": cannot grow (disk full?)");
+  Handle space(H5Dget_space(ds.get()));
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &size, nullptr, &n, nullptr);
+  Handle mem(H5Screate_simple(1, &n, nullptr));
+  if (H5Dwrite(ds.get(), memType(dtype), mem.get(), space.get(), H5P_DEFAULT, data) < 0)
+    throw Error(where(object) + ": write failed (disk full?)");
 }
 
 std::vector<std::int64_t> H5File::shape(const std::string& object) const {

@@ -127,20 +127,46 @@ struct Trainer::State {
     std::vector<std::int64_t> mine;
     for (std::int64_t i = comm.rank(); i < n; i += comm.size()) mine.push_back(i);
     double totals[2] = {0, static_cast<double>(mine.size())};
+    double masked_counted = 0;
     for (std::size_t at = 0; at < mine.size(); at += static_cast<std::size_t>(config.micro_batch)) {
       const std::vector<std::int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(at),
                                            mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), at + config.micro_batch)));
       auto batch = gather(val_data, part);
-      auto inputs = batch.narrow(1, 0, config.seq_len), targets = batch.narrow(1, 1, config.seq_len);
-      auto logits = model->forward(inputs);
+      auto logits = model->forward(batch.narrow(1, 0, config.seq_len));
+      auto targets = targetsOf(val_data, part, batch);
       auto per_token = torch::nn::functional::cross_entropy(
           logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
           torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-      totals[0] += per_token.view({-1, config.seq_len}).mean(1).sum().item<double>();
+      if (val_data.hasLossMask()) {  // token-weighted over the targets that count
+        totals[0] += per_token.sum().item<double>();
+        masked_counted += targets.ne(TokenDataset::kIgnoreTarget).sum().item<double>();
+      } else {
+        totals[0] += per_token.view({-1, config.seq_len}).mean(1).sum().item<double>();
+      }
     }
+    if (val_data.hasLossMask()) totals[1] = masked_counted;
     model->train();
     comm.allReduce(totals, 2, ReduceOp::Sum, "val/loss");
     return totals[1] > 0 ? totals[0] / totals[1] : std::nan("");
+  }
+
+  // The targets of a gathered batch: its last seq_len tokens, or, for prompt/completion data,
+  // those with TokenDataset::kIgnoreTarget where the token is not learned.
+  torch::Tensor targetsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Tensor& batch) {
+    if (!data.hasLossMask()) return batch.narrow(1, 1, config.seq_len);
+    auto out = torch::empty({static_cast<std::int64_t>(indices.size()), config.seq_len}, torch::kInt64);
+    for (std::size_t i = 0; i < indices.size(); ++i) data.targets(indices[i], out[static_cast<std::int64_t>(i)].data_ptr<std::int64_t>());
+    return out;
+  }
+
+  // Mean cross-entropy over the targets that count; a micro-batch whose targets are all prompt
+  // tokens contributes 0 (not 0 / 0).
+  torch::Tensor maskedLoss(const torch::Tensor& inputs, const torch::Tensor& targets) {
+    auto logits = model->forward(inputs);
+    auto sum = torch::nn::functional::cross_entropy(
+        logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(TokenDataset::kIgnoreTarget));
+    return sum / std::max<std::int64_t>(1, targets.ne(TokenDataset::kIgnoreTarget).sum().item<std::int64_t>());
   }
 
   torch::Tensor gather(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
@@ -161,7 +187,9 @@ struct Trainer::State {
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
       auto batch = gather(train_data, indices);
-      auto loss = model->loss(batch.narrow(1, 0, config.seq_len), batch.narrow(1, 1, config.seq_len)) /
+      auto inputs = batch.narrow(1, 0, config.seq_len);
+      auto loss = (train_data.hasLossMask() ? maskedLoss(inputs, targetsOf(train_data, indices, batch))
+                                            : model->loss(inputs, batch.narrow(1, 1, config.seq_len))) /
                   static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
       loss.backward();
