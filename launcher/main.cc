@@ -27,13 +27,19 @@ const char* const kUsage =
     "  prepare    text file -> HDF5 token dataset with train and validation parts\n"
     "  generate   sample text from a model (run.c-exact at --temperature 0)\n"
     "  eval       mean next-token loss of a text or of token ids, as JSON\n"
-    "  tokenize   print the token ids of a text\n";
+    "  tokenize   print the token ids of a text\n"
+    "  inspect    what a model, checkpoint, dataset or tokenizer file holds (--json)\n"
+    "  export     write a model for other tools: --format hf | llama2c | graft\n"
+    "  convert    convert a model between formats: graft convert IN OUT\n";
 
 int dispatch(const std::string& command, const graft::Args& args) {
   if (command == "tokenize") return graft::runTokenize(args);
   if (command == "generate") return graft::runGenerate(args);
   if (command == "eval") return graft::runEval(args);
   if (command == "prepare") return graft::runPrepare(args);
+  if (command == "inspect") return graft::runInspect(args);
+  if (command == "export") return graft::runExport(args);
+  if (command == "convert") return graft::runConvert(args);
   if (command == "launch") return graft::runLaunch(args);
   if (command == "train") {
     graft::installStopSignals();

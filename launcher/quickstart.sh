@@ -14,7 +14,8 @@ what=${1:-demo}
 PACKAGES=(build-essential cmake git pkg-config ccache libtorch-dev libopenblas0-openmp
           libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libboost-program-options-dev
           libgtest-dev zlib1g-dev python3-torch python3-h5py iproute2 procps
-          slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge)
+          slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge
+          libsentencepiece-dev sentencepiece python3-regex python3-numpy clang libclang-rt-dev)
 
 install_packages() {
   [[ ${GRAFT_SKIP_APT:-0} == 1 ]] && return

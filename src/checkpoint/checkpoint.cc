@@ -11,6 +11,7 @@
 #include <ctime>
 #include <sstream>
 
+#include "checkpoint/manifest.h"
 #include "io/hdf5.h"
 #include "io/model_io.h"
 #include "util/checksum.h"
@@ -125,11 +126,7 @@ std::vector<std::string> completeCheckpoints(const std::string& dir) {
 void verifyCheckpoint(const std::string& path) {
   H5File file = H5File::openRead(path);
   if (!file.hasAttr("/", "manifest")) throw InputError(path + ": no manifest; not a complete graft checkpoint");
-  std::istringstream lines(file.stringAttr("/", "manifest"));
-  std::string object;
-  std::uint64_t crc = 0, bytes = 0;
-  int count = 0;
-  while (lines >> object >> crc >> bytes) {
+  for (const auto& [object, crc, bytes] : parseManifest(file.stringAttr("/", "manifest"), path)) {
     at::Tensor t;
     try {
       t = file.readTensor(object).contiguous();
@@ -139,9 +136,7 @@ void verifyCheckpoint(const std::string& path) {
     const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
     if (have != bytes || crc32(t.data_ptr(), have) != crc)
       throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest)");
-    ++count;
   }
-  if (count == 0) throw InputError(path + ": empty manifest");
 }
 
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer) {

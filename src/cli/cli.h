@@ -5,8 +5,6 @@
 
 #include <functional>
 #include <memory>
-#include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +17,9 @@ int runTokenize(const Args& args);
 int runGenerate(const Args& args);
 int runEval(const Args& args);
 int runPrepare(const Args& args);
+int runExport(const Args& args);
+int runConvert(const Args& args);
+int runInspect(const Args& args);
 // Makes the communicator for a backend name ("auto" is resolved by the launcher from how the
 // process was started).
 using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend)>;

@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/hf_model.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"
 #include "util/error.h"
@@ -55,9 +56,9 @@ int runEval(const Args& args) {
   std::string model_path, tokenizer_spec, text, ids_text, logits_path;
   po::options_description options("graft eval options");
   options.add_options()
-      ("model", po::value(&model_path)->required(), "model: llama2.c .bin or graft checkpoint .h5")
-      ("tokenizer", po::value(&tokenizer_spec), "tokenizer (needed with --text)")
-      ("text", po::value(&text), "text to score (encoded with BOS first)")
+      ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
+      ("tokenizer", po::value(&tokenizer_spec), "tokenizer (with --text; default: the model's folder when it has one)")
+      ("text", po::value(&text), "text to score (BOS first where the tokenizer expects it)")
       ("ids", po::value(&ids_text), "token ids to score, separated by spaces, instead of --text")
       ("logits", po::value(&logits_path), "also write one CSV row of raw logits per input position");
   po::variables_map vm;
@@ -69,9 +70,10 @@ int runEval(const Args& args) {
   auto model = loadModel(model_path);
   std::vector<std::int64_t> ids;
   if (vm.count("text")) {
+    if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
     if (tokenizer_spec.empty()) throw InputError("--text needs --tokenizer");
     const auto tokenizer = loadTokenizer(tokenizer_spec);
-    for (int id : tokenizer->encode(text, true, false)) ids.push_back(id);
+    for (int id : tokenizer->encode(text, tokenizer->addsBos(), false)) ids.push_back(id);
   } else {
     ids = parseIds(ids_text, model->config().vocab_size);
   }

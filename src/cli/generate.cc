@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/hf_model.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"
 #include "model/generate.h"
@@ -20,8 +21,8 @@ int runGenerate(const Args& args) {
   int threads = 1;
   po::options_description options("graft generate options");
   options.add_options()
-      ("model", po::value(&model_path)->required(), "model: llama2.c .bin or graft checkpoint .h5")
-      ("tokenizer", po::value(&tokenizer_spec)->required(), "tokenizer: llama2.c .bin or 'bytes'")
+      ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
+      ("tokenizer", po::value(&tokenizer_spec), "tokenizer file or folder (default: the model's folder when it has one)")
       ("prompt", po::value(&prompt)->default_value(""), "text to continue")
       ("steps", po::value(&sample.steps)->default_value(256), "positions to run, prompt included (0 = model seq_len)")
       ("temperature", po::value(&sample.temperature)->default_value(1.0f), "0 = greedy (argmax)")
@@ -34,9 +35,12 @@ int runGenerate(const Args& args) {
     return 0;
   if (sample.temperature < 0) throw InputError("--temperature must be >= 0");
   torch::set_num_threads(threads);
+  if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
+  if (tokenizer_spec.empty()) throw InputError("--tokenizer is required (the model is not a Hugging Face folder)");
   auto model = loadModel(model_path);
   const auto tokenizer = loadTokenizer(tokenizer_spec);
-  if (tokenizer->vocabSize() != model->config().vocab_size)
+  // Hugging Face models often pad their vocabulary beyond the tokenizer's; the reverse cannot work.
+  if (tokenizer->vocabSize() > model->config().vocab_size)
     throw InputError(tokenizer_spec + ": tokenizer has " + std::to_string(tokenizer->vocabSize()) +
                      " pieces but " + model_path + " has vocab " + std::to_string(model->config().vocab_size));
   const auto start = std::chrono::steady_clock::now();

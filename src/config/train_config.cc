@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "cli/options.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -148,8 +149,8 @@ void storeIni(const std::vector<IniEntry>& entries, const std::string& origin, p
     parsed.options.emplace_back(e.key, std::vector<std::string>{e.value});
     try {
       po::store(parsed, vm);
-    } catch (const po::error& err) {
-      throw InputError(at + ": " + e.key + " = '" + e.value + "': " + err.what());
+    } catch (po::error& err) {
+      throw InputError(at + ": " + e.key + " = '" + e.value + "': " + optionErrorMessage(err));
     }
   }
 }
@@ -157,8 +158,8 @@ void storeIni(const std::vector<IniEntry>& entries, const std::string& origin, p
 void finish(po::variables_map& vm, TrainConfig& config) {
   try {
     po::notify(vm);
-  } catch (const po::error& err) {
-    throw InputError(err.what());
+  } catch (po::error& err) {
+    throw InputError(optionErrorMessage(err));
   }
 }
 
@@ -213,8 +214,8 @@ bool parseTrainConfig(const std::vector<std::string>& args, TrainConfig& config)
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
-  } catch (const po::error& err) {
-    throw InputError(std::string(err.what()) + " (see graft train --help)");
+  } catch (po::error& err) {
+    throw InputError(optionErrorMessage(err) + " (see graft train --help)");
   }
   if (vm.count("help")) {
     std::cout << "usage: mpirun -np N graft train --config configs/X.ini [--section.key=value ...]\n\n" << cli << "\n";

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "io/llama2c_header.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -32,38 +33,9 @@ std::string layerParam(int layer, const char* what) {
 
 Transformer loadLlama2c(const std::string& path) {
   const std::string bytes = readFile(path);
-  if (bytes.size() < 28) throw InputError(path + ": " + std::to_string(bytes.size()) + " bytes, too short for a llama2.c header");
-  std::int32_t h[7];
-  std::memcpy(h, bytes.data(), sizeof(h));
-  ModelConfig c;
-  c.dim = h[0];
-  c.hidden_dim = h[1];
-  c.n_layers = h[2];
-  c.n_heads = h[3];
-  c.n_kv_heads = h[4];
-  c.tied = h[5] > 0;
-  c.vocab_size = h[5] > 0 ? h[5] : -h[5];
-  c.seq_len = h[6];
-  // Bound every field before any size arithmetic, so a lying header cannot overflow it.
-  for (int i = 0; i < 7; ++i) {
-    const std::int64_t v = i == 5 ? std::abs(static_cast<std::int64_t>(h[5])) : h[i];
-    if (v <= 0 || v > (1 << 20))
-      throw InputError(path + ": header field " + std::to_string(i) + " = " + std::to_string(h[i]) +
-                       " is out of range; is this a llama2.c .bin model?");
-  }
-  c.validate(path);
+  const ModelConfig c = parseLlama2cHeader(bytes.substr(0, kLlama2cHeaderBytes), bytes.size(), path);
   Transformer model(c);
   const std::int64_t head = c.headDim();
-  const std::int64_t expected_floats =
-      static_cast<std::int64_t>(c.vocab_size) * c.dim +
-      static_cast<std::int64_t>(c.n_layers) * (2 * c.dim + 2 * static_cast<std::int64_t>(c.dim) * c.dim +
-                                               2 * static_cast<std::int64_t>(c.n_kv_heads) * head * c.dim +
-                                               3 * static_cast<std::int64_t>(c.dim) * c.hidden_dim) +
-      c.dim + static_cast<std::int64_t>(c.seq_len) * head + (c.tied ? 0 : static_cast<std::int64_t>(c.vocab_size) * c.dim);
-  const std::int64_t expected = 28 + 4 * expected_floats;
-  if (static_cast<std::int64_t>(bytes.size()) != expected)
-    throw InputError(path + ": " + std::to_string(bytes.size()) + " bytes, but its header (" + c.describe() +
-                     ") needs " + std::to_string(expected));
 
   torch::NoGradGuard no_grad;
   std::size_t at = 28;

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "io/hf_model.h"
 #include "io/llama2c.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -11,11 +12,52 @@ namespace graft {
 Transformer loadModel(const std::string& path) {
   if (path.empty()) throw InputError("no model given");
   if (!fileExists(path)) throw InputError(path + ": model file not found");
+  if (isHfModel(path)) return loadHfModel(path);
+  if (isDirectory(path))
+    throw InputError(path + ": a folder without config.json; expected a Hugging Face model folder");
   if (!H5File::isHdf5(path)) return loadLlama2c(path);
   H5File file = H5File::openRead(path);
   Transformer model(readModelConfig(file));
   readModelWeights(file, model);
   return model;
+}
+
+std::string formatForPath(const std::string& out) {
+  auto ends = [&](const char* tail) {
+    const std::string t(tail);
+    return out.size() >= t.size() && out.compare(out.size() - t.size(), t.size(), t) == 0;
+  };
+  if (ends(".bin")) return "llama2c";
+  if (ends(".h5")) return "graft";
+  return "hf";
+}
+
+void saveModel(Transformer& model, const std::string& format, const std::string& out, const std::string& dtype) {
+  if (format != "hf" && dtype != "f32")
+    throw InputError("--dtype " + dtype + ": only the hf format stores f16/bf16; " + format + " is float32");
+  if (format == "hf") {
+    const StDType st = dtype == "f32" ? StDType::F32 : dtype == "f16" ? StDType::F16 : dtype == "bf16" ? StDType::BF16
+                     : throw InputError("--dtype " + dtype + " is not f32, f16 or bf16");
+    saveHfModel(model, out, st);
+  } else if (format == "llama2c") {
+    const ModelConfig& c = model->config();
+    if (c.isGpt2() || c.qkv_bias || c.sliding_window > 0)
+      throw InputError("llama2.c's format holds plain llama models only, not " + c.describe());
+    const std::string file = isDirectory(out) ? out + "/model.bin" : out;
+    saveLlama2c(model, file + ".tmp");
+    publishFile(file + ".tmp", file);
+  } else if (format == "graft") {
+    const std::string tmp = out + ".tmp";
+    {
+      H5File file = H5File::create(tmp);
+      writeModelGroup(file, model);
+      file.setAttr("/", "format", std::string("graft-model"));
+      file.close();
+    }
+    publishFile(tmp, out);
+  } else {
+    throw InputError("--format " + format + " is not hf, llama2c or graft");
+  }
 }
 
 void writeModelGroup(H5File& file, Transformer& model) {

@@ -1,5 +1,6 @@
-// Model files in, whatever their format: loadModel() accepts a llama2.c .bin or a graft HDF5
-// checkpoint (its /model group), and the /model group layout is written and read here only.
+// Model files in and out, whatever their format: loadModel() accepts a llama2.c .bin, a graft HDF5
+// model or checkpoint (its /model group), or a Hugging Face folder / .safetensors file; saveModel()
+// writes any of them. The /model group layout is written and read here only.
 #pragma once
 
 #include <string>
@@ -10,6 +11,12 @@
 namespace graft {
 
 Transformer loadModel(const std::string& path);
+
+// "hf" (a folder: config.json + model.safetensors), "llama2c" (a .bin file) or "graft" (an .h5
+// file holding /model). Formats that cannot hold the model (llama2.c for gpt2) are InputErrors.
+void saveModel(Transformer& model, const std::string& format, const std::string& out, const std::string& dtype = "f32");
+// The format a path names when written: a .bin file -> llama2c, .h5 -> graft, else hf.
+std::string formatForPath(const std::string& out);
 
 // /model: one float32 dataset per parameter (parameter names as dataset names) and the
 // architecture as attributes (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,

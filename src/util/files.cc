@@ -67,4 +67,15 @@ void publishFile(const std::string& tmp_path, const std::string& final_path) {
   syncPath(parentDirectory(final_path));
 }
 
+void writeFileAtomically(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(tmp + ": cannot create (" + std::strerror(errno) + ")");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out.flush()) throw Error(tmp + ": write failed (" + std::strerror(errno) + ")");
+  }
+  publishFile(tmp, path);
+}
+
 }  // namespace graft

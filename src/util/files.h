@@ -16,5 +16,7 @@ void syncPath(const std::string& path);
 // rename(2) then fsync of the parent directory: the publish step of temp + fsync + rename.
 void publishFile(const std::string& tmp_path, const std::string& final_path);
 std::string parentDirectory(const std::string& path);
+// Writes `bytes` to path.tmp, then publishFile(): readers see the old file or the whole new one.
+void writeFileAtomically(const std::string& path, const std::string& bytes);
 
 }  // namespace graft

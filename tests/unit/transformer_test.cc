@@ -35,6 +35,44 @@ TEST(Transformer, IsCausal) {
   EXPECT_FALSE(torch::equal(la.narrow(1, 3, 1), lb.narrow(1, 3, 1)));
 }
 
+// Incremental decoding (one position at a time, key/value cache) must give the logits of the full
+// causal forward, for every family and with a sliding window shorter than the sequence.
+TEST(Transformer, StepwiseDecodingMatchesFullForward) {
+  for (const char* variant : {"llama", "gpt2", "window", "qkv_bias"}) {
+    ModelConfig c;
+    c.n_layers = 2;
+    c.seq_len = 16;
+    c.n_kv_heads = 2;
+    if (std::string(variant) == "gpt2") c.arch = "gpt2", c.n_kv_heads = c.n_heads;
+    if (std::string(variant) == "window") c.sliding_window = 3;
+    if (std::string(variant) == "qkv_bias") c.qkv_bias = true;
+    Transformer m(c);
+    m->initialise(3);
+    torch::NoGradGuard g;
+    for (auto& p : m->parameters()) p.add_(torch::randn(p.sizes()) * 0.05);  // non-zero biases too
+    const std::vector<std::int64_t> ids = {1, 7, 30, 2, 99, 5, 41, 8};
+    auto full = m->forward(torch::tensor(ids).unsqueeze(0)).squeeze(0);
+    std::vector<KVSlot> cache;
+    for (std::size_t pos = 0; pos < ids.size(); ++pos) {
+      auto step = m->forwardStep(ids[pos], static_cast<std::int64_t>(pos), cache);
+      EXPECT_TRUE(torch::allclose(step, full[static_cast<std::int64_t>(pos)], 1e-4, 1e-5)) << variant << " at " << pos;
+    }
+  }
+}
+
+TEST(Transformer, SlidingWindowLimitsHowFarBackTokensSee) {
+  ModelConfig c;
+  c.n_layers = 1;  // one layer: position t sees exactly positions (t - window, t]
+  c.sliding_window = 2;
+  Transformer m(c);
+  m->initialise(1);
+  torch::NoGradGuard g;
+  auto a = m->forward(torch::tensor({{1, 5, 9, 13}}, torch::kInt64));
+  auto b = m->forward(torch::tensor({{1, 6, 9, 13}}, torch::kInt64));  // change position 1
+  EXPECT_FALSE(torch::equal(a.select(1, 2), b.select(1, 2)));           // 2 sees 1
+  EXPECT_TRUE(torch::equal(a.select(1, 3), b.select(1, 3)));            // 3 sees only 2 and 3
+}
+
 TEST(Llama2c, SaveLoadRoundTripIsBitwise) {
   const std::string src = std::string(GRAFT_SHARED_DATA) + "/llama2c/stories260K.bin";
   auto m = loadLlama2c(src);

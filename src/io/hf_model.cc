@@ -1,0 +1,367 @@
+#include "io/hf_model.h"
+
+#include <torch/torch.h>
+
+#include <set>
+
+#include "util/error.h"
+#include "util/files.h"
+#include "util/json.h"
+
+namespace graft {
+namespace {
+
+bool endsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::string layer(int i, const std::string& rest) { return "layers." + std::to_string(i) + "." + rest; }
+
+// Note [rotary layouts]: rows of a q/k projection, grouped per head, from interleaved pairs
+// (graft) to rotated halves (HF) and back. Works on weights [rows, in] and biases [rows].
+torch::Tensor toHalves(const torch::Tensor& t, int heads) {
+  const auto rows = t.size(0);
+  auto w = t.reshape({heads, rows / heads / 2, 2, -1}).transpose(1, 2);
+  return t.dim() == 1 ? w.reshape({rows}) : w.reshape({rows, t.size(1)});
+}
+torch::Tensor toPairs(const torch::Tensor& t, int heads) {
+  const auto rows = t.size(0);
+  auto w = t.reshape({heads, 2, rows / heads / 2, -1}).transpose(1, 2);
+  return t.dim() == 1 ? w.reshape({rows}) : w.reshape({rows, t.size(1)});
+}
+
+// Reads tensors of an HF checkpoint by name, checking shapes, and remembers which were used so
+// that leftovers can be reported.
+class HfTensors {
+ public:
+  HfTensors(const std::string& path, std::string prefix)
+      : files_(SafetensorsFolder::open(path)), path_(path), prefix_(std::move(prefix)) {}
+
+  bool has(const std::string& name) const { return names().count(prefix_ + name) || names().count(name); }
+
+  // `name` without the model prefix ("transformer.", "model."); files written without it work too.
+  torch::Tensor get(const std::string& name, std::vector<std::int64_t> shape) {
+    const std::string full = names().count(prefix_ + name) ? prefix_ + name : name;
+    const StTensorInfo& info = files_.info(full);  // throws naming the folder and tensor when absent
+    if (info.shape != shape)
+      throw InputError(files_.fileOf(full) + ": tensor " + full + " has shape " + c10::str(info.shape) +
+                       ", the model's config.json implies " + c10::str(shape));
+    used_.insert(full);
+    std::vector<float> values = files_.readFloat32(full);
+    return torch::from_blob(values.data(), shape, torch::kFloat32).clone();
+  }
+
+  void markUsed(const std::string& name) {
+    if (names().count(prefix_ + name)) used_.insert(prefix_ + name);
+    if (names().count(name)) used_.insert(name);
+  }
+
+  // Tensors nobody asked for, other than buffers that older transformers versions saved.
+  void rejectLeftovers(const std::string& family) const {
+    for (const auto& name : names()) {
+      if (used_.count(name)) continue;
+      if (endsWith(name, ".attn.bias") || endsWith(name, ".attn.masked_bias") || endsWith(name, "rotary_emb.inv_freq"))
+        continue;
+      throw InputError(files_.fileOf(name) + ": tensor " + name + " is not part of a " + family +
+                       " model as its config.json describes it");
+    }
+  }
+
+ private:
+  const std::set<std::string>& names() const {
+    if (names_.empty())
+      for (const auto& n : files_.names()) names_.insert(n);
+    return names_;
+  }
+  SafetensorsFolder files_;
+  std::string path_, prefix_;
+  mutable std::set<std::string> names_;
+  std::set<std::string> used_;
+};
+
+torch::Tensor param(Transformer& m, const std::string& name) {
+  auto* p = m->named_parameters().find(name);
+  if (!p) throw Error("model has no parameter " + name);
+  return *p;
+}
+
+void loadGpt2(Transformer& m, HfTensors& t) {
+  const ModelConfig& c = m->config();
+  const std::int64_t d = c.dim, h = c.hidden_dim;
+  auto set = [&](const std::string& name, const torch::Tensor& value) { param(m, name).copy_(value); };
+  set("tok_embeddings.weight", t.get("wte.weight", {c.vocab_size, d}));
+  set("pos_embeddings.weight", t.get("wpe.weight", {c.seq_len, d}));
+  for (int i = 0; i < c.n_layers; ++i) {
+    const std::string hf = "h." + std::to_string(i) + ".";
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{"ln_1", "attention_norm"}, {"ln_2", "ffn_norm"}}) {
+      set(layer(i, to + ".weight"), t.get(hf + from + ".weight", {d}));
+      set(layer(i, to + ".bias"), t.get(hf + from + ".bias", {d}));
+    }
+    // Conv1D stores [in, out]; c_attn's out is q | k | v.
+    auto qkv_w = t.get(hf + "attn.c_attn.weight", {d, 3 * d}).t();
+    auto qkv_b = t.get(hf + "attn.c_attn.bias", {3 * d});
+    const char* parts[] = {"wq", "wk", "wv"};
+    for (int k = 0; k < 3; ++k) {
+      set(layer(i, std::string("attention.") + parts[k] + ".weight"), qkv_w.narrow(0, k * d, d));
+      set(layer(i, std::string("attention.") + parts[k] + ".bias"), qkv_b.narrow(0, k * d, d));
+    }
+    set(layer(i, "attention.wo.weight"), t.get(hf + "attn.c_proj.weight", {d, d}).t());
+    set(layer(i, "attention.wo.bias"), t.get(hf + "attn.c_proj.bias", {d}));
+    set(layer(i, "feed_forward.w1.weight"), t.get(hf + "mlp.c_fc.weight", {d, h}).t());
+    set(layer(i, "feed_forward.w1.bias"), t.get(hf + "mlp.c_fc.bias", {h}));
+    set(layer(i, "feed_forward.w2.weight"), t.get(hf + "mlp.c_proj.weight", {h, d}).t());
+    set(layer(i, "feed_forward.w2.bias"), t.get(hf + "mlp.c_proj.bias", {d}));
+  }
+  set("norm.weight", t.get("ln_f.weight", {d}));
+  set("norm.bias", t.get("ln_f.bias", {d}));
+}
+
+void loadLlamaFamily(Transformer& m, HfTensors& t) {
+  const ModelConfig& c = m->config();
+  const std::int64_t d = c.dim, h = c.hidden_dim, kv = static_cast<std::int64_t>(c.n_kv_heads) * c.headDim();
+  auto set = [&](const std::string& name, const torch::Tensor& value) { param(m, name).copy_(value); };
+  set("tok_embeddings.weight", t.get("embed_tokens.weight", {c.vocab_size, d}));
+  for (int i = 0; i < c.n_layers; ++i) {
+    const std::string hf = "layers." + std::to_string(i) + ".";
+    set(layer(i, "attention_norm.weight"), t.get(hf + "input_layernorm.weight", {d}));
+    set(layer(i, "ffn_norm.weight"), t.get(hf + "post_attention_layernorm.weight", {d}));
+    set(layer(i, "attention.wq.weight"), toPairs(t.get(hf + "self_attn.q_proj.weight", {d, d}), c.n_heads));
+    set(layer(i, "attention.wk.weight"), toPairs(t.get(hf + "self_attn.k_proj.weight", {kv, d}), c.n_kv_heads));
+    set(layer(i, "attention.wv.weight"), t.get(hf + "self_attn.v_proj.weight", {kv, d}));
+    set(layer(i, "attention.wo.weight"), t.get(hf + "self_attn.o_proj.weight", {d, d}));
+    if (c.qkv_bias) {
+      set(layer(i, "attention.wq.bias"), toPairs(t.get(hf + "self_attn.q_proj.bias", {d}), c.n_heads));
+      set(layer(i, "attention.wk.bias"), toPairs(t.get(hf + "self_attn.k_proj.bias", {kv}), c.n_kv_heads));
+      set(layer(i, "attention.wv.bias"), t.get(hf + "self_attn.v_proj.bias", {kv}));
+    }
+    set(layer(i, "feed_forward.w1.weight"), t.get(hf + "mlp.gate_proj.weight", {h, d}));
+    set(layer(i, "feed_forward.w2.weight"), t.get(hf + "mlp.down_proj.weight", {d, h}));
+    set(layer(i, "feed_forward.w3.weight"), t.get(hf + "mlp.up_proj.weight", {h, d}));
+  }
+  set("norm.weight", t.get("norm.weight", {d}));
+}
+
+// The HF (name, tensor) list of a model, in transformers' layout.
+std::vector<std::pair<std::string, torch::Tensor>> hfTensors(Transformer& m) {
+  const ModelConfig& c = m->config();
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  auto p = [&](const std::string& name) { return param(m, name).detach(); };
+  if (c.isGpt2()) {
+    const std::string pre = "transformer.";
+    out.emplace_back(pre + "wte.weight", p("tok_embeddings.weight"));
+    out.emplace_back(pre + "wpe.weight", p("pos_embeddings.weight"));
+    for (int i = 0; i < c.n_layers; ++i) {
+      const std::string hf = pre + "h." + std::to_string(i) + ".";
+      out.emplace_back(hf + "ln_1.weight", p(layer(i, "attention_norm.weight")));
+      out.emplace_back(hf + "ln_1.bias", p(layer(i, "attention_norm.bias")));
+      out.emplace_back(hf + "attn.c_attn.weight", torch::cat({p(layer(i, "attention.wq.weight")), p(layer(i, "attention.wk.weight")),
+                                                             p(layer(i, "attention.wv.weight"))}).t());
+      out.emplace_back(hf + "attn.c_attn.bias", torch::cat({p(layer(i, "attention.wq.bias")), p(layer(i, "attention.wk.bias")),
+                                                           p(layer(i, "attention.wv.bias"))}));
+      out.emplace_back(hf + "attn.c_proj.weight", p(layer(i, "attention.wo.weight")).t());
+      out.emplace_back(hf + "attn.c_proj.bias", p(layer(i, "attention.wo.bias")));
+      out.emplace_back(hf + "ln_2.weight", p(layer(i, "ffn_norm.weight")));
+      out.emplace_back(hf + "ln_2.bias", p(layer(i, "ffn_norm.bias")));
+      out.emplace_back(hf + "mlp.c_fc.weight", p(layer(i, "feed_forward.w1.weight")).t());
+      out.emplace_back(hf + "mlp.c_fc.bias", p(layer(i, "feed_forward.w1.bias")));
+      out.emplace_back(hf + "mlp.c_proj.weight", p(layer(i, "feed_forward.w2.weight")).t());
+      out.emplace_back(hf + "mlp.c_proj.bias", p(layer(i, "feed_forward.w2.bias")));
+    }
+    out.emplace_back(pre + "ln_f.weight", p("norm.weight"));
+    out.emplace_back(pre + "ln_f.bias", p("norm.bias"));
+  } else {
+    const std::string pre = "model.";
+    out.emplace_back(pre + "embed_tokens.weight", p("tok_embeddings.weight"));
+    for (int i = 0; i < c.n_layers; ++i) {
+      const std::string hf = pre + "layers." + std::to_string(i) + ".";
+      out.emplace_back(hf + "input_layernorm.weight", p(layer(i, "attention_norm.weight")));
+      out.emplace_back(hf + "self_attn.q_proj.weight", toHalves(p(layer(i, "attention.wq.weight")), c.n_heads));
+      out.emplace_back(hf + "self_attn.k_proj.weight", toHalves(p(layer(i, "attention.wk.weight")), c.n_kv_heads));
+      out.emplace_back(hf + "self_attn.v_proj.weight", p(layer(i, "attention.wv.weight")));
+      out.emplace_back(hf + "self_attn.o_proj.weight", p(layer(i, "attention.wo.weight")));
+      if (c.qkv_bias) {
+        out.emplace_back(hf + "self_attn.q_proj.bias", toHalves(p(layer(i, "attention.wq.bias")), c.n_heads));
+        out.emplace_back(hf + "self_attn.k_proj.bias", toHalves(p(layer(i, "attention.wk.bias")), c.n_kv_heads));
+        out.emplace_back(hf + "self_attn.v_proj.bias", p(layer(i, "attention.wv.bias")));
+      }
+      out.emplace_back(hf + "post_attention_layernorm.weight", p(layer(i, "ffn_norm.weight")));
+      out.emplace_back(hf + "mlp.gate_proj.weight", p(layer(i, "feed_forward.w1.weight")));
+      out.emplace_back(hf + "mlp.down_proj.weight", p(layer(i, "feed_forward.w2.weight")));
+      out.emplace_back(hf + "mlp.up_proj.weight", p(layer(i, "feed_forward.w3.weight")));
+    }
+    out.emplace_back(pre + "norm.weight", p("norm.weight"));
+  }
+  if (!c.tied) out.emplace_back("lm_head.weight", p("output.weight"));
+  return out;
+}
+
+const char* torchDtypeName(StDType dtype) {
+  switch (dtype) {
+    case StDType::F16: return "float16";
+    case StDType::BF16: return "bfloat16";
+    default: return "float32";
+  }
+}
+
+Json hfConfig(const ModelConfig& c, StDType dtype) {
+  Json j = Json::object();
+  if (c.isGpt2()) {
+    if (c.n_kv_heads != c.n_heads)
+      throw InputError("a gpt2 model with grouped-query attention has no Hugging Face equivalent");
+    j.set("architectures", Json::array()).push("GPT2LMHeadModel");
+    j.set("model_type", "gpt2");
+    j.set("activation_function", "gelu_new");
+    j.set("n_embd", c.dim);
+    j.set("n_head", c.n_heads);
+    j.set("n_layer", c.n_layers);
+    j.set("n_positions", c.seq_len);
+    j.set("n_ctx", c.seq_len);
+    j.set("n_inner", c.hidden_dim);
+    j.set("layer_norm_epsilon", c.norm_eps);
+    j.set("scale_attn_weights", true);
+  } else {
+    if (c.qkv_bias && c.sliding_window > 0)
+      throw InputError("a llama-family model with both q/k/v biases and a sliding window has no Hugging Face equivalent");
+    const char* type = c.qkv_bias ? "qwen2" : c.sliding_window > 0 ? "mistral" : "llama";
+    const char* arch = c.qkv_bias ? "Qwen2ForCausalLM" : c.sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM";
+    j.set("architectures", Json::array()).push(arch);
+    j.set("model_type", type);
+    j.set("hidden_act", "silu");
+    j.set("hidden_size", c.dim);
+    j.set("intermediate_size", c.hidden_dim);
+    j.set("num_hidden_layers", c.n_layers);
+    j.set("num_attention_heads", c.n_heads);
+    j.set("num_key_value_heads", c.n_kv_heads);
+    j.set("max_position_embeddings", c.seq_len);
+    j.set("rms_norm_eps", c.norm_eps);
+    j.set("rope_theta", c.rope_theta);
+    j.set("rope_scaling", Json());
+    if (c.sliding_window > 0) j.set("sliding_window", c.sliding_window);
+    if (c.qkv_bias) j.set("use_sliding_window", false);
+  }
+  j.set("vocab_size", c.vocab_size);
+  j.set("tie_word_embeddings", c.tied);
+  j.set("torch_dtype", torchDtypeName(dtype));
+  j.set("graft_exported", true);
+  return j;
+}
+
+int intField(const Json& j, const std::string& key, const std::string& what) {
+  const std::int64_t v = j.at(key, what).asInt(what + ": " + key);
+  if (v <= 0 || v > (std::int64_t{1} << 24))
+    throw InputError(what + ": " + key + " = " + std::to_string(v) + " is out of range");
+  return static_cast<int>(v);
+}
+
+const Json* present(const Json& j, const std::string& key) {
+  const Json* v = j.find(key);
+  return v && !v->isNull() ? v : nullptr;
+}
+
+}  // namespace
+
+bool isHfModel(const std::string& path) {
+  if (isDirectory(path)) return fileExists(path + "/config.json");
+  return endsWith(path, ".safetensors") && fileExists(parentDirectory(path) + "/config.json");
+}
+
+std::string hfModelFolder(const std::string& path) { return isDirectory(path) ? path : parentDirectory(path); }
+
+ModelConfig readHfConfig(const std::string& file) {
+  const Json j = parseJson(readFile(file), file);
+  j.asObject(file);
+  const std::string type = j.at("model_type", file).asString(file + ": model_type");
+  ModelConfig c;
+  auto unsupported = [&](const std::string& key, const std::string& why) {
+    throw InputError(file + ": " + key + " " + why + " is not supported");
+  };
+  if (type == "gpt2") {
+    c.arch = "gpt2";
+    c.dim = intField(j, "n_embd", file);
+    c.n_layers = intField(j, "n_layer", file);
+    c.n_heads = c.n_kv_heads = intField(j, "n_head", file);
+    c.seq_len = intField(j, "n_positions", file);
+    c.vocab_size = intField(j, "vocab_size", file);
+    c.hidden_dim = present(j, "n_inner") ? intField(j, "n_inner", file) : 4 * c.dim;  // null means 4 x n_embd
+    if (const Json* eps = present(j, "layer_norm_epsilon")) c.norm_eps = eps->asNumber(file + ": layer_norm_epsilon");
+    const Json* act = present(j, "activation_function");
+    const std::string activation = act ? act->asString(file + ": activation_function") : "gelu_new";
+    if (activation != "gelu_new" && activation != "gelu_pytorch_tanh")
+      unsupported("activation_function", "'" + activation + "' (graft's gpt2 uses the tanh GELU, gelu_new)");
+    if (const Json* v = present(j, "scale_attn_by_inverse_layer_idx"); v && v->asBool(file))
+      unsupported("scale_attn_by_inverse_layer_idx", "true");
+    if (const Json* v = present(j, "scale_attn_weights"); v && !v->asBool(file)) unsupported("scale_attn_weights", "false");
+    c.tied = true;
+    if (const Json* v = present(j, "tie_word_embeddings")) c.tied = v->asBool(file + ": tie_word_embeddings");
+  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
+    c.arch = "llama";
+    c.dim = intField(j, "hidden_size", file);
+    c.hidden_dim = intField(j, "intermediate_size", file);
+    c.n_layers = intField(j, "num_hidden_layers", file);
+    c.n_heads = intField(j, "num_attention_heads", file);
+    c.n_kv_heads = present(j, "num_key_value_heads") ? intField(j, "num_key_value_heads", file) : c.n_heads;
+    c.vocab_size = intField(j, "vocab_size", file);
+    c.seq_len = intField(j, "max_position_embeddings", file);
+    if (const Json* v = present(j, "rms_norm_eps")) c.norm_eps = v->asNumber(file + ": rms_norm_eps");
+    if (const Json* v = present(j, "rope_theta")) c.rope_theta = v->asNumber(file + ": rope_theta");
+    if (const Json* v = present(j, "rope_scaling")) unsupported("rope_scaling", v->dump());
+    if (const Json* v = present(j, "hidden_act"); v && v->asString(file + ": hidden_act") != "silu")
+      unsupported("hidden_act", "'" + v->asString(file) + "' (the llama family uses silu)");
+    if (const Json* v = present(j, "head_dim"); v && v->asInt(file + ": head_dim") * c.n_heads != c.dim)
+      unsupported("head_dim", std::to_string(v->asInt(file)) + " (other than hidden_size / num_attention_heads)");
+    for (const char* key : {"attention_bias", "mlp_bias"})
+      if (const Json* v = present(j, key); v && v->asBool(file)) unsupported(key, "true");
+    c.tied = false;
+    if (const Json* v = present(j, "tie_word_embeddings")) c.tied = v->asBool(file + ": tie_word_embeddings");
+    if (type == "mistral") {
+      if (const Json* v = present(j, "sliding_window")) c.sliding_window = static_cast<int>(v->asInt(file + ": sliding_window"));
+    }
+    if (type == "qwen2") {
+      c.qkv_bias = true;
+      if (const Json* v = present(j, "use_sliding_window"); v && v->asBool(file)) unsupported("use_sliding_window", "true");
+    }
+  } else {
+    throw InputError(file + ": model_type '" + type + "' is not supported (gpt2, llama, mistral, qwen2)");
+  }
+  c.validate(file);
+  return c;
+}
+
+Transformer loadHfModel(const std::string& path) {
+  const std::string folder = hfModelFolder(path);
+  const ModelConfig c = readHfConfig(folder + "/config.json");
+  Transformer model(c);
+  HfTensors tensors(path, c.isGpt2() ? "transformer." : "model.");
+  torch::NoGradGuard no_grad;
+  if (c.isGpt2()) {
+    loadGpt2(model, tensors);
+  } else {
+    loadLlamaFamily(model, tensors);
+  }
+  if (c.tied) {
+    tensors.markUsed("lm_head.weight");  // some files store the tied copy too
+  } else {
+    param(model, "output.weight").copy_(tensors.get("lm_head.weight", {c.vocab_size, c.dim}));
+  }
+  tensors.rejectLeftovers(c.isGpt2() ? "gpt2" : "llama-family");
+  return model;
+}
+
+void saveHfModel(Transformer& model, const std::string& dir, StDType dtype) {
+  if (dtype != StDType::F32 && dtype != StDType::F16 && dtype != StDType::BF16)
+    throw InputError(std::string("export dtype ") + stDTypeName(dtype) + " is not F32, F16 or BF16");
+  makeDirectories(dir);
+  const auto scalar = dtype == StDType::F16 ? torch::kHalf : dtype == StDType::BF16 ? torch::kBFloat16 : torch::kFloat32;
+  std::vector<torch::Tensor> keep;  // owns the bytes until written
+  std::vector<StTensorOut> out;
+  for (auto& [name, tensor] : hfTensors(model)) {
+    keep.push_back(tensor.to(scalar).contiguous());
+    const auto& t = keep.back();
+    out.push_back({name, dtype, t.sizes().vec(), t.data_ptr(), static_cast<std::size_t>(t.nbytes())});
+  }
+  writeSafetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
+  const std::string config = dir + "/config.json";
+  writeFileAtomically(config, hfConfig(model->config(), dtype).dump(2) + "\n");
+}
+
+}  // namespace graft

@@ -1,0 +1,176 @@
+// Models in and out: Hugging Face folders (gpt2, llama, mistral, qwen2; F32/F16/BF16; sharded),
+// llama2.c files and graft .h5, checked against an independent PyTorch forward written in
+// transformers' own layout (tests/e2e/hf_reference.py), plus export/convert/inspect and hostile files.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include "e2e_util.h"
+
+namespace graft::e2e {
+namespace {
+
+const std::string kGpt2 = data("hf/tiny-random-gpt2");
+const std::string kStories = data("llama2c/stories260K.bin");
+
+std::string reference() { return "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
+
+// graft's logits for `ids` on `model` vs the reference forward on `hf_folder` (the same weights in
+// Hugging Face layout): returns {graft loss, reference loss, max |logit difference|}.
+std::vector<double> compareLogits(const std::string& model, const std::string& hf_folder, const std::string& ids,
+                                  const std::string& dir) {
+  const auto ours = run(graft() + " eval --model " + model + " --ids '" + ids + "' --logits " + dir + "/logits.csv");
+  EXPECT_EQ(ours.code, 0) << ours.output;
+  const auto ref = run(reference() + " logits " + hf_folder + " '" + ids + "' " + dir + "/logits.csv");
+  EXPECT_EQ(ref.code, 0) << ref.output;
+  double our_loss = 0, ref_loss = 0, diff = 1;
+  long long tokens = 0;
+  EXPECT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
+  EXPECT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &diff), 2) << ref.output;
+  return {our_loss, ref_loss, diff};
+}
+
+TEST(Formats, HuggingFaceGpt2LogitsMatchAnIndependentForward) {
+  const std::string dir = freshDir("fmt_gpt2");
+  const auto r = compareLogits(kGpt2, kGpt2, "0 5 9 13 200 999 4 17 300 2 1 77 500", dir);
+  EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]);
+  EXPECT_LT(r[2], 1e-4);
+}
+
+TEST(Formats, ShardedFolderLoadsLikeOneFile) {
+  const std::string dir = freshDir("fmt_shard");
+  ASSERT_EQ(run(reference() + " shard " + kGpt2 + " " + dir + "/sharded").code, 0);
+  const std::string ids = "0 5 9 13 200 999";
+  EXPECT_EQ(run(graft() + " eval --model " + dir + "/sharded --ids '" + ids + "'").output,
+            run(graft() + " eval --model " + kGpt2 + " --ids '" + ids + "'").output);
+}
+
+// Mistral's sliding window and Qwen2's q/k/v biases, stored as F32, F16 and BF16; the rotary
+// permutation (Note [rotary layouts]) is checked by the reference's rotate-half forward.
+TEST(Formats, LlamaFamilyVariantsAndDtypesMatchTheReference) {
+  const std::string dir = freshDir("fmt_llama");
+  for (const auto& [type, dtype] : std::vector<std::pair<std::string, std::string>>{
+           {"llama", "F32"}, {"mistral", "BF16"}, {"qwen2", "F16"}}) {
+    const std::string folder = dir + "/" + type + "_" + dtype;
+    ASSERT_EQ(run(reference() + " random " + folder + " " + type + " " + dtype).code, 0);
+    const auto r = compareLogits(folder, folder, "1 5 9 13 20 96 4 17 30 2 0 77", dir);
+    EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]) << type << " " << dtype;
+    EXPECT_LT(r[2], 1e-4) << type << " " << dtype;
+  }
+}
+
+TEST(Formats, Llama2cModelExportedToHfRunsInTransformersLayout) {
+  const std::string dir = freshDir("fmt_export");
+  const auto e = run(graft() + " export --model " + kStories + " --format hf --out " + dir + "/hf");
+  ASSERT_EQ(e.code, 0) << e.output;
+  const auto r = compareLogits(kStories, dir + "/hf", "1 403 407 9 35 270 300 12 55", dir);
+  EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]);
+  EXPECT_LT(r[2], 1e-4);
+}
+
+TEST(Formats, ExportThenImportIsBitwise) {
+  const std::string dir = freshDir("fmt_bitwise");
+  // gpt2: HF -> graft -> HF gives the original tensors byte for byte.
+  ASSERT_EQ(run(graft() + " export --model " + kGpt2 + " --format hf --out " + dir + "/a").code, 0);
+  ASSERT_EQ(run(graft() + " export --model " + dir + "/a --format hf --out " + dir + "/b").code, 0);
+  EXPECT_EQ(run("cmp " + dir + "/a/model.safetensors " + dir + "/b/model.safetensors").code, 0);
+  const auto same = run("/usr/bin/python3 -c \"import sys; sys.path.insert(0, '" + std::string(GRAFT_SOURCE_DIR) +
+                        "/tests/e2e'); import hf_reference as h, torch; a = h.read_folder('" + kGpt2 +
+                        "'); b = h.read_folder('" + dir + "/a'); print(sorted(a) == sorted(b) and "
+                        "all(torch.equal(a[k], b[k]) for k in a))\"");
+  EXPECT_EQ(same.output, "True\n");
+  // llama2.c -> HF -> llama2.c -> HF: the Q/K permutation is undone exactly.
+  ASSERT_EQ(run(graft() + " export --model " + kStories + " --format hf --out " + dir + "/c").code, 0);
+  ASSERT_EQ(run(graft() + " convert " + dir + "/c " + dir + "/c.bin").code, 0);
+  ASSERT_EQ(run(graft() + " convert " + dir + "/c.bin " + dir + "/d").code, 0);
+  EXPECT_EQ(run("cmp " + dir + "/c/model.safetensors " + dir + "/d/model.safetensors").code, 0);
+  // The llama2.c weights (everything before the legacy rotary tables) come back unchanged.
+  const auto weights = run("cmp -n 1040156 " + kStories + " " + dir + "/c.bin");
+  EXPECT_EQ(weights.code, 0) << weights.output;
+  // graft's own .h5 round trip.
+  ASSERT_EQ(run(graft() + " convert " + dir + "/c " + dir + "/e.h5").code, 0);
+  ASSERT_EQ(run(graft() + " convert " + dir + "/e.h5 " + dir + "/f").code, 0);
+  EXPECT_EQ(run("cmp " + dir + "/c/model.safetensors " + dir + "/f/model.safetensors").code, 0);
+}
+
+TEST(Formats, Bf16ExportHalvesTheFileAndKeepsTheModel) {
+  const std::string dir = freshDir("fmt_bf16");
+  ASSERT_EQ(run(graft() + " export --model " + kStories + " --format hf --dtype bf16 --out " + dir + "/bf16").code, 0);
+  ASSERT_EQ(run(graft() + " export --model " + kStories + " --format hf --out " + dir + "/f32").code, 0);
+  std::ifstream a(dir + "/bf16/model.safetensors", std::ios::ate | std::ios::binary);
+  std::ifstream b(dir + "/f32/model.safetensors", std::ios::ate | std::ios::binary);
+  EXPECT_NEAR(static_cast<double>(a.tellg()) / static_cast<double>(b.tellg()), 0.5, 0.01);
+  EXPECT_NE(readText(dir + "/bf16/config.json").find("\"torch_dtype\": \"bfloat16\""), std::string::npos);
+  const auto r = compareLogits(dir + "/bf16", dir + "/bf16", "1 403 407 9 35 270", dir);
+  EXPECT_LT(r[2], 1e-4);
+}
+
+TEST(Formats, ExportRefusesToOverwrite) {
+  const std::string dir = freshDir("fmt_overwrite");
+  ASSERT_EQ(run(graft() + " export --model " + kGpt2 + " --format hf --out " + dir + "/a").code, 0);
+  const std::string before = readText(dir + "/a/model.safetensors");
+  const auto again = run(graft() + " export --model " + kStories + " --format hf --out " + dir + "/a");
+  EXPECT_EQ(again.code, 2) << again.output;
+  EXPECT_NE(again.output.find("--force"), std::string::npos) << again.output;
+  EXPECT_EQ(readText(dir + "/a/model.safetensors"), before);
+  const auto gpt2_as_llama2c = run(graft() + " export --model " + kGpt2 + " --format llama2c --out " + dir + "/g.bin");
+  EXPECT_EQ(gpt2_as_llama2c.code, 2) << gpt2_as_llama2c.output;
+  EXPECT_NE(gpt2_as_llama2c.output.find("plain llama"), std::string::npos) << gpt2_as_llama2c.output;
+}
+
+TEST(Formats, InspectReportsArchitectureTensorsAndParameters) {
+  const auto ref = run(reference() + " tensors " + kGpt2);  // "<tensor count> <parameter count>"
+  long long tensors = 0, params = 0;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%lld %lld", &tensors, &params), 2) << ref.output;
+  const auto r = run(graft() + " inspect " + kGpt2 + " --json > /tmp/graft_inspect.json && /usr/bin/python3 -c \""
+                     "import json; d = json.load(open('/tmp/graft_inspect.json')); "
+                     "print(d['format'], d['architecture']['family'], d['architecture']['hidden_dim'], len(d['tensors']), d['parameters'])\"");
+  ASSERT_EQ(r.code, 0) << r.output;
+  // n_inner is null in config.json: 4 x n_embd = 128.
+  EXPECT_EQ(r.output, "hugging face model gpt2 128 " + std::to_string(tensors) + " " + std::to_string(params) + "\n");
+  const auto text = run(graft() + " inspect " + kStories);
+  EXPECT_NE(text.output.find("format: llama2.c model"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("parameters: 260,032"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("layers.4.feed_forward.w3.weight"), std::string::npos) << text.output;
+  const auto tok = run(graft() + " inspect " + data("llama2c/tok512.bin"));
+  EXPECT_NE(tok.output.find("format: tokenizer"), std::string::npos) << tok.output;
+}
+
+// Hostile files: one line naming the file and the tensor or field, exit code 2, never a crash.
+TEST(Formats, HostileHfFilesGiveOneLineErrors) {
+  const std::string dir = freshDir("fmt_hostile");
+  auto copy = [&](const std::string& name) {
+    run("rm -rf " + dir + "/" + name + " && cp -r " + kGpt2 + " " + dir + "/" + name);
+    return dir + "/" + name;
+  };
+  auto expect = [&](const std::string& model, const std::string& must_name) {
+    const auto r = run(graft() + " eval --model " + model + " --ids '0 1 2'");
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find(must_name), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  };
+  const std::string truncated = copy("truncated");
+  run("truncate -s 100000 " + truncated + "/model.safetensors");
+  expect(truncated, "model.safetensors");
+  const std::string garbage = copy("garbage");
+  run("printf '\\377\\377\\377\\377\\377\\377\\377\\177junk' > " + garbage + "/model.safetensors");
+  expect(garbage, "model.safetensors");
+  const std::string wrong_type = copy("bert");
+  run("sed -i 's/\"model_type\": \"gpt2\"/\"model_type\": \"bert\"/' " + wrong_type + "/config.json");
+  expect(wrong_type, "model_type 'bert' is not supported");
+  const std::string lying_shape = copy("lying");  // config claims a wider model than the tensors hold
+  run("sed -i 's/\"n_embd\": 32/\"n_embd\": 64/' " + lying_shape + "/config.json");
+  expect(lying_shape, "transformer.wte.weight");
+  const std::string bad_json = copy("badjson");
+  run("printf '{\"model_type\": \"gpt2\",' > " + bad_json + "/config.json");
+  expect(bad_json, "config.json: invalid JSON at byte");
+  const std::string scaling = dir + "/scaling";
+  ASSERT_EQ(run(reference() + " random " + scaling + " llama F32").code, 0);
+  run("sed -i 's/\"hidden_act\"/\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}, \"hidden_act\"/' " + scaling + "/config.json");
+  expect(scaling, "rope_scaling");
+}
+
+}  // namespace
+}  // namespace graft::e2e

@@ -1,0 +1,190 @@
+"""Independent reference for Hugging Face models in graft: reads config.json and the safetensors
+file(s) with the standard library and NumPy, and runs the forward pass in transformers' own layout
+(GPT-2 Conv1D weights [in, out]; Llama's rotate-half rotary embedding), in PyTorch.
+usage: hf_reference.py logits FOLDER "ids" GRAFT_LOGITS.csv   -> prints <loss> <max |logit diff|>
+       hf_reference.py tensors FOLDER                         -> prints <tensor count> <parameter count>
+       hf_reference.py shard FOLDER OUT                       -> writes OUT as a 2-shard copy of FOLDER
+       hf_reference.py random OUT TYPE DTYPE                  -> a tiny random llama/mistral/qwen2 folder
+                                                                 stored as F32, F16 or BF16"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+
+
+def read_safetensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        buf = raw[8 + n + begin:8 + n + end]
+        if info["dtype"] == "BF16":  # widen: bf16 is the top half of a float32
+            arr = (np.frombuffer(buf, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            arr = np.frombuffer(buf, dtype=DTYPES[info["dtype"]]).astype(np.float32)
+        out[name] = torch.from_numpy(arr.copy()).reshape(info["shape"])
+    return out
+
+
+def read_folder(folder):
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return read_safetensors(os.path.join(folder, "model.safetensors"))
+    tensors = {}
+    for shard in sorted(set(json.load(open(index))["weight_map"].values())):
+        tensors.update(read_safetensors(os.path.join(folder, shard)))
+    return tensors
+
+
+def strip(tensors, prefix):
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+
+
+def gpt2(cfg, w, ids):
+    w = strip(w, "transformer.")
+    T, d, H = len(ids), cfg["n_embd"], cfg["n_head"]
+    x = w["wte.weight"][torch.tensor(ids)] + w["wpe.weight"][:T]
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    ln = lambda x, p: torch.nn.functional.layer_norm(x, (d,), w[p + ".weight"], w[p + ".bias"], cfg["layer_norm_epsilon"])
+    for l in range(cfg["n_layer"]):
+        p = f"h.{l}."
+        qkv = ln(x, p + "ln_1") @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        q, k, v = (t.view(T, H, d // H).transpose(0, 1) for t in qkv.split(d, dim=-1))
+        att = torch.softmax(q @ k.transpose(1, 2) / (d // H) ** 0.5 + mask, -1) @ v
+        x = x + att.transpose(0, 1).reshape(T, d) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        h = ln(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]
+        h = 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h ** 3)))  # gelu_new
+        x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+    x = ln(x, "ln_f")
+    return x @ w.get("lm_head.weight", w["wte.weight"]).T
+
+
+def llama(cfg, w, ids):
+    w = strip(w, "model.")
+    T, d, H = len(ids), cfg["hidden_size"], cfg["num_attention_heads"]
+    KV, D = cfg.get("num_key_value_heads", H), d // H
+    eps, theta = cfg.get("rms_norm_eps", 1e-6), cfg.get("rope_theta", 10000.0)
+    rms = lambda x, p: x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w[p]
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = torch.cat([ang, ang], -1).cos().float(), torch.cat([ang, ang], -1).sin().float()
+
+    def rope(t):  # t [H, T, D]; rotate_half pairs i with i + D/2, as transformers does
+        half = torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1)
+        return t * cos + half * sin
+
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" else None
+    if window:
+        mask = mask + torch.full((T, T), float("-inf")).tril(-window)
+    x = w["embed_tokens.weight"][torch.tensor(ids)]
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"layers.{l}."
+        h = rms(x, p + "input_layernorm.weight")
+        proj = lambda n: h @ w[p + f"self_attn.{n}_proj.weight"].T + (w[p + f"self_attn.{n}_proj.bias"] if p + f"self_attn.{n}_proj.bias" in w else 0)
+        q = rope(proj("q").view(T, H, D).transpose(0, 1))
+        k = rope(proj("k").view(T, KV, D).transpose(0, 1)).repeat_interleave(H // KV, 0)
+        v = proj("v").view(T, KV, D).transpose(0, 1).repeat_interleave(H // KV, 0)
+        att = torch.softmax(q @ k.transpose(1, 2) / D ** 0.5 + mask, -1) @ v
+        x = x + att.transpose(0, 1).reshape(T, d) @ w[p + "self_attn.o_proj.weight"].T
+        h = rms(x, p + "post_attention_layernorm.weight")
+        x = x + (torch.nn.functional.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+    x = rms(x, "norm.weight")
+    return x @ w.get("lm_head.weight", w["embed_tokens.weight"]).T
+
+
+def write_safetensors(path, tensors, dtype):
+    hdr, data = {}, b""
+    for name, t in tensors.items():
+        a = t.numpy().astype(np.float32)
+        if dtype == "BF16":  # round to nearest even, as torch does
+            u = a.view(np.uint32).astype(np.uint64)
+            buf = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)).tobytes()
+        else:
+            buf = a.astype(np.float16 if dtype == "F16" else np.float32).tobytes()
+        hdr[name] = dict(dtype=dtype, shape=list(a.shape), data_offsets=[len(data), len(data) + len(buf)])
+        data += buf
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + data)
+
+
+def write_random(out, model_type, dtype):
+    torch.manual_seed(7)
+    d, hidden, layers, H, KV, vocab = 32, 48, 2, 4, 2, 97
+    cfg = dict(model_type=model_type, hidden_size=d, intermediate_size=hidden, num_hidden_layers=layers,
+               num_attention_heads=H, num_key_value_heads=KV, vocab_size=vocab, max_position_embeddings=64,
+               rms_norm_eps=1e-6, rope_theta=500.0, tie_word_embeddings=False, hidden_act="silu")
+    if model_type == "mistral":
+        cfg["sliding_window"] = 4
+    w = {"model.embed_tokens.weight": torch.randn(vocab, d), "model.norm.weight": 1 + 0.1 * torch.randn(d),
+         "lm_head.weight": torch.randn(vocab, d) * 0.2}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        for n, rows in (("q", d), ("k", KV * d // H), ("v", KV * d // H)):
+            w[p + f"self_attn.{n}_proj.weight"] = torch.randn(rows, d) * 0.3
+            if model_type == "qwen2":
+                w[p + f"self_attn.{n}_proj.bias"] = torch.randn(rows) * 0.3
+        w[p + "self_attn.o_proj.weight"] = torch.randn(d, d) * 0.2
+        w[p + "mlp.gate_proj.weight"] = torch.randn(hidden, d) * 0.2
+        w[p + "mlp.up_proj.weight"] = torch.randn(hidden, d) * 0.2
+        w[p + "mlp.down_proj.weight"] = torch.randn(d, hidden) * 0.2
+        w[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(d)
+        w[p + "post_attention_layernorm.weight"] = 1 + 0.1 * torch.randn(d)
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, "model.safetensors"), w, dtype)
+    open(os.path.join(out, "config.json"), "w").write(json.dumps(cfg, indent=2))
+
+
+def main():
+    mode, folder = sys.argv[1], sys.argv[2]
+    if mode == "random":
+        return write_random(folder, sys.argv[3], sys.argv[4])
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    tensors = read_folder(folder)
+    if mode == "tensors":
+        print(len(tensors), sum(t.numel() for t in tensors.values()))
+    elif mode == "logits":
+        ids = [int(t) for t in sys.argv[3].split()]
+        forward = gpt2 if cfg["model_type"] == "gpt2" else llama
+        with torch.no_grad():
+            logits = forward(cfg, tensors, ids[:-1])
+        loss = torch.nn.functional.cross_entropy(logits.double(), torch.tensor(ids[1:])).item()
+        ours = torch.from_numpy(np.loadtxt(sys.argv[4], delimiter=",", dtype=np.float32).reshape(len(ids) - 1, -1))
+        print(f"{loss:.9f} {(ours - logits).abs().max().item():.9g}")
+    elif mode == "random":
+        write_random(folder, sys.argv[3], sys.argv[4])
+    elif mode == "shard":  # rewrite as two shards + index, raw bytes untouched
+        out = sys.argv[3]
+        os.makedirs(out, exist_ok=True)
+        raw = open(os.path.join(folder, "model.safetensors"), "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        names = sorted(k for k in header if k != "__metadata__")
+        weight_map = {}
+        for s, part in enumerate([names[:len(names) // 2], names[len(names) // 2:]]):
+            shard = f"model-{s + 1:05d}-of-00002.safetensors"
+            hdr, data = {}, b""
+            for name in part:
+                b, e = header[name]["data_offsets"]
+                hdr[name] = dict(dtype=header[name]["dtype"], shape=header[name]["shape"], data_offsets=[len(data), len(data) + e - b])
+                data += raw[8 + n + b:8 + n + e]
+                weight_map[name] = shard
+            h = json.dumps(hdr).encode()
+            h += b" " * (-len(h) % 8)
+            open(os.path.join(out, shard), "wb").write(struct.pack("<Q", len(h)) + h + data)
+        json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(out, "model.safetensors.index.json"), "w"))
+        open(os.path.join(out, "config.json"), "w").write(json.dumps(cfg))
+
+
+if __name__ == "__main__":
+    main()
