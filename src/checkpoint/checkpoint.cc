@@ -48,9 +48,10 @@ bool isComplete(const std::string& path) {
 
 // Fails early, with a clear message and before anything is written, when the file system cannot
 // hold one more checkpoint (the previous ones stay until the new one is verified).
-void requireSpace(const std::string& dir, Transformer& model, AdamW& optimizer) {
+void requireSpace(const std::string& dir, Transformer& model, AdamW& optimizer, bool adapter_only) {
   std::uint64_t bytes = 64u << 10;  // metadata, attributes, RNG states
-  for (const auto& p : model->parameters()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
+  for (const auto& p : model->parameters())
+    if (!adapter_only || p.requires_grad()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
   for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.exp_avg.numel()) * 8;
   struct statvfs fs {};
   if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
@@ -71,7 +72,7 @@ std::string checkpointName(std::int64_t step) {
 std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state) {
   makeDirectories(dir);
-  requireSpace(dir, model, optimizer);
+  requireSpace(dir, model, optimizer, state.transfer.adapterOnly());
   const std::string path = dir + "/" + checkpointName(state.step);
   const std::string tmp = path + ".tmp";
   try {
@@ -84,7 +85,8 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& o
     file.setAttr("/", "skipped_steps", state.skipped_steps);
     file.setAttr("/", "config", state.config);
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
-    writeModelGroup(file, model);
+    writeModelGroup(file, model, state.transfer.adapterOnly());
+    if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
     const auto& o = optimizer.options();
     file.setAttr("/optimizer", "step_count", optimizer.stepCount());
     file.setAttr("/optimizer", "beta1", o.beta1);

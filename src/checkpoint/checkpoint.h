@@ -3,7 +3,8 @@
 // directory fsynced. Layout (format version 1) in docs/checkpoint-format.md:
 //   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen, skipped_steps,
 //                 config (resolved INI text), created_unix, complete=1 (written last)
-//   /model        see io/model_io.h
+//   /model        see io/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
+//   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
 //   /optimizer    attrs step_count, beta1, beta2, eps, weight_decay;
 //                 exp_avg/<param>, exp_avg_sq/<param> float32
 //   /schedule     attrs lr, min_lr, warmup, total
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "model/transfer.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/schedule.h"
@@ -35,6 +37,8 @@ struct TrainingState {
   std::uint64_t seed = 0;
   std::int64_t next_batch = 0;    // sampler cursor
   std::string config;             // resolved INI
+  TransferConfig transfer;        // lora: only the adapters are written (adapter-only checkpoint)
+  std::string base_model;         // model.path, recorded for adapter-only checkpoints
   at::Tensor rng_states;          // uint8 [world_size, n]
 };
 

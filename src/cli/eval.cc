@@ -53,10 +53,11 @@ void writeLogitsCsv(const std::string& path, const torch::Tensor& logits) {
 }  // namespace
 
 int runEval(const Args& args) {
-  std::string model_path, tokenizer_spec, text, ids_text, logits_path;
+  std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path;
   po::options_description options("graft eval options");
   options.add_options()
       ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
+      ("adapter", po::value(&adapter), "a PEFT LoRA adapter folder to apply to the model")
       ("tokenizer", po::value(&tokenizer_spec), "tokenizer (with --text; default: the model's folder when it has one)")
       ("text", po::value(&text), "text to score (BOS first where the tokenizer expects it)")
       ("ids", po::value(&ids_text), "token ids to score, separated by spaces, instead of --text")
@@ -68,6 +69,7 @@ int runEval(const Args& args) {
     return 0;
   if (vm.count("text") == vm.count("ids")) throw InputError("give exactly one of --text and --ids");
   auto model = loadModel(model_path);
+  if (!adapter.empty()) loadPeftAdapter(model, adapter);
   std::vector<std::int64_t> ids;
   if (vm.count("text")) {
     if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);

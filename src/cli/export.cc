@@ -5,7 +5,10 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/hdf5.h"
+#include "io/hf_model.h"
 #include "io/model_io.h"
+#include "model/transfer_apply.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -17,18 +20,36 @@ namespace {
 // What `format` writes under `out`; an existing one is kept unless --force.
 void refuseToOverwrite(const std::string& format, const std::string& out, bool force) {
   const std::string target = format == "hf" ? out + "/model.safetensors"
+                             : format == "peft" ? out + "/adapter_model.safetensors"
                              : format == "llama2c" && isDirectory(out) ? out + "/model.bin"
                                                                      : out;
   if (!force && fileExists(target))
     throw InputError(target + ": already exists; pass --force to replace it");
 }
 
-int convert(const std::string& model_path, const std::string& format, const std::string& out,
+// The base model an adapter-only checkpoint adapts, else the path itself.
+std::string baseOf(const std::string& model_path) {
+  if (!H5File::isHdf5(model_path)) return model_path;
+  H5File file = H5File::openRead(model_path);
+  if (!hasTransferGroup(file)) return model_path;
+  std::string base;
+  readTransferGroup(file, base);
+  return base;
+}
+
+int convert(const std::string& model_path, const std::string& adapter, const std::string& format, const std::string& out,
             const std::string& dtype, bool force) {
   if (out.empty()) throw InputError("--out is required");
   refuseToOverwrite(format, out, force);
   auto model = loadModel(model_path);
-  saveModel(model, format, out, dtype);
+  if (!adapter.empty()) loadPeftAdapter(model, adapter);
+  if (format == "peft") {
+    if (dtype != "f32") throw InputError("--dtype: PEFT adapters are written as f32");
+    savePeftAdapter(model, out, baseOf(model_path));
+  } else {
+    mergeAdapters(model);  // LoRA (and a quantized base) folded into plain weights
+    saveModel(model, format, out, dtype);
+  }
   std::int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
   std::printf("%s -> %s (%s, %s, %lld parameters)\n", model_path.c_str(), out.c_str(), format.c_str(),
@@ -39,12 +60,16 @@ int convert(const std::string& model_path, const std::string& format, const std:
 }  // namespace
 
 int runExport(const Args& args) {
-  std::string model_path, format, out, dtype;
+  std::string model_path, adapter, format, out, dtype;
   bool force = false;
   po::options_description options("graft export options");
   options.add_options()
-      ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5 (model or checkpoint), or Hugging Face folder")
-      ("format", po::value(&format)->required(), "hf (folder: config.json + model.safetensors) | llama2c (.bin) | graft (.h5)")
+      ("model", po::value(&model_path)->required(),
+       "model: llama2.c .bin, graft .h5 (model, checkpoint or adapter checkpoint), or Hugging Face folder")
+      ("adapter", po::value(&adapter), "a PEFT LoRA adapter folder to apply to --model first")
+      ("format", po::value(&format)->required(),
+       "hf (folder: config.json + model.safetensors) | llama2c (.bin) | graft (.h5) | peft (the adapters alone); "
+       "adapters are merged into the weights except for peft")
       ("out", po::value(&out)->required(), "output folder (hf) or file (llama2c: a folder gets model.bin)")
       ("dtype", po::value(&dtype)->default_value("f32"), "hf storage type: f32 | f16 | bf16")
       ("force", po::bool_switch(&force), "replace an existing output");
@@ -53,7 +78,7 @@ int runExport(const Args& args) {
                               "Writes the model in a format other tools load (Hugging Face transformers, llama2.c's run.c).",
                         options, vm))
     return 0;
-  return convert(model_path, format, out, dtype, force);
+  return convert(model_path, adapter, format, out, dtype, force);
 }
 
 int runConvert(const Args& args) {
@@ -73,7 +98,7 @@ int runConvert(const Args& args) {
                               "Converts a model between formats; the output format follows OUT's extension.",
                         options, vm, &positional))
     return 0;
-  return convert(in, format.empty() ? formatForPath(out) : format, out, dtype, force);
+  return convert(in, "", format.empty() ? formatForPath(out) : format, out, dtype, force);
 }
 
 }  // namespace graft

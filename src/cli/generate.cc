@@ -39,8 +39,10 @@ int runGenerate(const Args& args) {
   if (tokenizer_spec.empty()) throw InputError("--tokenizer is required (the model is not a Hugging Face folder)");
   auto model = loadModel(model_path);
   const auto tokenizer = loadTokenizer(tokenizer_spec);
-  // Hugging Face models often pad their vocabulary beyond the tokenizer's; the reverse cannot work.
-  if (tokenizer->vocabSize() > model->config().vocab_size)
+  // Hugging Face models may pad their vocabulary beyond the tokenizer's; otherwise a different size
+  // means the wrong tokenizer.
+  const int model_vocab = model->config().vocab_size, tokenizer_vocab = tokenizer->vocabSize();
+  if (isHfModel(model_path) ? tokenizer_vocab > model_vocab : tokenizer_vocab != model_vocab)
     throw InputError(tokenizer_spec + ": tokenizer has " + std::to_string(tokenizer->vocabSize()) +
                      " pieces but " + model_path + " has vocab " + std::to_string(model->config().vocab_size));
   const auto start = std::chrono::steady_clock::now();

@@ -142,6 +142,18 @@ Json inspectHdf5(const std::string& path) {
       if (file.hasAttr("/", key)) state.set(key, Json(file.intAttr("/", key)));
     const std::string config = file.hasAttr("/", "config") ? file.stringAttr("/", "config") : "";
     state.set("flavour", flavourOf(config));
+    if (hasTransferGroup(file)) {
+      std::string base;
+      const TransferConfig t = readTransferGroup(file, base);
+      Json transfer = Json::object();
+      transfer.set("mode", t.mode);
+      transfer.set("lora_rank", t.lora_rank);
+      transfer.set("lora_alpha", t.lora_alpha);
+      transfer.set("lora_targets", t.lora_targets);
+      transfer.set("quantize", t.quantize);
+      transfer.set("base_model", base);
+      doc.set("transfer", std::move(transfer));
+    }
     state.set("config", config);
     doc.set("training", std::move(state));
   }
@@ -167,7 +179,16 @@ Json inspect(const std::string& path) {
     const std::string t(tail);
     return path.size() >= t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0;
   };
-  if (isHfModel(path) || ends(".safetensors")) {
+  if (isDirectory(path) && fileExists(path + "/adapter_config.json")) {
+    doc = Json::object();
+    doc.set("format", "peft adapter");
+    const Json config = parseJson(readFile(path + "/adapter_config.json"), path + "/adapter_config.json");
+    doc.set("adapter_config", config);
+    const auto files = SafetensorsFolder::open(path + "/adapter_model.safetensors");
+    Json tensors = Json::array();
+    for (const auto& name : files.names()) tensors.push(tensorJson(name, stDTypeName(files.info(name).dtype), files.info(name).shape));
+    addTensors(doc, std::move(tensors));
+  } else if (isHfModel(path) || ends(".safetensors")) {
     doc = inspectSafetensors(path);
   } else if (H5File::isHdf5(path)) {
     doc = inspectHdf5(path);
@@ -212,6 +233,8 @@ void printHuman(const Json& doc) {
       std::printf("architecture: %s\n", value.at("summary", "a").asString("summary").c_str());
     } else if (key == "parameters") {
       std::printf("parameters: %s\n", withCommas(value.asInt("parameters")).c_str());
+    } else if (value.isObject() && key == "adapter_config") {
+      std::printf("%s: %s\n", key.c_str(), value.dump().c_str());
     } else if (value.isObject()) {
       std::printf("%s:\n", key.c_str());
       for (const auto& [k, v] : value.asObject(key)) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "model/transfer.h"
 
 namespace graft {
 
@@ -19,6 +20,8 @@ struct TrainConfig {
   // [model]
   std::string model_path;  // llama2.c .bin or graft .h5; empty = random init with `arch`
   ModelConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
+  // [transfer]
+  TransferConfig transfer;
   // [data]
   std::string data_path;
   // [train]

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "util/error.h"
@@ -362,6 +364,127 @@ void saveHfModel(Transformer& model, const std::string& dir, StDType dtype) {
   writeSafetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
   const std::string config = dir + "/config.json";
   writeFileAtomically(config, hfConfig(model->config(), dtype).dump(2) + "\n");
+}
+
+namespace {
+
+// graft module path <-> transformers module path, for the projections adapters can sit on.
+std::string hfModuleOf(const ModelConfig& c, const std::string& path) {
+  if (path == "output") return "lm_head";
+  const auto dot = path.find('.', 7);  // after "layers.<i>"
+  const std::string index = path.substr(7, dot - 7), rest = path.substr(dot + 1);
+  if (c.isGpt2()) {
+    static const std::map<std::string, std::string> names = {
+        {"attention.wo", "attn.c_proj"}, {"feed_forward.w1", "mlp.c_fc"}, {"feed_forward.w2", "mlp.c_proj"}};
+    const auto it = names.find(rest);
+    if (it == names.end())
+      throw InputError("PEFT export: gpt2 keeps q, k and v in one fused c_attn, so adapters on " + path +
+                       " have no PEFT equivalent; export the merged model with --format hf");
+    return "transformer.h." + index + "." + it->second;
+  }
+  static const std::map<std::string, std::string> names = {
+      {"attention.wq", "self_attn.q_proj"}, {"attention.wk", "self_attn.k_proj"}, {"attention.wv", "self_attn.v_proj"},
+      {"attention.wo", "self_attn.o_proj"}, {"feed_forward.w1", "mlp.gate_proj"}, {"feed_forward.w2", "mlp.down_proj"},
+      {"feed_forward.w3", "mlp.up_proj"}};
+  return "model.layers." + index + "." + names.at(rest);
+}
+
+// Heads whose rows a q/k projection's lora_B permutes (0: not a rotary projection).
+int rotaryHeads(const ModelConfig& c, const std::string& path) {
+  if (c.isGpt2()) return 0;
+  if (endsWith(path, "attention.wq")) return c.n_heads;
+  if (endsWith(path, "attention.wk")) return c.n_kv_heads;
+  return 0;
+}
+
+}  // namespace
+
+void savePeftAdapter(Transformer& model, const std::string& dir, const std::string& base_model) {
+  const ModelConfig& c = model->config();
+  std::vector<torch::Tensor> keep;
+  std::vector<StTensorOut> out;
+  Json targets = Json::array();
+  int rank = 0;
+  double alpha = 0, dropout = 0;
+  for (auto& [path, p] : model->projections()) {
+    if (!p->hasLora()) continue;
+    const std::string module = hfModuleOf(c, path);
+    targets.push(module);
+    rank = static_cast<int>(p->lora_A.size(0));
+    alpha = p->lora_scale * rank;
+    dropout = p->lora_dropout;
+    const int heads = rotaryHeads(c, path);
+    keep.push_back(p->lora_A.detach().contiguous());
+    out.push_back({"base_model.model." + module + ".lora_A.weight", StDType::F32, keep.back().sizes().vec(),
+                   keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
+    keep.push_back((heads ? toHalves(p->lora_B.detach(), heads) : p->lora_B.detach()).contiguous());
+    out.push_back({"base_model.model." + module + ".lora_B.weight", StDType::F32, keep.back().sizes().vec(),
+                   keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
+  }
+  if (out.empty()) throw InputError("the model has no LoRA adapters to export in PEFT format");
+  makeDirectories(dir);
+  writeSafetensors(dir + "/adapter_model.safetensors", out, {{"format", "pt"}});
+  Json config = Json::object();
+  config.set("peft_type", "LORA");
+  config.set("task_type", "CAUSAL_LM");
+  config.set("base_model_name_or_path", base_model);
+  config.set("r", rank);
+  config.set("lora_alpha", alpha);
+  config.set("lora_dropout", dropout);
+  config.set("target_modules", targets);
+  config.set("bias", "none");
+  config.set("fan_in_fan_out", c.isGpt2());  // gpt2's Conv1D stores weights [in, out]
+  config.set("inference_mode", true);
+  config.set("modules_to_save", Json());
+  writeFileAtomically(dir + "/adapter_config.json", config.dump(2) + "\n");
+}
+
+void loadPeftAdapter(Transformer& model, const std::string& dir) {
+  const std::string config_path = dir + "/adapter_config.json";
+  if (!fileExists(config_path)) throw InputError(dir + ": no adapter_config.json; not a PEFT adapter folder");
+  const Json j = parseJson(readFile(config_path), config_path);
+  if (j.at("peft_type", config_path).asString(config_path + ": peft_type") != "LORA")
+    throw InputError(config_path + ": peft_type is not LORA");
+  const int rank = static_cast<int>(j.at("r", config_path).asInt(config_path + ": r"));
+  const double alpha = j.at("lora_alpha", config_path).asNumber(config_path + ": lora_alpha");
+  const Json* dropout_json = j.find("lora_dropout");
+  const double dropout = dropout_json && dropout_json->isNumber() ? dropout_json->asNumber("lora_dropout") : 0.0;
+  if (rank <= 0 || rank > 4096 || !(alpha > 0)) throw InputError(config_path + ": r or lora_alpha out of range");
+  const auto files = SafetensorsFolder::open(dir + "/adapter_model.safetensors");
+  const ModelConfig& c = model->config();
+  std::set<std::string> used;
+  auto gen = at::detail::createCPUGenerator(0);
+  torch::NoGradGuard no_grad;
+  for (auto& [path, p] : model->projections()) {
+    std::string module;
+    try {
+      module = hfModuleOf(c, path);
+    } catch (const InputError&) {
+      continue;  // gpt2 q/k/v: PEFT would name c_attn, handled below as a leftover
+    }
+    const std::string a = "base_model.model." + module + ".lora_A.weight", b = "base_model.model." + module + ".lora_B.weight";
+    const auto names = files.names();
+    if (!std::binary_search(names.begin(), names.end(), a)) continue;
+    p->addLora(rank, alpha, dropout, gen);
+    auto read = [&](const std::string& name, const torch::Tensor& into) {
+      const auto& info = files.info(name);
+      if (info.shape != into.sizes().vec())
+        throw InputError(files.fileOf(name) + ": tensor " + name + " has shape " + c10::str(info.shape) + ", expected " +
+                         c10::str(into.sizes()));
+      auto values = files.readFloat32(name);
+      return torch::from_blob(values.data(), into.sizes(), torch::kFloat32).clone();
+    };
+    p->lora_A.copy_(read(a, p->lora_A));
+    const int heads = rotaryHeads(c, path);
+    auto lora_b = read(b, p->lora_B);
+    p->lora_B.copy_(heads ? toPairs(lora_b, heads) : lora_b);
+    used.insert(a);
+    used.insert(b);
+  }
+  for (const auto& name : files.names())
+    if (!used.count(name))
+      throw InputError(files.fileOf(name) + ": tensor " + name + " matches no projection of this " + c.describe() + " model");
+  if (used.empty()) throw InputError(dir + ": adapter_model.safetensors holds no LoRA tensors");
 }
 
 }  // namespace graft

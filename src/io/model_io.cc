@@ -4,6 +4,7 @@
 
 #include "io/hf_model.h"
 #include "io/llama2c.h"
+#include "model/transfer_apply.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -17,6 +18,19 @@ Transformer loadModel(const std::string& path) {
     throw InputError(path + ": a folder without config.json; expected a Hugging Face model folder");
   if (!H5File::isHdf5(path)) return loadLlama2c(path);
   H5File file = H5File::openRead(path);
+  if (hasTransferGroup(file)) {  // adapters: the base they adapt, then the adapters
+    std::string base;
+    const TransferConfig transfer = readTransferGroup(file, base);
+    if (base.empty() || !fileExists(base))
+      throw InputError(path + ": adapter-only checkpoint of base model '" + base + "', which is not found");
+    auto model = loadModel(base);
+    const ModelConfig stored = readModelConfig(file);
+    if (!(stored == model->config()))
+      throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
+    applyTransfer(model, transfer, 0);
+    readModelWeights(file, model);
+    return model;
+  }
   Transformer model(readModelConfig(file));
   readModelWeights(file, model);
   return model;
@@ -60,7 +74,7 @@ void saveModel(Transformer& model, const std::string& format, const std::string&
   }
 }
 
-void writeModelGroup(H5File& file, Transformer& model) {
+void writeModelGroup(H5File& file, Transformer& model, bool trainable_only) {
   const ModelConfig& c = model->config();
   file.setAttr("/model", "dim", std::int64_t{c.dim});
   file.setAttr("/model", "hidden_dim", std::int64_t{c.hidden_dim});
@@ -75,7 +89,9 @@ void writeModelGroup(H5File& file, Transformer& model) {
   file.setAttr("/model", "architecture", c.arch);
   file.setAttr("/model", "qkv_bias", std::int64_t{c.qkv_bias ? 1 : 0});
   file.setAttr("/model", "sliding_window", std::int64_t{c.sliding_window});
-  for (const auto& p : model->named_parameters()) file.writeTensor("/model/" + p.key(), p.value());
+  file.setAttr("/model", "adapter_only", std::int64_t{trainable_only ? 1 : 0});
+  for (const auto& p : model->named_parameters())
+    if (!trainable_only || p.value().requires_grad()) file.writeTensor("/model/" + p.key(), p.value());
 }
 
 ModelConfig readModelConfig(const H5File& file) {
@@ -102,7 +118,9 @@ ModelConfig readModelConfig(const H5File& file) {
 
 void readModelWeights(const H5File& file, Transformer& model) {
   torch::NoGradGuard no_grad;
+  const bool adapter_only = file.hasAttr("/model", "adapter_only") && file.intAttr("/model", "adapter_only") != 0;
   for (auto& p : model->named_parameters()) {
+    if (adapter_only && !p.value().requires_grad()) continue;
     const std::string object = "/model/" + p.key();
     if (!file.exists(object)) throw InputError(file.path() + ": tensor " + p.key() + " is missing");
     auto t = file.readTensor(object);
@@ -112,6 +130,35 @@ void readModelWeights(const H5File& file, Transformer& model) {
                        c10::str(p.value().sizes()) + " Float");
     p.value().copy_(t);
   }
+}
+
+void writeTransferGroup(H5File& file, const TransferConfig& t, const std::string& base_model) {
+  file.setAttr("/transfer", "mode", t.mode);
+  file.setAttr("/transfer", "lora_rank", std::int64_t{t.lora_rank});
+  file.setAttr("/transfer", "lora_alpha", t.lora_alpha);
+  file.setAttr("/transfer", "lora_dropout", t.lora_dropout);
+  file.setAttr("/transfer", "lora_targets", t.lora_targets);
+  file.setAttr("/transfer", "quantize", t.quantize);
+  file.setAttr("/transfer", "base_model", base_model);
+}
+
+bool hasTransferGroup(const H5File& file) { return file.exists("/transfer"); }
+
+TransferConfig readTransferGroup(const H5File& file, std::string& base_model) {
+  TransferConfig t;
+  t.mode = file.stringAttr("/transfer", "mode");
+  t.lora_rank = static_cast<int>(file.intAttr("/transfer", "lora_rank"));
+  t.lora_alpha = file.doubleAttr("/transfer", "lora_alpha");
+  t.lora_dropout = file.doubleAttr("/transfer", "lora_dropout");
+  t.lora_targets = file.stringAttr("/transfer", "lora_targets");
+  t.quantize = file.stringAttr("/transfer", "quantize");
+  base_model = file.stringAttr("/transfer", "base_model");
+  try {
+    t.validate();
+  } catch (const InputError& e) {
+    throw InputError(file.path() + ":/transfer: " + e.what());
+  }
+  return t;
 }
 
 }  // namespace graft

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "io/hdf5.h"
+#include "model/transfer.h"
 #include "model/transformer.h"
 
 namespace graft {
@@ -21,9 +22,16 @@ std::string formatForPath(const std::string& out);
 // /model: one float32 dataset per parameter (parameter names as dataset names) and the
 // architecture as attributes (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 // seq_len, tied, norm_eps, rope_theta).
-void writeModelGroup(H5File& file, Transformer& model);
+// With `trainable_only`, just the parameters that train (adapters) and attr adapter_only = 1.
+void writeModelGroup(H5File& file, Transformer& model, bool trainable_only = false);
 ModelConfig readModelConfig(const H5File& file);
-// Copies /model tensors into `model`, checking names and shapes (errors name file and tensor).
+// Copies /model tensors into `model`, checking names and shapes (errors name file and tensor). For an
+// adapter-only group, the model's trainable parameters (its adapters) are read.
 void readModelWeights(const H5File& file, Transformer& model);
+
+// /transfer: the flavour of an adapter-only checkpoint and the base model it adapts.
+void writeTransferGroup(H5File& file, const TransferConfig& transfer, const std::string& base_model);
+bool hasTransferGroup(const H5File& file);
+TransferConfig readTransferGroup(const H5File& file, std::string& base_model);
 
 }  // namespace graft

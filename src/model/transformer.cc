@@ -9,21 +9,32 @@
 namespace graft {
 
 namespace {
-torch::nn::Linear linear(int in, int out, bool bias) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
-}
+Projection linear(int in, int out, bool bias) { return Projection(in, out, bias); }
 
-// x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM.
-torch::Tensor fusedProjection(const torch::Tensor& x, std::initializer_list<torch::nn::Linear> parts) {
+// x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
+// terms are added per part.
+torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> parts) {
   std::vector<torch::Tensor> weights, biases;
+  bool lora = false;
   for (const auto& p : parts) {
-    weights.push_back(p->weight);
+    weights.push_back(p->effectiveWeight());
     if (p->bias.defined()) biases.push_back(p->bias);
+    lora = lora || p->hasLora();
   }
-  auto w = torch::cat(weights);
-  if (biases.empty()) return torch::matmul(x, w.t());
-  TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
-  return torch::matmul(x, w.t()) + torch::cat(biases);
+  auto y = torch::matmul(x, torch::cat(weights).t());
+  if (!biases.empty()) {
+    TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
+    y = y + torch::cat(biases);
+  }
+  if (!lora) return y;
+  std::vector<torch::Tensor> pieces;
+  std::int64_t at = 0;
+  for (auto& p : parts) {
+    auto piece = y.narrow(-1, at, p->out_features);
+    pieces.push_back(p->hasLora() ? piece + p->loraDelta(x) : piece);
+    at += p->out_features;
+  }
+  return torch::cat(pieces, -1);
 }
 
 // Interleaved-pair rotation: (a, b) -> (a cos - b sin, a sin + b cos) on pairs (2i, 2i+1).
@@ -36,6 +47,61 @@ torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const tor
   return torch::stack({a * c - b * s, a * s + b * c}, -1).reshape(sizes);
 }
 }  // namespace
+
+ProjectionImpl::ProjectionImpl(int in, int out, bool with_bias) : in_features(in), out_features(out) {
+  // nn::Linear's initialisation (Kaiming-uniform weight, uniform bias); Transformer::initialise
+  // or a loaded model overwrites it.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight = register_parameter("weight", torch::empty({out, in}).uniform_(-bound, bound));
+  if (with_bias) bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+}
+
+torch::Tensor ProjectionImpl::effectiveWeight() const { return quantized() ? quantized_.dequantize() : weight; }
+
+torch::Tensor ProjectionImpl::loraDelta(const torch::Tensor& x) {
+  if (!hasLora()) return {};
+  auto in = lora_dropout > 0 && is_training() ? torch::dropout(x, lora_dropout, /*train=*/true) : x;
+  return torch::matmul(torch::matmul(in, lora_A.t()), lora_B.t()) * lora_scale;
+}
+
+torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
+  auto y = torch::matmul(x, effectiveWeight().t());
+  if (bias.defined()) y = y + bias;
+  return hasLora() ? y + loraDelta(x) : y;
+}
+
+void ProjectionImpl::addLora(int rank, double alpha, double dropout, at::Generator& gen) {
+  // A as nn.Linear initialises (PEFT does the same), B zero: the adapted model starts as the base.
+  torch::NoGradGuard no_grad;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+  lora_A = register_parameter("lora_A", torch::empty({rank, in_features}).uniform_(-bound, bound, gen));
+  lora_B = register_parameter("lora_B", torch::zeros({out_features, rank}));
+  lora_scale = alpha / rank;
+  lora_dropout = dropout;
+}
+
+void ProjectionImpl::quantize(QuantKind kind) {
+  if (kind == QuantKind::None || quantized()) return;
+  quantized_ = graft::quantize(weight.detach(), kind);
+  parameters_.erase("weight");  // the frozen weight now lives in quantized_ only
+  weight = torch::Tensor();
+}
+
+void ProjectionImpl::dequantizeBase() {
+  if (!quantized()) return;
+  weight = register_parameter("weight", quantized_.dequantize(), /*requires_grad=*/false);
+  quantized_ = QuantizedWeight();
+}
+
+void ProjectionImpl::mergeLora() {
+  if (!hasLora()) return;
+  TORCH_CHECK(!quantized(), "mergeLora: dequantize the base first");
+  torch::NoGradGuard no_grad;
+  weight.add_(torch::matmul(lora_B, lora_A) * lora_scale);
+  parameters_.erase("lora_A");
+  parameters_.erase("lora_B");
+  lora_A = lora_B = torch::Tensor();
+}
 
 NormImpl::NormImpl(const ModelConfig& c) : eps_(c.norm_eps), layer_norm_(c.isGpt2()) {
   weight = register_parameter("weight", torch::ones({c.dim}));
@@ -108,7 +174,7 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
   if (!w3) return w2(torch::gelu(w1(x), "tanh"));  // GPT-2's "gelu_new"
   // Gate and up projections from one matmul against the concatenated weights.
   auto both = fusedProjection(x, {w1, w3});
-  const auto hidden = w1->weight.size(0);
+  const auto hidden = w1->out_features;
   return w2(torch::silu(both.narrow(-1, 0, hidden)) * both.narrow(-1, hidden, hidden));
 }
 
@@ -161,7 +227,29 @@ torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos)
   return x;
 }
 
-torch::Tensor TransformerImpl::classifierWeight() const { return config_.tied ? tok_embeddings->weight : output->weight; }
+torch::Tensor TransformerImpl::classifierWeight() const {
+  return config_.tied ? tok_embeddings->weight : output->effectiveWeight();
+}
+
+torch::Tensor TransformerImpl::classify(const torch::Tensor& h) {
+  return config_.tied ? torch::matmul(h, tok_embeddings->weight.t()) : output(h);
+}
+
+std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
+  std::vector<std::pair<std::string, Projection>> out;
+  for (std::size_t i = 0; i < layers->size(); ++i) {
+    auto block = layers[i]->as<Block>();
+    const std::string at = "layers." + std::to_string(i) + ".";
+    auto& a = block->attention;
+    auto& f = block->feed_forward;
+    for (auto& [name, p] : std::vector<std::pair<std::string, Projection>>{
+             {"attention.wq", a->wq}, {"attention.wk", a->wk}, {"attention.wv", a->wv}, {"attention.wo", a->wo},
+             {"feed_forward.w1", f->w1}, {"feed_forward.w2", f->w2}, {"feed_forward.w3", f->w3}})
+      if (p) out.emplace_back(at + name, p);
+  }
+  if (output) out.emplace_back("output", output);
+  return out;
+}
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) {
   const auto T = ids.size(1);
@@ -173,7 +261,7 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) {
   auto mask = causalMask(T);
   auto x = embed(ids, 0);
   for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
-  return torch::matmul(norm(x), classifierWeight().t());
+  return classify(norm(x));
 }
 
 torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {
@@ -189,7 +277,7 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
   if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, 1), sin = rope_sin_.narrow(0, pos, 1);
   for (std::size_t l = 0; l < cache.size(); ++l)
     x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], pos);
-  return torch::matmul(norm(x), classifierWeight().t()).view({-1});
+  return classify(norm(x)).view({-1});
 }
 
 torch::Tensor TransformerImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {

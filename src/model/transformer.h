@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "model/quant.h"
 
 namespace graft {
 
@@ -33,6 +34,39 @@ namespace graft {
 struct KVSlot {
   torch::Tensor k, v;
 };
+
+// y = x W^T (+ b), the linear layer of every projection, with the two changes parameter-efficient
+// transfer makes to a frozen weight:
+//   LoRA:   y += (alpha / r) * dropout(x) A^T B^T with trainable A [r, in] and B [out, r] (B starts
+//           at zero, so the adapted model starts as the base). Names: lora_A, lora_B (PEFT's shapes).
+//   QLoRA:  W is held quantized (int8 or NF4, model/quant.h) instead of as a parameter, and is
+//           dequantized on the fly; the "weight" parameter disappears.
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  ProjectionImpl(int in, int out, bool bias);
+  torch::Tensor forward(const torch::Tensor& x);
+  // W as float32: the parameter, or the dequantized codes.
+  torch::Tensor effectiveWeight() const;
+  // The LoRA term alone (undefined without an adapter).
+  torch::Tensor loraDelta(const torch::Tensor& x);
+  void addLora(int rank, double alpha, double dropout, at::Generator& gen);
+  void quantize(QuantKind kind);
+  // W += (alpha / r) B A, then the adapter is removed (export of a merged model).
+  void mergeLora();
+  // A quantized W becomes a float32 parameter again (the dequantized values).
+  void dequantizeBase();
+  bool hasLora() const { return lora_A.defined(); }
+  bool quantized() const { return quantized_.kind != QuantKind::None; }
+  const QuantizedWeight& quantizedWeight() const { return quantized_; }
+
+  torch::Tensor weight, bias, lora_A, lora_B;
+  double lora_scale = 0, lora_dropout = 0;
+  int in_features, out_features;
+
+ private:
+  QuantizedWeight quantized_;
+};
+TORCH_MODULE(Projection);
 
 // RMSNorm (llama) or LayerNorm with bias (gpt2).
 class NormImpl : public torch::nn::Module {
@@ -56,7 +90,7 @@ class AttentionImpl : public torch::nn::Module {
   // may then be undefined for T = 1.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVSlot* cache = nullptr, std::int64_t pos = 0);
-  torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
+  Projection wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
 
  private:
   int n_heads_, n_kv_heads_, head_dim_, window_;
@@ -67,7 +101,7 @@ class FeedForwardImpl : public torch::nn::Module {
  public:
   explicit FeedForwardImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};  // w3: llama only
+  Projection w1{nullptr}, w2{nullptr}, w3{nullptr};  // w3: llama only
 };
 TORCH_MODULE(FeedForward);
 
@@ -102,13 +136,16 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::Embedding pos_embeddings{nullptr};  // gpt2 only
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
-  torch::nn::Linear output{nullptr};  // null when tied
+  Projection output{nullptr};  // null when tied
+  // Every projection with its module path ("layers.0.attention.wq"), for LoRA targeting and QLoRA.
+  std::vector<std::pair<std::string, Projection>> projections();
 
  private:
   // The additive causal mask for T positions (0 where a query may look, -inf elsewhere), kept for
   // the last T seen: a seq_len x seq_len table would be 4 GB for a 32K-context model.
   torch::Tensor causalMask(std::int64_t T);
   torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos);
+  torch::Tensor classify(const torch::Tensor& h);  // final hidden states -> logits
 
   ModelConfig config_;
   torch::Tensor rope_cos_, rope_sin_;  // [seq_len, head_dim/2] (llama), buffers (not parameters)

@@ -15,6 +15,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "io/model_io.h"
+#include "model/transfer_apply.h"
 #include "train/adamw.h"
 #include "parallel/grad_reducer.h"
 #include "train/schedule.h"
@@ -64,12 +65,31 @@ std::string jsonNumber(double value, int digits) {
   return buf;
 }
 
+Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log);
+
+// The model a run trains: the base (loaded or initialised), then the [transfer] flavour applied.
 Transformer buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
+  auto model = loadOrInitialise(c, vocab_size, log);
+  const auto adapted = applyTransfer(model, c.transfer, c.seed);
+  const std::int64_t trainable = trainableParameters(model), total = totalParameters(model);
+  char line[256];
+  std::snprintf(line, sizeof(line), "transfer: %s%s, %lld of %lld parameters train (%.2f%%), frozen weights hold %.2f MB",
+                c.transfer.mode.c_str(),
+                adapted.empty() ? "" : (" r=" + std::to_string(c.transfer.lora_rank) + " on " + std::to_string(adapted.size()) +
+                                        " projections, base " + c.transfer.quantize).c_str(),
+                static_cast<long long>(trainable), static_cast<long long>(total), 100.0 * trainable / std::max<std::int64_t>(total, 1),
+                frozenBytes(model) / 1e6);
+  log.main(line);
+  return model;
+}
+
+Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
   if (!c.model_path.empty()) {
     auto model = loadModel(c.model_path);
-    if (model->config().vocab_size != vocab_size)
+    // Hugging Face models often pad their vocabulary past the tokenizer's: fewer ids in the data is fine.
+    if (model->config().vocab_size < vocab_size)
       throw InputError(c.model_path + ": model vocabulary " + std::to_string(model->config().vocab_size) +
-                       " differs from the dataset's " + std::to_string(vocab_size) + " (" + c.data_path +
+                       " is smaller than the dataset's " + std::to_string(vocab_size) + " (" + c.data_path +
                        "); prepare the data with the model's tokenizer");
     if (model->config().seq_len < c.seq_len)
       throw InputError("train.seq_len " + std::to_string(c.seq_len) + " exceeds the model's context of " +
@@ -88,6 +108,14 @@ Transformer buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
 
 }  // namespace
 
+// (name, parameter) of what trains: frozen parameters get no optimizer state.
+std::vector<std::pair<std::string, torch::Tensor>> trainable(Transformer& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : model->named_parameters())
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
 struct StepOutcome {
   double loss = 0, grad_norm = 0;
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
@@ -104,7 +132,7 @@ struct Trainer::State {
         val_data(c.data_path, "val", c.seq_len),
         model(buildModel(c, train_data.vocabSize(), log)),
         sampler(train_data.numSamples(), c.batch_size, c.seed),
-        optimizer(model->named_parameters().pairs(), {c.beta1, c.beta2, c.eps, c.weight_decay}),
+        optimizer(trainable(model), {c.beta1, c.beta2, c.eps, c.weight_decay}),
         reducer(model->named_parameters().pairs(), comm_,
                 {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)), static_cast<std::size_t>(c.bucket_mb * (1 << 20)),
                  c.overlap}),
@@ -263,6 +291,8 @@ struct Trainer::State {
     state.seed = config.seed;
     state.next_batch = step_number;
     state.config = config.resolved();
+    state.transfer = config.transfer;
+    state.base_model = config.model_path;
     at::Tensor mine;
     {
       at::Generator gen = at::detail::getDefaultCPUGenerator();
@@ -385,6 +415,10 @@ TrainResult Trainer::run() {
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
              std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.train_data.numSamples()) +
              " training sequences");
+  std::int64_t reduced_elements = 0;
+  for (const auto& b : s.reducer.plan().buckets) reduced_elements += b.numel;
+  s.log.main("gradients: " + std::to_string(s.reducer.plan().buckets.size()) + " all-reduce bucket(s), " +
+             std::to_string(reduced_elements) + " elements per step (frozen parameters are not communicated)");
   result.base_val_loss = s.validationLoss();
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
   const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;

@@ -172,5 +172,35 @@ TEST(Formats, HostileHfFilesGiveOneLineErrors) {
   expect(scaling, "rope_scaling");
 }
 
+// The round trip users make: a Hugging Face model and its tokenizer in, a data-parallel fine-tune,
+// a Hugging Face model out that transformers' layout (the reference forward) runs identically.
+TEST(Formats, FineTuneAHuggingFaceGpt2OnTwoRanksAndExportIt) {
+  const std::string dir = freshDir("fmt_finetune");
+  const auto prep = run("head -c 60000 " + data("datasets/tinyshakespeare/input.txt") + " > " + dir + "/shakespeare.txt && " +
+                        graft() + " prepare --tokenizer " + kGpt2 + " --input " + dir + "/shakespeare.txt --out " + dir +
+                        "/s.h5 --val-fraction 0.1");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  std::ofstream(dir + "/ft.ini") << "[run]\ndir = " << dir << "/run\n[model]\npath = " << kGpt2 << "\n[data]\npath = "
+                                 << dir << "/s.h5\n[train]\nsteps = 12\nbatch_size = 4\nmicro_batch = 2\nseq_len = 64\n"
+                                 << "lr = 3e-3\nmin_lr = 3e-4\nwarmup = 2\nthreads = 1\n[eval]\nevery = 12\nbatches = 2\n"
+                                 << "[checkpoint]\nevery = 12\n";
+  const auto t = run(mpirun(2) + " " + graft() + " train --config " + dir + "/ft.ini");
+  ASSERT_EQ(t.code, 0) << t.output;
+  const auto l = losses(dir + "/run");
+  ASSERT_EQ(l.size(), 12u) << t.output;
+  EXPECT_LT(std::stod(l.back()), std::stod(l.front()));
+  const std::string ckpt = dir + "/run/checkpoints/step-00000012.h5";
+  // inspect shows the training state of the checkpoint.
+  const auto info = run(graft() + " inspect " + ckpt + " --json > " + dir + "/i.json && /usr/bin/python3 -c \"import json; "
+                        "d = json.load(open('" + dir + "/i.json')); t = d['training']; "
+                        "print(d['format'], d['architecture']['family'], t['step'], t['world_size'], t['flavour'])\"");
+  EXPECT_EQ(info.output, "graft checkpoint gpt2 12 2 full\n");
+  const auto e = run(graft() + " export --model " + ckpt + " --format hf --out " + dir + "/hf");
+  ASSERT_EQ(e.code, 0) << e.output;
+  const auto r = compareLogits(ckpt, dir + "/hf", "0 5 9 13 200 999 4 17 300 2 1 77", dir);
+  EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]);
+  EXPECT_LT(r[2], 1e-4);
+}
+
 }  // namespace
 }  // namespace graft::e2e

@@ -1,0 +1,27 @@
+// How a pretrained model is adapted: the [transfer] section of a training config. One engine,
+// several flavours (docs/transfer.md):
+//   full   every parameter trains (the default)
+//   lora   the base is frozen; low-rank adapters on the projections named by lora_targets train.
+//          With quantize = int8 | nf4 the frozen base is held quantized (QLoRA).
+// Plain data here; applyTransfer() (model/transfer_apply.h) changes a loaded model accordingly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace graft {
+
+struct TransferConfig {
+  std::string mode = "full";                 // full | lora
+  int lora_rank = 8;
+  double lora_alpha = 16;
+  double lora_dropout = 0.0;
+  std::string lora_targets = "wq,wk,wv,wo";  // comma-separated module names or globs (see docs/transfer.md)
+  std::string quantize = "none";             // none | int8 | nf4: the frozen base, lora mode only
+
+  bool adapterOnly() const { return mode == "lora"; }
+  // Throws InputError naming the transfer.* key that is out of range.
+  void validate() const;
+};
+
+}  // namespace graft

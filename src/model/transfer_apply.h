@@ -1,0 +1,26 @@
+// Applying a TransferConfig to a loaded model: LoRA adapters, the quantized frozen base, and which
+// parameters train (requires_grad). Deterministic from `seed`, so every rank builds the same model.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/transfer.h"
+#include "model/transformer.h"
+
+namespace graft {
+
+// Returns the module paths that received an adapter (empty for full fine-tuning).
+std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig& transfer, std::uint64_t seed);
+
+// Folds every adapter into its (dequantized) weight: a plain model that equals the adapted one.
+void mergeAdapters(Transformer& model);
+
+// Parameters with requires_grad, and all of them.
+std::int64_t trainableParameters(Transformer& model);
+std::int64_t totalParameters(Transformer& model);
+// Bytes the frozen weights occupy as held (quantized codes + scales, or float32).
+std::int64_t frozenBytes(Transformer& model);
+
+}  // namespace graft
