@@ -1,5 +1,6 @@
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -7,6 +8,8 @@
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "io/hf_model.h"
+#include "data/dataset.h"
+#include "data/sampler.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"
 #include "util/error.h"
@@ -50,10 +53,114 @@ void writeLogitsCsv(const std::string& path, const torch::Tensor& logits) {
   }
   if (!out.flush()) throw Error(path + ": write failed");
 }
+struct DatasetEvalOptions {
+  std::string split = "val", zero_shot;
+  int shots = 0;
+  std::int64_t max_examples = 0, micro_batch = 16;
+  std::uint64_t seed = 1234;
+};
+
+// A labelled dataset scored with a classification head: accuracy and mean cross-entropy.
+void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetEvalOptions& o) {
+  const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
+  double loss = 0, correct = 0;
+  for (std::int64_t at = 0; at < n; at += o.micro_batch) {
+    const std::int64_t count = std::min(o.micro_batch, n - at);
+    std::vector<std::vector<std::int64_t>> docs(static_cast<std::size_t>(count));
+    std::int64_t longest = 1;
+    for (std::int64_t i = 0; i < count; ++i) {
+      auto& d = docs[static_cast<std::size_t>(i)];
+      data.document(at + i, model->config().seq_len, d);
+      if (d.empty()) d.push_back(0);
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(d.size()));
+    }
+    auto ids = torch::zeros({count, longest}, torch::kInt64);
+    auto lengths = torch::empty({count}, torch::kInt64), labels = torch::empty({count}, torch::kInt64);
+    for (std::int64_t i = 0; i < count; ++i) {
+      const auto& d = docs[static_cast<std::size_t>(i)];
+      std::copy(d.begin(), d.end(), ids[i].data_ptr<std::int64_t>());
+      lengths[i] = static_cast<std::int64_t>(d.size());
+      labels[i] = data.label(at + i);
+    }
+    auto logits = model->classifySequences(ids, lengths);
+    loss += torch::nn::functional::cross_entropy(logits, labels,
+                                                 torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                .item<double>();
+    correct += logits.argmax(1).eq(labels).sum().item<double>();
+  }
+  std::printf("{\"accuracy\": %.6f, \"loss\": %.9g, \"examples\": %lld, \"labels\": %zu, \"mode\": \"classifier\"}\n",
+              correct / n, loss / n, static_cast<long long>(n), data.labelNames().size());
+}
+
+// Prompt-based transfer without training: each label's verbalisation (TEMPLATE with {label}
+// replaced) is scored as a continuation of the document, optionally after `shots` solved
+// training examples; the label with the highest total log-probability wins.
+void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDataset& data, const TokenDataset& train,
+                  const DatasetEvalOptions& o) {
+  const auto& names = data.labelNames();
+  auto verbalise = [&](const std::string& label) {
+    std::string text = o.zero_shot;
+    const auto at = text.find("{label}");
+    if (at == std::string::npos) throw InputError("--zero-shot template needs {label} (e.g. \" Topic: {label}.\")");
+    std::string words = label;  // card_arrival -> "card arrival": closer to text a model has read
+    std::replace(words.begin(), words.end(), '_', ' ');
+    text.replace(at, 7, words);
+    std::vector<std::int64_t> ids;
+    for (int id : tokenizer.encode(text, false, false)) ids.push_back(id);
+    return ids;
+  };
+  std::vector<std::vector<std::int64_t>> verbal;
+  for (const auto& n : names) verbal.push_back(verbalise(n));
+  // The few-shot prefix: `shots` training documents chosen by seed, each followed by its answer.
+  std::vector<std::int64_t> prefix;
+  for (int k = 0; k < o.shots; ++k) {
+    const auto index = static_cast<std::int64_t>(mix64(o.seed + static_cast<std::uint64_t>(k)) %
+                                                 static_cast<std::uint64_t>(train.numDocuments()));
+    std::vector<std::int64_t> doc;
+    train.document(index, model->config().seq_len, doc);
+    prefix.insert(prefix.end(), doc.begin() + (prefix.empty() ? 0 : 1), doc.end());  // one BOS, at the start
+    const auto& answer = verbal[static_cast<std::size_t>(train.label(index))];
+    prefix.insert(prefix.end(), answer.begin(), answer.end());
+  }
+  const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
+  const std::int64_t context = model->config().seq_len;
+  double correct = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::vector<std::int64_t> doc;
+    data.document(i, context, doc);
+    std::vector<std::int64_t> stem = prefix;
+    stem.insert(stem.end(), doc.begin() + (prefix.empty() ? 0 : 1), doc.end());
+    std::size_t longest = 0;
+    for (const auto& v : verbal) longest = std::max(longest, v.size());
+    // Keep the end of the stem (the document) when the context is short.
+    if (static_cast<std::int64_t>(stem.size() + longest) > context)
+      stem.erase(stem.begin(), stem.begin() + static_cast<std::ptrdiff_t>(stem.size() + longest - static_cast<std::size_t>(context)));
+    const auto L = static_cast<std::int64_t>(verbal.size()), T = static_cast<std::int64_t>(stem.size() + longest);
+    auto ids = torch::zeros({L, T}, torch::kInt64);
+    for (std::int64_t l = 0; l < L; ++l) {
+      auto* row = ids[l].data_ptr<std::int64_t>();
+      std::copy(stem.begin(), stem.end(), row);
+      std::copy(verbal[static_cast<std::size_t>(l)].begin(), verbal[static_cast<std::size_t>(l)].end(), row + stem.size());
+    }
+    auto logp = torch::log_softmax(model->forward(ids), -1);  // [L, T, V]
+    std::vector<double> score(static_cast<std::size_t>(L), 0.0);
+    for (std::int64_t l = 0; l < L; ++l)
+      for (std::size_t k = 0; k < verbal[static_cast<std::size_t>(l)].size(); ++k) {
+        const auto pos = static_cast<std::int64_t>(stem.size() + k);
+        score[static_cast<std::size_t>(l)] += logp[l][pos - 1][verbal[static_cast<std::size_t>(l)][k]].item<double>();
+      }
+    const auto best = std::max_element(score.begin(), score.end()) - score.begin();
+    correct += best == data.label(i) ? 1 : 0;
+  }
+  std::printf("{\"accuracy\": %.6f, \"examples\": %lld, \"labels\": %zu, \"mode\": \"%d-shot\"}\n", correct / n,
+              static_cast<long long>(n), names.size(), o.shots);
+}
+
 }  // namespace
 
 int runEval(const Args& args) {
-  std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path;
+  std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path, data_path;
+  DatasetEvalOptions dataset;
   po::options_description options("graft eval options");
   options.add_options()
       ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
@@ -61,15 +168,41 @@ int runEval(const Args& args) {
       ("tokenizer", po::value(&tokenizer_spec), "tokenizer (with --text; default: the model's folder when it has one)")
       ("text", po::value(&text), "text to score (BOS first where the tokenizer expects it)")
       ("ids", po::value(&ids_text), "token ids to score, separated by spaces, instead of --text")
-      ("logits", po::value(&logits_path), "also write one CSV row of raw logits per input position");
+      ("logits", po::value(&logits_path), "also write one CSV row of raw logits per input position")
+      ("data", po::value(&data_path), "a labelled dataset (graft prepare --label-field): accuracy of the model's classifier, or with --zero-shot of the language model")
+      ("split", po::value(&dataset.split)->default_value("val"), "dataset split to score")
+      ("zero-shot", po::value(&dataset.zero_shot), "score each label's verbalisation, e.g. ' Intent: {label}.' (needs --tokenizer)")
+      ("shots", po::value(&dataset.shots)->default_value(0), "with --zero-shot: solved training examples put before each question")
+      ("max-examples", po::value(&dataset.max_examples)->default_value(0), "score at most this many examples (0 = all)")
+      ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"
-                              "Prints {\"loss\": mean next-token cross-entropy (nats), \"tokens\": predicted tokens}.",
+                              "       graft eval --model M --data LABELLED.h5 [--zero-shot ' Intent: {label}.' --tokenizer T [--shots K]]\n"
+                              "Prints {\"loss\": mean next-token cross-entropy (nats), \"tokens\": predicted tokens}, or for\n"
+                              "a labelled dataset {\"accuracy\": ...}.",
                         options, vm))
     return 0;
-  if (vm.count("text") == vm.count("ids")) throw InputError("give exactly one of --text and --ids");
   auto model = loadModel(model_path);
   if (!adapter.empty()) loadPeftAdapter(model, adapter);
+  if (!data_path.empty()) {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    const TokenDataset data(data_path, dataset.split, model->config().seq_len);
+    if (!data.hasLabels()) throw InputError(data_path + ": has no labels (prepare it with --label-field)");
+    if (!dataset.zero_shot.empty()) {
+      if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
+      if (tokenizer_spec.empty()) throw InputError("--zero-shot needs --tokenizer to encode the label verbalisations");
+      const TokenDataset train(data_path, "train", model->config().seq_len);
+      evalZeroShot(model, *loadTokenizer(tokenizer_spec), data, train, dataset);
+    } else {
+      if (model->config().num_classes != static_cast<int>(data.labelNames().size()))
+        throw InputError(model_path + ": has no " + std::to_string(data.labelNames().size()) +
+                         "-class head for " + data_path + " (train one with task.type = classify, or use --zero-shot)");
+      evalClassifier(model, data, dataset);
+    }
+    return 0;
+  }
+  if (vm.count("text") == vm.count("ids")) throw InputError("give exactly one of --text and --ids (or --data)");
   std::vector<std::int64_t> ids;
   if (vm.count("text")) {
     if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);

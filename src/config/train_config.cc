@@ -29,13 +29,18 @@ class OptionTable {
     add("model.n_kv_heads", c.arch.n_kv_heads, "key/value heads (random init only)");
     add("model.max_seq_len", c.arch.seq_len, "rotary table length (random init only)");
     add("model.tied", c.arch.tied, "classifier shares the embedding (random init only)");
-    add("transfer.mode", c.transfer.mode, "full (every parameter trains) | lora (frozen base + low-rank adapters)");
+    add("transfer.mode", c.transfer.mode,
+        "full (every parameter trains) | lora (frozen base + low-rank adapters) | feature (frozen base, head only)");
     add("transfer.lora_rank", c.transfer.lora_rank, "LoRA rank r");
     add("transfer.lora_alpha", c.transfer.lora_alpha, "LoRA alpha: the update is scaled by alpha / r");
     add("transfer.lora_dropout", c.transfer.lora_dropout, "dropout on the adapters' input while training");
     add("transfer.lora_targets", c.transfer.lora_targets,
         "projections that get adapters: names (wq,wk,wv,wo,w1,w2,w3,output) or globs (layers.1?.attention.*)");
     add("transfer.quantize", c.transfer.quantize, "QLoRA: hold the frozen base as none | int8 | nf4");
+    add("transfer.cache_features", c.transfer.cache_features,
+        "feature mode: compute the frozen features once (RUN_DIR/features.h5) and train the head from them");
+    add("task.type", c.task, "auto (classify when the dataset has labels, else lm) | lm | classify");
+    add("task.pooling", c.pooling, "classification features: last (the last token's hidden state) | mean");
     add("data.path", c.data_path, "token dataset from `graft prepare` (HDF5)");
     add("train.steps", c.steps, "optimizer steps in the whole run");
     add("train.batch_size", c.batch_size, "global batch (sequences per optimizer step, all ranks)");
@@ -185,6 +190,8 @@ void TrainConfig::validate(int world) const {
            std::to_string(micro_batch) + " x " + std::to_string(world));
   need(seq_len > 0, "train.seq_len", "must be positive");
   transfer.validate();
+  need(task == "auto" || task == "lm" || task == "classify", "task.type", "'" + task + "' is not auto, lm or classify");
+  need(pooling == "last" || pooling == "mean", "task.pooling", "'" + pooling + "' is not last or mean");
   need(lr > 0, "train.lr", "must be positive");
   need(min_lr >= 0 && min_lr <= lr, "train.min_lr", "must be in [0, train.lr]");
   need(warmup >= 0, "train.warmup", "must be >= 0");

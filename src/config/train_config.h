@@ -22,6 +22,9 @@ struct TrainConfig {
   ModelConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
   // [transfer]
   TransferConfig transfer;
+  // [task]
+  std::string task = "auto";     // auto | lm | classify
+  std::string pooling = "last";  // classification features: last | mean
   // [data]
   std::string data_path;
   // [train]

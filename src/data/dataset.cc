@@ -222,6 +222,34 @@ TokenDataset::TokenDataset(const std::string& path, const std::string& split, in
     if (tokens_[i] < 0 || tokens_[i] >= vocab_size_)
       throw InputError(path + ":" + object + ": token " + std::to_string(tokens_[i]) + " at " + std::to_string(i) +
                        " is outside the vocabulary of " + std::to_string(vocab_size_));
+  const std::string offsets = "/" + split + "/doc_offsets";
+  if (file.exists(offsets)) {
+    auto o = file.readTensor(offsets);
+    offsets_.assign(o.data_ptr<std::int64_t>(), o.data_ptr<std::int64_t>() + o.numel());
+    for (std::size_t i = 0; i < offsets_.size(); ++i)
+      if (offsets_[i] < 0 || offsets_[i] > static_cast<std::int64_t>(tokens_.size()) || (i && offsets_[i] < offsets_[i - 1]))
+        throw InputError(path + ":" + offsets + ": offset " + std::to_string(i) + " is out of order or range");
+  }
+  const std::string labels = "/" + split + "/labels";
+  if (file.exists(labels) && file.hasAttr("/", "label_names")) {
+    const Json names = parseJson(file.stringAttr("/", "label_names"), path + ": label_names");
+    for (const auto& n : names.asArray(path + ": label_names")) label_names_.push_back(n.asString(path + ": label name"));
+    auto l = file.readTensor(labels);
+    labels_.assign(l.data_ptr<std::int32_t>(), l.data_ptr<std::int32_t>() + l.numel());
+    if (static_cast<std::int64_t>(labels_.size()) != numDocuments())
+      throw InputError(path + ":" + labels + ": " + std::to_string(labels_.size()) + " labels for " +
+                       std::to_string(numDocuments()) + " documents");
+    for (auto v : labels_)
+      if (v < 0 || v >= static_cast<int>(label_names_.size()))
+        throw InputError(path + ":" + labels + ": label " + std::to_string(v) + " is not in label_names");
+  }
+  const std::string mask = "/" + split + "/loss_mask";
+  if (file.exists(mask)) {
+    auto m = file.readTensor(mask);
+    if (m.dim() != 1 || m.numel() != static_cast<std::int64_t>(tokens_.size()) || m.scalar_type() != torch::kByte)
+      throw InputError(path + ":" + mask + ": expected uint8 [" + std::to_string(tokens_.size()) + "], one per token");
+    loss_mask_.assign(m.data_ptr<std::uint8_t>(), m.data_ptr<std::uint8_t>() + m.numel());
+  }
 }
 
 std::int64_t TokenDataset::numSamples() const {
@@ -232,6 +260,13 @@ std::int64_t TokenDataset::numSamples() const {
 void TokenDataset::sample(std::int64_t index, std::int64_t* out) const {
   const std::int64_t start = index * seq_len_;
   for (int i = 0; i <= seq_len_; ++i) out[i] = tokens_[static_cast<std::size_t>(start + i)];
+}
+
+std::int64_t TokenDataset::document(std::int64_t index, std::int64_t max_tokens, std::vector<std::int64_t>& out) const {
+  const auto begin = offsets_[static_cast<std::size_t>(index)], end = offsets_[static_cast<std::size_t>(index) + 1];
+  const auto n = std::min(end - begin, max_tokens);
+  out.insert(out.end(), tokens_.begin() + begin, tokens_.begin() + begin + n);
+  return n;
 }
 
 void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {

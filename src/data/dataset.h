@@ -61,11 +61,22 @@ class TokenDataset {
   void targets(std::int64_t index, std::int64_t* out) const;
   int seqLen() const { return seq_len_; }
 
+  // Classification data (labels present): one sample per document.
+  bool hasLabels() const { return !labels_.empty(); }
+  std::int64_t numDocuments() const { return static_cast<std::int64_t>(offsets_.size()) - 1; }
+  // Document `index`'s tokens, the first `max_tokens` of them, appended to `out`; returns how many.
+  std::int64_t document(std::int64_t index, std::int64_t max_tokens, std::vector<std::int64_t>& out) const;
+  int label(std::int64_t index) const { return labels_[static_cast<std::size_t>(index)]; }
+  const std::vector<std::string>& labelNames() const { return label_names_; }
+
   static constexpr std::int64_t kIgnoreTarget = -100;  // torch's cross_entropy ignore_index
 
  private:
   std::vector<std::int32_t> tokens_;
   std::vector<std::uint8_t> loss_mask_;
+  std::vector<std::int64_t> offsets_;
+  std::vector<std::int32_t> labels_;
+  std::vector<std::string> label_names_;
   int seq_len_;
   int vocab_size_;
 };

@@ -25,6 +25,7 @@ Transformer loadModel(const std::string& path) {
       throw InputError(path + ": adapter-only checkpoint of base model '" + base + "', which is not found");
     auto model = loadModel(base);
     const ModelConfig stored = readModelConfig(file);
+    if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0);
     if (!(stored == model->config()))
       throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
     applyTransfer(model, transfer, 0);
@@ -89,6 +90,8 @@ void writeModelGroup(H5File& file, Transformer& model, bool trainable_only) {
   file.setAttr("/model", "architecture", c.arch);
   file.setAttr("/model", "qkv_bias", std::int64_t{c.qkv_bias ? 1 : 0});
   file.setAttr("/model", "sliding_window", std::int64_t{c.sliding_window});
+  file.setAttr("/model", "num_classes", std::int64_t{c.num_classes});
+  file.setAttr("/model", "pooling", c.pooling);
   file.setAttr("/model", "adapter_only", std::int64_t{trainable_only ? 1 : 0});
   for (const auto& p : model->named_parameters())
     if (!trainable_only || p.value().requires_grad()) file.writeTensor("/model/" + p.key(), p.value());
@@ -112,6 +115,8 @@ ModelConfig readModelConfig(const H5File& file) {
   if (file.hasAttr("/model", "architecture")) c.arch = file.stringAttr("/model", "architecture");
   if (file.hasAttr("/model", "qkv_bias")) c.qkv_bias = get("qkv_bias") != 0;
   if (file.hasAttr("/model", "sliding_window")) c.sliding_window = get("sliding_window");
+  if (file.hasAttr("/model", "num_classes")) c.num_classes = get("num_classes");
+  if (file.hasAttr("/model", "pooling")) c.pooling = file.stringAttr("/model", "pooling");
   c.validate(file.path() + ":/model");
   return c;
 }
@@ -139,6 +144,7 @@ void writeTransferGroup(H5File& file, const TransferConfig& t, const std::string
   file.setAttr("/transfer", "lora_dropout", t.lora_dropout);
   file.setAttr("/transfer", "lora_targets", t.lora_targets);
   file.setAttr("/transfer", "quantize", t.quantize);
+  file.setAttr("/transfer", "cache_features", std::int64_t{t.cache_features ? 1 : 0});
   file.setAttr("/transfer", "base_model", base_model);
 }
 
@@ -152,6 +158,7 @@ TransferConfig readTransferGroup(const H5File& file, std::string& base_model) {
   t.lora_dropout = file.doubleAttr("/transfer", "lora_dropout");
   t.lora_targets = file.stringAttr("/transfer", "lora_targets");
   t.quantize = file.stringAttr("/transfer", "quantize");
+  if (file.hasAttr("/transfer", "cache_features")) t.cache_features = file.intAttr("/transfer", "cache_features") != 0;
   base_model = file.stringAttr("/transfer", "base_model");
   try {
     t.validate();

@@ -17,6 +17,8 @@ void ModelConfig::validate(const std::string& where) const {
   need(n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
   need(sliding_window >= 0, "sliding_window must not be negative");
   need(norm_eps > 0 && rope_theta > 0, "norm_eps and rope_theta must be positive");
+  need(num_classes >= 0 && num_classes <= (1 << 20), "num_classes out of range");
+  need(pooling == "last" || pooling == "mean", "pooling '" + pooling + "' is not last or mean");
 }
 
 std::string ModelConfig::describe() const {
@@ -26,13 +28,15 @@ std::string ModelConfig::describe() const {
                   (tied ? ", tied" : ", untied");
   if (qkv_bias) s += ", qkv bias";
   if (sliding_window > 0) s += ", window " + std::to_string(sliding_window);
+  if (num_classes > 0) s += ", " + std::to_string(num_classes) + "-class head on " + pooling + " token" + (pooling == "mean" ? "s" : "");
   return s;
 }
 
 bool ModelConfig::operator==(const ModelConfig& o) const {
   return arch == o.arch && dim == o.dim && hidden_dim == o.hidden_dim && n_layers == o.n_layers &&
          n_heads == o.n_heads && n_kv_heads == o.n_kv_heads && vocab_size == o.vocab_size && tied == o.tied &&
-         qkv_bias == o.qkv_bias && sliding_window == o.sliding_window;
+         qkv_bias == o.qkv_bias && sliding_window == o.sliding_window && num_classes == o.num_classes &&
+         (num_classes == 0 || pooling == o.pooling);
 }
 
 }  // namespace graft

@@ -23,6 +23,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   bool qkv_bias = false;   // llama family: biases on q, k and v (Qwen2)
   int sliding_window = 0;  // llama family: attend to at most this many positions (Mistral); 0 = all
+  int num_classes = 0;         // > 0: a sequence-classification head `head` [num_classes, dim]
+  std::string pooling = "last";  // what the head reads: the last token's hidden state | the mean
 
   bool isGpt2() const { return arch == "gpt2"; }
   int headDim() const { return dim / n_heads; }

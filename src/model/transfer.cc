@@ -5,7 +5,8 @@
 namespace graft {
 
 void TransferConfig::validate() const {
-  if (mode != "full" && mode != "lora") throw InputError("transfer.mode = '" + mode + "' is not full or lora");
+  if (mode != "full" && mode != "lora" && mode != "feature")
+    throw InputError("transfer.mode = '" + mode + "' is not full, lora or feature");
   if (lora_rank <= 0 || lora_rank > 4096) throw InputError("transfer.lora_rank must be in [1, 4096]");
   if (!(lora_alpha > 0)) throw InputError("transfer.lora_alpha must be positive");
   if (lora_dropout < 0 || lora_dropout >= 1) throw InputError("transfer.lora_dropout must be in [0, 1)");
@@ -13,6 +14,7 @@ void TransferConfig::validate() const {
     throw InputError("transfer.quantize = '" + quantize + "' is not none, int8 or nf4");
   if (mode == "full" && quantize != "none")
     throw InputError("transfer.quantize = " + quantize + " needs transfer.mode = lora (a quantized base cannot be trained)");
+  if (cache_features && mode != "feature") throw InputError("transfer.cache_features needs transfer.mode = feature");
 }
 
 }  // namespace graft

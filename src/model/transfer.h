@@ -1,8 +1,12 @@
 // How a pretrained model is adapted: the [transfer] section of a training config. One engine,
 // several flavours (docs/transfer.md):
 //   full   every parameter trains (the default)
-//   lora   the base is frozen; low-rank adapters on the projections named by lora_targets train.
-//          With quantize = int8 | nf4 the frozen base is held quantized (QLoRA).
+//   lora     the base is frozen; low-rank adapters on the projections named by lora_targets train.
+//            With quantize = int8 | nf4 the frozen base is held quantized (QLoRA).
+//   feature  feature extraction: the base is frozen, only the classification head trains; with
+//            cache_features the frozen features are computed once (an HDF5 cache) and the head
+//            trains from the cache.
+// A classification head (task classify) trains in every flavour.
 // Plain data here; applyTransfer() (model/transfer_apply.h) changes a loaded model accordingly.
 #pragma once
 
@@ -12,14 +16,16 @@
 namespace graft {
 
 struct TransferConfig {
-  std::string mode = "full";                 // full | lora
+  std::string mode = "full";                 // full | lora | feature
   int lora_rank = 8;
   double lora_alpha = 16;
   double lora_dropout = 0.0;
   std::string lora_targets = "wq,wk,wv,wo";  // comma-separated module names or globs (see docs/transfer.md)
   std::string quantize = "none";             // none | int8 | nf4: the frozen base, lora mode only
+  bool cache_features = false;               // feature mode: train the head from cached features
 
-  bool adapterOnly() const { return mode == "lora"; }
+  // Checkpoints hold what trains (adapters, head) and the base model's path, not the base.
+  bool adapterOnly() const { return mode == "lora" || mode == "feature"; }
   // Throws InputError naming the transfer.* key that is out of range.
   void validate() const;
 };

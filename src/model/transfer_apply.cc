@@ -36,6 +36,12 @@ std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig&
   if (t.mode == "full") return {};
   torch::NoGradGuard no_grad;
   for (auto& p : model->parameters()) p.set_requires_grad(false);
+  if (model->head) model->head->weight.set_requires_grad(true);  // a new head always trains
+  if (t.mode == "feature") {
+    if (!model->head) throw InputError("transfer.mode = feature trains a classification head: it needs a labelled dataset");
+    parseQuantKind(t.quantize, "transfer.quantize");
+    return {};
+  }
   const auto patterns = split(t.lora_targets);
   auto gen = at::detail::createCPUGenerator(seed ^ 0x10aaULL);
   std::vector<std::string> adapted;

@@ -199,6 +199,7 @@ TransformerImpl::TransformerImpl(const ModelConfig& c) : config_(c) {
   for (int i = 0; i < c.n_layers; ++i) layers->push_back(Block(c));
   norm = register_module("norm", Norm(c));
   if (!c.tied) output = register_module("output", linear(c.dim, c.vocab_size, false));
+  if (c.num_classes > 0) head = register_module("head", linear(c.dim, c.num_classes, false));
   if (c.isGpt2()) return;
   // Rotary tables in float64 then float32, angle = pos * theta^(-2i/D), as llama2.c's run.c.
   const int half = c.headDim() / 2;
@@ -251,7 +252,7 @@ std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
   return out;
 }
 
-torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) {
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
   const auto T = ids.size(1);
   if (T > config_.seq_len)
     throw InputError("sequence of " + std::to_string(T) + " tokens exceeds the model's seq_len " +
@@ -261,7 +262,37 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) {
   auto mask = causalMask(T);
   auto x = embed(ids, 0);
   for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
-  return classify(norm(x));
+  return norm(x);
+}
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) { return classify(hidden(ids)); }
+
+torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor& lengths) const {
+  if (config_.pooling == "mean") {
+    auto positions = torch::arange(h.size(1), torch::kInt64).unsqueeze(0);            // [1, T]
+    auto keep = positions.lt(lengths.unsqueeze(1)).to(h.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+    return (h * keep).sum(1) / lengths.to(h.scalar_type()).unsqueeze(1);
+  }
+  // The causal model has read the whole text at its last token (right padding comes after it).
+  auto last = (lengths - 1).view({-1, 1, 1}).expand({h.size(0), 1, h.size(2)});
+  return h.gather(1, last).squeeze(1);
+}
+
+torch::Tensor TransformerImpl::classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths) {
+  TORCH_CHECK(head, "classifySequences: the model has no classification head");
+  return head(pool(hidden(ids), lengths));
+}
+
+void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed) {
+  ModelConfig c = config_;
+  c.num_classes = num_classes;
+  c.pooling = pooling;
+  c.validate("classification head");
+  config_ = c;
+  head = register_module("head", linear(c.dim, num_classes, false));
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed ^ 0x4eadULL);
+  head->weight.normal_(0.0, 0.02, gen);
 }
 
 torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {

@@ -124,6 +124,15 @@ class TransformerImpl : public torch::nn::Module {
   // Incremental decoding: the logits [vocab] after token `token` at position `pos`, given that
   // positions [0, pos) were fed before with the same `cache` (empty = fresh, pos must be 0).
   torch::Tensor forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache);
+  // Final hidden states (after the last norm) [B, T, dim].
+  torch::Tensor hidden(const torch::Tensor& ids);
+  // Sequence classification: ids [B, T] right-padded, lengths [B] (tokens per row, >= 1) ->
+  // logits [B, num_classes] from the head on the pooled features (pool() of hidden()).
+  torch::Tensor classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths);
+  // Pooled features [B, dim]: the hidden state of each row's last token, or the mean over its tokens.
+  torch::Tensor pool(const torch::Tensor& hidden, const torch::Tensor& lengths) const;
+  // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without one.
+  void addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed);
   // Mean next-token cross-entropy of inputs[B,T] against targets[B,T] (nats), as a scalar tensor.
   torch::Tensor loss(const torch::Tensor& inputs, const torch::Tensor& targets);
   // Deterministic initialisation from `seed` (normal(0, 0.02), norms at 1, biases 0; output
@@ -137,6 +146,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
   Projection output{nullptr};  // null when tied
+  Projection head{nullptr};    // sequence-classification head [num_classes, dim], no bias (as transformers' score)
   // Every projection with its module path ("layers.0.attention.wq"), for LoRA targeting and QLoRA.
   std::vector<std::pair<std::string, Projection>> projections();
 

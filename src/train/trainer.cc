@@ -14,6 +14,7 @@
 #include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
+#include "io/hdf5.h"
 #include "io/model_io.h"
 #include "model/transfer_apply.h"
 #include "train/adamw.h"
@@ -67,9 +68,21 @@ std::string jsonNumber(double value, int digits) {
 
 Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log);
 
-// The model a run trains: the base (loaded or initialised), then the [transfer] flavour applied.
-Transformer buildModel(const TrainConfig& c, int vocab_size, Logger& log) {
-  auto model = loadOrInitialise(c, vocab_size, log);
+bool classifies(const TrainConfig& c, const TokenDataset& train) {
+  if (c.task == "classify" && !train.hasLabels())
+    throw InputError(c.data_path + ": task.type = classify needs a labelled dataset (graft prepare --label-field ...)");
+  return c.task == "classify" || (c.task == "auto" && train.hasLabels());
+}
+
+// The model a run trains: the base (loaded or initialised), a classification head for labelled
+// data, then the [transfer] flavour applied.
+Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
+  auto model = loadOrInitialise(c, train.vocabSize(), log);
+  if (classifies(c, train)) {
+    model->addClassifierHead(static_cast<int>(train.labelNames().size()), c.pooling, c.seed);
+    log.main("task: classify " + std::to_string(train.labelNames().size()) + " labels from the " + c.pooling +
+             " token" + (c.pooling == "mean" ? "s'" : "'s") + " features");
+  }
   const auto adapted = applyTransfer(model, c.transfer, c.seed);
   const std::int64_t trainable = trainableParameters(model), total = totalParameters(model);
   char line[256];
@@ -130,8 +143,9 @@ struct Trainer::State {
         log(comm_.rank(), comm_.size()),
         train_data(c.data_path, "train", c.seq_len),
         val_data(c.data_path, "val", c.seq_len),
-        model(buildModel(c, train_data.vocabSize(), log)),
-        sampler(train_data.numSamples(), c.batch_size, c.seed),
+        classify(classifies(c, train_data)),
+        model(buildModel(c, train_data, log)),
+        sampler(classify ? train_data.numDocuments() : train_data.numSamples(), c.batch_size, c.seed),
         optimizer(trainable(model), {c.beta1, c.beta2, c.eps, c.weight_decay}),
         reducer(model->named_parameters().pairs(), comm_,
                 {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)), static_cast<std::size_t>(c.bucket_mb * (1 << 20)),
@@ -146,8 +160,119 @@ struct Trainer::State {
       comm.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
   }
 
-  // Collective: mean validation loss over the first eval.batches x micro_batch x world sequences.
+  // A right-padded batch of documents: ids [B, T], lengths [B], labels [B].
+  struct DocBatch {
+    torch::Tensor ids, lengths, labels;
+  };
+  DocBatch gatherDocuments(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
+    std::vector<std::vector<std::int64_t>> docs(indices.size());
+    std::int64_t longest = 1;
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      data.document(indices[i], config.seq_len, docs[i]);
+      if (docs[i].empty()) docs[i].push_back(0);  // an empty document still has a position to read
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(docs[i].size()));
+    }
+    const auto n = static_cast<std::int64_t>(indices.size());
+    DocBatch b{torch::zeros({n, longest}, torch::kInt64), torch::empty({n}, torch::kInt64), torch::empty({n}, torch::kInt64)};
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto& d = docs[static_cast<std::size_t>(i)];
+      std::copy(d.begin(), d.end(), b.ids[i].data_ptr<std::int64_t>());
+      b.lengths[i] = static_cast<std::int64_t>(d.size());
+      b.labels[i] = data.label(indices[static_cast<std::size_t>(i)]);
+    }
+    return b;
+  }
+
+  // Class logits of documents `indices`: from the cached features, or a forward pass.
+  torch::Tensor classLogits(const TokenDataset& data, const torch::Tensor& cache, const std::vector<std::int64_t>& indices,
+                            torch::Tensor& labels) {
+    auto b = gatherDocuments(data, indices);
+    labels = b.labels;
+    if (cache.defined()) return model->head(cache.index_select(0, torch::tensor(indices, torch::kInt64)));
+    return model->classifySequences(b.ids, b.lengths);
+  }
+
+  // Pooled features of every document of `data` under the frozen base, micro-batch by micro-batch.
+  torch::Tensor computeFeatures(const TokenDataset& data) {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    std::vector<torch::Tensor> parts;
+    for (std::int64_t at = 0; at < data.numDocuments(); at += config.micro_batch) {
+      std::vector<std::int64_t> part;
+      for (std::int64_t i = at; i < std::min(at + config.micro_batch, data.numDocuments()); ++i) part.push_back(i);
+      auto b = gatherDocuments(data, part);
+      parts.push_back(model->pool(model->hidden(b.ids), b.lengths));
+    }
+    model->train();
+    return torch::cat(parts);
+  }
+
+  // transfer.cache_features: RUN_DIR/features.h5 holds the features of both splits; it is reused
+  // when it matches this model and dataset, else computed (every rank) and written by rank 0.
+  void prepareFeatureCache() {
+    if (!config.transfer.cache_features) return;
+    const std::string path = config.run_dir + "/features.h5";
+    const std::string key = config.model_path + "|" + config.data_path + "|" + config.pooling;
+    if (fileExists(path)) {
+      try {
+        H5File file = H5File::openRead(path);
+        if (file.stringAttr("/", "key") == key && file.shape("/train")[0] == train_data.numDocuments() &&
+            file.shape("/val")[0] == val_data.numDocuments()) {
+          train_features = file.readTensor("/train");
+          val_features = file.readTensor("/val");
+          log.main("features: reused " + path);
+          return;
+        }
+      } catch (const Error&) {
+        // unreadable or foreign: compute again below
+      }
+    }
+    const auto t0 = Clock::now();
+    train_features = computeFeatures(train_data);
+    val_features = computeFeatures(val_data);
+    if (comm.rank() == 0) {
+      const std::string tmp = path + ".tmp";
+      {
+        H5File file = H5File::create(tmp);
+        file.setAttr("/", "key", key);
+        file.writeTensor("/train", train_features);
+        file.writeTensor("/val", val_features);
+        file.close();
+      }
+      publishFile(tmp, path);
+    }
+    log.main("features: " + std::to_string(train_features.size(0) + val_features.size(0)) + " documents through the frozen base in " +
+             std::to_string(std::chrono::duration<double>(Clock::now() - t0).count()).substr(0, 5) + " s, cached in " + path);
+  }
+
+  // Collective: loss and accuracy over the whole validation split (classification).
+  double validationClassification() {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    double totals[3] = {0, 0, 0};  // loss sum, correct, documents
+    std::vector<std::int64_t> mine;
+    for (std::int64_t i = comm.rank(); i < val_data.numDocuments(); i += comm.size()) mine.push_back(i);
+    for (std::size_t at = 0; at < mine.size(); at += static_cast<std::size_t>(config.micro_batch)) {
+      const std::vector<std::int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(at),
+                                           mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), at + config.micro_batch)));
+      torch::Tensor labels;
+      auto logits = classLogits(val_data, val_features, part, labels);
+      totals[0] += torch::nn::functional::cross_entropy(logits, labels,
+                                                        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                       .item<double>();
+      totals[1] += logits.argmax(1).eq(labels).sum().item<double>();
+      totals[2] += static_cast<double>(part.size());
+    }
+    model->train();
+    comm.allReduce(totals, 3, ReduceOp::Sum, "val/classify");
+    val_accuracy = totals[2] > 0 ? totals[1] / totals[2] : std::nan("");
+    return totals[2] > 0 ? totals[0] / totals[2] : std::nan("");
+  }
+
+  // Collective: mean validation loss over the first eval.batches x micro_batch x world sequences
+  // (language modelling), or over the whole validation split (classification).
   double validationLoss() {
+    if (classify) return validationClassification();
     torch::NoGradGuard no_grad;
     model->eval();
     const std::int64_t wanted = config.eval_batches * config.micro_batch * comm.size();
@@ -214,11 +339,17 @@ struct Trainer::State {
       reducer.beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
-      auto batch = gather(train_data, indices);
-      auto inputs = batch.narrow(1, 0, config.seq_len);
-      auto loss = (train_data.hasLossMask() ? maskedLoss(inputs, targetsOf(train_data, indices, batch))
-                                            : model->loss(inputs, batch.narrow(1, 1, config.seq_len))) /
-                  static_cast<double>(accumulation);
+      torch::Tensor loss;
+      if (classify) {
+        torch::Tensor labels;
+        loss = torch::nn::functional::cross_entropy(classLogits(train_data, train_features, indices, labels), labels);
+      } else {
+        auto batch = gather(train_data, indices);
+        auto inputs = batch.narrow(1, 0, config.seq_len);
+        loss = train_data.hasLossMask() ? maskedLoss(inputs, targetsOf(train_data, indices, batch))
+                                        : model->loss(inputs, batch.narrow(1, 1, config.seq_len));
+      }
+      loss = loss / static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
       loss.backward();
       loss_sum += loss.item<double>();
@@ -271,14 +402,19 @@ struct Trainer::State {
                   jsonNumber(out.grad_norm, 9).c_str(),
                   static_cast<long long>(step * config.batch_size * config.seq_len), tokens_per_s, elapsed,
                   out.applied ? 0 : 1, static_cast<long long>(skipped_total),
-                  has_val ? (", \"val_loss\": " + std::to_string(val_loss)).c_str() : "");
+                  has_val ? (", \"val_loss\": " + std::to_string(val_loss) +
+                             (classify ? ", \"val_accuracy\": " + jsonNumber(val_accuracy, 6) : std::string())).c_str()
+                          : "");
     appendMetrics(json);
     if (step % config.log_every != 0 && step != config.steps && !has_val) return;
     const double eta = elapsed / static_cast<double>(step - start) * static_cast<double>(config.steps - step);
     char line[256];
     std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
                   static_cast<long long>(step), static_cast<long long>(config.steps), out.loss, schedule.at(step),
-                  tokens_per_s, formatDuration(eta).c_str(), has_val ? (" | val loss " + std::to_string(val_loss)).c_str() : "");
+                  tokens_per_s, formatDuration(eta).c_str(),
+                  has_val ? (" | val loss " + std::to_string(val_loss) +
+                             (classify ? " | val accuracy " + std::to_string(val_accuracy).substr(0, 6) : std::string())).c_str()
+                          : "");
     log.main(line);
   }
 
@@ -380,7 +516,10 @@ struct Trainer::State {
   Communicator& comm;
   Logger log;
   TokenDataset train_data, val_data;
+  bool classify;  // sequence classification (labelled data) instead of next-token prediction
   Transformer model;
+  torch::Tensor train_features, val_features;  // transfer.cache_features: the frozen base's pooled features
+  double val_accuracy = std::nan("");
   GlobalSampler sampler;
   AdamW optimizer;
   GradReducer reducer;
@@ -413,8 +552,9 @@ TrainResult Trainer::run() {
              std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) on " +
              std::to_string(s.comm.size() / std::max(1, s.comm.localSize())) + " host(s) (" + s.comm.backend() +
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
-             std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.train_data.numSamples()) +
-             " training sequences");
+             std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.classify ? s.train_data.numDocuments() : s.train_data.numSamples()) +
+             (s.classify ? " training documents" : " training sequences"));
+  s.prepareFeatureCache();
   std::int64_t reduced_elements = 0;
   for (const auto& b : s.reducer.plan().buckets) reduced_elements += b.numel;
   s.log.main("gradients: " + std::to_string(s.reducer.plan().buckets.size()) + " all-reduce bucket(s), " +

@@ -3,6 +3,7 @@
 // only), checked with Python's csv module and h5py, plus training on the prepared data and bad input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -93,6 +94,17 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   const auto l = losses(dir + "/run");
   ASSERT_FALSE(l.empty());
   EXPECT_LT(std::stod(l.back()), std::stod(l.front())) << t.output;
+  // The mask is what the loss reads: the same run on a copy without loss_mask (every token a
+  // target, prompts included) starts from a different loss.
+  python("import h5py, shutil; shutil.copy('" + dir + "/sft.h5', '" + dir + "/nomask.h5'); f = h5py.File('" + dir +
+         "/nomask.h5', 'a'); del f['train/loss_mask']; del f['val/loss_mask']");
+  const auto u = run(graft() + " train --config " + dir + "/t.ini --model.path=" + data("llama2c/stories260K.bin") +
+                     " --train.seq_len=32 --train.steps=10 --eval.every=10 --run.dir=" + dir + "/run_nomask --data.path=" + dir +
+                     "/nomask.h5");
+  ASSERT_EQ(u.code, 0) << u.output;
+  const auto unmasked = losses(dir + "/run_nomask");
+  ASSERT_FALSE(unmasked.empty());
+  EXPECT_GT(std::abs(std::stod(unmasked.front()) - std::stod(l.front())), 0.05) << l.front() << " vs " << unmasked.front();
 }
 
 TEST(Data, BadInputNamesFileAndLineAndWritesNothing) {

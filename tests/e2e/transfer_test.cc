@@ -92,5 +92,88 @@ TEST(Transfer, QloraResumesBitwise) {
   }
 }
 
+// banking77 with 10 examples per intent (the few-shot setting), 77 classes.
+std::string banking77FewShot() {
+  static std::string path;
+  if (path.empty()) {
+    const std::string dir = freshDir("banking77");
+    path = dir + "/b77_10shot.h5";
+    const auto r = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " +
+                       data("datasets/banking77/train.csv") + " --label-field category --val-fraction 0.1 --max-per-label 10 --out " + path);
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  return path;
+}
+
+std::string classifyConfig(const std::string& run_dir, const std::string& transfer) {
+  return "[run]\ndir = " + run_dir + "\n[model]\npath = " + kBase + "\n[transfer]\n" + transfer + "\n[data]\npath = " +
+         banking77FewShot() + "\n[train]\nsteps = 40\nbatch_size = 32\nmicro_batch = 16\nseq_len = 512\nlr = 1e-2\n"
+         "min_lr = 1e-3\nwarmup = 4\nweight_decay = 0\nthreads = 1\nseed = 4\nlog_every = 10\n[eval]\nevery = 20\n"
+         "[checkpoint]\nevery = 20\n";
+}
+
+// The val_accuracy field of the last metrics line that has one.
+double lastAccuracy(const std::string& run_dir) {
+  const std::string metrics = readText(run_dir + "/metrics.jsonl");
+  const auto at = metrics.rfind("\"val_accuracy\": ");
+  return at == std::string::npos ? -1 : std::stod(metrics.substr(at + 16));
+}
+
+TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
+  const std::string dir = freshDir("b77_feature");
+  const auto out = train(dir, classifyConfig(dir + "/run", "mode = feature\ncache_features = true"));
+  EXPECT_NE(out.find("task: classify 77 labels"), std::string::npos) << out;
+  EXPECT_NE(out.find("770 training documents"), std::string::npos) << out;
+  EXPECT_NE(out.find("cached in " + dir + "/run/features.h5"), std::string::npos) << out;
+  EXPECT_NE(out.find("4928 elements per step"), std::string::npos) << out;  // the head alone: 77 x 64
+  const double accuracy = lastAccuracy(dir + "/run");
+  EXPECT_GT(accuracy, 2.0 / 77) << out;  // twice chance (1/77) or more after 40 steps on 770 examples
+  // The checkpoint holds the head only, and graft eval reproduces the run's accuracy from it.
+  EXPECT_EQ(python("import h5py; f = h5py.File('" + dir + "/run/checkpoints/step-00000040.h5', 'r'); print(list(f['model']))"),
+            "['head.weight']\n");
+  const auto eval = run(graft() + " eval --model " + dir + "/run/checkpoints/step-00000040.h5 --data " + banking77FewShot());
+  ASSERT_EQ(eval.code, 0) << eval.output;
+  double eval_accuracy = -1;
+  ASSERT_EQ(sscanf(eval.output.c_str(), "{\"accuracy\": %lf", &eval_accuracy), 1) << eval.output;
+  EXPECT_NEAR(eval_accuracy, accuracy, 1e-6);
+  // Resume from step 20 reuses the cache and ends bitwise where the straight run ended.
+  const std::string split = freshDir("b77_feature_split");
+  run("mkdir -p " + split + "/run && cp " + dir + "/run/features.h5 " + split + "/run/");
+  const auto first = train(split, classifyConfig(split + "/run", "mode = feature\ncache_features = true"), "--train.stop_after=20");
+  EXPECT_NE(first.find("features: reused"), std::string::npos) << first;
+  train(split, classifyConfig(split + "/run", "mode = feature\ncache_features = true"));
+  EXPECT_EQ(losses(split + "/run"), losses(dir + "/run"));
+}
+
+TEST(Transfer, Banking77LoraClassifierResumesBitwise) {
+  const std::string straight = freshDir("b77_lora"), split = freshDir("b77_lora_split");
+  const std::string transfer = "mode = lora\nlora_rank = 4\nlora_targets = wq,wv";
+  const auto out = train(straight, classifyConfig(straight + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20");
+  EXPECT_NE(out.find("elements per step"), std::string::npos) << out;
+  train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20 --train.stop_after=10");
+  train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20");
+  EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
+  EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + straight + "/run/checkpoints/step-00000020.h5', 'r')['model']; "
+                   "b = h5py.File('" + split + "/run/checkpoints/step-00000020.h5', 'r')['model']; "
+                   "print(sorted(a) == sorted(b), 'head.weight' in a, all(np.array_equal(a[k][:], b[k][:]) for k in a))"),
+            "True True True\n");
+}
+
+TEST(Transfer, ZeroAndFewShotScoringOfLabelVerbalisations) {
+  for (int shots : {0, 2}) {
+    const auto r = run(graft() + " eval --model " + kBase + " --tokenizer " + data("llama2c/tok512.bin") + " --data " +
+                       banking77FewShot() + " --zero-shot ' Topic: {label}.' --max-examples 8 --shots " + std::to_string(shots));
+    ASSERT_EQ(r.code, 0) << r.output;
+    double accuracy = -1;
+    ASSERT_EQ(sscanf(r.output.c_str(), "{\"accuracy\": %lf", &accuracy), 1) << r.output;
+    EXPECT_GE(accuracy, 0.0);
+    EXPECT_LE(accuracy, 1.0);
+    EXPECT_NE(r.output.find("\"mode\": \"" + std::to_string(shots) + "-shot\""), std::string::npos) << r.output;
+  }
+  const auto no_label = run(graft() + " eval --model " + kBase + " --tokenizer " + data("llama2c/tok512.bin") + " --data " +
+                            banking77FewShot() + " --zero-shot ' Topic:'");
+  EXPECT_EQ(no_label.code, 2) << no_label.output;
+}
+
 }  // namespace
 }  // namespace graft::e2e
