@@ -125,7 +125,9 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
   const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
   const std::int64_t context = model->config().seq_len;
   double correct = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    // Evenly spaced over the split (files are often sorted by label).
+    const std::int64_t i = k * data.numDocuments() / n;
     std::vector<std::int64_t> doc;
     data.document(i, context, doc);
     std::vector<std::int64_t> stem = prefix;
@@ -173,7 +175,8 @@ int runEval(const Args& args) {
       ("split", po::value(&dataset.split)->default_value("val"), "dataset split to score")
       ("zero-shot", po::value(&dataset.zero_shot), "score each label's verbalisation, e.g. ' Intent: {label}.' (needs --tokenizer)")
       ("shots", po::value(&dataset.shots)->default_value(0), "with --zero-shot: solved training examples put before each question")
-      ("max-examples", po::value(&dataset.max_examples)->default_value(0), "score at most this many examples (0 = all)")
+      ("max-examples", po::value(&dataset.max_examples)->default_value(0),
+       "score at most this many examples, evenly spaced over the split (0 = all)")
       ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"

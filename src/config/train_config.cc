@@ -39,6 +39,10 @@ class OptionTable {
     add("transfer.quantize", c.transfer.quantize, "QLoRA: hold the frozen base as none | int8 | nf4");
     add("transfer.cache_features", c.transfer.cache_features,
         "feature mode: compute the frozen features once (RUN_DIR/features.h5) and train the head from them");
+    add("transfer.layer_lr_decay", c.transfer.layer_lr_decay,
+        "full mode: layer i of L trains at lr x decay^(L-1-i), embeddings at decay^L (1 = off)");
+    add("transfer.unfreeze_every", c.transfer.unfreeze_every,
+        "full mode: gradual unfreezing, top layer first, one more layer every N steps (0 = off)");
     add("task.type", c.task, "auto (classify when the dataset has labels, else lm) | lm | classify");
     add("task.pooling", c.pooling, "classification features: last (the last token's hidden state) | mean");
     add("data.path", c.data_path, "token dataset from `graft prepare` (HDF5)");

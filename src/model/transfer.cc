@@ -15,6 +15,10 @@ void TransferConfig::validate() const {
   if (mode == "full" && quantize != "none")
     throw InputError("transfer.quantize = " + quantize + " needs transfer.mode = lora (a quantized base cannot be trained)");
   if (cache_features && mode != "feature") throw InputError("transfer.cache_features needs transfer.mode = feature");
+  if (!(layer_lr_decay > 0 && layer_lr_decay <= 1)) throw InputError("transfer.layer_lr_decay must be in (0, 1]");
+  if (unfreeze_every < 0) throw InputError("transfer.unfreeze_every must not be negative");
+  if ((layer_lr_decay < 1 || unfreeze_every > 0) && mode != "full")
+    throw InputError("transfer.layer_lr_decay and transfer.unfreeze_every apply to transfer.mode = full");
 }
 
 }  // namespace graft

@@ -6,7 +6,8 @@
 //   feature  feature extraction: the base is frozen, only the classification head trains; with
 //            cache_features the frozen features are computed once (an HDF5 cache) and the head
 //            trains from the cache.
-// A classification head (task classify) trains in every flavour.
+// A classification head (task classify) trains in every flavour. Full fine-tuning may add layer-wise
+// learning-rate decay and gradual unfreezing (train/layer_schedule.h).
 // Plain data here; applyTransfer() (model/transfer_apply.h) changes a loaded model accordingly.
 #pragma once
 
@@ -23,6 +24,8 @@ struct TransferConfig {
   std::string lora_targets = "wq,wk,wv,wo";  // comma-separated module names or globs (see docs/transfer.md)
   std::string quantize = "none";             // none | int8 | nf4: the frozen base, lora mode only
   bool cache_features = false;               // feature mode: train the head from cached features
+  double layer_lr_decay = 1.0;               // full mode: layer i of L at lr x decay^(L-1-i) (1 = off)
+  std::int64_t unfreeze_every = 0;           // full mode: top layers first, one more every N steps (0 = off)
 
   // Checkpoints hold what trains (adapters, head) and the base model's path, not the base.
   bool adapterOnly() const { return mode == "lora" || mode == "feature"; }

@@ -16,12 +16,12 @@ void AdamW::step(double lr) {
   ++step_count_;
   const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_count_));
   const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_count_));
-  const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
   for (auto& s : slots_) {
     const auto& g = s.param.grad();
-    if (!g.defined()) continue;
-    if (s.decay && options_.weight_decay != 0) s.param.mul_(1.0 - lr * options_.weight_decay);
+    if (!g.defined() || s.lr_scale == 0.0) continue;
+    const double slot_lr = lr * s.lr_scale, step_size = slot_lr / bc1;
+    if (s.decay && options_.weight_decay != 0) s.param.mul_(1.0 - slot_lr * options_.weight_decay);
     s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
     s.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
     auto denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(options_.eps);

@@ -21,10 +21,12 @@ class AdamW {
     std::string name;
     at::Tensor param, exp_avg, exp_avg_sq;
     bool decay;  // weight decay applies (matrices), not to norms
+    double lr_scale = 1.0;  // per-parameter learning-rate multiplier (layer-wise decay); 0 = frozen for now
   };
   // `params`: (name, tensor) of the trainable parameters; decay applies to those with dim >= 2.
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions options);
-  // One update with learning rate `lr` from the gradients in param.grad().
+  // One update with learning rate `lr` x each slot's lr_scale from the gradients in param.grad(); a
+  // slot at scale 0 is left alone entirely (no moment update, no weight decay).
   void step(double lr);
   std::int64_t stepCount() const { return step_count_; }
   void setStepCount(std::int64_t n) { step_count_ = n; }

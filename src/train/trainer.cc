@@ -18,6 +18,7 @@
 #include "io/model_io.h"
 #include "model/transfer_apply.h"
 #include "train/adamw.h"
+#include "train/layer_schedule.h"
 #include "parallel/grad_reducer.h"
 #include "train/schedule.h"
 #include "util/error.h"
@@ -333,6 +334,10 @@ struct Trainer::State {
   // after the average) skips the update everywhere.
   StepOutcome step(std::int64_t step_number) {
     const auto accumulation = config.accumulation(comm.size());
+    const auto& t = config.transfer;
+    if (t.layer_lr_decay < 1.0 || t.unfreeze_every > 0)
+      for (auto& slot : optimizer.slots())
+        slot.lr_scale = layerLrScale(slot.name, model->config().n_layers, t.layer_lr_decay, t.unfreeze_every, step_number);
     reducer.beginStep();
     double loss_sum = 0;
     for (std::int64_t m = 0; m < accumulation; ++m) {

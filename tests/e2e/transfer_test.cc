@@ -77,6 +77,23 @@ TEST(Transfer, LoraOnTwoRanksWritesAdaptersOnlyAndExportsMergedAndPeft) {
             "42 5 True\n");
 }
 
+// Gradual unfreezing: with one layer per 100 steps, a 3-step run trains the top and the last layer
+// only; every other weight keeps its exact bytes. Layer-wise decay runs alongside.
+TEST(Transfer, GradualUnfreezingLeavesLowerLayersUntouched) {
+  const std::string dir = freshDir("unfreeze");
+  std::string config = loraConfig(dir + "/run", "none", "wq");
+  config.replace(config.find("mode = lora"), 11, "mode = full\nunfreeze_every = 100\nlayer_lr_decay = 0.8");
+  std::ofstream(dir + "/full.ini") << config;
+  const auto r = run(mpirun(2) + " " + graft() + " train --config " + dir + "/full.ini --train.steps=3 --checkpoint.every=3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(run(graft() + " export --model " + kBase + " --format graft --out " + dir + "/base.h5").code, 0);
+  EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + dir + "/run/checkpoints/step-00000003.h5', 'r')['model']; "
+                   "b = h5py.File('" + dir + "/base.h5', 'r')['model']; "
+                   "changed = sorted(k for k in b if not np.array_equal(a[k][:], b[k][:])); "
+                   "print(all(k.startswith('layers.4.') or k == 'norm.weight' for k in changed), len(changed))"),
+            "True 10\n");  // layers.4: 9 tensors, and the final norm
+}
+
 TEST(Transfer, QloraResumesBitwise) {
   for (const char* quantize : {"nf4"}) {
     const std::string straight = freshDir(std::string("qlora_straight_") + quantize), split = freshDir(std::string("qlora_split_") + quantize);
