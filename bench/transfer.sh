@@ -35,7 +35,7 @@ run() {
   local dir="$tmp/$name" data steps model=() extra=()
   if [[ $task == banking77 ]]; then
     data=$tmp/b77.h5 steps=$STEPS_CLS
-    extra=(--train.batch_size=32 --train.micro_batch=16 --train.seq_len=512 --train.lr=1e-2 --train.min_lr=1e-3)
+    extra=(--train.batch_size=32 --train.micro_batch=16 --train.seq_len=256 --train.lr=1e-2 --train.min_lr=1e-3)
   else
     data=$tmp/shakespeare.h5 steps=$STEPS_LM
     extra=(--train.batch_size=16 --train.micro_batch=8 --train.seq_len=128 --train.lr=3e-3 --train.min_lr=3e-4)
@@ -58,7 +58,7 @@ run() {
   # Classification counts one document per sample (seq_len tokens nominal): report examples/s.
   local tps per_sample=1
   tps=$(tail -1 "$dir/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
-  [[ $task == banking77 ]] && per_sample=512 || per_sample=1
+  [[ $task == banking77 ]] && per_sample=256 || per_sample=1
   printf '{"task": "%s", "flavour": "%s", "init": "%s", "steps": %s, "trainable": %s, "frozen_mb": %s, "peak_rss_mb": %.1f, "throughput": %.1f, "unit": "%s", "metric": %s}\n' \
     "$task" "$name" "$init" "$steps" "$trainable" "$(grep -o 'frozen weights hold [0-9.]* MB' "$dir.log" | cut -d' ' -f4)" \
     "$(awk '{print $1 / 1024}' "$dir.rss")" "$(awk -v t="$tps" -v s="$per_sample" 'BEGIN {print t / s}')" \
@@ -70,9 +70,11 @@ run b77_full_random banking77 random
 run b77_lora banking77 pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo
 run b77_qlora_nf4 banking77 pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo --transfer.quantize=nf4
 run b77_feature banking77 pretrained --transfer.mode=feature --transfer.cache_features=true
+run b77_prompt banking77 pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
 run lm_full shakespeare pretrained
 run lm_full_random shakespeare random
 run lm_lora shakespeare pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo,w1,w2,w3
+run lm_prompt shakespeare pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
 run lm_qlora_nf4 shakespeare pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo,w1,w2,w3 --transfer.quantize=nf4
 
 # Prompt-based transfer with no training: the pretrained model scores each intent's name.

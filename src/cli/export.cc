@@ -47,6 +47,8 @@ int convert(const std::string& model_path, const std::string& adapter, const std
     if (dtype != "f32") throw InputError("--dtype: PEFT adapters are written as f32");
     savePeftAdapter(model, out, baseOf(model_path));
   } else {
+    if (model->promptLength())
+      throw InputError(model_path + ": a soft prompt cannot be merged into weights; export it with --format peft");
     mergeAdapters(model);  // LoRA (and a quantized base) folded into plain weights
     saveModel(model, format, out, dtype);
   }

@@ -30,7 +30,9 @@ class OptionTable {
     add("model.max_seq_len", c.arch.seq_len, "rotary table length (random init only)");
     add("model.tied", c.arch.tied, "classifier shares the embedding (random init only)");
     add("transfer.mode", c.transfer.mode,
-        "full (every parameter trains) | lora (frozen base + low-rank adapters) | feature (frozen base, head only)");
+        "full (every parameter trains) | lora (frozen base + low-rank adapters) | prompt (frozen base + soft prompt) | "
+        "feature (frozen base, head only)");
+    add("transfer.prompt_tokens", c.transfer.prompt_tokens, "prompt mode: trainable vectors put before every input");
     add("transfer.lora_rank", c.transfer.lora_rank, "LoRA rank r");
     add("transfer.lora_alpha", c.transfer.lora_alpha, "LoRA alpha: the update is scaled by alpha / r");
     add("transfer.lora_dropout", c.transfer.lora_dropout, "dropout on the adapters' input while training");

@@ -401,6 +401,24 @@ int rotaryHeads(const ModelConfig& c, const std::string& path) {
 
 void savePeftAdapter(Transformer& model, const std::string& dir, const std::string& base_model) {
   const ModelConfig& c = model->config();
+  if (model->promptLength()) {  // PEFT's prompt tuning: one tensor, prompt_embeddings [n, dim]
+    auto prompt = model->soft_prompt.detach().contiguous();
+    makeDirectories(dir);
+    writeSafetensors(dir + "/adapter_model.safetensors",
+                     {{"prompt_embeddings", StDType::F32, prompt.sizes().vec(), prompt.data_ptr(), static_cast<std::size_t>(prompt.nbytes())}},
+                     {{"format", "pt"}});
+    Json config = Json::object();
+    config.set("peft_type", "PROMPT_TUNING");
+    config.set("task_type", "CAUSAL_LM");
+    config.set("base_model_name_or_path", base_model);
+    config.set("num_virtual_tokens", Json(model->promptLength()));
+    config.set("token_dim", c.dim);
+    config.set("num_transformer_submodules", 1);
+    config.set("prompt_tuning_init", "RANDOM");
+    config.set("inference_mode", true);
+    writeFileAtomically(dir + "/adapter_config.json", config.dump(2) + "\n");
+    return;
+  }
   std::vector<torch::Tensor> keep;
   std::vector<StTensorOut> out;
   Json targets = Json::array();
@@ -443,8 +461,22 @@ void loadPeftAdapter(Transformer& model, const std::string& dir) {
   const std::string config_path = dir + "/adapter_config.json";
   if (!fileExists(config_path)) throw InputError(dir + ": no adapter_config.json; not a PEFT adapter folder");
   const Json j = parseJson(readFile(config_path), config_path);
-  if (j.at("peft_type", config_path).asString(config_path + ": peft_type") != "LORA")
-    throw InputError(config_path + ": peft_type is not LORA");
+  const std::string type = j.at("peft_type", config_path).asString(config_path + ": peft_type");
+  if (type == "PROMPT_TUNING") {
+    const int n = static_cast<int>(j.at("num_virtual_tokens", config_path).asInt(config_path + ": num_virtual_tokens"));
+    if (n <= 0 || n > 4096) throw InputError(config_path + ": num_virtual_tokens out of range");
+    const auto files = SafetensorsFolder::open(dir + "/adapter_model.safetensors");
+    const auto& info = files.info("prompt_embeddings");
+    if (info.shape != std::vector<std::int64_t>{n, model->config().dim})
+      throw InputError(files.fileOf("prompt_embeddings") + ": tensor prompt_embeddings has shape " + c10::str(info.shape) +
+                       ", expected [" + std::to_string(n) + ", " + std::to_string(model->config().dim) + "]");
+    model->addSoftPrompt(n, 0);
+    auto values = files.readFloat32("prompt_embeddings");
+    torch::NoGradGuard no_grad;
+    model->soft_prompt.copy_(torch::from_blob(values.data(), {n, model->config().dim}, torch::kFloat32));
+    return;
+  }
+  if (type != "LORA") throw InputError(config_path + ": peft_type " + type + " is not LORA or PROMPT_TUNING");
   const int rank = static_cast<int>(j.at("r", config_path).asInt(config_path + ": r"));
   const double alpha = j.at("lora_alpha", config_path).asNumber(config_path + ": lora_alpha");
   const Json* dropout_json = j.find("lora_dropout");

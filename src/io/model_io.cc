@@ -145,6 +145,7 @@ void writeTransferGroup(H5File& file, const TransferConfig& t, const std::string
   file.setAttr("/transfer", "lora_targets", t.lora_targets);
   file.setAttr("/transfer", "quantize", t.quantize);
   file.setAttr("/transfer", "cache_features", std::int64_t{t.cache_features ? 1 : 0});
+  file.setAttr("/transfer", "prompt_tokens", std::int64_t{t.prompt_tokens});
   file.setAttr("/transfer", "base_model", base_model);
 }
 
@@ -159,6 +160,7 @@ TransferConfig readTransferGroup(const H5File& file, std::string& base_model) {
   t.lora_targets = file.stringAttr("/transfer", "lora_targets");
   t.quantize = file.stringAttr("/transfer", "quantize");
   if (file.hasAttr("/transfer", "cache_features")) t.cache_features = file.intAttr("/transfer", "cache_features") != 0;
+  if (file.hasAttr("/transfer", "prompt_tokens")) t.prompt_tokens = static_cast<int>(file.intAttr("/transfer", "prompt_tokens"));
   base_model = file.stringAttr("/transfer", "base_model");
   try {
     t.validate();

@@ -5,8 +5,9 @@
 namespace graft {
 
 void TransferConfig::validate() const {
-  if (mode != "full" && mode != "lora" && mode != "feature")
-    throw InputError("transfer.mode = '" + mode + "' is not full, lora or feature");
+  if (mode != "full" && mode != "lora" && mode != "feature" && mode != "prompt")
+    throw InputError("transfer.mode = '" + mode + "' is not full, lora, prompt or feature");
+  if (prompt_tokens <= 0 || prompt_tokens > 4096) throw InputError("transfer.prompt_tokens must be in [1, 4096]");
   if (lora_rank <= 0 || lora_rank > 4096) throw InputError("transfer.lora_rank must be in [1, 4096]");
   if (!(lora_alpha > 0)) throw InputError("transfer.lora_alpha must be positive");
   if (lora_dropout < 0 || lora_dropout >= 1) throw InputError("transfer.lora_dropout must be in [0, 1)");

@@ -3,6 +3,8 @@
 //   full   every parameter trains (the default)
 //   lora     the base is frozen; low-rank adapters on the projections named by lora_targets train.
 //            With quantize = int8 | nf4 the frozen base is held quantized (QLoRA).
+//   prompt   prompt tuning: the base is frozen; prompt_tokens trainable vectors are prepended to
+//            the input embeddings.
 //   feature  feature extraction: the base is frozen, only the classification head trains; with
 //            cache_features the frozen features are computed once (an HDF5 cache) and the head
 //            trains from the cache.
@@ -17,7 +19,8 @@
 namespace graft {
 
 struct TransferConfig {
-  std::string mode = "full";                 // full | lora | feature
+  std::string mode = "full";                 // full | lora | prompt | feature
+  int prompt_tokens = 20;                    // prompt mode: soft-prompt length
   int lora_rank = 8;
   double lora_alpha = 16;
   double lora_dropout = 0.0;
@@ -28,7 +31,7 @@ struct TransferConfig {
   std::int64_t unfreeze_every = 0;           // full mode: top layers first, one more every N steps (0 = off)
 
   // Checkpoints hold what trains (adapters, head) and the base model's path, not the base.
-  bool adapterOnly() const { return mode == "lora" || mode == "feature"; }
+  bool adapterOnly() const { return mode == "lora" || mode == "feature" || mode == "prompt"; }
   // Throws InputError naming the transfer.* key that is out of range.
   void validate() const;
 };

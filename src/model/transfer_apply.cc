@@ -37,6 +37,10 @@ std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig&
   torch::NoGradGuard no_grad;
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   if (model->head) model->head->weight.set_requires_grad(true);  // a new head always trains
+  if (t.mode == "prompt") {
+    model->addSoftPrompt(t.prompt_tokens, seed);
+    return {"soft_prompt"};
+  }
   if (t.mode == "feature") {
     if (!model->head) throw InputError("transfer.mode = feature trains a classification head: it needs a labelled dataset");
     parseQuantKind(t.quantize, "transfer.quantize");

@@ -253,16 +253,29 @@ std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
 }
 
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
-  const auto T = ids.size(1);
+  const auto n = promptLength(), T = ids.size(1) + n;
   if (T > config_.seq_len)
-    throw InputError("sequence of " + std::to_string(T) + " tokens exceeds the model's seq_len " +
+    throw InputError("sequence of " + std::to_string(ids.size(1)) + " tokens" +
+                     (n ? " after a soft prompt of " + std::to_string(n) : std::string()) + " exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
   torch::Tensor cos, sin;
   if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
   auto mask = causalMask(T);
-  auto x = embed(ids, 0);
+  auto x = tok_embeddings(ids);
+  if (n) x = torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), n, config_.dim}), x}, 1);
+  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, T);
   for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
-  return norm(x);
+  return n ? norm(x).narrow(1, n, T - n) : norm(x);  // the prompt's positions predict nothing
+}
+
+void TransformerImpl::addSoftPrompt(int tokens, std::uint64_t seed) {
+  TORCH_CHECK(tokens > 0 && !soft_prompt.defined(), "addSoftPrompt: bad length or already present");
+  // Initialised from the embeddings of random vocabulary tokens (Lester et al. 2021): it starts
+  // inside the space the model reads.
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed ^ 0x50f7ULL);
+  auto ids = torch::randint(config_.vocab_size, {tokens}, gen, torch::kInt64);
+  soft_prompt = register_parameter("soft_prompt", tok_embeddings->weight.index_select(0, ids).clone());
 }
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) { return classify(hidden(ids)); }
@@ -296,18 +309,28 @@ void TransformerImpl::addClassifierHead(int num_classes, const std::string& pool
 }
 
 torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache) {
-  if (pos < 0 || pos >= config_.seq_len)
+  const std::int64_t n = promptLength();
+  if (pos < 0 || pos + n >= config_.seq_len)
     throw InputError("position " + std::to_string(pos) + " is outside the model's context of " +
-                     std::to_string(config_.seq_len));
+                     std::to_string(config_.seq_len - n));
   if (cache.empty()) {
     const auto shape = std::vector<std::int64_t>{1, config_.seq_len, config_.n_kv_heads, config_.headDim()};
     for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
+    if (n) {  // the soft prompt fills cache positions [0, n) once
+      auto x = soft_prompt.unsqueeze(0);
+      if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, n);
+      torch::Tensor cos, sin;
+      if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, n), sin = rope_sin_.narrow(0, 0, n);
+      for (std::size_t l = 0; l < cache.size(); ++l)
+        x = layers[l]->as<Block>()->forward(x, cos, sin, causalMask(n), &cache[l], 0);
+    }
   }
-  auto x = embed(torch::full({1, 1}, token, torch::kInt64), pos);
+  const std::int64_t at = pos + n;
+  auto x = embed(torch::full({1, 1}, token, torch::kInt64), at);
   torch::Tensor cos, sin;
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, 1), sin = rope_sin_.narrow(0, pos, 1);
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, at, 1), sin = rope_sin_.narrow(0, at, 1);
   for (std::size_t l = 0; l < cache.size(); ++l)
-    x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], pos);
+    x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], at);
   return classify(norm(x)).view({-1});
 }
 

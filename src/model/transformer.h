@@ -133,6 +133,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor pool(const torch::Tensor& hidden, const torch::Tensor& lengths) const;
   // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without one.
   void addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed);
+  // Prompt tuning: `tokens` trainable vectors [tokens, dim] placed before every input's embeddings
+  // (parameter "soft_prompt"); outputs keep the inputs' positions.
+  void addSoftPrompt(int tokens, std::uint64_t seed);
+  std::int64_t promptLength() const { return soft_prompt.defined() ? soft_prompt.size(0) : 0; }
   // Mean next-token cross-entropy of inputs[B,T] against targets[B,T] (nats), as a scalar tensor.
   torch::Tensor loss(const torch::Tensor& inputs, const torch::Tensor& targets);
   // Deterministic initialisation from `seed` (normal(0, 0.02), norms at 1, biases 0; output
@@ -146,7 +150,8 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
   Projection output{nullptr};  // null when tied
-  Projection head{nullptr};    // sequence-classification head [num_classes, dim], no bias (as transformers' score)
+  Projection head{nullptr};
+  torch::Tensor soft_prompt;  // prompt tuning: [tokens, dim], undefined otherwise    // sequence-classification head [num_classes, dim], no bias (as transformers' score)
   // Every projection with its module path ("layers.0.attention.wq"), for LoRA targeting and QLoRA.
   std::vector<std::pair<std::string, Projection>> projections();
 

@@ -85,14 +85,19 @@ Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& 
              " token" + (c.pooling == "mean" ? "s'" : "'s") + " features");
   }
   const auto adapted = applyTransfer(model, c.transfer, c.seed);
+  if (model->promptLength() + c.seq_len > model->config().seq_len)
+    throw InputError("transfer.prompt_tokens " + std::to_string(model->promptLength()) + " + train.seq_len " +
+                     std::to_string(c.seq_len) + " exceed the model's context of " + std::to_string(model->config().seq_len));
   const std::int64_t trainable = trainableParameters(model), total = totalParameters(model);
-  char line[256];
-  std::snprintf(line, sizeof(line), "transfer: %s%s, %lld of %lld parameters train (%.2f%%), frozen weights hold %.2f MB",
-                c.transfer.mode.c_str(),
-                adapted.empty() ? "" : (" r=" + std::to_string(c.transfer.lora_rank) + " on " + std::to_string(adapted.size()) +
-                                        " projections, base " + c.transfer.quantize).c_str(),
-                static_cast<long long>(trainable), static_cast<long long>(total), 100.0 * trainable / std::max<std::int64_t>(total, 1),
-                frozenBytes(model) / 1e6);
+  std::string how = c.transfer.mode;
+  if (c.transfer.mode == "lora")
+    how += " r=" + std::to_string(c.transfer.lora_rank) + " on " + std::to_string(adapted.size()) + " projections, base " +
+           c.transfer.quantize;
+  if (c.transfer.mode == "prompt") how += " with " + std::to_string(model->promptLength()) + " soft-prompt vectors";
+  char line[320];
+  std::snprintf(line, sizeof(line), "transfer: %s, %lld of %lld parameters train (%.2f%%), frozen weights hold %.2f MB",
+                how.c_str(), static_cast<long long>(trainable), static_cast<long long>(total),
+                100.0 * trainable / std::max<std::int64_t>(total, 1), frozenBytes(model) / 1e6);
   log.main(line);
   return model;
 }

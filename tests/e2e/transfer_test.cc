@@ -94,6 +94,30 @@ TEST(Transfer, GradualUnfreezingLeavesLowerLayersUntouched) {
             "True 10\n");  // layers.4: 9 tensors, and the final norm
 }
 
+TEST(Transfer, PromptTuningCheckpointsThePromptResumesAndExportsToPeft) {
+  const std::string straight = freshDir("prompt"), split = freshDir("prompt_split");
+  std::string config = loraConfig(straight + "/run", "none", "wq");
+  config.replace(config.find("mode = lora"), 11, "mode = prompt\nprompt_tokens = 8");
+  std::string split_config = config;
+  split_config.replace(split_config.find(straight), straight.size(), split);
+  const auto out = train(straight, config);
+  EXPECT_NE(out.find("8 soft-prompt vectors, 512 of"), std::string::npos) << out;  // 8 x 64
+  train(split, split_config, "--train.stop_after=5");
+  train(split, split_config);
+  EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
+  const std::string ckpt = straight + "/run/checkpoints/step-00000008.h5";
+  EXPECT_EQ(python("import h5py; print(list(h5py.File('" + ckpt + "', 'r')['model']))"), "['soft_prompt']\n");
+  ASSERT_EQ(run(graft() + " export --model " + ckpt + " --format peft --out " + straight + "/peft").code, 0);
+  EXPECT_NE(readText(straight + "/peft/adapter_config.json").find("PROMPT_TUNING"), std::string::npos);
+  const std::string ids = "1 403 407 9 35 270 300 12 55";
+  const auto from_ckpt = run(graft() + " eval --model " + ckpt + " --ids '" + ids + "'");
+  EXPECT_EQ(run(graft() + " eval --model " + kBase + " --adapter " + straight + "/peft --ids '" + ids + "'").output, from_ckpt.output);
+  EXPECT_NE(run(graft() + " eval --model " + kBase + " --ids '" + ids + "'").output, from_ckpt.output);  // the prompt matters
+  const auto merged = run(graft() + " export --model " + ckpt + " --format hf --out " + straight + "/hf");
+  EXPECT_EQ(merged.code, 2) << merged.output;
+  EXPECT_NE(merged.output.find("--format peft"), std::string::npos) << merged.output;
+}
+
 TEST(Transfer, QloraResumesBitwise) {
   for (const char* quantize : {"nf4"}) {
     const std::string straight = freshDir(std::string("qlora_straight_") + quantize), split = freshDir(std::string("qlora_split_") + quantize);

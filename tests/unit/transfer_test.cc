@@ -84,6 +84,27 @@ TEST(Transfer, QuantizedBaseRunsTheDequantizedWeights) {
   }
 }
 
+TEST(Transfer, SoftPromptTrainsAloneAndDecodesStepwiseLikeTheFullForward) {
+  for (const char* arch : {"llama", "gpt2"}) {
+    auto m = tinyModel(arch);
+    TransferConfig t;
+    t.mode = "prompt";
+    t.prompt_tokens = 5;
+    EXPECT_EQ(applyTransfer(m, t, 1), std::vector<std::string>{"soft_prompt"});
+    EXPECT_EQ(trainableParameters(m), 5 * 64);
+    const auto ids = kIds;
+    auto full = m->forward(ids).squeeze(0);
+    EXPECT_EQ(full.size(0), ids.size(1));  // outputs keep the inputs' positions
+    m->loss(ids, ids).backward();
+    for (const auto& p : m->named_parameters()) EXPECT_EQ(p.value().grad().defined(), p.key() == "soft_prompt") << p.key();
+    torch::NoGradGuard g;
+    std::vector<KVSlot> cache;
+    for (std::int64_t pos = 0; pos < ids.size(1); ++pos)
+      EXPECT_TRUE(torch::allclose(m->forwardStep(ids[0][pos].item<std::int64_t>(), pos, cache), full[pos], 1e-4, 1e-5))
+          << arch << " at " << pos;
+  }
+}
+
 TEST(Transfer, TargetsByNameAndGlob) {
   auto m = tinyModel("llama");
   const auto adapted = applyTransfer(m, lora("layers.1.attention.*"), 1);
