@@ -28,17 +28,18 @@ TOK=$DATA/llama2c/tok512.bin
   --out "$tmp/shakespeare.h5" >/dev/null
 
 rows="$tmp/rows.jsonl"
-# run NAME TASK BASE|random TRANSFER-SETTINGS...: trains under mpirun, appends a JSON row.
+# run NAME TASK BASE|random TRANSFER-SETTINGS...: trains under mpirun, appends a JSON row
+# (LR=... before it overrides the task's peak learning rate: prompt tuning wants a large one).
 run() {
   local name=$1 task=$2 init=$3
   shift 3
   local dir="$tmp/$name" data steps model=() extra=()
   if [[ $task == banking77 ]]; then
     data=$tmp/b77.h5 steps=$STEPS_CLS
-    extra=(--train.batch_size=32 --train.micro_batch=16 --train.seq_len=256 --train.lr=1e-2 --train.min_lr=1e-3)
+    extra=(--train.batch_size=32 --train.micro_batch=16 --train.seq_len=256 --train.lr="${LR:-1e-2}" --train.min_lr=1e-3)
   else
     data=$tmp/shakespeare.h5 steps=$STEPS_LM
-    extra=(--train.batch_size=16 --train.micro_batch=8 --train.seq_len=128 --train.lr=3e-3 --train.min_lr=3e-4)
+    extra=(--train.batch_size=16 --train.micro_batch=8 --train.seq_len=128 --train.lr="${LR:-3e-3}" --train.min_lr=3e-4)
   fi
   if [[ $init == random ]]; then  # stories260K's shape, random weights
     model=(--model.dim=64 --model.hidden_dim=172 --model.n_layers=5 --model.n_heads=8 --model.n_kv_heads=4 --model.max_seq_len=512)
@@ -70,12 +71,16 @@ run b77_full_random banking77 random
 run b77_lora banking77 pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo
 run b77_qlora_nf4 banking77 pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo --transfer.quantize=nf4
 run b77_feature banking77 pretrained --transfer.mode=feature --transfer.cache_features=true
-run b77_prompt banking77 pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
+LR=0.1 run b77_prompt banking77 pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
 run lm_full shakespeare pretrained
 run lm_full_random shakespeare random
 run lm_lora shakespeare pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo,w1,w2,w3
-run lm_prompt shakespeare pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
+LR=0.1 run lm_prompt shakespeare pretrained --transfer.mode=prompt --transfer.prompt_tokens=16
 run lm_qlora_nf4 shakespeare pretrained --transfer.mode=lora --transfer.lora_rank=8 --transfer.lora_targets=wq,wk,wv,wo,w1,w2,w3 --transfer.quantize=nf4
+
+# The pretrained model with no training at all (its validation loss before lm_full's first step).
+printf '{"task": "shakespeare", "flavour": "lm_no_training", "init": "pretrained", "steps": 0, "trainable": 0, "frozen_mb": null, "peak_rss_mb": null, "throughput": null, "unit": "", "metric": %s}\n' \
+  "$(grep -o 'val loss before training: [0-9.]*' "$tmp/lm_full.log" | cut -d' ' -f5)" | tee -a "$rows"
 
 # Prompt-based transfer with no training: the pretrained model scores each intent's name.
 zs=$("$GRAFT" eval --model "$BASE" --tokenizer "$TOK" --data "$tmp/b77.h5" --zero-shot ' Topic: {label}.' \

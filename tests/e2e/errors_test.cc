@@ -47,6 +47,31 @@ TEST(Errors, MissingAndMalformedFilesAreNamed) {
   EXPECT_EQ(run(graft() + " frobnicate").code, 2);
 }
 
+// Files that exist but cannot be what they claim: folders where files belong, a truncated dataset,
+// a folder without a tokenizer, a label column that is not there. One line each, exit code 2.
+TEST(Errors, UnreadableAndTruncatedInputsAreNamed) {
+  const std::string dir = freshDir("errors_unreadable");
+  run("mkdir -p " + dir + "/folder");
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", storiesDataset());
+  auto one_line = [](const Result& r) { return std::count(r.output.begin(), r.output.end(), '\n') == 1; };
+  auto r = run(graft() + " train --config " + dir + "/ok.ini --model.path=" + dir + "/folder");
+  expectInputError(r, dir + "/folder");
+  EXPECT_TRUE(one_line(r)) << r.output;
+  r = run(graft() + " train --config " + dir + "/ok.ini --data.path=" + dir + "/folder");
+  expectInputError(r, dir + "/folder");
+  r = run(graft() + " tokenize --tokenizer " + dir + "/folder --text hi");
+  expectInputError(r, dir + "/folder");
+  EXPECT_TRUE(one_line(r)) << r.output;
+  r = run(graft() + " train --config " + dir + "/folder");
+  expectInputError(r, dir + "/folder");
+  // A dataset cut short: HDF5 cannot read it, and the error names the file.
+  run("head -c 3000 " + storiesDataset() + " > " + dir + "/cut.h5");
+  r = run(graft() + " train --config " + dir + "/ok.ini --data.path=" + dir + "/cut.h5");
+  expectInputError(r, dir + "/cut.h5");
+  EXPECT_TRUE(one_line(r)) << r.output;
+  EXPECT_FALSE(std::ifstream(dir + "/run/metrics.jsonl").good());
+}
+
 TEST(Errors, DatasetSmallerThanOneBatch) {
   const std::string dir = freshDir("errors_small");
   std::ofstream(dir + "/tiny.txt") << "Just a few words.\n\nAnd a second doc.\n";
