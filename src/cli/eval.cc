@@ -57,6 +57,7 @@ struct DatasetEvalOptions {
   std::string split = "val", zero_shot;
   int shots = 0;
   std::int64_t max_examples = 0, micro_batch = 16;
+  int seq_len = 0;  // language modelling: window length (0 = the model's context)
   std::uint64_t seed = 1234;
 };
 
@@ -90,6 +91,35 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
   }
   std::printf("{\"accuracy\": %.6f, \"loss\": %.9g, \"examples\": %lld, \"labels\": %zu, \"mode\": \"classifier\"}\n",
               correct / n, loss / n, static_cast<long long>(n), data.labelNames().size());
+}
+
+// A language-modelling split scored window by window (seq_len + 1 tokens from i * seq_len, as
+// training reads them): mean next-token cross-entropy over the targets that count (all tokens, or
+// the completions of prompt/completion data).
+void evalLanguageModel(Transformer& model, const std::string& path, const std::string& split, int seq_len,
+                       const DatasetEvalOptions& o) {
+  const TokenDataset data(path, split, seq_len);
+  std::int64_t n = data.numSamples();
+  if (n == 0) throw InputError(path + ": the '" + split + "' split holds fewer than " + std::to_string(seq_len + 1) + " tokens");
+  if (o.max_examples > 0) n = std::min(n, o.max_examples);
+  double loss = 0, counted = 0;
+  for (std::int64_t at = 0; at < n; at += o.micro_batch) {
+    const std::int64_t count = std::min(o.micro_batch, n - at);
+    auto window = torch::empty({count, seq_len + 1}, torch::kInt64), targets = torch::empty({count, seq_len}, torch::kInt64);
+    for (std::int64_t i = 0; i < count; ++i) {
+      data.sample(at + i, window[i].data_ptr<std::int64_t>());
+      data.targets(at + i, targets[i].data_ptr<std::int64_t>());
+    }
+    auto logits = model->forward(window.narrow(1, 0, seq_len));
+    loss += torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+                                                 torch::nn::functional::CrossEntropyFuncOptions()
+                                                     .reduction(torch::kSum)
+                                                     .ignore_index(TokenDataset::kIgnoreTarget))
+                .item<double>();
+    counted += targets.ne(TokenDataset::kIgnoreTarget).sum().item<double>();
+  }
+  std::printf("{\"loss\": %.9g, \"tokens\": %.0f, \"windows\": %lld, \"seq_len\": %d, \"mode\": \"lm\"}\n", loss / counted,
+              counted, static_cast<long long>(n), seq_len);
 }
 
 // Prompt-based transfer without training: each label's verbalisation (TEMPLATE with {label}
@@ -171,8 +201,12 @@ int runEval(const Args& args) {
       ("text", po::value(&text), "text to score (BOS first where the tokenizer expects it)")
       ("ids", po::value(&ids_text), "token ids to score, separated by spaces, instead of --text")
       ("logits", po::value(&logits_path), "also write one CSV row of raw logits per input position")
-      ("data", po::value(&data_path), "a labelled dataset (graft prepare --label-field): accuracy of the model's classifier, or with --zero-shot of the language model")
+      ("data", po::value(&data_path),
+       "a dataset from graft prepare: labelled -> accuracy of the model's classifier (or with --zero-shot of the "
+       "language model); unlabelled -> mean next-token loss over its windows")
       ("split", po::value(&dataset.split)->default_value("val"), "dataset split to score")
+      ("seq-len", po::value(&dataset.seq_len)->default_value(0),
+       "unlabelled data: window length, as train.seq_len (0 = the model's context)")
       ("zero-shot", po::value(&dataset.zero_shot), "score each label's verbalisation, e.g. ' Intent: {label}.' (needs --tokenizer)")
       ("shots", po::value(&dataset.shots)->default_value(0), "with --zero-shot: solved training examples put before each question")
       ("max-examples", po::value(&dataset.max_examples)->default_value(0),
@@ -181,6 +215,7 @@ int runEval(const Args& args) {
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"
                               "       graft eval --model M --data LABELLED.h5 [--zero-shot ' Intent: {label}.' --tokenizer T [--shots K]]\n"
+                              "       graft eval --model M --data DATA.h5 [--split val] [--seq-len 128]\n"
                               "Prints {\"loss\": mean next-token cross-entropy (nats), \"tokens\": predicted tokens}, or for\n"
                               "a labelled dataset {\"accuracy\": ...}.",
                         options, vm))
@@ -191,7 +226,12 @@ int runEval(const Args& args) {
     torch::NoGradGuard no_grad;
     model->eval();
     const TokenDataset data(data_path, dataset.split, model->config().seq_len);
-    if (!data.hasLabels()) throw InputError(data_path + ": has no labels (prepare it with --label-field)");
+    if (!data.hasLabels()) {
+      if (!dataset.zero_shot.empty()) throw InputError(data_path + ": --zero-shot needs labels (prepare it with --label-field)");
+      const int seq_len = dataset.seq_len > 0 ? dataset.seq_len : static_cast<int>(model->config().seq_len - model->promptLength());
+      evalLanguageModel(model, data_path, dataset.split, seq_len, dataset);
+      return 0;
+    }
     if (!dataset.zero_shot.empty()) {
       if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
       if (tokenizer_spec.empty()) throw InputError("--zero-shot needs --tokenizer to encode the label verbalisations");

@@ -26,9 +26,9 @@ Transformer loadModel(const std::string& path) {
     auto model = loadModel(base);
     const ModelConfig stored = readModelConfig(file);
     if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0);
+    applyTransfer(model, transfer, 0);
     if (!(stored == model->config()))
       throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
-    applyTransfer(model, transfer, 0);
     readModelWeights(file, model);
     return model;
   }

@@ -5,7 +5,8 @@
 //            With quantize = int8 | nf4 the frozen base is held quantized (QLoRA).
 //   prompt   prompt tuning: the base is frozen; prompt_tokens trainable vectors are prepended to
 //            the input embeddings.
-//   feature  feature extraction: the base is frozen, only the classification head trains; with
+//   feature  feature extraction: the base is frozen, only the classification head trains (or, for
+//            language modelling, the LM head alone, untied from the embedding); with
 //            cache_features the frozen features are computed once (an HDF5 cache) and the head
 //            trains from the cache.
 // A classification head (task classify) trains in every flavour. Full fine-tuning may add layer-wise

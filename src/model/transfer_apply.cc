@@ -42,9 +42,12 @@ std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig&
     return {"soft_prompt"};
   }
   if (t.mode == "feature") {
-    if (!model->head) throw InputError("transfer.mode = feature trains a classification head: it needs a labelled dataset");
-    parseQuantKind(t.quantize, "transfer.quantize");
-    return {};
+    if (model->head) return {"head"};
+    // Language modelling: the LM head alone trains, untied from the (frozen) input embedding.
+    if (t.cache_features) throw InputError("transfer.cache_features needs a labelled dataset (a classification head)");
+    model->untieClassifier();
+    model->output->weight.set_requires_grad(true);
+    return {"output"};
   }
   const auto patterns = split(t.lora_targets);
   auto gen = at::detail::createCPUGenerator(seed ^ 0x10aaULL);

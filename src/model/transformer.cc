@@ -268,6 +268,14 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
   return n ? norm(x).narrow(1, n, T - n) : norm(x);  // the prompt's positions predict nothing
 }
 
+void TransformerImpl::untieClassifier() {
+  if (!config_.tied) return;
+  output = register_module("output", linear(config_.dim, config_.vocab_size, false));
+  torch::NoGradGuard no_grad;
+  output->weight.copy_(tok_embeddings->weight);
+  config_.tied = false;
+}
+
 void TransformerImpl::addSoftPrompt(int tokens, std::uint64_t seed) {
   TORCH_CHECK(tokens > 0 && !soft_prompt.defined(), "addSoftPrompt: bad length or already present");
   // Initialised from the embeddings of random vocabulary tokens (Lester et al. 2021): it starts

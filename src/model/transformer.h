@@ -133,6 +133,9 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor pool(const torch::Tensor& hidden, const torch::Tensor& lengths) const;
   // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without one.
   void addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed);
+  // Gives a tied model its own classifier `output`, initialised as a copy of the embedding, so the
+  // LM head can train alone (feature extraction for language modelling).
+  void untieClassifier();
   // Prompt tuning: `tokens` trainable vectors [tokens, dim] placed before every input's embeddings
   // (parameter "soft_prompt"); outputs keep the inputs' positions.
   void addSoftPrompt(int tokens, std::uint64_t seed);

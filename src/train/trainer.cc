@@ -94,6 +94,7 @@ Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& 
     how += " r=" + std::to_string(c.transfer.lora_rank) + " on " + std::to_string(adapted.size()) + " projections, base " +
            c.transfer.quantize;
   if (c.transfer.mode == "prompt") how += " with " + std::to_string(model->promptLength()) + " soft-prompt vectors";
+  if (c.transfer.mode == "feature") how += adapted == std::vector<std::string>{"head"} ? " (classification head)" : " (LM head alone)";
   char line[320];
   std::snprintf(line, sizeof(line), "transfer: %s, %lld of %lld parameters train (%.2f%%), frozen weights hold %.2f MB",
                 how.c_str(), static_cast<long long>(trainable), static_cast<long long>(total),

@@ -118,6 +118,31 @@ TEST(Transfer, PromptTuningCheckpointsThePromptResumesAndExportsToPeft) {
   EXPECT_NE(merged.output.find("--format peft"), std::string::npos) << merged.output;
 }
 
+// Feature extraction for language modelling trains the LM head alone (untied from the embedding);
+// graft eval --data scores the split the way training validates it.
+TEST(Transfer, LmHeadAloneAndEvalOnAnUnlabelledSplit) {
+  const std::string dir = freshDir("lm_head");
+  std::string config = loraConfig(dir + "/run", "none", "wq");
+  config.replace(config.find("mode = lora"), 11, "mode = feature");
+  const auto out = train(dir, config, "--eval.batches=1");
+  EXPECT_NE(out.find("(LM head alone), 32768 of"), std::string::npos) << out;  // 512 x 64
+  const std::string ckpt = dir + "/run/checkpoints/step-00000008.h5";
+  EXPECT_EQ(python("import h5py; print(list(h5py.File('" + ckpt + "', 'r')['model']))"), "['output.weight']\n");
+  ASSERT_EQ(run(graft() + " export --model " + ckpt + " --format graft --out " + dir + "/m.h5").code, 0);
+  ASSERT_EQ(run(graft() + " export --model " + kBase + " --format graft --out " + dir + "/base.h5").code, 0);
+  EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + dir + "/m.h5', 'r')['model']; b = h5py.File('" + dir +
+                   "/base.h5', 'r')['model']; print(all(np.array_equal(a[k][:], b[k][:]) for k in b), 'output.weight' in a)"),
+            "True True\n");  // the base is untouched; the head is new
+  // Validation at the end read windows 0..3 of val (1 batch x 2 sequences x 2 ranks).
+  const std::string metrics = readText(dir + "/run/metrics.jsonl");
+  const double val = std::stod(metrics.substr(metrics.rfind("\"val_loss\": ") + 12));
+  const auto eval = run(graft() + " eval --model " + ckpt + " --data " + storiesDataset() + " --seq-len 64 --max-examples 4");
+  ASSERT_EQ(eval.code, 0) << eval.output;
+  double loss = 0;
+  ASSERT_EQ(sscanf(eval.output.c_str(), "{\"loss\": %lf", &loss), 1) << eval.output;
+  EXPECT_NEAR(loss, val, 1e-5 * val) << eval.output;
+}
+
 TEST(Transfer, QloraResumesBitwise) {
   for (const char* quantize : {"nf4"}) {
     const std::string straight = freshDir(std::string("qlora_straight_") + quantize), split = freshDir(std::string("qlora_split_") + quantize);
