@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <thread>
 #include <vector>
@@ -100,8 +101,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   ~MpiCommunicator() override {
-    // Never throws or blocks on peers. A failed communicator is left as it is: main() aborts.
-    if (failed_) return;
+    // Never throws or blocks on peers. A failed communicator is left as it is: main() aborts. So is
+    // one destroyed by an error on this rank alone (rank 0's disk filled): MPI_Finalize would wait
+    // for peers that are waiting in the next collective, when main() is about to abort them.
+    if (failed_ || std::uncaught_exceptions() > 0) return;
     drainNotices();
     for (MPI_Comm* c : {&node_, &watch_, &comm_})
       if (*c != MPI_COMM_NULL) MPI_Comm_free(c);

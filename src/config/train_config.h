@@ -46,12 +46,13 @@ struct TrainConfig {
   // [dist]
   std::string backend = "auto";  // auto | mpi | local | nccl
   double timeout_s = 30;          // a collective that makes no progress this long is an error
-  double slow_phase_timeout_s = 600;  // the same during set-up and checkpoint writes
+  double slow_phase_timeout_s = 600;  // the same during set-up; the most a checkpoint write may take
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
   // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`
   std::int64_t nan_from = 0, nan_count = 1;
   int nan_rank = 0;
+  double slow_checkpoint_s = 0;  // rank 0 sleeps this long before each checkpoint write (a slow disk)
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;

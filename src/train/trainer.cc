@@ -9,6 +9,8 @@
 #include <limits>
 #include <cstdio>
 #include <fstream>
+#include <future>
+#include <thread>
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
@@ -452,19 +454,58 @@ struct Trainer::State {
     return state;
   }
 
-  // Collective (RNG states are gathered); rank 0 writes.
+  // Collective (RNG states are gathered); rank 0 writes. See Note [heartbeat during a write].
   void saveCheckpoint(std::int64_t step_number) {
-    LongTimeout slow(comm, config.slow_phase_timeout_s);
     auto state = snapshot(step_number);
+    std::future<std::string> written;
+    const auto start = Clock::now();
     if (comm.rank() == 0) {
-      const auto start = Clock::now();
-      const auto path = writeCheckpoint(checkpoint_dir, model, optimizer, schedule, state);
-      pruneCheckpoints(checkpoint_dir, config.keep_last);
-      log.main("checkpoint: " + path + " (" +
-               std::to_string(std::chrono::duration<double>(Clock::now() - start).count()).substr(0, 5) + " s)");
+      std::promise<std::string> promise;
+      written = promise.get_future();
+      std::thread([this, state = std::move(state), promise = std::move(promise)]() mutable {
+        try {
+          torch::NoGradGuard no_grad;  // grad mode is per thread
+          if (config.slow_checkpoint_s > 0)
+            std::this_thread::sleep_for(std::chrono::duration<double>(config.slow_checkpoint_s));
+          auto path = writeCheckpoint(checkpoint_dir, model, optimizer, schedule, state);
+          pruneCheckpoints(checkpoint_dir, config.keep_last);
+          promise.set_value(std::move(path));
+        } catch (...) {
+          promise.set_exception(std::current_exception());
+        }
+      }).detach();
     }
-    comm.barrier("ckpt/done");
+    const auto beat = std::min(std::chrono::milliseconds(1000), comm.timeout() / 4);
+    for (;;) {
+      std::int32_t done[1] = {0};
+      if (comm.rank() == 0) {
+        if (written.wait_for(beat) == std::future_status::ready) {
+          const auto path = written.get();  // rethrows the writer's error (the others are aborted)
+          log.main("checkpoint: " + path + " (" +
+                   std::to_string(std::chrono::duration<double>(Clock::now() - start).count()).substr(0, 5) + " s)");
+          done[0] = 1;
+        } else if (Clock::now() - start > std::chrono::duration<double>(config.slow_phase_timeout_s)) {
+          // Exits the process (main aborts the job); the detached writer dies with it.
+          throw Error("checkpoint of step " + std::to_string(step_number) + " in " + checkpoint_dir +
+                           " still not written after dist.slow_phase_timeout_s = " +
+                           jsonNumber(config.slow_phase_timeout_s, 6) +
+                           " s (a stalled file system?); earlier checkpoints are intact");
+        }
+      }
+      comm.allReduce(done, 1, ReduceOp::Max, "ckpt/write");
+      if (done[0]) return;
+    }
   }
+
+  // Note [heartbeat during a write]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // Writing a big checkpoint can take minutes, far longer than dist.timeout_s. Instead of letting
+  // every rank wait that long in one barrier (so a rank dying meanwhile would go unnoticed for
+  // minutes), rank 0 writes on a helper thread while all ranks meet in short "ckpt/write"
+  // all-reduces, one per second, until rank 0 reports the write done. A rank that dies or stalls
+  // during the write, rank 0 included, is therefore named within dist.timeout_s like anywhere else;
+  // only the write itself may take up to dist.slow_phase_timeout_s. The writer touches no MPI
+  // (MPI_THREAD_FUNNELED) and the training thread touches no parameter until the write is done.
 
   // Collective. Returns the step to continue after (0 for a fresh run).
   std::int64_t resumeIfPossible() {

@@ -204,6 +204,57 @@ TEST(Reliability, AStalledRankMakesTheOthersStopWithAnErrorNamingIt) {
   EXPECT_LT(seconds, 60.0);
 }
 
+// A rank stopped while rank 0 writes a checkpoint (the write made slow: 40 s) is named within
+// dist.timeout_s, whether it is the writer or a waiting rank, not after the write.
+TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
+  for (const int victim : {0, 1}) {
+    const std::string dir = freshDir("stall_ckpt" + std::to_string(victim));
+    const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
+                       " --train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40 > " +
+                       dir + "/log 2>&1 & T=$!; "
+                       "for i in $(seq 1 1500); do grep -q 'step 2/' " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
+                       "sleep 1; M=$(pgrep -P $T); for P in $(pgrep -P $M); do "
+                       "grep -qz '^OMPI_COMM_WORLD_RANK=" + std::to_string(victim) + "$' /proc/$P/environ && V=$P; done; "
+                       "kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const std::string log = readText(dir + "/log");
+    EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
+    EXPECT_NE(log.find("'ckpt/write'"), std::string::npos) << log;
+    EXPECT_NE(log.find("timed out after 3"), std::string::npos) << log;
+    EXPECT_NE(log.find("ranks that did not arrive: " + std::to_string(victim) + " (no reply)"), std::string::npos)
+        << log;
+    EXPECT_EQ(log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << log;
+    EXPECT_LT(seconds, 30.0) << log;
+  }
+}
+
+// A healthy write longer than dist.timeout_s is fine (the heartbeat keeps the ranks in touch); a
+// write longer than dist.slow_phase_timeout_s stops the run with an error naming the checkpoint.
+TEST(Reliability, ASlowCheckpointWriteOutlivesTheTimeoutButNotTheSlowPhaseLimit) {
+  const std::string dir = freshDir("slow_ckpt");
+  const auto cfg = configIn(dir, "[dist]\ntimeout_s = 2\n");
+  const auto ok = run(mpirun(2) + " " + graft() + " train --config " + cfg +
+                      " --train.steps=4 --checkpoint.every=2 --debug.slow_checkpoint_s=4");
+  EXPECT_EQ(ok.code, 0) << ok.output;
+  EXPECT_EQ(completeCheckpoints(dir + "/run/checkpoints").size(), 2u) << ok.output;
+
+  const auto stuck = run(mpirun(2) + " " + graft() + " train --config " + cfg +
+                         " --train.steps=8 --checkpoint.every=2 --debug.slow_checkpoint_s=20 --dist.slow_phase_timeout_s=3");
+  EXPECT_EQ(stuck.code, 1) << stuck.output;
+  // Rank 0's error aborts the job at once: rank 1 does not sit out its own timeout first.
+  EXPECT_EQ(stuck.output.find("timed out"), std::string::npos) << stuck.output;
+  EXPECT_NE(stuck.output.find("checkpoint of step 6 in " + dir + "/run/checkpoints still not written after "
+                              "dist.slow_phase_timeout_s = 3 s"),
+            std::string::npos)
+      << stuck.output;
+  const auto complete = completeCheckpoints(dir + "/run/checkpoints");
+  ASSERT_FALSE(complete.empty());
+  EXPECT_NE(complete.front().find(checkpointName(4)), std::string::npos) << stuck.output;
+}
+
 // Exact resume at world sizes 1, 2 and 4, with gradient accumulation, across epoch boundaries
 // (74 samples: 4 global batches of 16 per epoch, 3 epochs) and a stop in the middle of an epoch.
 TEST(Reliability, ResumeIsBitwiseAtWorldSizes124AcrossEpochs) {
