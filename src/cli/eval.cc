@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "cli/cli.h"
@@ -12,6 +13,7 @@
 #include "data/sampler.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"
+#include "train/batches.h"
 #include "util/error.h"
 
 namespace graft {
@@ -67,23 +69,11 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
   double loss = 0, correct = 0;
   for (std::int64_t at = 0; at < n; at += o.micro_batch) {
     const std::int64_t count = std::min(o.micro_batch, n - at);
-    std::vector<std::vector<std::int64_t>> docs(static_cast<std::size_t>(count));
-    std::int64_t longest = 1;
-    for (std::int64_t i = 0; i < count; ++i) {
-      auto& d = docs[static_cast<std::size_t>(i)];
-      data.document(at + i, model->config().seq_len, d);
-      if (d.empty()) d.push_back(0);
-      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(d.size()));
-    }
-    auto ids = torch::zeros({count, longest}, torch::kInt64);
-    auto lengths = torch::empty({count}, torch::kInt64), labels = torch::empty({count}, torch::kInt64);
-    for (std::int64_t i = 0; i < count; ++i) {
-      const auto& d = docs[static_cast<std::size_t>(i)];
-      std::copy(d.begin(), d.end(), ids[i].data_ptr<std::int64_t>());
-      lengths[i] = static_cast<std::int64_t>(d.size());
-      labels[i] = data.label(at + i);
-    }
-    auto logits = model->classifySequences(ids, lengths);
+    std::vector<std::int64_t> part(static_cast<std::size_t>(count));
+    std::iota(part.begin(), part.end(), at);
+    const auto b = documentBatch(data, part, model->config().seq_len);
+    const auto& labels = b.labels;
+    auto logits = model->classifySequences(b.ids, b.lengths);
     loss += torch::nn::functional::cross_entropy(logits, labels,
                                                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
@@ -96,27 +86,20 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
 // A language-modelling split scored window by window (seq_len + 1 tokens from i * seq_len, as
 // training reads them): mean next-token cross-entropy over the targets that count (all tokens, or
 // the completions of prompt/completion data).
-void evalLanguageModel(Transformer& model, const std::string& path, const std::string& split, int seq_len,
-                       const DatasetEvalOptions& o) {
-  const TokenDataset data(path, split, seq_len);
+void evalLanguageModel(Transformer& model, const TokenDataset& data, const std::string& path, const DatasetEvalOptions& o) {
+  const int seq_len = data.seqLen();
   std::int64_t n = data.numSamples();
-  if (n == 0) throw InputError(path + ": the '" + split + "' split holds fewer than " + std::to_string(seq_len + 1) + " tokens");
+  if (n == 0) throw InputError(path + ": the '" + o.split + "' split holds fewer than " + std::to_string(seq_len + 1) + " tokens");
   if (o.max_examples > 0) n = std::min(n, o.max_examples);
   double loss = 0, counted = 0;
   for (std::int64_t at = 0; at < n; at += o.micro_batch) {
     const std::int64_t count = std::min(o.micro_batch, n - at);
-    auto window = torch::empty({count, seq_len + 1}, torch::kInt64), targets = torch::empty({count, seq_len}, torch::kInt64);
-    for (std::int64_t i = 0; i < count; ++i) {
-      data.sample(at + i, window[i].data_ptr<std::int64_t>());
-      data.targets(at + i, targets[i].data_ptr<std::int64_t>());
-    }
-    auto logits = model->forward(window.narrow(1, 0, seq_len));
-    loss += torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
-                                                 torch::nn::functional::CrossEntropyFuncOptions()
-                                                     .reduction(torch::kSum)
-                                                     .ignore_index(TokenDataset::kIgnoreTarget))
-                .item<double>();
-    counted += targets.ne(TokenDataset::kIgnoreTarget).sum().item<double>();
+    std::vector<std::int64_t> part(static_cast<std::size_t>(count));
+    std::iota(part.begin(), part.end(), at);
+    const auto batch = windowBatch(data, part);
+    const auto window_loss = tokenLoss(model->forward(batch.inputs), batch.targets);
+    loss += window_loss.sum.item<double>();
+    counted += static_cast<double>(window_loss.counted);
   }
   std::printf("{\"loss\": %.9g, \"tokens\": %.0f, \"windows\": %lld, \"seq_len\": %d, \"mode\": \"lm\"}\n", loss / counted,
               counted, static_cast<long long>(n), seq_len);
@@ -174,13 +157,19 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
       std::copy(stem.begin(), stem.end(), row);
       std::copy(verbal[static_cast<std::size_t>(l)].begin(), verbal[static_cast<std::size_t>(l)].end(), row + stem.size());
     }
-    auto logp = torch::log_softmax(model->forward(ids), -1);  // [L, T, V]
-    std::vector<double> score(static_cast<std::size_t>(L), 0.0);
+    // Each label's score: the log-probabilities of its verbalisation's tokens, gathered at once.
+    std::vector<std::int64_t> rows, positions, tokens;
     for (std::int64_t l = 0; l < L; ++l)
       for (std::size_t k = 0; k < verbal[static_cast<std::size_t>(l)].size(); ++k) {
-        const auto pos = static_cast<std::int64_t>(stem.size() + k);
-        score[static_cast<std::size_t>(l)] += logp[l][pos - 1][verbal[static_cast<std::size_t>(l)][k]].item<double>();
+        rows.push_back(l);
+        positions.push_back(static_cast<std::int64_t>(stem.size() + k) - 1);
+        tokens.push_back(verbal[static_cast<std::size_t>(l)][k]);
       }
+    const auto row_index = torch::tensor(rows, torch::kInt64);
+    const auto logp = torch::log_softmax(model->forward(ids), -1);  // [L, T, V]
+    const auto picked = logp.index({row_index, torch::tensor(positions, torch::kInt64), torch::tensor(tokens, torch::kInt64)});
+    const auto summed = torch::zeros({L}, torch::kFloat64).index_add_(0, row_index, picked.to(torch::kFloat64));
+    const std::vector<double> score(summed.data_ptr<double>(), summed.data_ptr<double>() + L);
     const auto best = std::max_element(score.begin(), score.end()) - score.begin();
     correct += best == data.label(i) ? 1 : 0;
   }
@@ -225,11 +214,12 @@ int runEval(const Args& args) {
   if (!data_path.empty()) {
     torch::NoGradGuard no_grad;
     model->eval();
-    const TokenDataset data(data_path, dataset.split, model->config().seq_len);
+    // The window length matters for language modelling only; documents are cut to the context.
+    const int seq_len = dataset.seq_len > 0 ? dataset.seq_len : static_cast<int>(model->config().seq_len - model->promptLength());
+    const TokenDataset data(data_path, dataset.split, seq_len);
     if (!data.hasLabels()) {
       if (!dataset.zero_shot.empty()) throw InputError(data_path + ": --zero-shot needs labels (prepare it with --label-field)");
-      const int seq_len = dataset.seq_len > 0 ? dataset.seq_len : static_cast<int>(model->config().seq_len - model->promptLength());
-      evalLanguageModel(model, data_path, dataset.split, seq_len, dataset);
+      evalLanguageModel(model, data, data_path, dataset);
       return 0;
     }
     if (!dataset.zero_shot.empty()) {

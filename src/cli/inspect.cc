@@ -5,12 +5,14 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "io/hdf5.h"
 #include "io/hf_model.h"
+#include "io/llama2c_header.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"
 #include "util/error.h"
@@ -162,12 +164,19 @@ Json inspectHdf5(const std::string& path) {
 }
 
 Json inspectLlama2c(const std::string& path) {
-  auto model = loadModel(path);  // validates the header against the file size
+  // The header alone (checked against the file size): a 7B file is not read to list its shapes.
+  std::ifstream in(path, std::ios::binary);
+  std::string header(kLlama2cHeaderBytes, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header.size()));
+  header.resize(static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())));
+  in.clear();
+  in.seekg(0, std::ios::end);
+  const ModelConfig config = parseLlama2cHeader(header, static_cast<std::uint64_t>(std::max<std::streamoff>(0, in.tellg())), path);
   Json doc = Json::object();
   doc.set("format", "llama2.c model");
-  doc.set("architecture", architectureJson(model->config()));
+  doc.set("architecture", architectureJson(config));
   Json tensors = Json::array();
-  for (const auto& p : model->named_parameters()) tensors.push(tensorJson(p.key(), "F32", p.value().sizes().vec()));
+  for (const auto& t : llama2cTensors(config)) tensors.push(tensorJson(t.name, "F32", t.shape));
   addTensors(doc, std::move(tensors));
   return doc;
 }
@@ -175,10 +184,6 @@ Json inspectLlama2c(const std::string& path) {
 Json inspect(const std::string& path) {
   if (!fileExists(path)) throw InputError(path + ": not found");
   Json doc;
-  auto ends = [&](const char* tail) {
-    const std::string t(tail);
-    return path.size() >= t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0;
-  };
   if (isDirectory(path) && fileExists(path + "/adapter_config.json")) {
     doc = Json::object();
     doc.set("format", "peft adapter");
@@ -188,7 +193,7 @@ Json inspect(const std::string& path) {
     Json tensors = Json::array();
     for (const auto& name : files.names()) tensors.push(tensorJson(name, stDTypeName(files.info(name).dtype), files.info(name).shape));
     addTensors(doc, std::move(tensors));
-  } else if (isHfModel(path) || ends(".safetensors")) {
+  } else if (isHfModel(path) || endsWith(path, ".safetensors")) {
     doc = inspectSafetensors(path);
   } else if (H5File::isHdf5(path)) {
     doc = inspectHdf5(path);

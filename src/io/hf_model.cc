@@ -13,8 +13,16 @@
 namespace graft {
 namespace {
 
-bool endsWith(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+// Tensor `name` of `files` as float32, after checking its shape ("expected" says where the
+// shape comes from in the error).
+torch::Tensor readChecked(const SafetensorsFolder& files, const std::string& name, const std::vector<std::int64_t>& shape,
+                          const char* expected = "expected") {
+  const StTensorInfo& info = files.info(name);  // throws naming the folder and tensor when absent
+  if (info.shape != shape)
+    throw InputError(files.fileOf(name) + ": tensor " + name + " has shape " + c10::str(info.shape) + ", " + expected +
+                     " " + c10::str(shape));
+  std::vector<float> values = files.readFloat32(name);
+  return torch::from_blob(values.data(), shape, torch::kFloat32).clone();
 }
 
 std::string layer(int i, const std::string& rest) { return "layers." + std::to_string(i) + "." + rest; }
@@ -44,13 +52,9 @@ class HfTensors {
   // `name` without the model prefix ("transformer.", "model."); files written without it work too.
   torch::Tensor get(const std::string& name, std::vector<std::int64_t> shape) {
     const std::string full = names().count(prefix_ + name) ? prefix_ + name : name;
-    const StTensorInfo& info = files_.info(full);  // throws naming the folder and tensor when absent
-    if (info.shape != shape)
-      throw InputError(files_.fileOf(full) + ": tensor " + full + " has shape " + c10::str(info.shape) +
-                       ", the model's config.json implies " + c10::str(shape));
+    auto tensor = readChecked(files_, full, shape, "the model's config.json implies");
     used_.insert(full);
-    std::vector<float> values = files_.readFloat32(full);
-    return torch::from_blob(values.data(), shape, torch::kFloat32).clone();
+    return tensor;
   }
 
   void markUsed(const std::string& name) {
@@ -466,14 +470,10 @@ void loadPeftAdapter(Transformer& model, const std::string& dir) {
     const int n = static_cast<int>(j.at("num_virtual_tokens", config_path).asInt(config_path + ": num_virtual_tokens"));
     if (n <= 0 || n > 4096) throw InputError(config_path + ": num_virtual_tokens out of range");
     const auto files = SafetensorsFolder::open(dir + "/adapter_model.safetensors");
-    const auto& info = files.info("prompt_embeddings");
-    if (info.shape != std::vector<std::int64_t>{n, model->config().dim})
-      throw InputError(files.fileOf("prompt_embeddings") + ": tensor prompt_embeddings has shape " + c10::str(info.shape) +
-                       ", expected [" + std::to_string(n) + ", " + std::to_string(model->config().dim) + "]");
+    const auto prompt = readChecked(files, "prompt_embeddings", {n, model->config().dim});
     model->addSoftPrompt(n, 0);
-    auto values = files.readFloat32("prompt_embeddings");
     torch::NoGradGuard no_grad;
-    model->soft_prompt.copy_(torch::from_blob(values.data(), {n, model->config().dim}, torch::kFloat32));
+    model->soft_prompt.copy_(prompt);
     return;
   }
   if (type != "LORA") throw InputError(config_path + ": peft_type " + type + " is not LORA or PROMPT_TUNING");
@@ -498,17 +498,9 @@ void loadPeftAdapter(Transformer& model, const std::string& dir) {
     const auto names = files.names();
     if (!std::binary_search(names.begin(), names.end(), a)) continue;
     p->addLora(rank, alpha, dropout, gen);
-    auto read = [&](const std::string& name, const torch::Tensor& into) {
-      const auto& info = files.info(name);
-      if (info.shape != into.sizes().vec())
-        throw InputError(files.fileOf(name) + ": tensor " + name + " has shape " + c10::str(info.shape) + ", expected " +
-                         c10::str(into.sizes()));
-      auto values = files.readFloat32(name);
-      return torch::from_blob(values.data(), into.sizes(), torch::kFloat32).clone();
-    };
-    p->lora_A.copy_(read(a, p->lora_A));
+    p->lora_A.copy_(readChecked(files, a, p->lora_A.sizes().vec()));
     const int heads = rotaryHeads(c, path);
-    auto lora_b = read(b, p->lora_B);
+    auto lora_b = readChecked(files, b, p->lora_B.sizes().vec());
     p->lora_B.copy_(heads ? toPairs(lora_b, heads) : lora_b);
     used.insert(a);
     used.insert(b);

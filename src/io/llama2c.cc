@@ -13,20 +13,11 @@
 namespace graft {
 namespace {
 
-// The per-layer tensors in file order, with the parameter each layer slice goes to.
-const char* const kLayerOrder[] = {"attention_norm", "attention.wq", "attention.wk", "attention.wv",
-                                   "attention.wo",   "ffn_norm",     "feed_forward.w1",
-                                   "feed_forward.w2", "feed_forward.w3"};
-
 torch::Tensor param(Transformer& m, const std::string& name) {
   auto params = m->named_parameters();
   auto* p = params.find(name);
   if (!p) throw Error("model has no parameter " + name);
   return *p;
-}
-
-std::string layerParam(int layer, const char* what) {
-  return "layers." + std::to_string(layer) + "." + what + ".weight";
 }
 
 }  // namespace
@@ -44,12 +35,10 @@ Transformer loadLlama2c(const std::string& path) {
     std::memcpy(dst.data_ptr<float>(), bytes.data() + at, n);
     at += n;
   };
-  fill(param(model, "tok_embeddings.weight"));
-  for (const char* what : kLayerOrder)
-    for (int l = 0; l < c.n_layers; ++l) fill(param(model, layerParam(l, what)));
-  fill(param(model, "norm.weight"));
-  at += static_cast<std::size_t>(c.seq_len) * head * 4;  // legacy freq_cis tables
-  if (!c.tied) fill(param(model, "output.weight"));
+  for (const auto& t : llama2cTensors(c)) {
+    if (t.name == "output.weight") at += static_cast<std::size_t>(c.seq_len) * head * 4;  // legacy freq_cis tables
+    fill(param(model, t.name));
+  }
   return model;
 }
 
@@ -64,17 +53,19 @@ void saveLlama2c(Transformer& model, const std::string& path) {
     auto cpu = t.detach().to(torch::kFloat32).contiguous();
     out.write(reinterpret_cast<const char*>(cpu.data_ptr<float>()), cpu.numel() * 4);
   };
-  put(param(model, "tok_embeddings.weight"));
-  for (const char* what : kLayerOrder)
-    for (int l = 0; l < c.n_layers; ++l) put(param(model, layerParam(l, what)));
-  put(param(model, "norm.weight"));
-  const int half = c.headDim() / 2;
-  auto i = torch::arange(half, torch::kFloat64);
-  auto freq = torch::pow(c.rope_theta, -2.0 * i / c.headDim()).to(torch::kFloat32);
-  auto angle = torch::outer(torch::arange(c.seq_len, torch::kFloat32), freq);
-  put(torch::cos(angle));
-  put(torch::sin(angle));
-  if (!c.tied) put(param(model, "output.weight"));
+  auto rotary_tables = [&] {
+    const int half = c.headDim() / 2;
+    auto i = torch::arange(half, torch::kFloat64);
+    auto freq = torch::pow(c.rope_theta, -2.0 * i / c.headDim()).to(torch::kFloat32);
+    auto angle = torch::outer(torch::arange(c.seq_len, torch::kFloat32), freq);
+    put(torch::cos(angle));
+    put(torch::sin(angle));
+  };
+  for (const auto& t : llama2cTensors(c)) {
+    if (t.name == "output.weight") rotary_tables();
+    put(param(model, t.name));
+  }
+  if (c.tied) rotary_tables();
   if (!out.flush()) throw Error(path + ": write failed");
 }
 

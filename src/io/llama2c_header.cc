@@ -7,13 +7,27 @@
 
 namespace graft {
 
+std::vector<Llama2cTensor> llama2cTensors(const ModelConfig& c) {
+  const std::int64_t dim = c.dim, hidden = c.hidden_dim, kv = static_cast<std::int64_t>(c.n_kv_heads) * c.headDim();
+  const std::pair<const char*, std::vector<std::int64_t>> per_layer[] = {
+      {"attention_norm", {dim}},         {"attention.wq", {dim, dim}},       {"attention.wk", {kv, dim}},
+      {"attention.wv", {kv, dim}},       {"attention.wo", {dim, dim}},       {"ffn_norm", {dim}},
+      {"feed_forward.w1", {hidden, dim}}, {"feed_forward.w2", {dim, hidden}}, {"feed_forward.w3", {hidden, dim}}};
+  std::vector<Llama2cTensor> out{{"tok_embeddings.weight", {c.vocab_size, dim}}};
+  for (const auto& [what, shape] : per_layer)  // all layers of one kind, then the next kind
+    for (int l = 0; l < c.n_layers; ++l) out.push_back({"layers." + std::to_string(l) + "." + what + ".weight", shape});
+  out.push_back({"norm.weight", {dim}});
+  if (!c.tied) out.push_back({"output.weight", {c.vocab_size, dim}});
+  return out;
+}
+
 std::uint64_t llama2cFileBytes(const ModelConfig& c) {
-  const std::uint64_t dim = static_cast<std::uint64_t>(c.dim), head = static_cast<std::uint64_t>(c.headDim());
-  const std::uint64_t kv = static_cast<std::uint64_t>(c.n_kv_heads) * head;
-  const std::uint64_t per_layer = 2 * dim + 2 * dim * dim + 2 * kv * dim + 3 * dim * static_cast<std::uint64_t>(c.hidden_dim);
-  const std::uint64_t embedding = static_cast<std::uint64_t>(c.vocab_size) * dim;
-  const std::uint64_t floats = embedding + static_cast<std::uint64_t>(c.n_layers) * per_layer + dim +
-                               static_cast<std::uint64_t>(c.seq_len) * head + (c.tied ? 0 : embedding);
+  std::uint64_t floats = static_cast<std::uint64_t>(c.seq_len) * static_cast<std::uint64_t>(c.headDim());  // rotary tables
+  for (const auto& t : llama2cTensors(c)) {
+    std::uint64_t n = 1;
+    for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+    floats += n;
+  }
   return kLlama2cHeaderBytes + 4 * floats;
 }
 

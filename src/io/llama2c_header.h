@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/model_config.h"
 
@@ -16,6 +17,15 @@ constexpr std::size_t kLlama2cHeaderBytes = 28;
 // is bounded before any size arithmetic, and the file must hold exactly the tensors the header
 // describes. Throws InputError naming `path` and the field or size.
 ModelConfig parseLlama2cHeader(const std::string& header, std::uint64_t file_size, const std::string& path);
+
+// The model tensors of a llama2.c file in file order, named as graft names the parameters
+// ("layers.3.attention.wq.weight"). The legacy rotary tables, which are not parameters, sit
+// between "norm.weight" and "output.weight" (untied models only): seq_len x head_dim floats twice.
+struct Llama2cTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+};
+std::vector<Llama2cTensor> llama2cTensors(const ModelConfig& c);
 
 // Bytes a llama2.c file of this shape has, header and legacy rotary tables included.
 std::uint64_t llama2cFileBytes(const ModelConfig& c);

@@ -38,12 +38,8 @@ Transformer loadModel(const std::string& path) {
 }
 
 std::string formatForPath(const std::string& out) {
-  auto ends = [&](const char* tail) {
-    const std::string t(tail);
-    return out.size() >= t.size() && out.compare(out.size() - t.size(), t.size(), t) == 0;
-  };
-  if (ends(".bin")) return "llama2c";
-  if (ends(".h5")) return "graft";
+  if (endsWith(out, ".bin")) return "llama2c";
+  if (endsWith(out, ".h5")) return "graft";
   return "hf";
 }
 

@@ -199,10 +199,6 @@ std::string baseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-bool endsWith(const std::string& s, const char* suffix) {
-  const std::size_t n = std::strlen(suffix);
-  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
-}
 
 std::unique_ptr<Tokenizer> loadGpt2(const std::string& vocab_path, const std::string& merges_path) {
   return gpt2TokenizerFromBytes(readFile(vocab_path), vocab_path, readFile(merges_path), merges_path);

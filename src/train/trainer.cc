@@ -20,6 +20,7 @@
 #include "io/model_io.h"
 #include "model/transfer_apply.h"
 #include "train/adamw.h"
+#include "train/batches.h"
 #include "train/layer_schedule.h"
 #include "parallel/grad_reducer.h"
 #include "train/schedule.h"
@@ -169,35 +170,12 @@ struct Trainer::State {
       comm.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
   }
 
-  // A right-padded batch of documents: ids [B, T], lengths [B], labels [B].
-  struct DocBatch {
-    torch::Tensor ids, lengths, labels;
-  };
-  DocBatch gatherDocuments(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
-    std::vector<std::vector<std::int64_t>> docs(indices.size());
-    std::int64_t longest = 1;
-    for (std::size_t i = 0; i < indices.size(); ++i) {
-      data.document(indices[i], config.seq_len, docs[i]);
-      if (docs[i].empty()) docs[i].push_back(0);  // an empty document still has a position to read
-      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(docs[i].size()));
-    }
-    const auto n = static_cast<std::int64_t>(indices.size());
-    DocBatch b{torch::zeros({n, longest}, torch::kInt64), torch::empty({n}, torch::kInt64), torch::empty({n}, torch::kInt64)};
-    for (std::int64_t i = 0; i < n; ++i) {
-      const auto& d = docs[static_cast<std::size_t>(i)];
-      std::copy(d.begin(), d.end(), b.ids[i].data_ptr<std::int64_t>());
-      b.lengths[i] = static_cast<std::int64_t>(d.size());
-      b.labels[i] = data.label(indices[static_cast<std::size_t>(i)]);
-    }
-    return b;
-  }
-
   // Class logits of documents `indices`: from the cached features, or a forward pass.
   torch::Tensor classLogits(const TokenDataset& data, const torch::Tensor& cache, const std::vector<std::int64_t>& indices,
                             torch::Tensor& labels) {
-    auto b = gatherDocuments(data, indices);
-    labels = b.labels;
+    labels = labelsOf(data, indices);
     if (cache.defined()) return model->head(cache.index_select(0, torch::tensor(indices, torch::kInt64)));
+    const auto b = documentBatch(data, indices, config.seq_len);
     return model->classifySequences(b.ids, b.lengths);
   }
 
@@ -209,7 +187,7 @@ struct Trainer::State {
     for (std::int64_t at = 0; at < data.numDocuments(); at += config.micro_batch) {
       std::vector<std::int64_t> part;
       for (std::int64_t i = at; i < std::min(at + config.micro_batch, data.numDocuments()); ++i) part.push_back(i);
-      auto b = gatherDocuments(data, part);
+      const auto b = documentBatch(data, part, config.seq_len);
       parts.push_back(model->pool(model->hidden(b.ids), b.lengths));
     }
     model->train();
@@ -288,53 +266,18 @@ struct Trainer::State {
     const std::int64_t n = std::min(wanted, val_data.numSamples());
     std::vector<std::int64_t> mine;
     for (std::int64_t i = comm.rank(); i < n; i += comm.size()) mine.push_back(i);
-    double totals[2] = {0, static_cast<double>(mine.size())};
-    double masked_counted = 0;
+    double totals[2] = {0, 0};  // loss sum, targets counted (token-weighted)
     for (std::size_t at = 0; at < mine.size(); at += static_cast<std::size_t>(config.micro_batch)) {
       const std::vector<std::int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(at),
                                            mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), at + config.micro_batch)));
-      auto batch = gather(val_data, part);
-      auto logits = model->forward(batch.narrow(1, 0, config.seq_len));
-      auto targets = targetsOf(val_data, part, batch);
-      auto per_token = torch::nn::functional::cross_entropy(
-          logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
-          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-      if (val_data.hasLossMask()) {  // token-weighted over the targets that count
-        totals[0] += per_token.sum().item<double>();
-        masked_counted += targets.ne(TokenDataset::kIgnoreTarget).sum().item<double>();
-      } else {
-        totals[0] += per_token.view({-1, config.seq_len}).mean(1).sum().item<double>();
-      }
+      const auto batch = windowBatch(val_data, part);
+      const auto loss = tokenLoss(model->forward(batch.inputs), batch.targets);
+      totals[0] += loss.sum.item<double>();
+      totals[1] += static_cast<double>(loss.counted);
     }
-    if (val_data.hasLossMask()) totals[1] = masked_counted;
     model->train();
     comm.allReduce(totals, 2, ReduceOp::Sum, "val/loss");
     return totals[1] > 0 ? totals[0] / totals[1] : std::nan("");
-  }
-
-  // The targets of a gathered batch: its last seq_len tokens, or, for prompt/completion data,
-  // those with TokenDataset::kIgnoreTarget where the token is not learned.
-  torch::Tensor targetsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Tensor& batch) {
-    if (!data.hasLossMask()) return batch.narrow(1, 1, config.seq_len);
-    auto out = torch::empty({static_cast<std::int64_t>(indices.size()), config.seq_len}, torch::kInt64);
-    for (std::size_t i = 0; i < indices.size(); ++i) data.targets(indices[i], out[static_cast<std::int64_t>(i)].data_ptr<std::int64_t>());
-    return out;
-  }
-
-  // Mean cross-entropy over the targets that count; a micro-batch whose targets are all prompt
-  // tokens contributes 0 (not 0 / 0).
-  torch::Tensor maskedLoss(const torch::Tensor& inputs, const torch::Tensor& targets) {
-    auto logits = model->forward(inputs);
-    auto sum = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(TokenDataset::kIgnoreTarget));
-    return sum / std::max<std::int64_t>(1, targets.ne(TokenDataset::kIgnoreTarget).sum().item<std::int64_t>());
-  }
-
-  torch::Tensor gather(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
-    auto batch = torch::empty({static_cast<std::int64_t>(indices.size()), config.seq_len + 1}, torch::kInt64);
-    for (std::size_t i = 0; i < indices.size(); ++i) data.sample(indices[i], batch[static_cast<std::int64_t>(i)].data_ptr<std::int64_t>());
-    return batch;
   }
 
   // Collective. One optimizer step over global batch `step - 1`. The step's loss and the stop flag
@@ -357,10 +300,14 @@ struct Trainer::State {
         torch::Tensor labels;
         loss = torch::nn::functional::cross_entropy(classLogits(train_data, train_features, indices, labels), labels);
       } else {
-        auto batch = gather(train_data, indices);
-        auto inputs = batch.narrow(1, 0, config.seq_len);
-        loss = train_data.hasLossMask() ? maskedLoss(inputs, targetsOf(train_data, indices, batch))
-                                        : model->loss(inputs, batch.narrow(1, 1, config.seq_len));
+        const auto batch = windowBatch(train_data, indices);
+        if (train_data.hasLossMask()) {
+          // Mean over the targets that count; a micro-batch of prompt tokens only contributes 0.
+          const auto masked = tokenLoss(model->forward(batch.inputs), batch.targets);
+          loss = masked.sum / static_cast<double>(std::max<std::int64_t>(1, masked.counted));
+        } else {
+          loss = model->loss(batch.inputs, batch.targets);
+        }
       }
       loss = loss / static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace graft {
 
@@ -16,6 +17,10 @@ void syncPath(const std::string& path);
 // rename(2) then fsync of the parent directory: the publish step of temp + fsync + rename.
 void publishFile(const std::string& tmp_path, const std::string& final_path);
 std::string parentDirectory(const std::string& path);
+// True when `path` ends with `tail` (".bin", "/config.json").
+inline bool endsWith(std::string_view path, std::string_view tail) {
+  return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
+}
 // Writes `bytes` to path.tmp, then publishFile(): readers see the old file or the whole new one.
 void writeFileAtomically(const std::string& path, const std::string& bytes);
 

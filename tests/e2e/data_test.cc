@@ -86,6 +86,21 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
                    "print(sorted(set(int((m[o[d]:o[d + 1]] == 0).sum()) for d in range(len(o) - 1))))"),
             "[" + std::to_string(n_prompt) + ", " + std::to_string(n_prompt + 1) + "]\n");  // 1- and 2-digit numbers
 
+  // graft eval's loss on the split equals an independent reference (tests/e2e/hf_reference.py on
+  // the model exported to HF layout) that reads the mask as docs/data-format.md defines it.
+  ASSERT_EQ(run(graft() + " export --model " + data("llama2c/stories260K.bin") + " --format hf --out " + dir + "/hf").code, 0);
+  const auto ref = run(hfReference() + " masked " + dir + "/hf " + dir +
+                       "/sft.h5 val 32");
+  const auto ours = run(graft() + " eval --model " + data("llama2c/stories260K.bin") + " --data " + dir +
+                        "/sft.h5 --split val --seq-len 32");
+  ASSERT_EQ(ours.code, 0) << ours.output;
+  double ref_loss = 0, our_loss = 0;
+  long long ref_counted = 0, our_counted = 0;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lld", &ref_loss, &ref_counted), 2) << ref.output;
+  ASSERT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld", &our_loss, &our_counted), 2) << ours.output;
+  EXPECT_EQ(our_counted, ref_counted);
+  EXPECT_NEAR(our_loss, ref_loss, 1e-5 * ref_loss);
+
   // Training on it: losses are finite and decrease (the completions are learnable).
   std::ofstream(dir + "/t.ini") << tinyConfig(dir + "/run", dir + "/sft.h5") << "[train]\n";
   const auto t = run(graft() + " train --config " + dir + "/t.ini --model.path=" + data("llama2c/stories260K.bin") +

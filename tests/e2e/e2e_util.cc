@@ -74,4 +74,6 @@ std::string storiesDataset() {
   return path;
 }
 
+std::string hfReference() { return "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
+
 }  // namespace graft::e2e

@@ -18,6 +18,8 @@ std::string mpirun(int ranks);          // "mpirun -np N --oversubscribe --bind-
 std::string data(const std::string& relative);  // path under ../shared/data
 std::string freshDir(const std::string& name);  // empty directory under the test temp dir
 std::string readText(const std::string& path);
+// "/usr/bin/python3 .../tests/e2e/hf_reference.py": the independent PyTorch reference.
+std::string hfReference();
 // The "loss" field of every line of RUN_DIR/metrics.jsonl, as printed (17 significant digits).
 std::vector<std::string> losses(const std::string& run_dir);
 // A tiny random-init training config (stories tokenizer dataset) as INI text.

@@ -15,7 +15,6 @@ namespace {
 const std::string kGpt2 = data("hf/tiny-random-gpt2");
 const std::string kStories = data("llama2c/stories260K.bin");
 
-std::string reference() { return "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
 
 // graft's logits for `ids` on `model` vs the reference forward on `hf_folder` (the same weights in
 // Hugging Face layout): returns {graft loss, reference loss, max |logit difference|}.
@@ -23,7 +22,7 @@ std::vector<double> compareLogits(const std::string& model, const std::string& h
                                   const std::string& dir) {
   const auto ours = run(graft() + " eval --model " + model + " --ids '" + ids + "' --logits " + dir + "/logits.csv");
   EXPECT_EQ(ours.code, 0) << ours.output;
-  const auto ref = run(reference() + " logits " + hf_folder + " '" + ids + "' " + dir + "/logits.csv");
+  const auto ref = run(hfReference() + " logits " + hf_folder + " '" + ids + "' " + dir + "/logits.csv");
   EXPECT_EQ(ref.code, 0) << ref.output;
   double our_loss = 0, ref_loss = 0, diff = 1;
   long long tokens = 0;
@@ -41,7 +40,7 @@ TEST(Formats, HuggingFaceGpt2LogitsMatchAnIndependentForward) {
 
 TEST(Formats, ShardedFolderLoadsLikeOneFile) {
   const std::string dir = freshDir("fmt_shard");
-  ASSERT_EQ(run(reference() + " shard " + kGpt2 + " " + dir + "/sharded").code, 0);
+  ASSERT_EQ(run(hfReference() + " shard " + kGpt2 + " " + dir + "/sharded").code, 0);
   const std::string ids = "0 5 9 13 200 999";
   EXPECT_EQ(run(graft() + " eval --model " + dir + "/sharded --ids '" + ids + "'").output,
             run(graft() + " eval --model " + kGpt2 + " --ids '" + ids + "'").output);
@@ -54,7 +53,7 @@ TEST(Formats, LlamaFamilyVariantsAndDtypesMatchTheReference) {
   for (const auto& [type, dtype] : std::vector<std::pair<std::string, std::string>>{
            {"llama", "F32"}, {"mistral", "BF16"}, {"qwen2", "F16"}}) {
     const std::string folder = dir + "/" + type + "_" + dtype;
-    ASSERT_EQ(run(reference() + " random " + folder + " " + type + " " + dtype).code, 0);
+    ASSERT_EQ(run(hfReference() + " random " + folder + " " + type + " " + dtype).code, 0);
     const auto r = compareLogits(folder, folder, "1 5 9 13 20 96 4 17 30 2 0 77", dir);
     EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]) << type << " " << dtype;
     EXPECT_LT(r[2], 1e-4) << type << " " << dtype;
@@ -121,7 +120,7 @@ TEST(Formats, ExportRefusesToOverwrite) {
 }
 
 TEST(Formats, InspectReportsArchitectureTensorsAndParameters) {
-  const auto ref = run(reference() + " tensors " + kGpt2);  // "<tensor count> <parameter count>"
+  const auto ref = run(hfReference() + " tensors " + kGpt2);  // "<tensor count> <parameter count>"
   long long tensors = 0, params = 0;
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lld %lld", &tensors, &params), 2) << ref.output;
   const auto r = run(graft() + " inspect " + kGpt2 + " --json > /tmp/graft_inspect.json && /usr/bin/python3 -c \""
@@ -167,7 +166,7 @@ TEST(Formats, HostileHfFilesGiveOneLineErrors) {
   run("printf '{\"model_type\": \"gpt2\",' > " + bad_json + "/config.json");
   expect(bad_json, "config.json: invalid JSON at byte");
   const std::string scaling = dir + "/scaling";
-  ASSERT_EQ(run(reference() + " random " + scaling + " llama F32").code, 0);
+  ASSERT_EQ(run(hfReference() + " random " + scaling + " llama F32").code, 0);
   run("sed -i 's/\"hidden_act\"/\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}, \"hidden_act\"/' " + scaling + "/config.json");
   expect(scaling, "rope_scaling");
 }

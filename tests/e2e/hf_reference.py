@@ -5,7 +5,12 @@ usage: hf_reference.py logits FOLDER "ids" GRAFT_LOGITS.csv   -> prints <loss> <
        hf_reference.py tensors FOLDER                         -> prints <tensor count> <parameter count>
        hf_reference.py shard FOLDER OUT                       -> writes OUT as a 2-shard copy of FOLDER
        hf_reference.py random OUT TYPE DTYPE                  -> a tiny random llama/mistral/qwen2 folder
-                                                                 stored as F32, F16 or BF16"""
+                                                                 stored as F32, F16 or BF16
+       hf_reference.py peft FOLDER ADAPTER "ids" GRAFT_LOGITS.csv -> as logits, with a PEFT LoRA adapter
+                                                                 folder merged the way PEFT defines it
+       hf_reference.py masked FOLDER DATA.h5 SPLIT SEQ_LEN    -> <mean loss> <targets>: next-token loss over
+            the split's windows (tokens i*T .. i*T+T), counting only targets whose loss_mask is 1
+            (docs/data-format.md), token-weighted"""
 import json
 import os
 import struct
@@ -145,6 +150,17 @@ def write_random(out, model_type, dtype):
     open(os.path.join(out, "config.json"), "w").write(json.dumps(cfg, indent=2))
 
 
+def compare_logits(cfg, tensors, ids_text, graft_csv):
+    """Prints <mean next-token loss> <max |graft's logit - ours|>."""
+    ids = [int(t) for t in ids_text.split()]
+    forward = gpt2 if cfg["model_type"] == "gpt2" else llama
+    with torch.no_grad():
+        logits = forward(cfg, tensors, ids[:-1])
+    loss = torch.nn.functional.cross_entropy(logits.double(), torch.tensor(ids[1:])).item()
+    ours = torch.from_numpy(np.loadtxt(graft_csv, delimiter=",", dtype=np.float32).reshape(len(ids) - 1, -1))
+    print(f"{loss:.9f} {(ours - logits).abs().max().item():.9g}")
+
+
 def main():
     mode, folder = sys.argv[1], sys.argv[2]
     if mode == "random":
@@ -154,15 +170,41 @@ def main():
     if mode == "tensors":
         print(len(tensors), sum(t.numel() for t in tensors.values()))
     elif mode == "logits":
-        ids = [int(t) for t in sys.argv[3].split()]
-        forward = gpt2 if cfg["model_type"] == "gpt2" else llama
-        with torch.no_grad():
-            logits = forward(cfg, tensors, ids[:-1])
-        loss = torch.nn.functional.cross_entropy(logits.double(), torch.tensor(ids[1:])).item()
-        ours = torch.from_numpy(np.loadtxt(sys.argv[4], delimiter=",", dtype=np.float32).reshape(len(ids) - 1, -1))
-        print(f"{loss:.9f} {(ours - logits).abs().max().item():.9g}")
+        compare_logits(cfg, tensors, sys.argv[3], sys.argv[4])
+    elif mode == "peft":
+        # PEFT's LoRA: W + lora_alpha / r * B @ A on each target module (HF names and layout).
+        adapter = sys.argv[3]
+        acfg = json.load(open(os.path.join(adapter, "adapter_config.json")))
+        scale = acfg["lora_alpha"] / acfg["r"]
+        lora = read_safetensors(os.path.join(adapter, "adapter_model.safetensors"))
+        merged = 0
+        for name, a in lora.items():
+            if name.endswith(".lora_A.weight"):
+                module = name[len("base_model.model."):-len(".lora_A.weight")]
+                b = lora[name[:-len("lora_A.weight")] + "lora_B.weight"]
+                tensors[module + ".weight"] = tensors[module + ".weight"] + scale * (b @ a)
+                merged += 1
+        assert merged and merged * 2 == len(lora), "unexpected tensors in the adapter"
+        compare_logits(cfg, tensors, sys.argv[4], sys.argv[5])
     elif mode == "random":
         write_random(folder, sys.argv[3], sys.argv[4])
+    elif mode == "masked":
+        import h5py
+        f = h5py.File(sys.argv[3], "r")
+        split, T = sys.argv[4], int(sys.argv[5])
+        tokens = f[split + "/tokens"][:].astype(np.int64)
+        mask = f[split + "/loss_mask"][:] if split + "/loss_mask" in f else np.ones(len(tokens), np.uint8)
+        forward = gpt2 if cfg["model_type"] == "gpt2" else llama
+        total, counted = 0.0, 0
+        with torch.no_grad():
+            for i in range((len(tokens) - 1) // T):
+                window = tokens[i * T:i * T + T + 1]
+                logits = forward(cfg, tensors, window[:-1].tolist()).double()
+                keep = torch.from_numpy(mask[i * T + 1:i * T + T + 1].astype(bool))
+                ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(window[1:]), reduction="none")
+                total += ce[keep].sum().item()
+                counted += int(keep.sum())
+        print(f"{total / counted:.9f} {counted}")
     elif mode == "shard":  # rewrite as two shards + index, raw bytes untouched
         out = sys.argv[3]
         os.makedirs(out, exist_ok=True)

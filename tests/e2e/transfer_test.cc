@@ -55,7 +55,7 @@ TEST(Transfer, LoraOnTwoRanksWritesAdaptersOnlyAndExportsMergedAndPeft) {
   const std::string ids = "1 403 407 9 35 270 300 12 55";
   const auto ours = run(graft() + " eval --model " + ckpt + " --ids '" + ids + "' --logits " + dir + "/adapter.csv");
   ASSERT_EQ(ours.code, 0) << ours.output;
-  const auto ref = run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py logits " + dir +
+  const auto ref = run(hfReference() + " logits " + dir +
                        "/merged '" + ids + "' " + dir + "/adapter.csv");
   double ref_loss = 0, diff = 1;
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &diff), 2) << ref.output;
@@ -66,6 +66,11 @@ TEST(Transfer, LoraOnTwoRanksWritesAdaptersOnlyAndExportsMergedAndPeft) {
   EXPECT_NE(readText(dir + "/peft/adapter_config.json").find("model.layers.4.self_attn.q_proj"), std::string::npos);
   EXPECT_EQ(run(graft() + " eval --model " + kBase + " --adapter " + dir + "/peft --ids '" + ids + "'").output,
             run(graft() + " eval --model " + ckpt + " --ids '" + ids + "'").output);
+  // ... and read as PEFT defines it (W + alpha/r B A on the HF base) by the reference.
+  ASSERT_EQ(run(graft() + " export --model " + kBase + " --format hf --out " + dir + "/base_hf").code, 0);
+  const auto peft_ref = run(hfReference() + " peft " + dir + "/base_hf " + dir + "/peft '" + ids + "' " + dir + "/adapter.csv");
+  ASSERT_EQ(sscanf(peft_ref.output.c_str(), "%lf %lf", &ref_loss, &diff), 2) << peft_ref.output;
+  EXPECT_LT(diff, 1e-4);
   // Frozen weights keep their exact bytes: LoRA on wq only, merged; everything but wq equals the base.
   const std::string wq_dir = freshDir("lora_wq");
   train(wq_dir, loraConfig(wq_dir + "/run", "none", "wq"), "--train.steps=2 --checkpoint.every=2");
