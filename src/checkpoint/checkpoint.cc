@@ -95,6 +95,7 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& o
     file.setAttr("/optimizer", "weight_decay", o.weight_decay);
     for (const auto& s : optimizer.slots()) {
       file.writeTensor("/optimizer/exp_avg/" + s.name, s.exp_avg);
+      file.setAttr("/optimizer/exp_avg/" + s.name, "steps", s.steps);
       file.writeTensor("/optimizer/exp_avg_sq/" + s.name, s.exp_avg_sq);
     }
     file.setAttr("/schedule", "lr", schedule.lr);
@@ -163,6 +164,12 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
     }
   }
   optimizer.setStepCount(file.intAttr("/optimizer", "step_count"));
+  for (auto& s : optimizer.slots()) {  // checkpoints before per-parameter counts: every slot had them all
+    const std::string object = "/optimizer/exp_avg/" + s.name;
+    s.steps = file.hasAttr(object, "steps") ? file.intAttr(object, "steps") : optimizer.stepCount();
+    if (s.steps < 0 || s.steps > optimizer.stepCount())
+      throw InputError(path + ": " + object + " attribute steps = " + std::to_string(s.steps) + " is out of range");
+  }
   TrainingState state;
   state.step = file.intAttr("/", "step");
   state.world_size = file.intAttr("/", "world_size");

@@ -6,7 +6,7 @@
 //   /model        see io/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
 //   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
 //   /optimizer    attrs step_count, beta1, beta2, eps, weight_decay;
-//                 exp_avg/<param>, exp_avg_sq/<param> float32
+//                 exp_avg/<param> (attr steps: that parameter's updates), exp_avg_sq/<param> float32
 //   /schedule     attrs lr, min_lr, warmup, total
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state

@@ -14,12 +14,12 @@ AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, Adam
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++step_count_;
-  const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_count_));
-  const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_count_));
-  const double bc2_sqrt = std::sqrt(bc2);
   for (auto& s : slots_) {
     const auto& g = s.param.grad();
     if (!g.defined() || s.lr_scale == 0.0) continue;
+    ++s.steps;
+    const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.steps));
+    const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(s.steps)));
     const double slot_lr = lr * s.lr_scale, step_size = slot_lr / bc1;
     if (s.decay && options_.weight_decay != 0) s.param.mul_(1.0 - slot_lr * options_.weight_decay);
     s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);

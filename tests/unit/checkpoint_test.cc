@@ -51,6 +51,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   AdamW opt(model->named_parameters().pairs(), {0.9, 0.95, 1e-8, 0.1});
   for (auto& s : opt.slots()) s.exp_avg.normal_(), s.exp_avg_sq.uniform_();
   opt.setStepCount(17);
+  for (std::size_t i = 0; i < opt.slots().size(); ++i) opt.slots()[i].steps = 17 - static_cast<std::int64_t>(i % 5);
   TrainingState st;
   st.step = 17;
   st.world_size = 2;
@@ -79,6 +80,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   for (std::size_t i = 0; i < opt.slots().size(); ++i) {
     EXPECT_TRUE(torch::equal(opt.slots()[i].exp_avg, opt2.slots()[i].exp_avg));
     EXPECT_TRUE(torch::equal(opt.slots()[i].exp_avg_sq, opt2.slots()[i].exp_avg_sq));
+    EXPECT_EQ(opt.slots()[i].steps, opt2.slots()[i].steps);
   }
   pruneCheckpoints(dir, 1);
   std::ifstream tmp(dir + "/" + checkpointName(19) + ".tmp");
