@@ -66,6 +66,9 @@ class TokenDataset {
   std::int64_t numDocuments() const { return static_cast<std::int64_t>(offsets_.size()) - 1; }
   // Document `index`'s tokens, the first `max_tokens` of them, appended to `out`; returns how many.
   std::int64_t document(std::int64_t index, std::int64_t max_tokens, std::vector<std::int64_t>& out) const;
+  std::int64_t documentLength(std::int64_t index) const {
+    return offsets_[static_cast<std::size_t>(index) + 1] - offsets_[static_cast<std::size_t>(index)];
+  }
   int label(std::int64_t index) const { return labels_[static_cast<std::size_t>(index)]; }
   const std::vector<std::string>& labelNames() const { return label_names_; }
 

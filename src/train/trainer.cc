@@ -143,6 +143,7 @@ struct StepOutcome {
   double loss = 0, grad_norm = 0;
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
   bool stop_requested = false;  // some rank asked to stop (signal)
+  std::int64_t tokens = 0;      // tokens the step read on all ranks (whole documents, cut to seq_len, when classifying)
 };
 
 struct Trainer::State {
@@ -290,16 +291,18 @@ struct Trainer::State {
       for (auto& slot : optimizer.slots())
         slot.lr_scale = layerLrScale(slot.name, model->config().n_layers, t.layer_lr_decay, t.unfreeze_every, step_number);
     reducer.beginStep();
-    double loss_sum = 0;
+    double loss_sum = 0, tokens = 0;
     for (std::int64_t m = 0; m < accumulation; ++m) {
       reducer.beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
       torch::Tensor loss;
       if (classify) {
+        for (const auto i : indices) tokens += static_cast<double>(std::min<std::int64_t>(train_data.documentLength(i), config.seq_len));
         torch::Tensor labels;
         loss = torch::nn::functional::cross_entropy(classLogits(train_data, train_features, indices, labels), labels);
       } else {
+        tokens += static_cast<double>(indices.size()) * config.seq_len;
         const auto batch = windowBatch(train_data, indices);
         if (train_data.hasLossMask()) {
           // Mean over the targets that count; a micro-batch of prompt tokens only contributes 0.
@@ -315,11 +318,12 @@ struct Trainer::State {
       loss_sum += loss.item<double>();
     }
     reducer.finish();
-    double reduced[2] = {loss_sum, stop_requested && stop_requested() ? 1.0 : 0.0};
-    comm.allReduce(reduced, 2, ReduceOp::Sum, "train/loss+stop");
+    double reduced[3] = {loss_sum, stop_requested && stop_requested() ? 1.0 : 0.0, tokens};
+    comm.allReduce(reduced, 3, ReduceOp::Sum, "train/loss+stop");
     StepOutcome out;
     out.loss = reduced[0] / comm.size();
     out.stop_requested = reduced[1] > 0;
+    out.tokens = static_cast<std::int64_t>(reduced[2]);
     out.grad_norm = reducer.globalNorm();
     out.applied = std::isfinite(out.loss) && std::isfinite(out.grad_norm);
     if (!out.applied) return out;
@@ -360,7 +364,7 @@ struct Trainer::State {
                   "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
                   static_cast<long long>(step), jsonNumber(out.loss, 17).c_str(), schedule.at(step),
                   jsonNumber(out.grad_norm, 9).c_str(),
-                  static_cast<long long>(step * config.batch_size * config.seq_len), tokens_per_s, elapsed,
+                  static_cast<long long>(tokens_seen), tokens_per_s, elapsed,
                   out.applied ? 0 : 1, static_cast<long long>(skipped_total),
                   has_val ? (", \"val_loss\": " + std::to_string(val_loss) +
                              (classify ? ", \"val_accuracy\": " + jsonNumber(val_accuracy, 6) : std::string())).c_str()
@@ -381,7 +385,7 @@ struct Trainer::State {
   TrainingState snapshot(std::int64_t step_number) {
     TrainingState state;
     state.step = step_number;
-    state.tokens_seen = step_number * config.batch_size * config.seq_len;
+    state.tokens_seen = tokens_seen;
     state.skipped_steps = skipped_total;
     state.world_size = comm.size();
     state.seed = config.seed;
@@ -476,6 +480,7 @@ struct Trainer::State {
     path = checkpoint_dir + "/" + checkpointName(found[0]);
     const auto state = readCheckpoint(path, model, optimizer);
     skipped_total = state.skipped_steps;
+    tokens_seen = state.tokens_seen;
     if (state.world_size == comm.size() && state.rng_states.defined() && state.rng_states.size(0) == comm.size()) {
       at::Generator gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
@@ -512,6 +517,7 @@ struct Trainer::State {
   TrainConfig config;
   std::function<bool()> stop_requested;
   std::int64_t skipped_total = 0, bad_in_a_row = 0;
+  std::int64_t tokens_seen = 0;  // tokens read by all ranks since step 0 (checkpointed)
   Communicator& comm;
   Logger log;
   TokenDataset train_data, val_data;
@@ -563,12 +569,15 @@ TrainResult Trainer::run() {
   const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;
   const auto t0 = Clock::now();
   result.final_val_loss = result.base_val_loss;
+  std::int64_t run_tokens = 0;  // read by this run (since the start or the resume)
   for (std::int64_t step = start + 1; step <= last; ++step) {
     const StepOutcome out = s.step(step);
+    s.tokens_seen += out.tokens;
+    run_tokens += out.tokens;
     if (out.applied) s.bad_in_a_row = 0;
     else s.countSkipped(step, out);
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    result.tokens_per_second = static_cast<double>((step - start) * c.batch_size * c.seq_len) / std::max(elapsed, 1e-9);
+    result.tokens_per_second = static_cast<double>(run_tokens) / std::max(elapsed, 1e-9);
     const bool eval_now = (c.eval_every > 0 && step % c.eval_every == 0) || step == c.steps;
     if (eval_now) result.final_val_loss = s.validationLoss();
     s.report(step, start, out, result.tokens_per_second, elapsed, eval_now ? result.final_val_loss : std::nan(""));

@@ -122,6 +122,29 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   EXPECT_GT(std::abs(std::stod(unmasked.front()) - std::stod(l.front())), 0.05) << l.front() << " vs " << unmasked.front();
 }
 
+// Classification reads whole documents: the metrics count their own tokens (here all the same
+// length, read from the file by h5py), not seq_len per document.
+TEST(Data, ClassificationCountsTheDocumentsOwnTokens) {
+  const std::string dir = freshDir("data_doc_tokens");
+  {
+    std::ofstream out(dir + "/same.csv");
+    out << "text,label\n";
+    for (int i = 0; i < 40; ++i) out << "the cat sat on the mat," << (i % 2 ? "a" : "b") << "\n";
+  }
+  ASSERT_EQ(run(graft() + " prepare --tokenizer " + kTok + " --input " + dir + "/same.csv --out " + dir +
+                "/same.h5 --label-field label --val-fraction 0.2").code, 0);
+  const std::string lengths = python("import h5py, numpy; o = h5py.File('" + dir + "/same.h5', 'r')['train/doc_offsets'][:]; "
+                                     "print(sorted(set(numpy.diff(o).tolist())))");
+  int length = 0;
+  ASSERT_EQ(sscanf(lengths.c_str(), "[%d]", &length), 1) << lengths;
+  ASSERT_LT(length, 32);
+  std::ofstream(dir + "/t.ini") << tinyConfig(dir + "/run", dir + "/same.h5");
+  const auto t = run(graft() + " train --config " + dir + "/t.ini --train.steps=3 --checkpoint.every=0");
+  ASSERT_EQ(t.code, 0) << t.output;
+  EXPECT_EQ(python("import json; print(json.loads(open('" + dir + "/run/metrics.jsonl').read().splitlines()[-1])['tokens'])"),
+            std::to_string(3 * 8 * length) + "\n");
+}
+
 TEST(Data, BadInputNamesFileAndLineAndWritesNothing) {
   const std::string dir = freshDir("data_bad");
   std::ofstream(dir + "/ragged.csv") << "text,category\nhello,a\n\"quoted, comma\",b,extra\n";
