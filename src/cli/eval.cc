@@ -231,6 +231,10 @@ int runEval(const Args& args) {
       if (model->config().num_classes != static_cast<int>(data.labelNames().size()))
         throw InputError(model_path + ": has no " + std::to_string(data.labelNames().size()) +
                          "-class head for " + data_path + " (train one with task.type = classify, or use --zero-shot)");
+      const auto& names = model->config().label_names;
+      if (!names.empty() && names != data.labelNames())
+        throw InputError(model_path + ": its head's labels (" + names.front() + ", ...) are not " + data_path +
+                         "'s labels (" + data.labelNames().front() + ", ...) in the same order");
       evalClassifier(model, data, dataset);
     }
     return 0;

@@ -59,6 +59,15 @@ Json architectureJson(const ModelConfig& c) {
   if (!c.isGpt2()) a.set("rope_theta", c.rope_theta);
   if (c.qkv_bias) a.set("qkv_bias", true);
   if (c.sliding_window) a.set("sliding_window", c.sliding_window);
+  if (c.num_classes > 0) {
+    a.set("num_classes", c.num_classes);
+    a.set("pooling", c.pooling);
+    if (!c.label_names.empty()) {
+      Json names = Json::array();
+      for (const auto& n : c.label_names) names.push(n);
+      a.set("label_names", std::move(names));
+    }
+  }
   a.set("summary", c.describe());
   return a;
 }

@@ -197,7 +197,9 @@ std::vector<std::pair<std::string, torch::Tensor>> hfTensors(Transformer& m) {
     }
     out.emplace_back(pre + "norm.weight", p("norm.weight"));
   }
-  if (!c.tied) out.emplace_back("lm_head.weight", p("output.weight"));
+  // A sequence classifier (transformers' *ForSequenceClassification) has score instead of lm_head.
+  if (c.num_classes > 0) out.emplace_back("score.weight", p("head.weight"));
+  else if (!c.tied) out.emplace_back("lm_head.weight", p("output.weight"));
   return out;
 }
 
@@ -214,7 +216,7 @@ Json hfConfig(const ModelConfig& c, StDType dtype) {
   if (c.isGpt2()) {
     if (c.n_kv_heads != c.n_heads)
       throw InputError("a gpt2 model with grouped-query attention has no Hugging Face equivalent");
-    j.set("architectures", Json::array()).push("GPT2LMHeadModel");
+    j.set("architectures", Json::array()).push(c.num_classes > 0 ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel");
     j.set("model_type", "gpt2");
     j.set("activation_function", "gelu_new");
     j.set("n_embd", c.dim);
@@ -229,8 +231,8 @@ Json hfConfig(const ModelConfig& c, StDType dtype) {
     if (c.qkv_bias && c.sliding_window > 0)
       throw InputError("a llama-family model with both q/k/v biases and a sliding window has no Hugging Face equivalent");
     const char* type = c.qkv_bias ? "qwen2" : c.sliding_window > 0 ? "mistral" : "llama";
-    const char* arch = c.qkv_bias ? "Qwen2ForCausalLM" : c.sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM";
-    j.set("architectures", Json::array()).push(arch);
+    const std::string family = c.qkv_bias ? "Qwen2" : c.sliding_window > 0 ? "Mistral" : "Llama";
+    j.set("architectures", Json::array()).push(family + (c.num_classes > 0 ? "ForSequenceClassification" : "ForCausalLM"));
     j.set("model_type", type);
     j.set("hidden_act", "silu");
     j.set("hidden_size", c.dim);
@@ -246,10 +248,56 @@ Json hfConfig(const ModelConfig& c, StDType dtype) {
     if (c.qkv_bias) j.set("use_sliding_window", false);
   }
   j.set("vocab_size", c.vocab_size);
+  if (c.num_classes > 0) {
+    // transformers' classifiers read the last token (the last non-pad one when pad_token_id is set).
+    if (c.pooling != "last")
+      throw InputError("a classification head on the " + c.pooling + " of the tokens has no Hugging Face equivalent "
+                       "(transformers' sequence classifiers read the last token); train with task.pooling = last");
+    Json id2label = Json::object(), label2id = Json::object();
+    for (int k = 0; k < c.num_classes; ++k) {
+      const std::string name = c.label_names.empty() ? "LABEL_" + std::to_string(k) : c.label_names[static_cast<std::size_t>(k)];
+      id2label.set(std::to_string(k), name);
+      label2id.set(name, k);
+    }
+    j.set("id2label", std::move(id2label));
+    j.set("label2id", std::move(label2id));
+    j.set("problem_type", "single_label_classification");
+  }
   j.set("tie_word_embeddings", c.tied);
   j.set("torch_dtype", torchDtypeName(dtype));
   j.set("graft_exported", true);
   return j;
+}
+
+// transformers' *ForSequenceClassification: a head `score` [num_labels, dim] on the last token,
+// the labels named by id2label ({"0": "name", ...}).
+void readClassifierConfig(const Json& j, const std::string& file, ModelConfig& c) {
+  const Json* archs = j.find("architectures");
+  bool classifier = false;
+  if (archs && archs->isArray())
+    for (const auto& a : archs->asArray(file + ": architectures"))
+      classifier = classifier || (a.isString() && endsWith(a.asString(file), "ForSequenceClassification"));
+  if (!classifier) return;
+  if (const Json* v = j.find("problem_type"); v && !v->isNull() && v->asString(file + ": problem_type") != "single_label_classification")
+    throw InputError(file + ": problem_type " + v->asString(file) + " is not supported (single_label_classification)");
+  const Json* id2label = j.find("id2label");
+  if (!id2label || !id2label->isObject() || id2label->asObject(file).empty())
+    throw InputError(file + ": a sequence classifier needs id2label (one entry per class)");
+  const auto& entries = id2label->asObject(file + ": id2label");
+  c.num_classes = static_cast<int>(entries.size());
+  c.label_names.assign(entries.size(), "");
+  for (const auto& [key, name] : entries) {
+    std::size_t used = 0;
+    long id = -1;
+    try {
+      id = std::stol(key, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != key.size() || id < 0 || id >= c.num_classes || !c.label_names[static_cast<std::size_t>(id)].empty())
+      throw InputError(file + ": id2label key \"" + key + "\" is not one of 0 .. " + std::to_string(c.num_classes - 1));
+    c.label_names[static_cast<std::size_t>(id)] = name.asString(file + ": id2label[" + key + "]");
+  }
+  c.pooling = "last";
 }
 
 int intField(const Json& j, const std::string& key, const std::string& what) {
@@ -329,15 +377,18 @@ ModelConfig readHfConfig(const std::string& file) {
   } else {
     throw InputError(file + ": model_type '" + type + "' is not supported (gpt2, llama, mistral, qwen2)");
   }
+  readClassifierConfig(j, file, c);
   c.validate(file);
   return c;
 }
 
 Transformer loadHfModel(const std::string& path) {
   const std::string folder = hfModelFolder(path);
-  const ModelConfig c = readHfConfig(folder + "/config.json");
-  Transformer model(c);
+  ModelConfig c = readHfConfig(folder + "/config.json");
   HfTensors tensors(path, c.isGpt2() ? "transformer." : "model.");
+  // A classifier has no lm_head; graft's model keeps one (for generation), tied to the embeddings.
+  if (c.num_classes > 0 && !tensors.has("lm_head.weight")) c.tied = true;
+  Transformer model(c);
   torch::NoGradGuard no_grad;
   if (c.isGpt2()) {
     loadGpt2(model, tensors);
@@ -349,6 +400,7 @@ Transformer loadHfModel(const std::string& path) {
   } else {
     param(model, "output.weight").copy_(tensors.get("lm_head.weight", {c.vocab_size, c.dim}));
   }
+  if (c.num_classes > 0) param(model, "head.weight").copy_(tensors.get("score.weight", {c.num_classes, c.dim}));
   tensors.rejectLeftovers(c.isGpt2() ? "gpt2" : "llama-family");
   return model;
 }

@@ -9,6 +9,8 @@
 //   llama: embed_tokens -> tok_embeddings, input_layernorm -> attention_norm,
 //          self_attn.{q,k,v,o}_proj -> w{q,k,v,o}, post_attention_layernorm -> ffn_norm,
 //          mlp.{gate,down,up}_proj -> w{1,2,3}, norm -> norm, lm_head -> output.
+//   sequence classifiers (*ForSequenceClassification): score -> head (last-token pooling),
+//          id2label -> ModelConfig::label_names; no lm_head (graft ties its LM head).
 // Note [rotary layouts]: Hugging Face rotates halves (dimension i pairs with i + D/2) where graft,
 // like Meta and llama2.c, rotates interleaved pairs (2i, 2i + 1). The rows of q_proj and k_proj
 // (and their biases) are permuted on the way in and permuted back on the way out, exactly as

@@ -1,5 +1,8 @@
 #include "io/model_io.h"
 
+#include <algorithm>
+#include <sstream>
+
 #include <torch/torch.h>
 
 #include "io/hf_model.h"
@@ -25,7 +28,7 @@ Transformer loadModel(const std::string& path) {
       throw InputError(path + ": adapter-only checkpoint of base model '" + base + "', which is not found");
     auto model = loadModel(base);
     const ModelConfig stored = readModelConfig(file);
-    if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0);
+    if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0, stored.label_names);
     applyTransfer(model, transfer, 0);
     if (!(stored == model->config()))
       throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
@@ -88,6 +91,15 @@ void writeModelGroup(H5File& file, Transformer& model, bool trainable_only) {
   file.setAttr("/model", "sliding_window", std::int64_t{c.sliding_window});
   file.setAttr("/model", "num_classes", std::int64_t{c.num_classes});
   file.setAttr("/model", "pooling", c.pooling);
+  // One name per line; names that cannot be written so (empty, or holding a newline) are left out.
+  const bool writable = !c.label_names.empty() &&
+                        std::all_of(c.label_names.begin(), c.label_names.end(),
+                                    [](const std::string& n) { return !n.empty() && n.find('\n') == std::string::npos; });
+  if (writable) {
+    std::string names;
+    for (const auto& n : c.label_names) names += (names.empty() ? "" : "\n") + n;
+    file.setAttr("/model", "label_names", names);
+  }
   file.setAttr("/model", "adapter_only", std::int64_t{trainable_only ? 1 : 0});
   for (const auto& p : model->named_parameters())
     if (!trainable_only || p.value().requires_grad()) file.writeTensor("/model/" + p.key(), p.value());
@@ -113,6 +125,10 @@ ModelConfig readModelConfig(const H5File& file) {
   if (file.hasAttr("/model", "sliding_window")) c.sliding_window = get("sliding_window");
   if (file.hasAttr("/model", "num_classes")) c.num_classes = get("num_classes");
   if (file.hasAttr("/model", "pooling")) c.pooling = file.stringAttr("/model", "pooling");
+  if (file.hasAttr("/model", "label_names")) {  // one per line
+    std::istringstream names(file.stringAttr("/model", "label_names"));
+    for (std::string name; std::getline(names, name);) c.label_names.push_back(name);
+  }
   c.validate(file.path() + ":/model");
   return c;
 }

@@ -19,6 +19,8 @@ void ModelConfig::validate(const std::string& where) const {
   need(norm_eps > 0 && rope_theta > 0, "norm_eps and rope_theta must be positive");
   need(num_classes >= 0 && num_classes <= (1 << 20), "num_classes out of range");
   need(pooling == "last" || pooling == "mean", "pooling '" + pooling + "' is not last or mean");
+  need(label_names.empty() || static_cast<int>(label_names.size()) == num_classes,
+       std::to_string(label_names.size()) + " label names for a " + std::to_string(num_classes) + "-class head");
 }
 
 std::string ModelConfig::describe() const {

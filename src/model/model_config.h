@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace graft {
 
@@ -25,6 +26,9 @@ struct ModelConfig {
   int sliding_window = 0;  // llama family: attend to at most this many positions (Mistral); 0 = all
   int num_classes = 0;         // > 0: a sequence-classification head `head` [num_classes, dim]
   std::string pooling = "last";  // what the head reads: the last token's hidden state | the mean
+  // What the head's outputs mean, when known (num_classes names, in output order). Not part of
+  // operator==, so that checkpoints written before names were kept still resume.
+  std::vector<std::string> label_names;
 
   bool isGpt2() const { return arch == "gpt2"; }
   int headDim() const { return dim / n_heads; }

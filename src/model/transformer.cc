@@ -304,10 +304,13 @@ torch::Tensor TransformerImpl::classifySequences(const torch::Tensor& ids, const
   return head(pool(hidden(ids), lengths));
 }
 
-void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed) {
+void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed,
+                                        const std::vector<std::string>& label_names) {
+  TORCH_CHECK(!head, "addClassifierHead: the model already has a head");
   ModelConfig c = config_;
   c.num_classes = num_classes;
   c.pooling = pooling;
+  c.label_names = label_names;
   c.validate("classification head");
   config_ = c;
   head = register_module("head", linear(c.dim, num_classes, false));

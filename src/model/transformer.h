@@ -131,8 +131,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths);
   // Pooled features [B, dim]: the hidden state of each row's last token, or the mean over its tokens.
   torch::Tensor pool(const torch::Tensor& hidden, const torch::Tensor& lengths) const;
-  // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without one.
-  void addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed);
+  // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without
+  // one; `label_names` (optional) say what its outputs mean.
+  void addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed,
+                         const std::vector<std::string>& label_names = {});
   // Gives a tied model its own classifier `output`, initialised as a copy of the embedding, so the
   // LM head can train alone (feature extraction for language modelling).
   void untieClassifier();

@@ -82,8 +82,16 @@ bool classifies(const TrainConfig& c, const TokenDataset& train) {
 // data, then the [transfer] flavour applied.
 Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
   auto model = loadOrInitialise(c, train.vocabSize(), log);
-  if (classifies(c, train)) {
-    model->addClassifierHead(static_cast<int>(train.labelNames().size()), c.pooling, c.seed);
+  if (classifies(c, train) && model->config().num_classes > 0) {
+    // A classifier to fine-tune further: its head must be for these labels, in this order.
+    const ModelConfig& mc = model->config();
+    if (mc.num_classes != static_cast<int>(train.labelNames().size()) ||
+        (!mc.label_names.empty() && mc.label_names != train.labelNames()))
+      throw InputError(c.model_path + ": its " + std::to_string(mc.num_classes) + "-class head does not match the " +
+                       std::to_string(train.labelNames().size()) + " labels of " + c.data_path);
+    log.main("task: classify " + std::to_string(mc.num_classes) + " labels with the model's own head");
+  } else if (classifies(c, train)) {
+    model->addClassifierHead(static_cast<int>(train.labelNames().size()), c.pooling, c.seed, train.labelNames());
     log.main("task: classify " + std::to_string(train.labelNames().size()) + " labels from the " + c.pooling +
              " token" + (c.pooling == "mean" ? "s'" : "'s") + " features");
   }

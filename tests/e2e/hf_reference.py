@@ -8,6 +8,8 @@ usage: hf_reference.py logits FOLDER "ids" GRAFT_LOGITS.csv   -> prints <loss> <
                                                                  stored as F32, F16 or BF16
        hf_reference.py peft FOLDER ADAPTER "ids" GRAFT_LOGITS.csv -> as logits, with a PEFT LoRA adapter
                                                                  folder merged the way PEFT defines it
+       hf_reference.py classify FOLDER DATA.h5 SPLIT          -> <accuracy> <mean loss> <documents> of a
+            sequence classifier folder on a labelled graft dataset
        hf_reference.py masked FOLDER DATA.h5 SPLIT SEQ_LEN    -> <mean loss> <targets>: next-token loss over
             the split's windows (tokens i*T .. i*T+T), counting only targets whose loss_mask is 1
             (docs/data-format.md), token-weighted"""
@@ -54,7 +56,7 @@ def strip(tensors, prefix):
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
 
 
-def gpt2(cfg, w, ids):
+def gpt2(cfg, w, ids, head=None):
     w = strip(w, "transformer.")
     T, d, H = len(ids), cfg["n_embd"], cfg["n_head"]
     x = w["wte.weight"][torch.tensor(ids)] + w["wpe.weight"][:T]
@@ -70,10 +72,10 @@ def gpt2(cfg, w, ids):
         h = 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h ** 3)))  # gelu_new
         x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
     x = ln(x, "ln_f")
-    return x @ w.get("lm_head.weight", w["wte.weight"]).T
+    return x @ (head if head is not None else w.get("lm_head.weight", w["wte.weight"])).T
 
 
-def llama(cfg, w, ids):
+def llama(cfg, w, ids, head=None):
     w = strip(w, "model.")
     T, d, H = len(ids), cfg["hidden_size"], cfg["num_attention_heads"]
     KV, D = cfg.get("num_key_value_heads", H), d // H
@@ -104,7 +106,7 @@ def llama(cfg, w, ids):
         h = rms(x, p + "post_attention_layernorm.weight")
         x = x + (torch.nn.functional.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
     x = rms(x, "norm.weight")
-    return x @ w.get("lm_head.weight", w["embed_tokens.weight"]).T
+    return x @ (head if head is not None else w.get("lm_head.weight", w["embed_tokens.weight"])).T
 
 
 def write_safetensors(path, tensors, dtype):
@@ -188,6 +190,29 @@ def main():
         compare_logits(cfg, tensors, sys.argv[4], sys.argv[5])
     elif mode == "random":
         write_random(folder, sys.argv[3], sys.argv[4])
+    elif mode == "classify":
+        # transformers' *ForSequenceClassification: score on the last token of each document (cut
+        # to max_position_embeddings / n_positions), labels compared by name through id2label.
+        import h5py
+        f = h5py.File(sys.argv[3], "r")
+        split = sys.argv[4]
+        tokens, offsets, labels = f[split + "/tokens"][:], f[split + "/doc_offsets"][:], f[split + "/labels"][:]
+        names = json.loads(f.attrs["label_names"])
+        id2label = {int(k): v for k, v in cfg["id2label"].items()}
+        assert sorted(id2label) == list(range(len(names))) and set(id2label.values()) == set(names), "label sets differ"
+        by_name = {v: k for k, v in id2label.items()}
+        context = cfg.get("max_position_embeddings", cfg.get("n_positions"))
+        forward = gpt2 if cfg["model_type"] == "gpt2" else llama
+        loss, correct = 0.0, 0
+        with torch.no_grad():
+            for d in range(len(offsets) - 1):
+                ids = tokens[offsets[d]:offsets[d + 1]][:context].tolist()
+                logits = forward(cfg, tensors, ids, head=tensors["score.weight"])[-1].double()
+                target = by_name[names[labels[d]]]
+                loss += torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])).item()
+                correct += int(logits.argmax().item() == target)
+        n = len(offsets) - 1
+        print(f"{correct / n:.6f} {loss / n:.9f} {n}")
     elif mode == "masked":
         import h5py
         f = h5py.File(sys.argv[3], "r")

@@ -207,6 +207,19 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
   double eval_accuracy = -1;
   ASSERT_EQ(sscanf(eval.output.c_str(), "{\"accuracy\": %lf", &eval_accuracy), 1) << eval.output;
   EXPECT_NEAR(eval_accuracy, accuracy, 1e-6);
+  // Exported as a Hugging Face sequence classifier, it scores the split as transformers' would (the
+  // reference: score on the last token, labels matched by name through id2label) and loads back.
+  ASSERT_EQ(run(graft() + " export --model " + dir + "/run/checkpoints/step-00000040.h5 --format hf --out " + dir + "/hf").code, 0);
+  const auto ref = run(hfReference() + " classify " + dir + "/hf " + banking77FewShot() + " val");
+  double ref_accuracy = -1, ref_loss = -1;
+  long long ref_documents = 0;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf %lld", &ref_accuracy, &ref_loss, &ref_documents), 3) << ref.output;
+  const auto back = run(graft() + " eval --model " + dir + "/hf --data " + banking77FewShot());
+  double back_accuracy = -1, back_loss = -1;
+  ASSERT_EQ(sscanf(back.output.c_str(), "{\"accuracy\": %lf, \"loss\": %lf", &back_accuracy, &back_loss), 2) << back.output;
+  EXPECT_NEAR(back_accuracy, ref_accuracy, 1e-9);
+  EXPECT_NEAR(back_accuracy, eval_accuracy, 1e-9);
+  EXPECT_NEAR(back_loss, ref_loss, 1e-5 * ref_loss);
   // Resume from step 20 reuses the cache and ends bitwise where the straight run ended.
   const std::string split = freshDir("b77_feature_split");
   run("mkdir -p " + split + "/run && cp " + dir + "/run/features.h5 " + split + "/run/");
