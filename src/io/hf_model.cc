@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <set>
 
@@ -433,16 +434,39 @@ std::string hfModuleOf(const ModelConfig& c, const std::string& path) {
     static const std::map<std::string, std::string> names = {
         {"attention.wo", "attn.c_proj"}, {"feed_forward.w1", "mlp.c_fc"}, {"feed_forward.w2", "mlp.c_proj"}};
     const auto it = names.find(rest);
-    if (it == names.end())
-      throw InputError("PEFT export: gpt2 keeps q, k and v in one fused c_attn, so adapters on " + path +
-                       " have no PEFT equivalent; export the merged model with --format hf");
-    return "transformer.h." + index + "." + it->second;
+    return "transformer.h." + index + "." + (it == names.end() ? std::string("attn.c_attn") : it->second);
   }
   static const std::map<std::string, std::string> names = {
       {"attention.wq", "self_attn.q_proj"}, {"attention.wk", "self_attn.k_proj"}, {"attention.wv", "self_attn.v_proj"},
       {"attention.wo", "self_attn.o_proj"}, {"feed_forward.w1", "mlp.gate_proj"}, {"feed_forward.w2", "mlp.down_proj"},
       {"feed_forward.w3", "mlp.up_proj"}};
   return "model.layers." + index + "." + names.at(rest);
+}
+
+// Note [fused c_attn]: transformers' GPT-2 computes q, k and v with one Conv1D, c_attn [d, 3d], so
+// PEFT puts one adapter on it: lora_A [r', d], lora_B [3d, r']. graft's separate q/k/v adapters
+// (rank r each) are written exactly as one of rank r' = r x (adapters present): A stacks their
+// A's, B is block-diagonal (zero rows for a projection without adapter), and alpha' = alpha x r' / r
+// keeps the scale alpha / r (rank_pattern / alpha_pattern say so for c_attn). Reading a c_attn
+// adapter back, q, k and v each get A and their third of B's rows: again exact.
+// Which of q, k, v `path` is in gpt2 (0, 1, 2), else -1.
+int qkvPart(const ModelConfig& c, const std::string& path) {
+  if (!c.isGpt2()) return -1;
+  if (endsWith(path, "attention.wq")) return 0;
+  if (endsWith(path, "attention.wk")) return 1;
+  if (endsWith(path, "attention.wv")) return 2;
+  return -1;
+}
+
+int layerOf(const std::string& path) { return std::stoi(path.substr(7)); }  // "layers.<i>...."
+
+// PEFT's rank_pattern / alpha_pattern: the value of the first key the module name ends with.
+const Json* patternFor(const Json& j, const char* key, const std::string& module) {
+  const Json* pattern = j.find(key);
+  if (!pattern || !pattern->isObject()) return nullptr;
+  for (const auto& [suffix, value] : pattern->asObject(key))
+    if (module == suffix || endsWith(module, "." + suffix)) return &value;
+  return nullptr;
 }
 
 // Heads whose rows a q/k projection's lora_B permutes (0: not a rotary projection).
@@ -478,23 +502,50 @@ void savePeftAdapter(Transformer& model, const std::string& dir, const std::stri
   std::vector<torch::Tensor> keep;
   std::vector<StTensorOut> out;
   Json targets = Json::array();
-  int rank = 0;
-  double alpha = 0, dropout = 0;
+  int rank = 0, fused_rank = 0;
+  double alpha = 0, fused_alpha = 0, dropout = 0;
+  auto add = [&](const std::string& module, const torch::Tensor& a, const torch::Tensor& b) {
+    targets.push(module);
+    for (const auto& [which, t] : {std::pair<const char*, torch::Tensor>{"lora_A", a}, {"lora_B", b}}) {
+      keep.push_back(t.detach().contiguous());
+      out.push_back({"base_model.model." + module + "." + which + ".weight", StDType::F32, keep.back().sizes().vec(),
+                     keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
+    }
+  };
+  std::map<int, std::array<ProjectionImpl*, 3>> fused;  // gpt2: layer -> q, k, v adapters (Note [fused c_attn])
   for (auto& [path, p] : model->projections()) {
     if (!p->hasLora()) continue;
-    const std::string module = hfModuleOf(c, path);
-    targets.push(module);
+    dropout = p->lora_dropout;
+    if (const int part = qkvPart(c, path); part >= 0) {
+      fused[layerOf(path)][static_cast<std::size_t>(part)] = p.get();
+      continue;
+    }
     rank = static_cast<int>(p->lora_A.size(0));
     alpha = p->lora_scale * rank;
-    dropout = p->lora_dropout;
     const int heads = rotaryHeads(c, path);
-    keep.push_back(p->lora_A.detach().contiguous());
-    out.push_back({"base_model.model." + module + ".lora_A.weight", StDType::F32, keep.back().sizes().vec(),
-                   keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
-    keep.push_back((heads ? toHalves(p->lora_B.detach(), heads) : p->lora_B.detach()).contiguous());
-    out.push_back({"base_model.model." + module + ".lora_B.weight", StDType::F32, keep.back().sizes().vec(),
-                   keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
+    add(hfModuleOf(c, path), p->lora_A, heads ? toHalves(p->lora_B.detach(), heads) : p->lora_B);
   }
+  for (const auto& [layer_index, parts] : fused) {
+    std::vector<torch::Tensor> a_rows;
+    std::vector<int> present;
+    for (int k = 0; k < 3; ++k)
+      if (parts[static_cast<std::size_t>(k)]) present.push_back(k);
+    const auto* first = parts[static_cast<std::size_t>(present.front())];
+    const std::int64_t r = first->lora_A.size(0), d = c.dim;
+    auto b = torch::zeros({3 * d, r * static_cast<std::int64_t>(present.size())});
+    for (std::size_t j = 0; j < present.size(); ++j) {
+      const auto* p = parts[static_cast<std::size_t>(present[j])];
+      if (p->lora_A.size(0) != r || p->lora_scale != first->lora_scale)
+        throw InputError("PEFT export: the q, k and v adapters of layer " + std::to_string(layer_index) +
+                         " differ in rank or alpha, which one fused c_attn adapter cannot hold");
+      a_rows.push_back(p->lora_A.detach());
+      b.narrow(0, present[j] * d, d).narrow(1, static_cast<std::int64_t>(j) * r, r).copy_(p->lora_B.detach());
+    }
+    fused_rank = static_cast<int>(r * static_cast<std::int64_t>(present.size()));
+    fused_alpha = first->lora_scale * fused_rank;
+    add("transformer.h." + std::to_string(layer_index) + ".attn.c_attn", torch::cat(a_rows), b);
+  }
+  if (rank == 0) rank = fused_rank, alpha = fused_alpha;
   if (out.empty()) throw InputError("the model has no LoRA adapters to export in PEFT format");
   makeDirectories(dir);
   writeSafetensors(dir + "/adapter_model.safetensors", out, {{"format", "pt"}});
@@ -506,6 +557,10 @@ void savePeftAdapter(Transformer& model, const std::string& dir, const std::stri
   config.set("lora_alpha", alpha);
   config.set("lora_dropout", dropout);
   config.set("target_modules", targets);
+  if (fused_rank && (fused_rank != rank || fused_alpha != alpha)) {  // PEFT matches these keys by module-name suffix
+    config.set("rank_pattern", Json::object()).set("c_attn", fused_rank);
+    config.set("alpha_pattern", Json::object()).set("c_attn", fused_alpha);
+  }
   config.set("bias", "none");
   config.set("fan_in_fan_out", c.isGpt2());  // gpt2's Conv1D stores weights [in, out]
   config.set("inference_mode", true);
@@ -539,20 +594,29 @@ void loadPeftAdapter(Transformer& model, const std::string& dir) {
   std::set<std::string> used;
   auto gen = at::detail::createCPUGenerator(0);
   torch::NoGradGuard no_grad;
+  const auto names = files.names();
   for (auto& [path, p] : model->projections()) {
-    std::string module;
-    try {
-      module = hfModuleOf(c, path);
-    } catch (const InputError&) {
-      continue;  // gpt2 q/k/v: PEFT would name c_attn, handled below as a leftover
-    }
+    const std::string module = hfModuleOf(c, path);
     const std::string a = "base_model.model." + module + ".lora_A.weight", b = "base_model.model." + module + ".lora_B.weight";
-    const auto names = files.names();
     if (!std::binary_search(names.begin(), names.end(), a)) continue;
-    p->addLora(rank, alpha, dropout, gen);
-    p->lora_A.copy_(readChecked(files, a, p->lora_A.sizes().vec()));
+    const Json* r_json = patternFor(j, "rank_pattern", module);
+    const Json* alpha_json = patternFor(j, "alpha_pattern", module);
+    const int r = r_json ? static_cast<int>(r_json->asInt(config_path + ": rank_pattern")) : rank;
+    const double module_alpha = alpha_json ? alpha_json->asNumber(config_path + ": alpha_pattern") : alpha;
+    if (r <= 0 || r > 4096 || !(module_alpha > 0)) throw InputError(config_path + ": rank or alpha of " + module + " out of range");
+    const int part = qkvPart(c, path);
+    const std::int64_t out_rows = part >= 0 ? 3 * c.dim : p->out_features;
+    auto lora_a = readChecked(files, a, {r, p->in_features});
+    auto lora_b = readChecked(files, b, {out_rows, r});
+    if (part >= 0) {  // Note [fused c_attn]
+      lora_b = lora_b.narrow(0, part * c.dim, c.dim);
+      used.insert(a);
+      used.insert(b);
+      if (!lora_b.abs().sum().item<double>()) continue;  // a zero third: no adapter on this projection
+    }
+    p->addLora(r, module_alpha, dropout, gen);
+    p->lora_A.copy_(lora_a);
     const int heads = rotaryHeads(c, path);
-    auto lora_b = readChecked(files, b, p->lora_B.sizes().vec());
     p->lora_B.copy_(heads ? toPairs(lora_b, heads) : lora_b);
     used.insert(a);
     used.insert(b);

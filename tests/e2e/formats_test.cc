@@ -137,6 +137,43 @@ TEST(Formats, InspectReportsArchitectureTensorsAndParameters) {
   EXPECT_NE(tok.output.find("format: tokenizer"), std::string::npos) << tok.output;
 }
 
+// LoRA on GPT-2's q and v (and c_proj), exported for PEFT: q/k/v live in one fused c_attn there,
+// so they become one c_attn adapter of twice the rank (Note [fused c_attn]). PEFT's own merge rule
+// (the reference, with fan_in_fan_out and rank_pattern) gives graft's logits, and loading the
+// folder back gives the checkpoint's loss.
+TEST(Formats, Gpt2LoraOnQAndVExportsAsOneFusedCAttnPeftAdapter) {
+  const std::string dir = freshDir("fmt_gpt2_peft");
+  ASSERT_EQ(run("head -c 20000 " + data("datasets/tinyshakespeare/input.txt") + " > " + dir + "/s.txt && " + graft() +
+                " prepare --tokenizer " + kGpt2 + " --input " + dir + "/s.txt --out " + dir + "/s.h5 --val-fraction 0.1").code, 0);
+  std::ofstream(dir + "/lora.ini") << "[run]\ndir = " << dir << "/run\n[model]\npath = " << kGpt2 << "\n[data]\npath = "
+                                   << dir << "/s.h5\n[transfer]\nmode = lora\nlora_rank = 2\nlora_alpha = 6\n"
+                                   << "lora_targets = wq,wv,wo\n[train]\nsteps = 4\nbatch_size = 2\nmicro_batch = 2\n"
+                                   << "seq_len = 32\nlr = 1e-2\nwarmup = 1\nthreads = 1\n[eval]\nevery = 4\nbatches = 1\n"
+                                   << "[checkpoint]\nevery = 4\n";
+  const auto t = run(graft() + " train --config " + dir + "/lora.ini");
+  ASSERT_EQ(t.code, 0) << t.output;
+  const std::string ckpt = dir + "/run/checkpoints/step-00000004.h5";
+  const auto e = run(graft() + " export --model " + ckpt + " --format peft --out " + dir + "/peft");
+  ASSERT_EQ(e.code, 0) << e.output;
+  const std::string config = readText(dir + "/peft/adapter_config.json");
+  EXPECT_NE(config.find("transformer.h.1.attn.c_attn"), std::string::npos) << config;
+  EXPECT_NE(config.find("\"rank_pattern\": {\n    \"c_attn\": 4"), std::string::npos) << config;
+  const std::string ids = "0 5 9 13 200 999 4 17 300 2 1 77";
+  const auto ours = run(graft() + " eval --model " + ckpt + " --ids '" + ids + "' --logits " + dir + "/ckpt.csv");
+  ASSERT_EQ(ours.code, 0) << ours.output;
+  const auto ref = run(hfReference() + " peft " + kGpt2 + " " + dir + "/peft '" + ids + "' " + dir + "/ckpt.csv");
+  double ref_loss = 0, diff = 1;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &diff), 2) << ref.output;
+  EXPECT_LT(diff, 1e-4);
+  // The base's own logits differ: the adapters are not zero.
+  const auto base = run(hfReference() + " logits " + kGpt2 + " '" + ids + "' " + dir + "/ckpt.csv");
+  double base_loss = 0, base_diff = 0;
+  ASSERT_EQ(sscanf(base.output.c_str(), "%lf %lf", &base_loss, &base_diff), 2) << base.output;
+  EXPECT_GT(base_diff, 1e-3);
+  EXPECT_EQ(run(graft() + " eval --model " + kGpt2 + " --adapter " + dir + "/peft --ids '" + ids + "'").output,
+            ours.output);
+}
+
 // Hostile files: one line naming the file and the tensor or field, exit code 2, never a crash.
 TEST(Formats, HostileHfFilesGiveOneLineErrors) {
   const std::string dir = freshDir("fmt_hostile");

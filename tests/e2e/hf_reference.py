@@ -174,17 +174,31 @@ def main():
     elif mode == "logits":
         compare_logits(cfg, tensors, sys.argv[3], sys.argv[4])
     elif mode == "peft":
-        # PEFT's LoRA: W + lora_alpha / r * B @ A on each target module (HF names and layout).
+        # PEFT's LoRA: W + lora_alpha / r * B @ A on each target module (HF names and layout;
+        # transposed for Conv1D weights [in, out] when fan_in_fan_out), with r and lora_alpha
+        # overridden per module by rank_pattern / alpha_pattern (first key the name ends with).
+        import re
         adapter = sys.argv[3]
         acfg = json.load(open(os.path.join(adapter, "adapter_config.json")))
-        scale = acfg["lora_alpha"] / acfg["r"]
+
+        def pattern(key, module, default):
+            for k, v in (acfg.get(key) or {}).items():
+                if re.match(rf"(.*\.)?{k}$", module):
+                    return v
+            return default
+
         lora = read_safetensors(os.path.join(adapter, "adapter_model.safetensors"))
         merged = 0
         for name, a in lora.items():
             if name.endswith(".lora_A.weight"):
                 module = name[len("base_model.model."):-len(".lora_A.weight")]
                 b = lora[name[:-len("lora_A.weight")] + "lora_B.weight"]
-                tensors[module + ".weight"] = tensors[module + ".weight"] + scale * (b @ a)
+                r = pattern("rank_pattern", module, acfg["r"])
+                assert a.shape[0] == r and b.shape[1] == r, f"{module}: rank {r} vs {tuple(a.shape)}, {tuple(b.shape)}"
+                delta = pattern("alpha_pattern", module, acfg["lora_alpha"]) / r * (b @ a)
+                if acfg.get("fan_in_fan_out"):
+                    delta = delta.T
+                tensors[module + ".weight"] = tensors[module + ".weight"] + delta
                 merged += 1
         assert merged and merged * 2 == len(lora), "unexpected tensors in the adapter"
         compare_logits(cfg, tensors, sys.argv[4], sys.argv[5])
