@@ -27,6 +27,7 @@ struct TrainConfig {
   std::string pooling = "last";  // classification features: last | mean
   // [data]
   std::string data_path;
+  std::string data_load = "auto";  // auto | memory | stream (data/dataset.h DataResidency)
   // [train]
   std::int64_t steps = 100;
   std::int64_t batch_size = 8;  // global batch, in sequences, per optimizer step

@@ -204,37 +204,66 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
   return stats;
 }
 
-TokenDataset::TokenDataset(const std::string& path, const std::string& split, int seq_len) : seq_len_(seq_len) {
-  H5File file = H5File::openRead(path);
-  if (!file.hasAttr("/", "format") || file.stringAttr("/", "format") != "graft-tokens")
+DataResidency parseResidency(const std::string& value, const std::string& key) {
+  if (value == "auto") return DataResidency::Auto;
+  if (value == "memory") return DataResidency::Memory;
+  if (value == "stream") return DataResidency::Stream;
+  throw InputError(key + " = " + value + ": expected auto, memory or stream");
+}
+
+TokenDataset::TokenDataset(TokenDataset&&) noexcept = default;
+TokenDataset::~TokenDataset() = default;
+
+TokenDataset::TokenDataset(const std::string& path, const std::string& split, int seq_len, DataResidency residency)
+    : path_(path), seq_len_(seq_len) {
+  auto file = std::make_unique<H5File>(H5File::openRead(path));
+  if (!file->hasAttr("/", "format") || file->stringAttr("/", "format") != "graft-tokens")
     throw InputError(path + ": not a graft token dataset (make one with `graft prepare`)");
-  const auto version = file.intAttr("/", "version");
+  const auto version = file->intAttr("/", "version");
   if (version != 1 && version != 2)
     throw InputError(path + ": dataset format version " + std::to_string(version) + " is not supported (expected 1 or 2)");
-  vocab_size_ = static_cast<int>(file.intAttr("/", "vocab_size"));
-  const std::string object = "/" + split + "/tokens";
-  if (!file.exists(object)) throw InputError(path + ": has no '" + split + "' split");
-  auto t = file.readTensor(object);
-  if (t.dim() != 1 || t.scalar_type() != torch::kInt)
+  vocab_size_ = static_cast<int>(file->intAttr("/", "vocab_size"));
+  tokens_object_ = "/" + split + "/tokens";
+  const std::string& object = tokens_object_;
+  if (!file->exists(object)) throw InputError(path + ": has no '" + split + "' split");
+  const auto token_shape = file->shape(object);
+  if (token_shape.size() != 1 || file->scalarType(object) != torch::kInt)
     throw InputError(path + ":" + object + ": expected a 1-D int32 dataset");
-  tokens_.assign(t.data_ptr<std::int32_t>(), t.data_ptr<std::int32_t>() + t.numel());
-  for (std::size_t i = 0; i < tokens_.size(); ++i)
-    if (tokens_[i] < 0 || tokens_[i] >= vocab_size_)
-      throw InputError(path + ":" + object + ": token " + std::to_string(tokens_[i]) + " at " + std::to_string(i) +
-                       " is outside the vocabulary of " + std::to_string(vocab_size_));
+  num_tokens_ = token_shape[0];
+  mask_object_ = "/" + split + "/loss_mask";
+  has_mask_ = file->exists(mask_object_);
+  if (has_mask_ && (file->shape(mask_object_) != std::vector<std::int64_t>{num_tokens_} ||
+                    file->scalarType(mask_object_) != torch::kByte))
+    throw InputError(path + ":" + mask_object_ + ": expected uint8 [" + std::to_string(num_tokens_) + "], one per token");
+  const std::int64_t bytes = num_tokens_ * (has_mask_ ? 5 : 4);
+  const bool stream = residency == DataResidency::Stream || (residency == DataResidency::Auto && bytes > kAutoMemoryBytes);
+  if (!stream) {
+    tokens_.resize(static_cast<std::size_t>(num_tokens_));
+    if (num_tokens_ > 0) file->readSlice(object, 0, num_tokens_, tokens_.data());
+    for (std::size_t i = 0; i < tokens_.size(); ++i)
+      if (tokens_[i] < 0 || tokens_[i] >= vocab_size_)
+        throw InputError(path + ":" + object + ": token " + std::to_string(tokens_[i]) + " at " + std::to_string(i) +
+                         " is outside the vocabulary of " + std::to_string(vocab_size_));
+    if (has_mask_) {
+      loss_mask_.resize(static_cast<std::size_t>(num_tokens_));
+      if (num_tokens_ > 0) file->readSlice(mask_object_, 0, num_tokens_, loss_mask_.data());
+    }
+  }
   const std::string offsets = "/" + split + "/doc_offsets";
-  if (file.exists(offsets)) {
-    auto o = file.readTensor(offsets);
+  if (file->exists(offsets)) {
+    auto o = file->readTensor(offsets);
+    if (o.dim() != 1 || o.scalar_type() != torch::kLong) throw InputError(path + ":" + offsets + ": expected a 1-D int64 dataset");
     offsets_.assign(o.data_ptr<std::int64_t>(), o.data_ptr<std::int64_t>() + o.numel());
     for (std::size_t i = 0; i < offsets_.size(); ++i)
-      if (offsets_[i] < 0 || offsets_[i] > static_cast<std::int64_t>(tokens_.size()) || (i && offsets_[i] < offsets_[i - 1]))
+      if (offsets_[i] < 0 || offsets_[i] > num_tokens_ || (i && offsets_[i] < offsets_[i - 1]))
         throw InputError(path + ":" + offsets + ": offset " + std::to_string(i) + " is out of order or range");
   }
   const std::string labels = "/" + split + "/labels";
-  if (file.exists(labels) && file.hasAttr("/", "label_names")) {
-    const Json names = parseJson(file.stringAttr("/", "label_names"), path + ": label_names");
+  if (file->exists(labels) && file->hasAttr("/", "label_names")) {
+    const Json names = parseJson(file->stringAttr("/", "label_names"), path + ": label_names");
     for (const auto& n : names.asArray(path + ": label_names")) label_names_.push_back(n.asString(path + ": label name"));
-    auto l = file.readTensor(labels);
+    auto l = file->readTensor(labels);
+    if (l.dim() != 1 || l.scalar_type() != torch::kInt) throw InputError(path + ":" + labels + ": expected a 1-D int32 dataset");
     labels_.assign(l.data_ptr<std::int32_t>(), l.data_ptr<std::int32_t>() + l.numel());
     if (static_cast<std::int64_t>(labels_.size()) != numDocuments())
       throw InputError(path + ":" + labels + ": " + std::to_string(labels_.size()) + " labels for " +
@@ -243,36 +272,54 @@ TokenDataset::TokenDataset(const std::string& path, const std::string& split, in
       if (v < 0 || v >= static_cast<int>(label_names_.size()))
         throw InputError(path + ":" + labels + ": label " + std::to_string(v) + " is not in label_names");
   }
-  const std::string mask = "/" + split + "/loss_mask";
-  if (file.exists(mask)) {
-    auto m = file.readTensor(mask);
-    if (m.dim() != 1 || m.numel() != static_cast<std::int64_t>(tokens_.size()) || m.scalar_type() != torch::kByte)
-      throw InputError(path + ":" + mask + ": expected uint8 [" + std::to_string(tokens_.size()) + "], one per token");
-    loss_mask_.assign(m.data_ptr<std::uint8_t>(), m.data_ptr<std::uint8_t>() + m.numel());
+  if (stream) file_ = std::move(file);
+}
+
+void TokenDataset::readTokens(std::int64_t begin, std::int64_t n, std::int32_t* out) const {
+  if (!file_) {
+    std::copy(tokens_.begin() + begin, tokens_.begin() + begin + n, out);
+    return;
   }
+  if (n == 0) return;
+  file_->readSlice(tokens_object_, begin, n, out);
+  for (std::int64_t i = 0; i < n; ++i)
+    if (out[i] < 0 || out[i] >= vocab_size_)
+      throw InputError(path_ + ":" + tokens_object_ + ": token " + std::to_string(out[i]) + " at " + std::to_string(begin + i) +
+                       " is outside the vocabulary of " + std::to_string(vocab_size_));
+}
+
+void TokenDataset::readMask(std::int64_t begin, std::int64_t n, std::uint8_t* out) const {
+  if (!file_) std::copy(loss_mask_.begin() + begin, loss_mask_.begin() + begin + n, out);
+  else if (n > 0) file_->readSlice(mask_object_, begin, n, out);
 }
 
 std::int64_t TokenDataset::numSamples() const {
-  const auto n = static_cast<std::int64_t>(tokens_.size());
+  const auto n = num_tokens_;
   return n <= seq_len_ ? 0 : (n - 1) / seq_len_;
 }
 
 void TokenDataset::sample(std::int64_t index, std::int64_t* out) const {
-  const std::int64_t start = index * seq_len_;
-  for (int i = 0; i <= seq_len_; ++i) out[i] = tokens_[static_cast<std::size_t>(start + i)];
+  std::vector<std::int32_t> window(static_cast<std::size_t>(seq_len_) + 1);
+  readTokens(index * seq_len_, seq_len_ + 1, window.data());
+  std::copy(window.begin(), window.end(), out);
 }
 
 std::int64_t TokenDataset::document(std::int64_t index, std::int64_t max_tokens, std::vector<std::int64_t>& out) const {
   const auto begin = offsets_[static_cast<std::size_t>(index)], end = offsets_[static_cast<std::size_t>(index) + 1];
   const auto n = std::min(end - begin, max_tokens);
-  out.insert(out.end(), tokens_.begin() + begin, tokens_.begin() + begin + n);
+  std::vector<std::int32_t> doc(static_cast<std::size_t>(n));
+  readTokens(begin, n, doc.data());
+  out.insert(out.end(), doc.begin(), doc.end());
   return n;
 }
 
 void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
-  const auto start = static_cast<std::size_t>(index * seq_len_ + 1);
-  for (std::size_t i = 0; i < static_cast<std::size_t>(seq_len_); ++i)
-    out[i] = loss_mask_.empty() || loss_mask_[start + i] ? tokens_[start + i] : kIgnoreTarget;
+  const std::int64_t start = index * seq_len_ + 1;
+  std::vector<std::int32_t> tokens(static_cast<std::size_t>(seq_len_));
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(seq_len_), 1);
+  readTokens(start, seq_len_, tokens.data());
+  if (has_mask_) readMask(start, seq_len_, mask.data());
+  for (std::size_t i = 0; i < tokens.size(); ++i) out[i] = mask[i] ? tokens[i] : kIgnoreTarget;
 }
 
 }  // namespace graft

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,17 +46,33 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
                             const PrepareOptions& options,
                             const std::function<void(std::int64_t, std::int64_t)>& progress);
 
+class H5File;
+
+// Where a split's tokens (and loss mask) live while a run reads them. Memory: read once at open
+// (every token checked against the vocabulary then). Stream: read from the file sample by sample
+// (HDF5 hyperslabs; tokens checked as they are read), so a split far larger than RAM trains in
+// constant memory. Auto: memory up to kAutoMemoryBytes of tokens, else stream. Offsets and labels
+// (a few bytes per document) are always in memory. Both give the same samples, bit for bit.
+enum class DataResidency { Auto, Memory, Stream };
+constexpr std::int64_t kAutoMemoryBytes = std::int64_t{2} << 30;
+// "auto" | "memory" | "stream"; anything else is an InputError naming `key`.
+DataResidency parseResidency(const std::string& value, const std::string& key);
+
 class TokenDataset {
  public:
   // Throws InputError naming the file when it is not a graft token dataset or lacks `split`.
-  TokenDataset(const std::string& path, const std::string& split, int seq_len);
+  TokenDataset(const std::string& path, const std::string& split, int seq_len,
+               DataResidency residency = DataResidency::Auto);
+  TokenDataset(TokenDataset&&) noexcept;
+  ~TokenDataset();
+  bool streamed() const { return file_ != nullptr; }
   std::int64_t numSamples() const;
-  std::int64_t numTokens() const { return static_cast<std::int64_t>(tokens_.size()); }
+  std::int64_t numTokens() const { return num_tokens_; }
   int vocabSize() const { return vocab_size_; }
   // Writes seq_len + 1 tokens of sample `index` to `out`.
   void sample(std::int64_t index, std::int64_t* out) const;
   // True when some tokens are not targets (prompt/completion data).
-  bool hasLossMask() const { return !loss_mask_.empty(); }
+  bool hasLossMask() const { return has_mask_; }
   // The seq_len targets of sample `index`: its last seq_len tokens, with kIgnoreTarget where the
   // loss mask says the token is not learned.
   void targets(std::int64_t index, std::int64_t* out) const;
@@ -75,8 +92,16 @@ class TokenDataset {
   static constexpr std::int64_t kIgnoreTarget = -100;  // torch's cross_entropy ignore_index
 
  private:
-  std::vector<std::int32_t> tokens_;
-  std::vector<std::uint8_t> loss_mask_;
+  // Tokens [begin, begin + n) (checked against the vocabulary when streamed), and their mask bytes.
+  void readTokens(std::int64_t begin, std::int64_t n, std::int32_t* out) const;
+  void readMask(std::int64_t begin, std::int64_t n, std::uint8_t* out) const;
+
+  std::string path_, tokens_object_, mask_object_;
+  std::unique_ptr<H5File> file_;  // open while streamed
+  std::int64_t num_tokens_ = 0;
+  bool has_mask_ = false;
+  std::vector<std::int32_t> tokens_;       // memory residency only
+  std::vector<std::uint8_t> loss_mask_;    // memory residency only
   std::vector<std::int64_t> offsets_;
   std::vector<std::int32_t> labels_;
   std::vector<std::string> label_names_;

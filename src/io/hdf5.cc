@@ -225,16 +225,33 @@ at::Tensor H5File::readTensor(const std::string& object) const {
   return t;
 }
 
-void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const {
+at::ScalarType H5File::scalarType(const std::string& object) const {
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) throw InputError(where(object) + ": missing dataset");
+  Handle ftype(H5Dget_type(ds.get()));
+  return scalarTypeOf(ftype.get());
+}
+
+namespace {
+void readSliceAs(hid_t file, const std::string& where, const std::string& object, std::int64_t offset, std::int64_t count,
+                 hid_t mem_type, void* out) {
+  Handle ds(H5Dopen2(file, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw InputError(where + ": missing dataset");
   Handle space(H5Dget_space(ds.get()));
   hsize_t start = static_cast<hsize_t>(offset), n = static_cast<hsize_t>(count);
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
   Handle mem(H5Screate_simple(1, &n, nullptr));
-  if (H5Dread(ds.get(), H5T_NATIVE_INT32, mem.get(), space.get(), H5P_DEFAULT, out) < 0)
-    throw InputError(where(object) + ": cannot read elements " + std::to_string(offset) + ".." +
-                     std::to_string(offset + count));
+  if (H5Dread(ds.get(), mem_type, mem.get(), space.get(), H5P_DEFAULT, out) < 0)
+    throw InputError(where + ": cannot read elements " + std::to_string(offset) + ".." + std::to_string(offset + count));
+}
+}  // namespace
+
+void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const {
+  readSliceAs(id_, where(object), object, offset, count, H5T_NATIVE_INT32, out);
+}
+
+void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::uint8_t* out) const {
+  readSliceAs(id_, where(object), object, offset, count, H5T_NATIVE_UINT8, out);
 }
 
 namespace {

@@ -42,13 +42,16 @@ class H5File {
   const std::string& manifest() const { return manifest_; }
   at::Tensor readTensor(const std::string& object) const;
   std::vector<std::int64_t> shape(const std::string& object) const;
+  // The element type a dataset is stored as (InputError when it is none graft reads).
+  at::ScalarType scalarType(const std::string& object) const;
   // 1-D datasets that grow: created empty and chunked, then extended by append(), so a dataset of
   // any size is written in constant memory. dtype: kInt, kLong or kByte; `data` holds `count`
   // elements of it.
   void createGrowing(const std::string& object, at::ScalarType dtype, std::int64_t chunk_elements = 1 << 16);
   void append(const std::string& object, at::ScalarType dtype, const void* data, std::int64_t count);
-  // Reads elements [offset, offset + count) of a 1-D int32 dataset into `out`.
+  // Reads elements [offset, offset + count) of a 1-D dataset into `out`, converted to int32 / uint8.
   void readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const;
+  void readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::uint8_t* out) const;
 
   // Scalar attributes on an object ("/" for the file); parents created on write.
   void setAttr(const std::string& object, const std::string& key, std::int64_t value);

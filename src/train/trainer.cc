@@ -160,8 +160,8 @@ struct Trainer::State {
         stop_requested(std::move(stop)),
         comm(comm_),
         log(comm_.rank(), comm_.size()),
-        train_data(c.data_path, "train", c.seq_len),
-        val_data(c.data_path, "val", c.seq_len),
+        train_data(c.data_path, "train", c.seq_len, parseResidency(c.data_load, "data.load")),
+        val_data(c.data_path, "val", c.seq_len, parseResidency(c.data_load, "data.load")),
         classify(classifies(c, train_data)),
         model(buildModel(c, train_data, log)),
         sampler(classify ? train_data.numDocuments() : train_data.numSamples(), c.batch_size, c.seed),
@@ -567,6 +567,9 @@ TrainResult Trainer::run() {
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
              std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.classify ? s.train_data.numDocuments() : s.train_data.numSamples()) +
              (s.classify ? " training documents" : " training sequences"));
+  if (s.train_data.streamed())
+    s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data.numTokens()) +
+               " training tokens; data.load = " + c.data_load + ")");
   s.prepareFeatureCache();
   std::int64_t reduced_elements = 0;
   for (const auto& b : s.reducer.plan().buckets) reduced_elements += b.numel;

@@ -109,6 +109,12 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   const auto l = losses(dir + "/run");
   ASSERT_FALSE(l.empty());
   EXPECT_LT(std::stod(l.back()), std::stod(l.front())) << t.output;
+  // Streamed from the file instead of held in memory: the same run, bit for bit.
+  const auto streamed = run(graft() + " train --config " + dir + "/t.ini --model.path=" + data("llama2c/stories260K.bin") +
+                            " --train.seq_len=32 --train.steps=10 --eval.every=10 --data.load=stream --run.dir=" + dir + "/run_stream");
+  ASSERT_EQ(streamed.code, 0) << streamed.output;
+  EXPECT_NE(streamed.output.find("data: streamed from " + dir + "/sft.h5"), std::string::npos) << streamed.output;
+  EXPECT_EQ(losses(dir + "/run_stream"), l);
   // The mask is what the loss reads: the same run on a copy without loss_mask (every token a
   // target, prompts included) starts from a different loss.
   python("import h5py, shutil; shutil.copy('" + dir + "/sft.h5', '" + dir + "/nomask.h5'); f = h5py.File('" + dir +
@@ -143,6 +149,11 @@ TEST(Data, ClassificationCountsTheDocumentsOwnTokens) {
   ASSERT_EQ(t.code, 0) << t.output;
   EXPECT_EQ(python("import json; print(json.loads(open('" + dir + "/run/metrics.jsonl').read().splitlines()[-1])['tokens'])"),
             std::to_string(3 * 8 * length) + "\n");
+  // Documents streamed from the file: the same run, bit for bit.
+  const auto s = run(graft() + " train --config " + dir + "/t.ini --train.steps=3 --checkpoint.every=0 --data.load=stream --run.dir=" +
+                     dir + "/run_stream");
+  ASSERT_EQ(s.code, 0) << s.output;
+  EXPECT_EQ(losses(dir + "/run_stream"), losses(dir + "/run"));
 }
 
 TEST(Data, BadInputNamesFileAndLineAndWritesNothing) {
