@@ -150,25 +150,17 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
     // Keep the end of the stem (the document) when the context is short.
     if (static_cast<std::int64_t>(stem.size() + longest) > context)
       stem.erase(stem.begin(), stem.begin() + static_cast<std::ptrdiff_t>(stem.size() + longest - static_cast<std::size_t>(context)));
-    const auto L = static_cast<std::int64_t>(verbal.size()), T = static_cast<std::int64_t>(stem.size() + longest);
-    auto ids = torch::zeros({L, T}, torch::kInt64);
+    // The stem runs once; each label's verbalisation (right-padded to the longest) continues it.
+    const auto L = static_cast<std::int64_t>(verbal.size());
+    auto rows = torch::zeros({L, static_cast<std::int64_t>(longest)}, torch::kInt64);
+    auto counts = torch::zeros({L, static_cast<std::int64_t>(longest)});
     for (std::int64_t l = 0; l < L; ++l) {
-      auto* row = ids[l].data_ptr<std::int64_t>();
-      std::copy(stem.begin(), stem.end(), row);
-      std::copy(verbal[static_cast<std::size_t>(l)].begin(), verbal[static_cast<std::size_t>(l)].end(), row + stem.size());
+      const auto& v = verbal[static_cast<std::size_t>(l)];
+      std::copy(v.begin(), v.end(), rows[l].data_ptr<std::int64_t>());
+      counts[l].narrow(0, 0, static_cast<std::int64_t>(v.size())).fill_(1);
     }
-    // Each label's score: the log-probabilities of its verbalisation's tokens, gathered at once.
-    std::vector<std::int64_t> rows, positions, tokens;
-    for (std::int64_t l = 0; l < L; ++l)
-      for (std::size_t k = 0; k < verbal[static_cast<std::size_t>(l)].size(); ++k) {
-        rows.push_back(l);
-        positions.push_back(static_cast<std::int64_t>(stem.size() + k) - 1);
-        tokens.push_back(verbal[static_cast<std::size_t>(l)][k]);
-      }
-    const auto row_index = torch::tensor(rows, torch::kInt64);
-    const auto logp = torch::log_softmax(model->forward(ids), -1);  // [L, T, V]
-    const auto picked = logp.index({row_index, torch::tensor(positions, torch::kInt64), torch::tensor(tokens, torch::kInt64)});
-    const auto summed = torch::zeros({L}, torch::kFloat64).index_add_(0, row_index, picked.to(torch::kFloat64));
+    const auto logp = model->continuationLogProbs(torch::tensor(stem, torch::kInt64).unsqueeze(0), rows);  // [L, longest]
+    const auto summed = (logp * counts).sum(1).to(torch::kFloat64).contiguous();
     const std::vector<double> score(summed.data_ptr<double>(), summed.data_ptr<double>() + L);
     const auto best = std::max_element(score.begin(), score.end()) - score.begin();
     correct += best == data.label(i) ? 1 : 0;

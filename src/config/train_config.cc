@@ -71,7 +71,8 @@ class OptionTable {
     add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");
     add("dist.timeout_s", c.timeout_s, "seconds a collective may wait before the run stops with an error naming it");
     add("dist.slow_phase_timeout_s", c.slow_phase_timeout_s,
-        "collective timeout while ranks load the model and data, and the longest a checkpoint write may take (seconds)");
+        "longest long local work may take (loading, checkpoint verify/read/write; ranks check on each other meanwhile), "
+        "and the timeout of the first barrier and the initial broadcast (seconds)");
     add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
@@ -79,6 +80,7 @@ class OptionTable {
     add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
     add("debug.slow_checkpoint_s", c.slow_checkpoint_s, "fault injection: rank 0 sleeps this long before each checkpoint write");
+    add("debug.slow_load_s", c.slow_load_s, "fault injection: every rank sleeps this long before loading the data and model");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
   }
@@ -215,6 +217,7 @@ void TrainConfig::validate(int world) const {
   need(max_bad_steps > 0, "train.max_bad_steps", "must be positive");
   need(nan_from >= 0 && nan_count >= 0 && nan_rank >= 0, "debug.nan_from", "fault injection values must be >= 0");
   need(slow_checkpoint_s >= 0, "debug.slow_checkpoint_s", "must be >= 0");
+  need(slow_load_s >= 0, "debug.slow_load_s", "must be >= 0");
   need(eval_every >= 0, "eval.every", "must be >= 0");
   need(eval_batches > 0, "eval.batches", "must be positive");
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");

@@ -54,6 +54,7 @@ struct TrainConfig {
   std::int64_t nan_from = 0, nan_count = 1;
   int nan_rank = 0;
   double slow_checkpoint_s = 0;  // rank 0 sleeps this long before each checkpoint write (a slow disk)
+  double slow_load_s = 0;        // every rank sleeps this long before loading the data and model
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;

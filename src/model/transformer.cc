@@ -136,11 +136,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = rotate(q, cos, sin);
     k = rotate(k, cos, sin);
   }
-  if (cache) {
+  if (cache && cache->k.size(0) != B) {  // a prefix shared by the B rows: read, never written
+    k = torch::cat({cache->k.narrow(1, 0, pos).expand({B, pos, n_kv_heads_, head_dim_}), k}, 1);
+    v = torch::cat({cache->v.narrow(1, 0, pos).expand({B, pos, n_kv_heads_, head_dim_}), v}, 1);
+  } else if (cache) {
     cache->k.narrow(1, pos, T).copy_(k);
     cache->v.narrow(1, pos, T).copy_(v);
     // One new position attends to the window before it; longer chunks use the mask instead.
-    const std::int64_t first = (window_ > 0 && T == 1) ? std::max<std::int64_t>(0, pos + 1 - window_) : 0;
+    const std::int64_t first = (window_ > 0 && T == 1 && !mask.defined()) ? std::max<std::int64_t>(0, pos + 1 - window_) : 0;
     k = cache->k.narrow(1, first, pos + T - first);
     v = cache->v.narrow(1, first, pos + T - first);
   }
@@ -343,6 +346,36 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
   for (std::size_t l = 0; l < cache.size(); ++l)
     x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], at);
   return classify(norm(x)).view({-1});
+}
+
+torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix, const torch::Tensor& continuations) {
+  const std::int64_t n = promptLength(), S = prefix.size(1) + n, L = continuations.size(0), C = continuations.size(1);
+  TORCH_CHECK(prefix.dim() == 2 && prefix.size(0) == 1 && prefix.size(1) > 0 && C > 0, "continuationLogProbs: bad shapes");
+  if (S + C > config_.seq_len)
+    throw InputError("prefix of " + std::to_string(S) + " and continuation of " + std::to_string(C) +
+                     " tokens exceed the model's seq_len " + std::to_string(config_.seq_len));
+  // The prefix, once, filling the caches (the soft prompt first, as in hidden()).
+  std::vector<KVSlot> cache;
+  const auto shape = std::vector<std::int64_t>{1, S + C, config_.n_kv_heads, config_.headDim()};
+  for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
+  auto x = tok_embeddings(prefix);
+  if (n) x = torch::cat({soft_prompt.unsqueeze(0), x}, 1);
+  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, S);
+  torch::Tensor cos, sin;
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, S), sin = rope_sin_.narrow(0, 0, S);
+  for (std::size_t l = 0; l < cache.size(); ++l) x = layers[l]->as<Block>()->forward(x, cos, sin, causalMask(S), &cache[l], 0);
+  const auto last = norm(x.narrow(1, S - 1, 1));  // predicts each row's first token
+  // The continuations at positions [S, S + C): every prefix key visible, causal among themselves.
+  auto y = embed(continuations, S);
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, S, C), sin = rope_sin_.narrow(0, S, C);
+  const float inf = std::numeric_limits<float>::infinity();
+  auto query = torch::arange(S, S + C, torch::kInt64).unsqueeze(1), key = torch::arange(S + C, torch::kInt64).unsqueeze(0);
+  auto blocked = key.gt(query);
+  if (config_.sliding_window > 0) blocked = blocked.logical_or(query - key >= config_.sliding_window);
+  const auto mask = torch::zeros({C, S + C}).masked_fill(blocked, -inf);
+  for (std::size_t l = 0; l < cache.size(); ++l) y = layers[l]->as<Block>()->forward(y, cos, sin, mask, &cache[l], S);
+  auto h = torch::cat({last.expand({L, 1, config_.dim}), norm(y).narrow(1, 0, C - 1)}, 1);  // [L, C, dim]
+  return torch::log_softmax(classify(h), -1).gather(2, continuations.unsqueeze(2)).squeeze(2);
 }
 
 torch::Tensor TransformerImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {

@@ -30,7 +30,9 @@
 namespace graft {
 
 
-// Keys and values of one layer for incremental decoding: [1, seq_len, n_kv_heads, head_dim].
+// Keys and values of one layer for incremental decoding: [1, seq_len, n_kv_heads, head_dim]. When
+// the batch attending to it has more than one row, the first `pos` positions are a prefix every
+// row shares, read and never written (continuationLogProbs).
 struct KVSlot {
   torch::Tensor k, v;
 };
@@ -124,6 +126,11 @@ class TransformerImpl : public torch::nn::Module {
   // Incremental decoding: the logits [vocab] after token `token` at position `pos`, given that
   // positions [0, pos) were fed before with the same `cache` (empty = fresh, pos must be 0).
   torch::Tensor forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache);
+  // Scoring continuations of one shared prefix (prompt-based transfer): log p of continuations[l][k]
+  // after prefix + continuations[l][0..k), as [L, C]. prefix [1, S] (S >= 1) runs once and its
+  // keys and values are shared by the L rows (right-padded: a row's padding only affects its own
+  // later positions). Equal to log_softmax(forward(prefix | row)) gathered, for S + C x fewer FLOPs.
+  torch::Tensor continuationLogProbs(const torch::Tensor& prefix, const torch::Tensor& continuations);
   // Final hidden states (after the last norm) [B, T, dim].
   torch::Tensor hidden(const torch::Tensor& ids);
   // Sequence classification: ids [B, T] right-padded, lengths [B] (tokens per row, >= 1) ->

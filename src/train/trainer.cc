@@ -9,7 +9,6 @@
 #include <limits>
 #include <cstdio>
 #include <fstream>
-#include <future>
 #include <thread>
 #include <sstream>
 
@@ -23,6 +22,7 @@
 #include "train/batches.h"
 #include "train/layer_schedule.h"
 #include "parallel/grad_reducer.h"
+#include "parallel/heartbeat.h"
 #include "train/schedule.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -48,8 +48,9 @@ std::string formatDuration(double seconds) {
   return buf;
 }
 
-// Raises the communicator's timeout to dist.slow_phase_timeout_s for phases that legitimately
-// take long on some ranks only (loading the model, rank 0 writing a checkpoint), and restores it.
+// Raises the communicator's timeout to dist.slow_phase_timeout_s for the two collectives that
+// cannot report progress and may legitimately take long: the first barrier (ranks start far
+// apart) and the broadcast of every parameter. Long local work uses runWithHeartbeat instead.
 class LongTimeout {
  public:
   LongTimeout(Communicator& comm, double seconds) : comm_(comm), saved_(comm.timeout()) {
@@ -154,16 +155,33 @@ struct StepOutcome {
   std::int64_t tokens = 0;      // tokens the step read on all ranks (whole documents, cut to seq_len, when classifying)
 };
 
+// What each rank loads before training, with no collective (so it can run beside a heartbeat): the
+// data and the model it trains.
+struct Loaded {
+  TokenDataset train_data, val_data;
+  bool classify;
+  Transformer model;
+};
+
+std::unique_ptr<Loaded> loadRun(const TrainConfig& c, Logger& log) {
+  const auto residency = parseResidency(c.data_load, "data.load");
+  TokenDataset train(c.data_path, "train", c.seq_len, residency);
+  TokenDataset val(c.data_path, "val", c.seq_len, residency);
+  const bool classify = classifies(c, train);
+  auto model = buildModel(c, train, log);
+  return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model});
+}
+
 struct Trainer::State {
-  State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop)
+  State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop, Loaded&& loaded)
       : config(c),
         stop_requested(std::move(stop)),
         comm(comm_),
         log(comm_.rank(), comm_.size()),
-        train_data(c.data_path, "train", c.seq_len, parseResidency(c.data_load, "data.load")),
-        val_data(c.data_path, "val", c.seq_len, parseResidency(c.data_load, "data.load")),
-        classify(classifies(c, train_data)),
-        model(buildModel(c, train_data, log)),
+        train_data(std::move(loaded.train_data)),
+        val_data(std::move(loaded.val_data)),
+        classify(loaded.classify),
+        model(loaded.model),
         sampler(classify ? train_data.numDocuments() : train_data.numSamples(), c.batch_size, c.seed),
         optimizer(trainable(model), {c.beta1, c.beta2, c.eps, c.weight_decay}),
         reducer(model->named_parameters().pairs(), comm_,
@@ -413,80 +431,67 @@ struct Trainer::State {
     return state;
   }
 
-  // Collective (RNG states are gathered); rank 0 writes. See Note [heartbeat during a write].
+  // Collective (RNG states are gathered); rank 0 writes while all ranks keep a heartbeat (Note
+  // [heartbeat]), so a rank stalling during a long write is still named within dist.timeout_s.
   void saveCheckpoint(std::int64_t step_number) {
-    auto state = snapshot(step_number);
-    std::future<std::string> written;
     const auto start = Clock::now();
+    auto path = std::make_shared<std::string>();
+    std::function<void()> write;
     if (comm.rank() == 0) {
-      std::promise<std::string> promise;
-      written = promise.get_future();
-      std::thread([this, state = std::move(state), promise = std::move(promise)]() mutable {
-        try {
-          torch::NoGradGuard no_grad;  // grad mode is per thread
-          if (config.slow_checkpoint_s > 0)
-            std::this_thread::sleep_for(std::chrono::duration<double>(config.slow_checkpoint_s));
-          auto path = writeCheckpoint(checkpoint_dir, model, optimizer, schedule, state);
-          pruneCheckpoints(checkpoint_dir, config.keep_last);
-          promise.set_value(std::move(path));
-        } catch (...) {
-          promise.set_exception(std::current_exception());
-        }
-      }).detach();
+      // The writer owns what it reads (tensor handles are shared, not copied): it may outlive this
+      // object only on the way to exiting after an error.
+      write = [dir = checkpoint_dir, model = model, optimizer = optimizer, schedule = schedule, state = snapshot(step_number),
+               keep = config.keep_last, delay = config.slow_checkpoint_s, path]() mutable {
+        torch::NoGradGuard no_grad;  // grad mode is per thread
+        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+        *path = writeCheckpoint(dir, model, optimizer, schedule, state);
+        pruneCheckpoints(dir, keep);
+      };
+    } else {
+      snapshot(step_number);  // the RNG gather is collective
     }
-    const auto beat = std::min(std::chrono::milliseconds(1000), comm.timeout() / 4);
-    for (;;) {
-      std::int32_t done[1] = {0};
-      if (comm.rank() == 0) {
-        if (written.wait_for(beat) == std::future_status::ready) {
-          const auto path = written.get();  // rethrows the writer's error (the others are aborted)
-          log.main("checkpoint: " + path + " (" +
-                   std::to_string(std::chrono::duration<double>(Clock::now() - start).count()).substr(0, 5) + " s)");
-          done[0] = 1;
-        } else if (Clock::now() - start > std::chrono::duration<double>(config.slow_phase_timeout_s)) {
-          // Exits the process (main aborts the job); the detached writer dies with it.
-          throw Error("checkpoint of step " + std::to_string(step_number) + " in " + checkpoint_dir +
-                           " still not written after dist.slow_phase_timeout_s = " +
-                           jsonNumber(config.slow_phase_timeout_s, 6) +
-                           " s (a stalled file system?); earlier checkpoints are intact");
-        }
-      }
-      comm.allReduce(done, 1, ReduceOp::Max, "ckpt/write");
-      if (done[0]) return;
-    }
+    runWithHeartbeat(comm, "ckpt/write", config.slow_phase_timeout_s,
+                     "checkpoint of step " + std::to_string(step_number) + " in " + checkpoint_dir,
+                     " (a stalled file system?); earlier checkpoints are intact", std::move(write));
+    if (comm.rank() == 0)
+      log.main("checkpoint: " + *path + " (" +
+               std::to_string(std::chrono::duration<double>(Clock::now() - start).count()).substr(0, 5) + " s)");
   }
-
-  // Note [heartbeat during a write]
-  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-  // Writing a big checkpoint can take minutes, far longer than dist.timeout_s. Instead of letting
-  // every rank wait that long in one barrier (so a rank dying meanwhile would go unnoticed for
-  // minutes), rank 0 writes on a helper thread while all ranks meet in short "ckpt/write"
-  // all-reduces, one per second, until rank 0 reports the write done. A rank that dies or stalls
-  // during the write, rank 0 included, is therefore named within dist.timeout_s like anywhere else;
-  // only the write itself may take up to dist.slow_phase_timeout_s. The writer touches no MPI
-  // (MPI_THREAD_FUNNELED) and the training thread touches no parameter until the write is done.
 
   // Collective. Returns the step to continue after (0 for a fresh run).
   std::int64_t resumeIfPossible() {
-    std::int64_t found[1] = {-1};
-    std::string path;
-    if (comm.rank() == 0) {
-      // The newest complete checkpoint whose tensors match their manifest; damaged ones are skipped.
-      for (const auto& candidate : completeCheckpoints(checkpoint_dir)) {
-        try {
-          verifyCheckpoint(candidate);
-        } catch (const InputError& e) {
-          log.info(std::string("skipping damaged checkpoint: ") + e.what());
-          continue;
+    // Rank 0 picks the newest complete checkpoint whose tensors match their manifest (damaged ones
+    // are skipped); reading every byte of a big one takes a while, so the others keep a heartbeat.
+    auto found = std::make_shared<std::int64_t>(-1);
+    std::function<void()> verify;
+    if (comm.rank() == 0)
+      verify = [dir = checkpoint_dir, log = log, found] {
+        for (const auto& candidate : completeCheckpoints(dir)) {
+          try {
+            verifyCheckpoint(candidate);
+          } catch (const InputError& e) {
+            log.info(std::string("skipping damaged checkpoint: ") + e.what());
+            continue;
+          }
+          *found = std::stoll(candidate.substr(candidate.size() - 11, 8));
+          return;
         }
-        found[0] = std::stoll(candidate.substr(candidate.size() - 11, 8));
-        break;
-      }
-    }
-    comm.allReduce(found, 1, ReduceOp::Max, "resume/step");
-    if (found[0] < 0) return 0;
-    path = checkpoint_dir + "/" + checkpointName(found[0]);
-    const auto state = readCheckpoint(path, model, optimizer);
+      };
+    runWithHeartbeat(comm, "resume/verify", config.slow_phase_timeout_s, "verifying the checkpoints in " + checkpoint_dir,
+                     "", std::move(verify));
+    std::int64_t step[1] = {*found};
+    comm.allReduce(step, 1, ReduceOp::Max, "resume/step");
+    if (step[0] < 0) return 0;
+    // Every rank reads it (at its own file-system speed), again with a heartbeat. The reader works
+    // on handles that share this run's tensors; the step counts are copied back after.
+    const std::string path = checkpoint_dir + "/" + checkpointName(step[0]);
+    auto read = std::make_shared<TrainingState>();
+    auto into = std::make_shared<AdamW>(optimizer);
+    runWithHeartbeat(comm, "resume/read", config.slow_phase_timeout_s, "reading " + path, "",
+                     [path, model = model, into, read]() mutable { *read = readCheckpoint(path, model, *into); });
+    optimizer.setStepCount(into->stepCount());
+    for (std::size_t i = 0; i < optimizer.slots().size(); ++i) optimizer.slots()[i].steps = into->slots()[i].steps;
+    const TrainingState& state = *read;
     skipped_total = state.skipped_steps;
     tokens_seen = state.tokens_seen;
     if (state.world_size == comm.size() && state.rng_states.defined() && state.rng_states.size(0) == comm.size()) {
@@ -544,9 +549,28 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   config.validate(comm.size());
   torch::set_num_threads(config.threads > 0 ? config.threads : defaultThreads(comm.localSize()));
   if (comm.rank() == 0) makeDirectories(config.run_dir);
-  LongTimeout slow(comm, config.slow_phase_timeout_s);  // set-up: loading data and the model can take minutes on some ranks
-  comm.barrier("init/run_dir");
-  s_ = std::make_unique<State>(config, comm, std::move(stop_requested));
+  {
+    LongTimeout slow(comm, config.slow_phase_timeout_s);  // ranks may start far apart (a busy shared file system)
+    comm.barrier("init/run_dir");
+  }
+  // Loading the data and the model can take minutes on some ranks: a heartbeat keeps the others
+  // in touch meanwhile (Note [heartbeat]).
+  Logger log(comm.rank(), comm.size());
+  const std::string what = "loading " + config.data_path + " and " + (config.model_path.empty() ? "a fresh model" : config.model_path);
+  auto loaded = std::make_shared<std::unique_ptr<Loaded>>();
+  double report_at = 2;  // a line at 2, 4, 8, ... s when loading is slow
+  runWithHeartbeat(
+      comm, "init/load", config.slow_phase_timeout_s, what, "",
+      [config, loaded, log]() mutable {
+        if (config.slow_load_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(config.slow_load_s));
+        *loaded = loadRun(config, log);
+      },
+      [&](double seconds) {
+        if (seconds < report_at) return;
+        log.main(what + " (" + std::to_string(static_cast<int>(seconds)) + " s so far)");
+        report_at *= 2;
+      });
+  s_ = std::make_unique<State>(config, comm, std::move(stop_requested), std::move(**loaded));
 }
 
 Trainer::~Trainer() = default;
@@ -556,8 +580,10 @@ TrainResult Trainer::run() {
   const auto& c = s.config;
   std::int64_t start = 0;
   {
-    LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // ranks may reach this point minutes apart (loading a big model)
-    s.broadcastParameters();
+    {
+      LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
+      s.broadcastParameters();
+    }
     start = s.resumeIfPossible();
   }
   TrainResult result;

@@ -231,6 +231,27 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
   }
 }
 
+// A rank stopped while the ranks load (made slow: 40 s) is named within dist.timeout_s by the
+// others' heartbeat, not after the load.
+TEST(Reliability, ARankStalledWhileLoadingIsNamedWithinTheTimeout) {
+  const std::string dir = freshDir("stall_load");
+  const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
+                     " --train.steps=10 --debug.slow_load_s=40 > " + dir + "/log 2>&1 & T=$!; "
+                     "for i in $(seq 1 1500); do grep -q 's so far)' " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
+                     "sleep 1; M=$(pgrep -P $T); for P in $(pgrep -P $M); do "
+                     "grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$P/environ && V=$P; done; "
+                     "kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = readText(dir + "/log");
+  EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
+  EXPECT_NE(log.find("'init/load'"), std::string::npos) << log;
+  EXPECT_NE(log.find("ranks that did not arrive: 1 (no reply)"), std::string::npos) << log;
+  EXPECT_LT(seconds, 30.0) << log;
+}
+
 // A healthy write longer than dist.timeout_s is fine (the heartbeat keeps the ranks in touch); a
 // write longer than dist.slow_phase_timeout_s stops the run with an error naming the checkpoint.
 TEST(Reliability, ASlowCheckpointWriteOutlivesTheTimeoutButNotTheSlowPhaseLimit) {
@@ -246,7 +267,7 @@ TEST(Reliability, ASlowCheckpointWriteOutlivesTheTimeoutButNotTheSlowPhaseLimit)
   EXPECT_EQ(stuck.code, 1) << stuck.output;
   // Rank 0's error aborts the job at once: rank 1 does not sit out its own timeout first.
   EXPECT_EQ(stuck.output.find("timed out"), std::string::npos) << stuck.output;
-  EXPECT_NE(stuck.output.find("checkpoint of step 6 in " + dir + "/run/checkpoints still not written after "
+  EXPECT_NE(stuck.output.find("checkpoint of step 6 in " + dir + "/run/checkpoints still not done after "
                               "dist.slow_phase_timeout_s = 3 s"),
             std::string::npos)
       << stuck.output;

@@ -22,6 +22,44 @@ TEST(Transformer, ParameterNamesAreCheckpointNames) {
   EXPECT_EQ(names, expected);
 }
 
+// Scoring continuations of a shared prefix (one prefix pass, its keys and values shared) gives
+// what the plain forward pass gives on prefix | row: llama with grouped-query attention and a
+// sliding window shorter than the prefix, gpt2, a soft prompt, and a single row.
+TEST(Transformer, ContinuationLogProbsEqualTheFullForward) {
+  struct Case {
+    std::string arch;
+    int window, prompt, rows;
+  };
+  for (const Case& k : {Case{"llama", 3, 0, 4}, Case{"gpt2", 0, 0, 3}, Case{"llama", 0, 2, 3}, Case{"llama", 3, 0, 1}}) {
+    ModelConfig c;
+    c.arch = k.arch;
+    c.n_layers = 2;
+    c.dim = 32;
+    c.hidden_dim = 48;
+    c.n_heads = 4;
+    c.n_kv_heads = k.arch == "gpt2" ? 4 : 2;
+    c.vocab_size = 50;
+    c.seq_len = 24;
+    c.sliding_window = k.window;
+    Transformer m(c);
+    m->initialise(7);
+    if (k.prompt) m->addSoftPrompt(k.prompt, 3);
+    torch::NoGradGuard no_grad;
+    const auto prefix = torch::tensor({1, 4, 9, 16, 25, 36, 49}, torch::kInt64).unsqueeze(0);
+    const auto rows = torch::randint(c.vocab_size, {k.rows, 5}, torch::kInt64);
+    const auto got = m->continuationLogProbs(prefix, rows);
+    ASSERT_EQ(got.sizes(), (std::vector<std::int64_t>{k.rows, 5}));
+    for (int l = 0; l < k.rows; ++l) {
+      const auto ids = torch::cat({prefix, rows[l].unsqueeze(0)}, 1);
+      const auto logp = torch::log_softmax(m->forward(ids), -1)[0];
+      for (int j = 0; j < 5; ++j) {
+        const double want = logp[6 + j][rows[l][j].item<std::int64_t>()].item<double>();
+        EXPECT_NEAR(got[l][j].item<double>(), want, 1e-4) << k.arch << " window " << k.window << " row " << l << " token " << j;
+      }
+    }
+  }
+}
+
 TEST(Transformer, IsCausal) {
   ModelConfig c;
   c.n_layers = 2;

@@ -1,0 +1,34 @@
+// Long local work (loading a model, verifying or writing a checkpoint) without losing sight of the
+// other ranks. See Note [heartbeat].
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "communicator.h"
+
+namespace graft {
+
+// Note [heartbeat]
+// ~~~~~~~~~~~~~~~~
+// Some phases legitimately take minutes on some ranks only: rank 0 writing a checkpoint, a rank
+// loading a big model from a slow file system. Waiting for them in one collective with a long
+// timeout would let a rank that dies or stalls meanwhile go unnoticed for that long. Instead,
+// `work` runs on a helper thread while this thread meets the other ranks once a second in a small
+// all-reduce (`tag`) that says whose work is done, until everyone's is. A rank that stops
+// answering (dead, SIGSTOPped, its node gone) is then named within comm.timeout() as anywhere
+// else; only the work itself may run up to `limit_s`, after which this rank stops with an Error
+// "<what> still not done after dist.slow_phase_timeout_s = N s<note>".
+//
+// Collective: every rank calls it, each with its own work (empty: nothing to do here). The work
+// must not touch the communicator (MPI is initialised MPI_THREAD_FUNNELED), and this thread does
+// nothing else until it returns. An exception from the work is rethrown at once, on this rank
+// (main() then aborts the job). After a timeout or an error the helper thread is abandoned: the
+// process is about to exit.
+// `waiting` (optional) is called on this thread once per beat with the seconds since the start, for
+// progress lines.
+void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
+                      const std::string& note, std::function<void()> work,
+                      const std::function<void(double)>& waiting = nullptr);
+
+}  // namespace graft
