@@ -13,19 +13,10 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "unit_util.h"
 
 namespace graft {
 namespace {
-
-std::string runCommand(const std::string& command) {
-  FILE* p = ::popen(command.c_str(), "r");
-  if (!p) return "";
-  std::string out;
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
-  EXPECT_EQ(::pclose(p), 0) << command;
-  return out;
-}
 
 // Level indices from packed NF4 codes, high nibble first, trimmed to numel.
 std::vector<int> unpackNf4(const QuantizedWeight& q) {

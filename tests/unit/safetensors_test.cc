@@ -16,21 +16,12 @@
 
 #include "util/error.h"
 #include "util/files.h"
+#include "unit_util.h"
 
 namespace graft {
 namespace {
 
 const std::string kGpt2 = std::string(GRAFT_SHARED_DATA) + "/hf/tiny-random-gpt2/model.safetensors";
-
-std::string runCommand(const std::string& command) {
-  FILE* p = ::popen(command.c_str(), "r");
-  if (!p) return "";
-  std::string out;
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
-  EXPECT_EQ(::pclose(p), 0) << command;
-  return out;
-}
 
 std::string freshDir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/" + name;
