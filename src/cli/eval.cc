@@ -15,6 +15,8 @@
 #include "io/tokenizer.h"
 #include "train/batches.h"
 #include "util/error.h"
+#include "util/json.h"
+#include "util/files.h"
 
 namespace graft {
 namespace po = boost::program_options;
@@ -56,16 +58,39 @@ void writeLogitsCsv(const std::string& path, const torch::Tensor& logits) {
   if (!out.flush()) throw Error(path + ": write failed");
 }
 struct DatasetEvalOptions {
-  std::string split = "val", zero_shot;
+  std::string split = "val", zero_shot, predictions;  // predictions: JSONL path, one line per example
   int shots = 0;
   std::int64_t max_examples = 0, micro_batch = 16;
   int seq_len = 0;  // language modelling: window length (0 = the model's context)
   std::uint64_t seed = 1234;
 };
 
+// One line per scored example, written at the end (temporary file + rename).
+class Predictions {
+ public:
+  Predictions(const std::string& path, const TokenDataset& data) : path_(path), names_(data.labelNames()) {}
+  void add(std::int64_t example, int label, std::int64_t predicted, double score) {
+    if (path_.empty()) return;
+    Json line = Json::object();
+    line.set("example", example);
+    line.set("label", names_[static_cast<std::size_t>(label)]);
+    line.set("predicted", names_[static_cast<std::size_t>(predicted)]);
+    line.set("score", score);
+    text_ += line.dump() + "\n";
+  }
+  void write() const {
+    if (!path_.empty()) writeFileAtomically(path_, text_);
+  }
+
+ private:
+  std::string path_, text_;
+  const std::vector<std::string>& names_;
+};
+
 // A labelled dataset scored with a classification head: accuracy and mean cross-entropy.
 void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetEvalOptions& o) {
   const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
+  Predictions predictions(o.predictions, data);  // score: the predicted class's probability
   double loss = 0, correct = 0;
   for (std::int64_t at = 0; at < n; at += o.micro_batch) {
     const std::int64_t count = std::min(o.micro_batch, n - at);
@@ -78,7 +103,11 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
                                                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
     correct += logits.argmax(1).eq(labels).sum().item<double>();
+    const auto [best_p, best] = torch::softmax(logits, 1).max(1);
+    for (std::int64_t i = 0; i < count; ++i)
+      predictions.add(at + i, data.label(at + i), best[i].item<std::int64_t>(), best_p[i].item<double>());
   }
+  predictions.write();
   std::printf("{\"accuracy\": %.6f, \"loss\": %.9g, \"examples\": %lld, \"labels\": %zu, \"mode\": \"classifier\"}\n",
               correct / n, loss / n, static_cast<long long>(n), data.labelNames().size());
 }
@@ -137,6 +166,7 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
   }
   const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
   const std::int64_t context = model->config().seq_len;
+  Predictions predictions(o.predictions, data);  // score: the predicted label's total log-probability
   double correct = 0;
   for (std::int64_t k = 0; k < n; ++k) {
     // Evenly spaced over the split (files are often sorted by label).
@@ -164,7 +194,9 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
     const std::vector<double> score(summed.data_ptr<double>(), summed.data_ptr<double>() + L);
     const auto best = std::max_element(score.begin(), score.end()) - score.begin();
     correct += best == data.label(i) ? 1 : 0;
+    predictions.add(i, data.label(i), best, score[static_cast<std::size_t>(best)]);
   }
+  predictions.write();
   std::printf("{\"accuracy\": %.6f, \"examples\": %lld, \"labels\": %zu, \"mode\": \"%d-shot\"}\n", correct / n,
               static_cast<long long>(n), names.size(), o.shots);
 }
@@ -190,6 +222,8 @@ int runEval(const Args& args) {
        "unlabelled data: window length, as train.seq_len (0 = the model's context)")
       ("zero-shot", po::value(&dataset.zero_shot), "score each label's verbalisation, e.g. ' Intent: {label}.' (needs --tokenizer)")
       ("shots", po::value(&dataset.shots)->default_value(0), "with --zero-shot: solved training examples put before each question")
+      ("predictions", po::value(&dataset.predictions),
+       "with a labelled --data: write one JSON line per example (example, label, predicted, score) to this file")
       ("max-examples", po::value(&dataset.max_examples)->default_value(0),
        "score at most this many examples, evenly spaced over the split (0 = all)")
       ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses");
@@ -209,8 +243,11 @@ int runEval(const Args& args) {
     // The window length matters for language modelling only; documents are cut to the context.
     const int seq_len = dataset.seq_len > 0 ? dataset.seq_len : static_cast<int>(model->config().seq_len - model->promptLength());
     const TokenDataset data(data_path, dataset.split, seq_len);
+    if (!dataset.predictions.empty() && !isDirectory(parentDirectory(dataset.predictions)))
+      throw InputError("--predictions " + dataset.predictions + ": its folder does not exist");
     if (!data.hasLabels()) {
       if (!dataset.zero_shot.empty()) throw InputError(data_path + ": --zero-shot needs labels (prepare it with --label-field)");
+      if (!dataset.predictions.empty()) throw InputError(data_path + ": --predictions needs labels (prepare it with --label-field)");
       evalLanguageModel(model, data, data_path, dataset);
       return 0;
     }

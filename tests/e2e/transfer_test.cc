@@ -202,11 +202,15 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
   // The checkpoint holds the head only, and graft eval reproduces the run's accuracy from it.
   EXPECT_EQ(python("import h5py; f = h5py.File('" + dir + "/run/checkpoints/step-00000040.h5', 'r'); print(list(f['model']))"),
             "['head.weight']\n");
-  const auto eval = run(graft() + " eval --model " + dir + "/run/checkpoints/step-00000040.h5 --data " + banking77FewShot());
+  const auto eval = run(graft() + " eval --model " + dir + "/run/checkpoints/step-00000040.h5 --data " + banking77FewShot() +
+                        " --predictions " + dir + "/predictions.jsonl");
   ASSERT_EQ(eval.code, 0) << eval.output;
   double eval_accuracy = -1;
   ASSERT_EQ(sscanf(eval.output.c_str(), "{\"accuracy\": %lf", &eval_accuracy), 1) << eval.output;
   EXPECT_NEAR(eval_accuracy, accuracy, 1e-6);
+  EXPECT_EQ(python("import json; rows = [json.loads(l) for l in open('" + dir + "/predictions.jsonl')]; "
+                   "print('%.6f' % (sum(r['label'] == r['predicted'] for r in rows) / len(rows)), all(0 < r['score'] <= 1 for r in rows))"),
+            std::to_string(eval_accuracy).substr(0, 8) + " True\n");
   // Exported as a Hugging Face sequence classifier, it scores the split as transformers' would (the
   // reference: score on the last token, labels matched by name through id2label) and loads back.
   ASSERT_EQ(run(graft() + " export --model " + dir + "/run/checkpoints/step-00000040.h5 --format hf --out " + dir + "/hf").code, 0);
@@ -244,15 +248,25 @@ TEST(Transfer, Banking77LoraClassifierResumesBitwise) {
 }
 
 TEST(Transfer, ZeroAndFewShotScoringOfLabelVerbalisations) {
+  const std::string dir = freshDir("zero_shot");
   for (int shots : {0, 2}) {
+    const std::string file = dir + "/p" + std::to_string(shots) + ".jsonl";
     const auto r = run(graft() + " eval --model " + kBase + " --tokenizer " + data("llama2c/tok512.bin") + " --data " +
-                       banking77FewShot() + " --zero-shot ' Topic: {label}.' --max-examples 8 --shots " + std::to_string(shots));
+                       banking77FewShot() + " --zero-shot ' Topic: {label}.' --max-examples 8 --shots " + std::to_string(shots) +
+                       " --predictions " + file);
     ASSERT_EQ(r.code, 0) << r.output;
     double accuracy = -1;
     ASSERT_EQ(sscanf(r.output.c_str(), "{\"accuracy\": %lf", &accuracy), 1) << r.output;
-    EXPECT_GE(accuracy, 0.0);
-    EXPECT_LE(accuracy, 1.0);
     EXPECT_NE(r.output.find("\"mode\": \"" + std::to_string(shots) + "-shot\""), std::string::npos) << r.output;
+    // The predictions file: 8 examples spread over the split, each true label the dataset's own (h5py),
+    // each prediction a known label with a finite log-probability, and the accuracy theirs.
+    EXPECT_EQ(python("import h5py, json; f = h5py.File('" + banking77FewShot() + "', 'r'); names = json.loads(f.attrs['label_names']); "
+                     "labels = f['val/labels'][:]; rows = [json.loads(l) for l in open('" + file + "')]; "
+                     "n = len(labels); ok = all(r['label'] == names[labels[r['example']]] and r['predicted'] in names and "
+                     "r['score'] < 0 for r in rows); "
+                     "print(len(rows), [r['example'] for r in rows] == [k * n // 8 for k in range(8)], ok, "
+                     "'%.6f' % (sum(r['label'] == r['predicted'] for r in rows) / len(rows)))"),
+              "8 True True " + std::to_string(accuracy).substr(0, 8) + "\n");
   }
   const auto no_label = run(graft() + " eval --model " + kBase + " --tokenizer " + data("llama2c/tok512.bin") + " --data " +
                             banking77FewShot() + " --zero-shot ' Topic:'");
