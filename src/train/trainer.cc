@@ -206,27 +206,34 @@ struct Trainer::State {
     return model->classifySequences(b.ids, b.lengths);
   }
 
-  // Pooled features of every document of `data` under the frozen base, micro-batch by micro-batch.
-  torch::Tensor computeFeatures(const TokenDataset& data) {
+  // Collective. Pooled features of every document of `data` under the frozen base: each rank pools
+  // a contiguous share, micro-batch by micro-batch, and an all-gather gives every rank all of them.
+  torch::Tensor computeFeatures(const TokenDataset& data, const char* tag) {
     torch::NoGradGuard no_grad;
     model->eval();
-    std::vector<torch::Tensor> parts;
-    for (std::int64_t at = 0; at < data.numDocuments(); at += config.micro_batch) {
+    const std::int64_t n = data.numDocuments(), world = comm.size(), share = (n + world - 1) / world;
+    const std::int64_t begin = std::min(n, comm.rank() * share), end = std::min(n, begin + share);
+    auto mine = torch::zeros({share, static_cast<std::int64_t>(model->config().dim)});
+    for (std::int64_t at = begin; at < end; at += config.micro_batch) {
       std::vector<std::int64_t> part;
-      for (std::int64_t i = at; i < std::min(at + config.micro_batch, data.numDocuments()); ++i) part.push_back(i);
+      for (std::int64_t i = at; i < std::min(at + config.micro_batch, end); ++i) part.push_back(i);
       const auto b = documentBatch(data, part, config.seq_len);
-      parts.push_back(model->pool(model->hidden(b.ids), b.lengths));
+      mine.narrow(0, at - begin, static_cast<std::int64_t>(part.size())).copy_(model->pool(model->hidden(b.ids), b.lengths));
     }
     model->train();
-    return torch::cat(parts);
+    auto all = torch::empty({world * share, mine.size(1)});
+    comm.allGather(mine.data_ptr(), static_cast<std::size_t>(mine.nbytes()), all.data_ptr(), tag);
+    return all.narrow(0, 0, n).clone();
   }
 
   // transfer.cache_features: RUN_DIR/features.h5 holds the features of both splits; it is reused
-  // when it matches this model and dataset, else computed (every rank) and written by rank 0.
+  // when every rank can read it and it matches this model and dataset, else computed (shared out
+  // over the ranks) and written by rank 0.
   void prepareFeatureCache() {
     if (!config.transfer.cache_features) return;
     const std::string path = config.run_dir + "/features.h5";
     const std::string key = config.model_path + "|" + config.data_path + "|" + config.pooling;
+    std::int32_t reuse[1] = {0};
     if (fileExists(path)) {
       try {
         H5File file = H5File::openRead(path);
@@ -234,28 +241,36 @@ struct Trainer::State {
             file.shape("/val")[0] == val_data.numDocuments()) {
           train_features = file.readTensor("/train");
           val_features = file.readTensor("/val");
-          log.main("features: reused " + path);
-          return;
+          reuse[0] = 1;
         }
       } catch (const Error&) {
         // unreadable or foreign: compute again below
       }
     }
-    const auto t0 = Clock::now();
-    train_features = computeFeatures(train_data);
-    val_features = computeFeatures(val_data);
-    if (comm.rank() == 0) {
-      const std::string tmp = path + ".tmp";
-      {
-        H5File file = H5File::create(tmp);
-        file.setAttr("/", "key", key);
-        file.writeTensor("/train", train_features);
-        file.writeTensor("/val", val_features);
-        file.close();
-      }
-      publishFile(tmp, path);
+    comm.allReduce(reuse, 1, ReduceOp::Min, "features/reuse");  // all ranks take the same path
+    if (reuse[0]) {
+      log.main("features: reused " + path);
+      return;
     }
-    log.main("features: " + std::to_string(train_features.size(0) + val_features.size(0)) + " documents through the frozen base in " +
+    const auto t0 = Clock::now();
+    train_features = computeFeatures(train_data, "features/train");
+    val_features = computeFeatures(val_data, "features/val");
+    std::function<void()> write;
+    if (comm.rank() == 0)
+      write = [path, key, train = train_features, val = val_features] {
+        const std::string tmp = path + ".tmp";
+        {
+          H5File file = H5File::create(tmp);
+          file.setAttr("/", "key", key);
+          file.writeTensor("/train", train);
+          file.writeTensor("/val", val);
+          file.close();
+        }
+        publishFile(tmp, path);
+      };
+    runWithHeartbeat(comm, "features/write", config.slow_phase_timeout_s, "writing " + path, "", std::move(write));
+    log.main("features: " + std::to_string(train_features.size(0) + val_features.size(0)) + " documents through the frozen base on " +
+             std::to_string(comm.size()) + " rank(s) in " +
              std::to_string(std::chrono::duration<double>(Clock::now() - t0).count()).substr(0, 5) + " s, cached in " + path);
   }
 
