@@ -196,11 +196,12 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
   EXPECT_NE(out.find("task: classify 77 labels"), std::string::npos) << out;
   EXPECT_NE(out.find("770 training documents"), std::string::npos) << out;
   EXPECT_NE(out.find("cached in " + dir + "/run/features.h5"), std::string::npos) << out;
-  // The two ranks pooled half the documents each: the cache equals one rank pooling them all.
+  // The two ranks pooled half the documents each: the cache equals one rank pooling them all (up to
+  // float rounding: the micro-batches pad to other lengths; measured 1.1e-5).
   const auto one = run(graft() + " train --config " + dir + "/lora.ini --run.dir=" + dir + "/run1 --train.steps=5 --eval.every=0");
   ASSERT_EQ(one.code, 0) << one.output;
   EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + dir + "/run/features.h5', 'r'); b = h5py.File('" + dir +
-                   "/run1/features.h5', 'r'); print(all(a[s].shape == b[s].shape and np.allclose(a[s][:], b[s][:], atol=1e-5) "
+                   "/run1/features.h5', 'r'); print(all(a[s].shape == b[s].shape and np.allclose(a[s][:], b[s][:], atol=1e-4) "
                    "for s in ('train', 'val')), a['train'].shape[0])"),
             "True 770\n");
   EXPECT_NE(out.find("4928 elements per step"), std::string::npos) << out;  // the head alone: 77 x 64
