@@ -165,7 +165,12 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
     prefix.insert(prefix.end(), answer.begin(), answer.end());
   }
   const std::int64_t n = o.max_examples > 0 ? std::min(o.max_examples, data.numDocuments()) : data.numDocuments();
-  const std::int64_t context = model->config().seq_len;
+  const std::int64_t context = model->config().seq_len - model->promptLength();
+  std::size_t longest = 0;
+  for (const auto& v : verbal) longest = std::max(longest, v.size());
+  if (static_cast<std::int64_t>(longest) + 1 > context)
+    throw InputError("--zero-shot: a label's verbalisation of " + std::to_string(longest) + " tokens leaves no room for the document in a context of " +
+                     std::to_string(context));
   Predictions predictions(o.predictions, data);  // score: the predicted label's total log-probability
   double correct = 0;
   for (std::int64_t k = 0; k < n; ++k) {
@@ -175,8 +180,6 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
     data.document(i, context, doc);
     std::vector<std::int64_t> stem = prefix;
     stem.insert(stem.end(), doc.begin() + (prefix.empty() ? 0 : 1), doc.end());
-    std::size_t longest = 0;
-    for (const auto& v : verbal) longest = std::max(longest, v.size());
     // Keep the end of the stem (the document) when the context is short.
     if (static_cast<std::int64_t>(stem.size() + longest) > context)
       stem.erase(stem.begin(), stem.begin() + static_cast<std::ptrdiff_t>(stem.size() + longest - static_cast<std::size_t>(context)));

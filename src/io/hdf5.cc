@@ -59,6 +59,11 @@ std::string attrTarget(const std::string& object) { return object.empty() ? "/" 
 
 }  // namespace
 
+void initialiseHdf5() {
+  H5open();
+  quiet();
+}
+
 H5File H5File::create(const std::string& path) {
   quiet();
   // CLOSE_STRONG: closing the file closes every object in it, even after a failed write (disk

@@ -499,11 +499,20 @@ void savePeftAdapter(Transformer& model, const std::string& dir, const std::stri
     writeFileAtomically(dir + "/adapter_config.json", config.dump(2) + "\n");
     return;
   }
+  if (c.num_classes > 0)
+    throw InputError("PEFT export holds adapters only, and this model's classification head was trained too; "
+                     "export the merged classifier with --format hf");
   std::vector<torch::Tensor> keep;
   std::vector<StTensorOut> out;
   Json targets = Json::array();
-  int rank = 0, fused_rank = 0;
-  double alpha = 0, fused_alpha = 0, dropout = 0;
+  int rank = 0;
+  double alpha = 0, dropout = 0;
+  struct Fused {
+    std::string module;
+    int rank;
+    double alpha;
+  };
+  std::vector<Fused> fused_modules;
   auto add = [&](const std::string& module, const torch::Tensor& a, const torch::Tensor& b) {
     targets.push(module);
     for (const auto& [which, t] : {std::pair<const char*, torch::Tensor>{"lora_A", a}, {"lora_B", b}}) {
@@ -541,11 +550,12 @@ void savePeftAdapter(Transformer& model, const std::string& dir, const std::stri
       a_rows.push_back(p->lora_A.detach());
       b.narrow(0, present[j] * d, d).narrow(1, static_cast<std::int64_t>(j) * r, r).copy_(p->lora_B.detach());
     }
-    fused_rank = static_cast<int>(r * static_cast<std::int64_t>(present.size()));
-    fused_alpha = first->lora_scale * fused_rank;
-    add("transformer.h." + std::to_string(layer_index) + ".attn.c_attn", torch::cat(a_rows), b);
+    const int fused_rank = static_cast<int>(r * static_cast<std::int64_t>(present.size()));
+    fused_modules.push_back({"transformer.h." + std::to_string(layer_index) + ".attn.c_attn", fused_rank,
+                             first->lora_scale * fused_rank});
+    add(fused_modules.back().module, torch::cat(a_rows), b);
   }
-  if (rank == 0) rank = fused_rank, alpha = fused_alpha;
+  if (rank == 0) rank = fused_modules.front().rank, alpha = fused_modules.front().alpha;
   if (out.empty()) throw InputError("the model has no LoRA adapters to export in PEFT format");
   makeDirectories(dir);
   writeSafetensors(dir + "/adapter_model.safetensors", out, {{"format", "pt"}});
@@ -557,9 +567,19 @@ void savePeftAdapter(Transformer& model, const std::string& dir, const std::stri
   config.set("lora_alpha", alpha);
   config.set("lora_dropout", dropout);
   config.set("target_modules", targets);
-  if (fused_rank && (fused_rank != rank || fused_alpha != alpha)) {  // PEFT matches these keys by module-name suffix
-    config.set("rank_pattern", Json::object()).set("c_attn", fused_rank);
-    config.set("alpha_pattern", Json::object()).set("c_attn", fused_alpha);
+  // Fused c_attn adapters whose rank differs from r (layers may adapt different sets of q/k/v):
+  // PEFT matches these keys against the end of the module name.
+  Json rank_pattern = Json::object(), alpha_pattern = Json::object();
+  bool patterned = false;
+  for (const auto& f : fused_modules)
+    if (f.rank != rank || f.alpha != alpha) {
+      rank_pattern.set(f.module, f.rank);
+      alpha_pattern.set(f.module, f.alpha);
+      patterned = true;
+    }
+  if (patterned) {
+    config.set("rank_pattern", std::move(rank_pattern));
+    config.set("alpha_pattern", std::move(alpha_pattern));
   }
   config.set("bias", "none");
   config.set("fan_in_fan_out", c.isGpt2());  // gpt2's Conv1D stores weights [in, out]

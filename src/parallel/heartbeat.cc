@@ -17,19 +17,30 @@ void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const
                       const std::string& note, std::function<void()> work, const std::function<void(double)>& waiting) {
   using Clock = std::chrono::steady_clock;
   std::future<void> done;
+  std::thread helper;
+  bool finished = false;  // the work returned or threw: the helper is about to end, join it
+  struct Reap {
+    std::thread& t;
+    const bool& finished;
+    ~Reap() {
+      if (t.joinable()) finished ? t.join() : t.detach();  // detached only on the way out after an error
+    }
+  } reap{helper, finished};
   if (work) {
     std::promise<void> promise;
     done = promise.get_future();
     // OpenMP's thread count is per thread: the helper uses this thread's (train.threads).
-    std::thread([work = std::move(work), promise = std::move(promise), threads = at::get_num_threads()]() mutable {
+    helper = std::thread([work = std::move(work), promise = std::move(promise), threads = at::get_num_threads()]() mutable {
       try {
         at::set_num_threads(threads);
-        work();
+        std::function<void()> job = std::move(work);
+        job();
+        job = nullptr;  // what the work captured is released before the caller resumes
         promise.set_value();
       } catch (...) {
         promise.set_exception(std::current_exception());
       }
-    }).detach();
+    });
   }
   const auto start = Clock::now();
   const auto beat = std::min(std::chrono::milliseconds(1000), comm.timeout() / 4);
@@ -37,6 +48,7 @@ void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const
   for (;;) {
     if (!mine_done) {
       if (done.wait_for(beat) == std::future_status::ready) {
+        finished = true;
         done.get();  // rethrows the work's exception
         mine_done = true;
       } else if (Clock::now() - start > std::chrono::duration<double>(limit_s)) {

@@ -23,8 +23,9 @@ namespace graft {
 // Collective: every rank calls it, each with its own work (empty: nothing to do here). The work
 // must not touch the communicator (MPI is initialised MPI_THREAD_FUNNELED), and this thread does
 // nothing else until it returns. An exception from the work is rethrown at once, on this rank
-// (main() then aborts the job). After a timeout or an error the helper thread is abandoned: the
-// process is about to exit.
+// (main() then aborts the job). The helper is joined once the work is over; only when this rank
+// gives up on it (a timeout, or a collective error meanwhile) is it left running: the process is
+// about to exit.
 // `waiting` (optional) is called on this thread once per beat with the seconds since the start, for
 // progress lines.
 void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,

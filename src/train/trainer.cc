@@ -172,7 +172,7 @@ std::unique_ptr<Loaded> loadRun(const TrainConfig& c, Logger& log) {
   return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model});
 }
 
-struct Trainer::State {
+struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop, Loaded&& loaded)
       : config(c),
         stop_requested(std::move(stop)),
@@ -207,22 +207,36 @@ struct Trainer::State {
   }
 
   // Collective. Pooled features of every document of `data` under the frozen base: each rank pools
-  // a contiguous share, micro-batch by micro-batch, and an all-gather gives every rank all of them.
-  torch::Tensor computeFeatures(const TokenDataset& data, const char* tag) {
-    torch::NoGradGuard no_grad;
-    model->eval();
+  // a contiguous share, micro-batch by micro-batch, beside a heartbeat (shares can take minutes and
+  // differ in length), then all-gathers give every rank all of them.
+  torch::Tensor computeFeatures(const TokenDataset& data, const char* pool_tag, const char* gather_tag) {
     const std::int64_t n = data.numDocuments(), world = comm.size(), share = (n + world - 1) / world;
     const std::int64_t begin = std::min(n, comm.rank() * share), end = std::min(n, begin + share);
-    auto mine = torch::zeros({share, static_cast<std::int64_t>(model->config().dim)});
-    for (std::int64_t at = begin; at < end; at += config.micro_batch) {
-      std::vector<std::int64_t> part;
-      for (std::int64_t i = at; i < std::min(at + config.micro_batch, end); ++i) part.push_back(i);
-      const auto b = documentBatch(data, part, config.seq_len);
-      mine.narrow(0, at - begin, static_cast<std::int64_t>(part.size())).copy_(model->pool(model->hidden(b.ids), b.lengths));
-    }
+    const std::int64_t dim = model->config().dim;
+    auto mine = std::make_shared<torch::Tensor>(torch::zeros({share, dim}));
+    model->eval();
+    runWithHeartbeat(comm, pool_tag, config.slow_phase_timeout_s, "pooling features of " + config.data_path, "",
+                     [self = shared_from_this(), d = &data, mine, begin, end] {
+                       torch::NoGradGuard no_grad;  // grad mode is per thread
+                       for (std::int64_t at = begin; at < end; at += self->config.micro_batch) {
+                         std::vector<std::int64_t> part;
+                         for (std::int64_t i = at; i < std::min(at + self->config.micro_batch, end); ++i) part.push_back(i);
+                         const auto b = documentBatch(*d, part, self->config.seq_len);
+                         mine->narrow(0, at - begin, static_cast<std::int64_t>(part.size()))
+                             .copy_(self->model->pool(self->model->hidden(b.ids), b.lengths));
+                       }
+                     });
     model->train();
-    auto all = torch::empty({world * share, mine.size(1)});
-    comm.allGather(mine.data_ptr(), static_cast<std::size_t>(mine.nbytes()), all.data_ptr(), tag);
+    // In chunks of at most 1 GiB per rank (MPI counts are ints).
+    auto all = torch::empty({world * share, dim});
+    const std::int64_t rows = std::max<std::int64_t>(1, (std::int64_t{1} << 30) / (dim * 4));
+    for (std::int64_t r0 = 0; r0 < share; r0 += rows) {
+      const std::int64_t m = std::min(rows, share - r0);
+      auto send = mine->narrow(0, r0, m).contiguous();
+      auto recv = torch::empty({world, m, dim});
+      comm.allGather(send.data_ptr(), static_cast<std::size_t>(send.nbytes()), recv.data_ptr(), gather_tag);
+      for (std::int64_t w = 0; w < world; ++w) all.narrow(0, w * share + r0, m).copy_(recv[w]);
+    }
     return all.narrow(0, 0, n).clone();
   }
 
@@ -253,8 +267,8 @@ struct Trainer::State {
       return;
     }
     const auto t0 = Clock::now();
-    train_features = computeFeatures(train_data, "features/train");
-    val_features = computeFeatures(val_data, "features/val");
+    train_features = computeFeatures(train_data, "features/pool_train", "features/train");
+    val_features = computeFeatures(val_data, "features/pool_val", "features/val");
     std::function<void()> write;
     if (comm.rank() == 0)
       write = [path, key, train = train_features, val = val_features] {
@@ -562,6 +576,7 @@ struct Trainer::State {
 
 Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bool()> stop_requested) {
   config.validate(comm.size());
+  initialiseHdf5();  // on this thread, before helpers use HDF5
   torch::set_num_threads(config.threads > 0 ? config.threads : defaultThreads(comm.localSize()));
   if (comm.rank() == 0) makeDirectories(config.run_dir);
   {
@@ -585,7 +600,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
         log.main(what + " (" + std::to_string(static_cast<int>(seconds)) + " s so far)");
         report_at *= 2;
       });
-  s_ = std::make_unique<State>(config, comm, std::move(stop_requested), std::move(**loaded));
+  s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(**loaded));
 }
 
 Trainer::~Trainer() = default;

@@ -37,7 +37,7 @@ class Trainer {
 
  private:
   struct State;
-  std::unique_ptr<State> s_;
+  std::shared_ptr<State> s_;  // shared: a helper thread may hold it while the run stops on an error
 };
 
 }  // namespace graft

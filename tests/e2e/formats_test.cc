@@ -157,7 +157,7 @@ TEST(Formats, Gpt2LoraOnQAndVExportsAsOneFusedCAttnPeftAdapter) {
   ASSERT_EQ(e.code, 0) << e.output;
   const std::string config = readText(dir + "/peft/adapter_config.json");
   EXPECT_NE(config.find("transformer.h.1.attn.c_attn"), std::string::npos) << config;
-  EXPECT_NE(config.find("\"rank_pattern\": {\n    \"c_attn\": 4"), std::string::npos) << config;
+  EXPECT_NE(config.find("\"rank_pattern\": {\n    \"transformer.h.0.attn.c_attn\": 4"), std::string::npos) << config;
   const std::string ids = "0 5 9 13 200 999 4 17 300 2 1 77";
   const auto ours = run(graft() + " eval --model " + ckpt + " --ids '" + ids + "' --logits " + dir + "/ckpt.csv");
   ASSERT_EQ(ours.code, 0) << ours.output;

@@ -61,6 +61,16 @@ TEST(HfClassifier, MeanPoolingHasNoHfEquivalentAndSaysSo) {
   }
 }
 
+TEST(HfClassifier, PeftExportRefusesToDropTheHead) {
+  auto m = tinyClassifier("llama", "last");
+  try {
+    savePeftAdapter(m, ::testing::TempDir() + "/hf_classifier_peft", "base");
+    FAIL() << "exported adapters without the trained head";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--format hf"), std::string::npos) << e.what();
+  }
+}
+
 TEST(HfClassifier, BadId2LabelIsNamed) {
   const std::string dir = ::testing::TempDir() + "/hf_classifier_bad";
   auto m = tinyClassifier("llama", "last");
