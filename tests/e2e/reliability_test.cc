@@ -185,23 +185,39 @@ TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) {
 namespace graft::e2e {
 namespace {
 
-// The rank is stopped during training steps (checkpoint phases allow dist.slow_phase_timeout_s).
+// A 2-rank run of `cfg` with `options`, in which rank `victim` is SIGSTOPped once `pattern`
+// appears in the log (then 1 s later when `settle`); bounded by `timeout` so a hang shows as rc=137.
+struct Stalled {
+  std::string output, log;
+  double seconds;
+};
+Stalled stallRank(const std::string& dir, const std::string& cfg, const std::string& options, const std::string& pattern,
+                  int victim, bool settle) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg + " " + options + " > " + dir +
+                     "/log 2>&1 & T=$!; for i in $(seq 1 1500); do grep -q '" + pattern + "' " + dir +
+                     "/log 2>/dev/null && break; sleep 0.02; done; " + (settle ? "sleep 1; " : "") +
+                     "M=$(pgrep -P $T); for P in $(pgrep -P $M); do grep -qz '^OMPI_COMM_WORLD_RANK=" + std::to_string(victim) +
+                     "$' /proc/$P/environ && V=$P; done; kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
+  return {r.output, readText(dir + "/log"), std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+}
+
+// The job stopped on its own (not by the test's timeout) with an error naming `tag` and the victim.
+void expectNamed(const Stalled& s, const std::string& tag, int victim) {
+  EXPECT_EQ(s.output.find("rc=0"), std::string::npos) << s.output;
+  EXPECT_EQ(s.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << s.log;
+  if (!tag.empty()) EXPECT_NE(s.log.find("'" + tag + "'"), std::string::npos) << s.log;
+  EXPECT_NE(s.log.find("timed out after 3"), std::string::npos) << s.log;
+  EXPECT_NE(s.log.find("ranks that did not arrive: " + std::to_string(victim) + " (no reply)"), std::string::npos) << s.log;
+}
+
+// The rank is stopped during training steps.
 TEST(Reliability, AStalledRankMakesTheOthersStopWithAnErrorNamingIt) {
   const std::string dir = freshDir("stall");
-  const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
-  const auto start = std::chrono::steady_clock::now();
-  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
-                     " --train.steps=100000 --checkpoint.every=0 --train.log_every=1 > " + dir + "/log 2>&1 & T=$!; "
-                     "for i in $(seq 1 1500); do grep -q 'step 3/' " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
-                     "M=$(pgrep -P $T); V=$(pgrep -P $M | tail -1); kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const std::string log = readText(dir + "/log");
-  EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
-  EXPECT_NE(log.find("timed out after 3"), std::string::npos) << log;
-  EXPECT_TRUE(log.find("ranks that did not arrive: 1 (no reply)") != std::string::npos ||
-              log.find("ranks that did not arrive: 0 (no reply)") != std::string::npos) << log;
-  EXPECT_LT(seconds, 60.0);
+  const auto s = stallRank(dir, configIn(dir, "[dist]\ntimeout_s = 3\n"),
+                           "--train.steps=100000 --checkpoint.every=0 --train.log_every=1", "step 3/", 1, false);
+  expectNamed(s, "", 1);
+  EXPECT_LT(s.seconds, 60.0);
 }
 
 // A rank stopped while rank 0 writes a checkpoint (the write made slow: 40 s) is named within
@@ -209,25 +225,12 @@ TEST(Reliability, AStalledRankMakesTheOthersStopWithAnErrorNamingIt) {
 TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
   for (const int victim : {0, 1}) {
     const std::string dir = freshDir("stall_ckpt" + std::to_string(victim));
-    const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
-    const auto start = std::chrono::steady_clock::now();
-    const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
-                       " --train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40 > " +
-                       dir + "/log 2>&1 & T=$!; "
-                       "for i in $(seq 1 1500); do grep -q 'step 2/' " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
-                       "sleep 1; M=$(pgrep -P $T); for P in $(pgrep -P $M); do "
-                       "grep -qz '^OMPI_COMM_WORLD_RANK=" + std::to_string(victim) + "$' /proc/$P/environ && V=$P; done; "
-                       "kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::string log = readText(dir + "/log");
-    EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
-    EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
-    EXPECT_NE(log.find("'ckpt/write'"), std::string::npos) << log;
-    EXPECT_NE(log.find("timed out after 3"), std::string::npos) << log;
-    EXPECT_NE(log.find("ranks that did not arrive: " + std::to_string(victim) + " (no reply)"), std::string::npos)
-        << log;
-    EXPECT_EQ(log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << log;
-    EXPECT_LT(seconds, 30.0) << log;
+    const auto s = stallRank(dir, configIn(dir, "[dist]\ntimeout_s = 3\n"),
+                             "--train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40",
+                             "step 2/", victim, true);
+    expectNamed(s, "ckpt/write", victim);
+    EXPECT_EQ(s.log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << s.log;
+    EXPECT_LT(s.seconds, 30.0) << s.log;
   }
 }
 
@@ -235,21 +238,10 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
 // others' heartbeat, not after the load.
 TEST(Reliability, ARankStalledWhileLoadingIsNamedWithinTheTimeout) {
   const std::string dir = freshDir("stall_load");
-  const auto cfg = configIn(dir, "[dist]\ntimeout_s = 3\n");
-  const auto start = std::chrono::steady_clock::now();
-  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
-                     " --train.steps=10 --debug.slow_load_s=40 > " + dir + "/log 2>&1 & T=$!; "
-                     "for i in $(seq 1 1500); do grep -q 's so far)' " + dir + "/log 2>/dev/null && break; sleep 0.02; done; "
-                     "sleep 1; M=$(pgrep -P $T); for P in $(pgrep -P $M); do "
-                     "grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$P/environ && V=$P; done; "
-                     "kill -STOP $V; wait $T; echo rc=$?; kill -9 $V 2>/dev/null");
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const std::string log = readText(dir + "/log");
-  EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << log;
-  EXPECT_NE(log.find("'init/load'"), std::string::npos) << log;
-  EXPECT_NE(log.find("ranks that did not arrive: 1 (no reply)"), std::string::npos) << log;
-  EXPECT_LT(seconds, 30.0) << log;
+  const auto s = stallRank(dir, configIn(dir, "[dist]\ntimeout_s = 3\n"), "--train.steps=10 --debug.slow_load_s=40",
+                           "s so far)", 1, true);
+  expectNamed(s, "init/load", 1);
+  EXPECT_LT(s.seconds, 30.0) << s.log;
 }
 
 // A healthy write longer than dist.timeout_s is fine (the heartbeat keeps the ranks in touch); a
