@@ -48,11 +48,11 @@ bool isComplete(const std::string& path) {
 
 // Fails early, with a clear message and before anything is written, when the file system cannot
 // hold one more checkpoint (the previous ones stay until the new one is verified).
-void requireSpace(const std::string& dir, Transformer& model, AdamW& optimizer, bool adapter_only) {
+void requireSpace(const std::string& dir, Transformer& model, const AdamW& optimizer, bool adapter_only) {
   std::uint64_t bytes = 64u << 10;  // metadata, attributes, RNG states
   for (const auto& p : model->parameters())
     if (!adapter_only || p.requires_grad()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
-  for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.exp_avg.numel()) * 8;
+  bytes += optimizer.stateBytes();
   struct statvfs fs {};
   if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
   const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
@@ -69,7 +69,7 @@ std::string checkpointName(std::int64_t step) {
   return name;
 }
 
-std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer, const Schedule& schedule,
+std::string writeCheckpoint(const std::string& dir, Transformer& model, const AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state) {
   makeDirectories(dir);
   requireSpace(dir, model, optimizer, state.transfer.adapterOnly());
@@ -87,21 +87,8 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& o
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
     writeModelGroup(file, model, state.transfer.adapterOnly());
     if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
-    const auto& o = optimizer.options();
-    file.setAttr("/optimizer", "step_count", optimizer.stepCount());
-    file.setAttr("/optimizer", "beta1", o.beta1);
-    file.setAttr("/optimizer", "beta2", o.beta2);
-    file.setAttr("/optimizer", "eps", o.eps);
-    file.setAttr("/optimizer", "weight_decay", o.weight_decay);
-    for (const auto& s : optimizer.slots()) {
-      file.writeTensor("/optimizer/exp_avg/" + s.name, s.exp_avg);
-      file.setAttr("/optimizer/exp_avg/" + s.name, "steps", s.steps);
-      file.writeTensor("/optimizer/exp_avg_sq/" + s.name, s.exp_avg_sq);
-    }
-    file.setAttr("/schedule", "lr", schedule.lr);
-    file.setAttr("/schedule", "min_lr", schedule.min_lr);
-    file.setAttr("/schedule", "warmup", schedule.warmup);
-    file.setAttr("/schedule", "total", schedule.total);
+    optimizer.save(file, "/optimizer");
+    schedule.save(file, "/schedule");
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
     file.writeTensor("/rng/torch_cpu", state.rng_states);
@@ -153,23 +140,7 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
     throw InputError(path + ": checkpoint holds a model of " + stored.describe() + ", but this run builds " +
                      model->config().describe());
   readModelWeights(file, model);
-  torch::NoGradGuard no_grad;
-  for (auto& s : optimizer.slots()) {
-    for (auto* pair : {&s.exp_avg, &s.exp_avg_sq}) {
-      const std::string object = std::string("/optimizer/") + (pair == &s.exp_avg ? "exp_avg/" : "exp_avg_sq/") + s.name;
-      if (!file.exists(object)) throw InputError(path + ": optimizer tensor " + object + " is missing");
-      auto t = file.readTensor(object);
-      if (t.sizes() != pair->sizes()) throw InputError(path + ": optimizer tensor " + object + " has the wrong shape");
-      pair->copy_(t);
-    }
-  }
-  optimizer.setStepCount(file.intAttr("/optimizer", "step_count"));
-  for (auto& s : optimizer.slots()) {  // checkpoints before per-parameter counts: every slot had them all
-    const std::string object = "/optimizer/exp_avg/" + s.name;
-    s.steps = file.hasAttr(object, "steps") ? file.intAttr(object, "steps") : optimizer.stepCount();
-    if (s.steps < 0 || s.steps > optimizer.stepCount())
-      throw InputError(path + ": " + object + " attribute steps = " + std::to_string(s.steps) + " is out of range");
-  }
+  optimizer.load(file, "/optimizer");
   TrainingState state;
   state.step = file.intAttr("/", "step");
   state.world_size = file.intAttr("/", "world_size");

@@ -5,9 +5,8 @@
 //                 config (resolved INI text), created_unix, complete=1 (written last)
 //   /model        see io/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
 //   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
-//   /optimizer    attrs step_count, beta1, beta2, eps, weight_decay;
-//                 exp_avg/<param> (attr steps: that parameter's updates), exp_avg_sq/<param> float32
-//   /schedule     attrs lr, min_lr, warmup, total
+//   /optimizer    written and read by the optimizer itself (optim/adamw.h), whole tensors
+//   /schedule     attrs lr, min_lr, warmup, total (optim/schedule.h)
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
 //   / attr manifest: "object crc32 bytes" per tensor, written just before complete=1
@@ -22,8 +21,8 @@
 
 #include "model/transfer.h"
 #include "model/transformer.h"
-#include "train/adamw.h"
-#include "train/schedule.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
 
 namespace graft {
 
@@ -46,7 +45,8 @@ std::string checkpointName(std::int64_t step);
 
 // Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it; returns its
 // path. On failure (disk full...) the temporary file is removed and nothing older is touched.
-std::string writeCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer, const Schedule& schedule,
+// `optimizer` holds whole tensors (a sharded run gathers its rows first).
+std::string writeCheckpoint(const std::string& dir, Transformer& model, const AdamW& optimizer, const Schedule& schedule,
                             const TrainingState& state);
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
@@ -57,7 +57,8 @@ std::vector<std::string> completeCheckpoints(const std::string& dir);
 // InputError naming the file and the first damaged or missing tensor.
 void verifyCheckpoint(const std::string& path);
 
-// Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor).
+// Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor);
+// the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint.
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer);
 
 // Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files. Call it

@@ -76,6 +76,9 @@ class OptionTable {
     add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
+    add("dist.shard", c.shard,
+        "who holds the optimizer state and gradients: none (every rank, all of it), optimizer (ZeRO-1: each rank "
+        "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients); docs/sharding.md");
     add("debug.nan_from", c.nan_from, "fault injection (tests): NaN loss from this step (0 = off)");
     add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
@@ -227,6 +230,8 @@ void TrainConfig::validate(int world) const {
   need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
+  need(shard == "none" || shard == "optimizer" || shard == "gradients", "dist.shard",
+       "'" + shard + "' is not one of none, optimizer, gradients (parameters, ZeRO-3, is not built yet)");
 }
 
 std::string TrainConfig::resolved() const {

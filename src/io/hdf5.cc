@@ -230,6 +230,30 @@ at::Tensor H5File::readTensor(const std::string& object) const {
   return t;
 }
 
+at::Tensor H5File::readRows(const std::string& object, std::int64_t begin, std::int64_t end) const {
+  const auto dims = shape(object);
+  const std::int64_t rows = dims.empty() ? 1 : dims[0];
+  if (begin < 0 || end < begin || end > rows)
+    throw InputError(where(object) + ": rows " + std::to_string(begin) + ".." + std::to_string(end) + " asked of " +
+                     std::to_string(rows));
+  if (dims.empty()) return readTensor(object);
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  Handle ftype(H5Dget_type(ds.get()));
+  std::vector<std::int64_t> part = dims;
+  part[0] = end - begin;
+  auto t = torch::empty(part, torch::TensorOptions().dtype(scalarTypeOf(ftype.get())));
+  if (t.numel() == 0) return t;
+  std::vector<hsize_t> start(dims.size(), 0), count(part.begin(), part.end());
+  start[0] = static_cast<hsize_t>(begin);
+  Handle space(H5Dget_space(ds.get()));
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+  Handle mem(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
+  if (H5Dread(ds.get(), memType(t.scalar_type()), mem.get(), space.get(), H5P_DEFAULT, t.data_ptr()) < 0)
+    throw InputError(where(object) + ": cannot read rows " + std::to_string(begin) + ".." + std::to_string(end) +
+                     " (truncated or corrupt file?)");
+  return t;
+}
+
 at::ScalarType H5File::scalarType(const std::string& object) const {
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) throw InputError(where(object) + ": missing dataset");

@@ -46,6 +46,9 @@ class H5File {
   // "object crc32 bytes" per line, for every tensor written through this handle, in order.
   const std::string& manifest() const { return manifest_; }
   at::Tensor readTensor(const std::string& object) const;
+  // Rows [begin, end) of a dataset (dim 0; a 0-d dataset is one row): a sharded run's rank reads
+  // only its own rows (parallel/shard_plan.h). InputError when the range is outside the dataset.
+  at::Tensor readRows(const std::string& object, std::int64_t begin, std::int64_t end) const;
   std::vector<std::int64_t> shape(const std::string& object) const;
   // The element type a dataset is stored as (InputError when it is none graft reads).
   at::ScalarType scalarType(const std::string& object) const;

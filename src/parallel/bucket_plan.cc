@@ -1,12 +1,8 @@
 #include "parallel/bucket_plan.h"
 
+#include "parallel/plan_check.h"
+
 namespace graft {
-namespace {
-std::uint64_t fnv1a(std::uint64_t h, const std::string& s) {
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return (h ^ 0xff) * 1099511628211ull;  // separator, so "ab"+"c" != "a"+"bc"
-}
-}  // namespace
 
 BucketPlan planBuckets(const std::vector<ParamInfo>& params, std::size_t first_cap_bytes, std::size_t cap_bytes) {
   BucketPlan plan;
@@ -28,15 +24,16 @@ BucketPlan planBuckets(const std::vector<ParamInfo>& params, std::size_t first_c
     b.numel += p.numel;
     bytes += size;
   }
-  plan.hash = 14695981039346656037ull;
+  PlanHash hash;
   plan.lines.reserve(params.size());
   for (std::size_t k = 0; k < params.size(); ++k) {
     plan.lines.push_back(params[k].name + " " + std::to_string(params[k].numel) +
                          (params[k].trainable ? " trainable" : " frozen"));
-    plan.hash = fnv1a(plan.hash, plan.lines.back());
-    plan.hash = fnv1a(plan.hash, std::to_string(plan.bucket_of[k]));
+    hash.add(plan.lines.back());
+    hash.add(std::to_string(plan.bucket_of[k]));
   }
-  for (const Bucket& b : plan.buckets) plan.hash = fnv1a(plan.hash, std::to_string(b.numel));
+  for (const Bucket& b : plan.buckets) hash.add(std::to_string(b.numel));
+  plan.hash = hash.value();
   return plan;
 }
 

@@ -1,40 +1,19 @@
 #include "parallel/grad_reducer.h"
 
-#include <torch/csrc/autograd/function_hook.h>
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 
+#include "parallel/grad_hooks.h"
+#include "parallel/plan_check.h"
 #include "util/error.h"
 
 namespace graft {
 
-// Keeps the gradient accumulators alive (the variable only holds a weak reference) so the hooks
-// stay registered for the reducer's lifetime.
-struct GradReducer::Hooks {
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
-};
-
-namespace {
-class ReadyHook final : public torch::autograd::FunctionPostHook {
- public:
-  ReadyHook(std::function<void()> on_ready) : on_ready_(std::move(on_ready)) {}
-  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
-                                            const torch::autograd::variable_list&) override {
-    on_ready_();
-    return outputs;
-  }
-
- private:
-  std::function<void()> on_ready_;
-};
-}  // namespace
-
 GradReducer::GradReducer(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
                          GradReducerOptions options)
-    : comm_(comm), options_(options), params_(params), hooks_(std::make_unique<Hooks>()) {
+    : comm_(comm), options_(options), params_(params) {
   std::vector<ParamInfo> infos;
   for (const auto& [name, p] : params_) {
     if (p.scalar_type() != torch::kFloat) throw Error("GradReducer: parameter " + name + " is not float32");
@@ -46,49 +25,18 @@ GradReducer::GradReducer(const std::vector<std::pair<std::string, at::Tensor>>& 
   pending_.assign(plan_.buckets.size(), 0);
   ready_.assign(plan_.buckets.size(), false);
   works_.resize(plan_.buckets.size());
-  for (std::size_t k = 0; k < params_.size(); ++k) {
-    if (plan_.bucket_of[k] < 0) continue;
-    auto accumulator = torch::autograd::impl::grad_accumulator(params_[k].second);
-    accumulator->add_post_hook(std::make_unique<ReadyHook>([this, k] { onGradReady(k); }));
-    hooks_->accumulators.push_back(std::move(accumulator));
-  }
+  std::vector<at::Tensor> tensors;
+  for (const auto& [name, p] : params_) tensors.push_back(p);
+  hooks_ = std::make_unique<GradReadyHooks>(tensors, [this](std::size_t k) { onGradReady(k); });
   beginStep();
 }
 
 GradReducer::~GradReducer() = default;
 
 void GradReducer::verifyAcrossRanks() {
-  std::int64_t hash[2] = {static_cast<std::int64_t>(plan_.hash), -static_cast<std::int64_t>(plan_.hash)};
-  comm_.allReduce(hash, 2, ReduceOp::Max, "reducer/plan_hash");
-  if (hash[0] == static_cast<std::int64_t>(plan_.hash) && -hash[1] == static_cast<std::int64_t>(plan_.hash)) return;
-  // Plans differ somewhere: every rank compares with rank 0's, line by line, and all agree on the
-  // first parameter where any rank differs, so every rank's error names the same parameter.
-  std::string text;
-  for (const auto& line : plan_.lines) text += line + "\n";
-  std::int64_t length = static_cast<std::int64_t>(text.size());
-  comm_.broadcast(&length, sizeof(length), 0, "reducer/plan_length");
-  std::string root = comm_.rank() == 0 ? text : std::string(static_cast<std::size_t>(length), '\0');
-  comm_.broadcast(root.data(), root.size(), 0, "reducer/plan_text");
-  std::vector<std::string> root_lines;
-  for (std::size_t at = 0, end; (end = root.find('\n', at)) != std::string::npos; at = end + 1)
-    root_lines.push_back(root.substr(at, end - at));
-  std::int64_t first = INT64_MAX - 1;
-  for (std::size_t i = 0; i < std::max(root_lines.size(), plan_.lines.size()); ++i)
-    if (i >= root_lines.size() || i >= plan_.lines.size() || root_lines[i] != plan_.lines[i]) {
-      first = static_cast<std::int64_t>(i);
-      break;
-    }
-  comm_.allReduce(&first, 1, ReduceOp::Min, "reducer/plan_first_difference");
-  if (first == INT64_MAX - 1)
-    throw Error("gradient bucket layouts differ between ranks although their parameters agree: every rank must use "
-                "the same dist.bucket_mb and dist.first_bucket_mb");
-  const auto at = static_cast<std::size_t>(first);
-  auto lineOr = [](const std::vector<std::string>& lines, std::size_t i) {
-    return i < lines.size() ? "'" + lines[i] + "'" : std::string("no such parameter");
-  };
-  throw Error("gradient bucket plans differ between ranks, first at parameter #" + std::to_string(first) +
-              ": rank 0 has " + lineOr(root_lines, at) + ", rank " + std::to_string(comm_.rank()) + " has " +
-              lineOr(plan_.lines, at) + " (every rank must build the same model with the same frozen parameters)");
+  verifyPlanAcrossRanks(comm_, plan_.hash, plan_.lines, "gradient bucket plans",
+                        "every rank must build the same model with the same frozen parameters",
+                        "every rank must use the same dist.bucket_mb and dist.first_bucket_mb", "reducer/plan_hash");
 }
 
 void GradReducer::beginStep() {

@@ -24,6 +24,7 @@
 
 #include "communicator.h"
 #include "parallel/bucket_plan.h"
+#include "parallel/grad_hooks.h"
 
 namespace graft {
 
@@ -55,7 +56,6 @@ class GradReducer {
   std::size_t collectivesLastStep() const { return launched_count_; }
 
  private:
-  struct Hooks;
   void onGradReady(std::size_t param);
   void launchReady();
   void launch(std::size_t bucket);
@@ -72,7 +72,7 @@ class GradReducer {
   std::size_t launched_count_ = 0;
   std::vector<WorkPtr> works_;
   bool sync_ = false;
-  std::unique_ptr<Hooks> hooks_;
+  std::unique_ptr<GradReadyHooks> hooks_;
 };
 
 }  // namespace graft

@@ -18,12 +18,12 @@
 #include "io/hdf5.h"
 #include "io/model_io.h"
 #include "model/transfer_apply.h"
-#include "train/adamw.h"
+#include "optim/adamw.h"
 #include "train/batches.h"
 #include "train/layer_schedule.h"
-#include "parallel/grad_reducer.h"
+#include "parallel/data_parallel.h"
 #include "parallel/heartbeat.h"
-#include "train/schedule.h"
+#include "optim/schedule.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
@@ -140,14 +140,6 @@ Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) 
 
 }  // namespace
 
-// (name, parameter) of what trains: frozen parameters get no optimizer state.
-std::vector<std::pair<std::string, torch::Tensor>> trainable(Transformer& model) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : model->named_parameters())
-    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
-  return out;
-}
-
 struct StepOutcome {
   double loss = 0, grad_norm = 0;
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
@@ -183,19 +175,13 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         classify(loaded.classify),
         model(loaded.model),
         sampler(classify ? train_data.numDocuments() : train_data.numSamples(), c.batch_size, c.seed),
-        optimizer(trainable(model), {c.beta1, c.beta2, c.eps, c.weight_decay}),
-        reducer(model->named_parameters().pairs(), comm_,
-                {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)), static_cast<std::size_t>(c.bucket_mb * (1 << 20)),
-                 c.overlap}),
+        dp(makeDataParallel(model->named_parameters().pairs(), comm_,
+                            {c.shard,
+                             {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)),
+                              static_cast<std::size_t>(c.bucket_mb * (1 << 20)), c.overlap},
+                             {c.beta1, c.beta2, c.eps, c.weight_decay}})),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
         checkpoint_dir(c.run_dir + "/checkpoints") {}
-
-  // Collective: all ranks start from rank 0's parameters.
-  void broadcastParameters() {
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters())
-      comm.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
-  }
 
   // Class logits of documents `indices`: from the cached features, or a forward pass.
   torch::Tensor classLogits(const TokenDataset& data, const torch::Tensor& cache, const std::vector<std::int64_t>& indices,
@@ -343,12 +329,12 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     const auto accumulation = config.accumulation(comm.size());
     const auto& t = config.transfer;
     if (t.layer_lr_decay < 1.0 || t.unfreeze_every > 0)
-      for (auto& slot : optimizer.slots())
+      for (auto& slot : dp->optimizer().slots())
         slot.lr_scale = layerLrScale(slot.name, model->config().n_layers, t.layer_lr_decay, t.unfreeze_every, step_number);
-    reducer.beginStep();
+    dp->beginStep();
     double loss_sum = 0, tokens = 0;
     for (std::int64_t m = 0; m < accumulation; ++m) {
-      reducer.beginMicroStep(/*sync=*/m + 1 == accumulation);
+      dp->beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
       torch::Tensor loss;
@@ -372,19 +358,19 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       loss.backward();
       loss_sum += loss.item<double>();
     }
-    reducer.finish();
+    dp->finish();
     double reduced[3] = {loss_sum, stop_requested && stop_requested() ? 1.0 : 0.0, tokens};
     comm.allReduce(reduced, 3, ReduceOp::Sum, "train/loss+stop");
     StepOutcome out;
     out.loss = reduced[0] / comm.size();
     out.stop_requested = reduced[1] > 0;
     out.tokens = static_cast<std::int64_t>(reduced[2]);
-    out.grad_norm = reducer.globalNorm();
+    out.grad_norm = dp->gradNorm();
     out.applied = std::isfinite(out.loss) && std::isfinite(out.grad_norm);
     if (!out.applied) return out;
     if (config.grad_clip > 0 && out.grad_norm > config.grad_clip)
-      reducer.scaleGradients(config.grad_clip / (out.grad_norm + 1e-6));
-    optimizer.step(schedule.at(step_number));
+      dp->scaleGradients(config.grad_clip / (out.grad_norm + 1e-6));
+    dp->step(schedule.at(step_number));
     return out;
   }
 
@@ -466,14 +452,15 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     const auto start = Clock::now();
     auto path = std::make_shared<std::string>();
     std::function<void()> write;
+    auto optimizer = dp->optimizerForCheckpoint();  // collective: whole on rank 0
     if (comm.rank() == 0) {
       // The writer owns what it reads (tensor handles are shared, not copied): it may outlive this
       // object only on the way to exiting after an error.
-      write = [dir = checkpoint_dir, model = model, optimizer = optimizer, schedule = schedule, state = snapshot(step_number),
+      write = [dir = checkpoint_dir, model = model, optimizer, schedule = schedule, state = snapshot(step_number),
                keep = config.keep_last, delay = config.slow_checkpoint_s, path]() mutable {
         torch::NoGradGuard no_grad;  // grad mode is per thread
         if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-        *path = writeCheckpoint(dir, model, optimizer, schedule, state);
+        *path = writeCheckpoint(dir, model, *optimizer, schedule, state);
         pruneCheckpoints(dir, keep);
       };
     } else {
@@ -515,6 +502,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     // on handles that share this run's tensors; the step counts are copied back after.
     const std::string path = checkpoint_dir + "/" + checkpointName(step[0]);
     auto read = std::make_shared<TrainingState>();
+    AdamW& optimizer = dp->optimizer();
     auto into = std::make_shared<AdamW>(optimizer);
     runWithHeartbeat(comm, "resume/read", config.slow_phase_timeout_s, "reading " + path, "",
                      [path, model = model, into, read]() mutable { *read = readCheckpoint(path, model, *into); });
@@ -568,8 +556,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   torch::Tensor train_features, val_features;  // transfer.cache_features: the frozen base's pooled features
   double val_accuracy = std::nan("");
   GlobalSampler sampler;
-  AdamW optimizer;
-  GradReducer reducer;
+  std::unique_ptr<DataParallel> dp;  // who holds what: gradients, optimizer state (dist.shard)
   Schedule schedule;
   std::string checkpoint_dir;
 };
@@ -612,7 +599,7 @@ TrainResult Trainer::run() {
   {
     {
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
-      s.broadcastParameters();
+      s.dp->broadcastParameters();
     }
     start = s.resumeIfPossible();
   }
@@ -627,10 +614,7 @@ TrainResult Trainer::run() {
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data.numTokens()) +
                " training tokens; data.load = " + c.data_load + ")");
   s.prepareFeatureCache();
-  std::int64_t reduced_elements = 0;
-  for (const auto& b : s.reducer.plan().buckets) reduced_elements += b.numel;
-  s.log.main("gradients: " + std::to_string(s.reducer.plan().buckets.size()) + " all-reduce bucket(s), " +
-             std::to_string(reduced_elements) + " elements per step (frozen parameters are not communicated)");
+  s.log.main(s.dp->describe());
   result.base_val_loss = s.validationLoss();
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
   const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;

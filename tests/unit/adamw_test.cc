@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "train/adamw.h"
+#include "optim/adamw.h"
 
 namespace graft {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "train/schedule.h"
+#include "optim/schedule.h"
 
 namespace graft {
 namespace {

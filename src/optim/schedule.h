@@ -4,12 +4,18 @@
 
 #include <cstdint>
 
+#include <string>
+
 namespace graft {
+
+class H5File;
 
 struct Schedule {
   double lr = 1e-3, min_lr = 1e-4;
   std::int64_t warmup = 0, total = 1;
   double at(std::int64_t step) const;
+  // For the record (resume recomputes it from the config): attrs lr, min_lr, warmup, total on `group`.
+  void save(H5File& file, const std::string& group) const;
 };
 
 }  // namespace graft

@@ -1,0 +1,98 @@
+#include "optim/adamw.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "io/hdf5.h"
+#include "util/error.h"
+
+namespace graft {
+
+bool AdamW::Slot::whole() const {
+  return row_begin == 0 && std::vector<std::int64_t>(param.sizes().begin(), param.sizes().end()) == global_shape;
+}
+
+AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions options) : options_(options) {
+  for (const auto& [name, p] : params) {
+    Slot s{name, p, {}, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2};
+    s.global_shape.assign(p.sizes().begin(), p.sizes().end());
+    slots_.push_back(std::move(s));
+  }
+}
+
+AdamW AdamW::ofRows(const std::vector<Rows>& params, AdamWOptions options) {
+  AdamW out({}, options);
+  for (const auto& r : params) {
+    Slot s{r.name, r.rows, {}, torch::zeros_like(r.rows), torch::zeros_like(r.rows), r.rows.dim() >= 2};
+    s.row_begin = r.row_begin;
+    s.global_shape = r.global_shape.empty() ? std::vector<std::int64_t>(r.rows.sizes().begin(), r.rows.sizes().end())
+                                            : r.global_shape;
+    out.slots_.push_back(std::move(s));
+  }
+  return out;
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard no_grad;
+  ++step_count_;
+  for (auto& s : slots_) {
+    const auto& g = s.grad.defined() ? s.grad : s.param.grad();
+    if (!g.defined() || s.lr_scale == 0.0) continue;
+    ++s.steps;
+    const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.steps));
+    const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(s.steps)));
+    const double slot_lr = lr * s.lr_scale, step_size = slot_lr / bc1;
+    if (s.decay && options_.weight_decay != 0) s.param.mul_(1.0 - slot_lr * options_.weight_decay);
+    s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
+    s.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
+    auto denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(options_.eps);
+    s.param.addcdiv_(s.exp_avg, denom, -step_size);
+  }
+}
+
+std::uint64_t AdamW::stateBytes() const {
+  std::uint64_t bytes = 0;
+  for (const auto& s : slots_) {
+    std::uint64_t n = 8;  // two float32 moments
+    for (const auto d : s.global_shape) n *= static_cast<std::uint64_t>(d);
+    bytes += n;
+  }
+  return bytes;
+}
+
+void AdamW::save(H5File& file, const std::string& group) const {
+  file.setAttr(group, "step_count", step_count_);
+  file.setAttr(group, "beta1", options_.beta1);
+  file.setAttr(group, "beta2", options_.beta2);
+  file.setAttr(group, "eps", options_.eps);
+  file.setAttr(group, "weight_decay", options_.weight_decay);
+  for (const auto& s : slots_) {
+    if (!s.whole()) throw Error("AdamW::save: slot " + s.name + " holds rows only; gather it first");
+    file.writeTensor(group + "/exp_avg/" + s.name, s.exp_avg);
+    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
+    file.writeTensor(group + "/exp_avg_sq/" + s.name, s.exp_avg_sq);
+  }
+}
+
+void AdamW::load(const H5File& file, const std::string& group) {
+  const std::string& path = file.path();
+  torch::NoGradGuard no_grad;
+  step_count_ = file.intAttr(group, "step_count");
+  for (auto& s : slots_) {
+    const std::int64_t rows = s.param.dim() == 0 ? 1 : s.param.size(0);
+    for (auto* moment : {&s.exp_avg, &s.exp_avg_sq}) {
+      const std::string object = group + (moment == &s.exp_avg ? "/exp_avg/" : "/exp_avg_sq/") + s.name;
+      if (!file.exists(object)) throw InputError(path + ": optimizer tensor " + object + " is missing");
+      if (file.shape(object) != s.global_shape) throw InputError(path + ": optimizer tensor " + object + " has the wrong shape");
+      moment->copy_(file.readRows(object, s.row_begin, s.row_begin + rows).view(moment->sizes()));
+    }
+    // Checkpoints from before per-parameter counts: every slot had them all.
+    const std::string object = group + "/exp_avg/" + s.name;
+    s.steps = file.hasAttr(object, "steps") ? file.intAttr(object, "steps") : step_count_;
+    if (s.steps < 0 || s.steps > step_count_)
+      throw InputError(path + ": " + object + " attribute steps = " + std::to_string(s.steps) + " is out of range");
+  }
+}
+
+}  // namespace graft

@@ -1,0 +1,105 @@
+// The data-parallel strategy: who holds what, and everything that depends on it. The training
+// step calls it the same way whatever it is, and never asks which kind it is:
+//
+//   dp->beginStep();
+//   for each micro-step m:  dp->beginMicroStep(m == last);  forward; backward;
+//   dp->finish();                       // gradients averaged over the ranks (what this rank needs)
+//   norm = dp->gradNorm();  dp->scaleGradients(clip / norm);
+//   dp->step(lr);                       // AdamW on what this rank owns; parameters whole again
+//
+// dist.shard (Note [shard layout] in shard_plan.h says which rows a rank owns):
+//   none       Replicated: every rank holds parameters, gradients and optimizer state whole;
+//              gradients are all-reduced in buckets during backward (grad_reducer.h).
+//   optimizer  ZeRO-1: gradients all-reduced as above; each rank keeps AdamW moments of its own
+//              rows only (8 bytes/param / N), updates them, and one all-gather per unit makes the
+//              parameters whole again.
+//   gradients  ZeRO-2: as optimizer, but gradients are reduce-scattered per unit during backward
+//              (a unit goes as soon as all its gradients are ready) and whole gradients are freed
+//              at once: each rank keeps the averaged gradient of its own rows only.
+//
+// Results do not depend on the mode: the gradient norm is always computed the same way (Note
+// [gradient norm]) and AdamW is elementwise, so at one and two ranks every mode gives the same bits
+// (tests/mpi/data_parallel_test.cc, tests/e2e/shard_test.cc).
+//
+// Collective: construction (plan check), broadcastParameters, finish, gradNorm, step,
+// optimizerForCheckpoint, and backward on a syncing micro-step. Devices and communicators stay out
+// of it: tensors live where the model's parameters live, and collectives go through Communicator.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "communicator.h"
+#include "optim/adamw.h"
+#include "parallel/grad_reducer.h"
+
+namespace graft {
+
+struct DataParallelOptions {
+  std::string shard = "none";  // none | optimizer | gradients
+  GradReducerOptions buckets;  // none and optimizer: the all-reduce buckets
+  AdamWOptions adamw;
+};
+
+// Note [gradient norm]
+// ~~~~~~~~~~~~~~~~~~~~
+// The global gradient norm decides clipping, so a norm that depended on who holds which rows would
+// make sharded runs drift from replicated ones. It is defined once: per trainable parameter (in
+// registration order), per row, the sum of squares in double precision, summed serially in row
+// order; then all rows summed serially in (parameter, row) order. A row's sum is the same wherever
+// it is computed, so a sharded rank computes its own rows, one all-gather of those per-row sums
+// (rows, not elements: small) gives every rank all of them, and every rank adds them up in the
+// global order: bit for bit the norm of the replicated run.
+class DataParallel {
+ public:
+  virtual ~DataParallel() = default;
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // Collective: every rank starts from rank 0's parameters (all of them, frozen included).
+  void broadcastParameters();
+  virtual void beginStep() = 0;
+  virtual void beginMicroStep(bool sync) = 0;
+  // Collective. Afterwards the gradients this rank's optimizer reads hold the average over ranks.
+  virtual void finish() = 0;
+  // Collective. sqrt of the sum of squared averaged gradients (Note [gradient norm]).
+  virtual double gradNorm() = 0;
+  virtual void scaleGradients(double factor) = 0;
+  // Collective. One AdamW update of what this rank owns; every rank ends with the same parameters.
+  virtual void step(double lr) = 0;
+  AdamW& optimizer() { return *optimizer_; }
+  // Collective. An optimizer with whole tensors on rank 0, for a checkpoint (nullptr elsewhere).
+  // Replicated: this one. Sharded: moments gathered from every rank (rank 0 holds them whole while
+  // the checkpoint is written).
+  virtual std::shared_ptr<const AdamW> optimizerForCheckpoint() = 0;
+  // One line for the log: what is communicated and what this rank holds.
+  virtual std::string describe() const = 0;
+
+ protected:
+  DataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm)
+      : params_(params), comm_(comm) {}
+  std::vector<std::pair<std::string, at::Tensor>> params_;  // every parameter, registration order
+  Communicator& comm_;
+  std::shared_ptr<AdamW> optimizer_;
+};
+
+// `params`: the model's named parameters in registration order; those with requires_grad() false
+// are frozen (never communicated after the initial broadcast, no optimizer state).
+std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                               Communicator& comm, const DataParallelOptions& options);
+
+// The sharded strategies (sharded.cc); makeDataParallel chooses.
+std::unique_ptr<DataParallel> makeShardedDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                                      Communicator& comm, const DataParallelOptions& options);
+
+// Note [gradient norm]: the per-row sums of squares of a contiguous float32 tensor viewed as
+// `rows` rows, appended to `out`.
+void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out);
+// The serial sum of `row_squares`, square-rooted.
+double normOfRowSquares(const std::vector<double>& row_squares);
+
+}  // namespace graft

@@ -1,0 +1,91 @@
+// dist.shard = none: every rank holds everything (data_parallel.h), plus what every strategy shares.
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "parallel/data_parallel.h"
+#include "util/error.h"
+
+namespace graft {
+
+void DataParallel::broadcastParameters() {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : params_)
+    comm_.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
+}
+
+void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out) {
+  if (!grad.is_contiguous() || grad.scalar_type() != at::kFloat)
+    throw Error("appendRowSquares: the gradient must be contiguous float32");
+  const auto cpu = grad.device().is_cpu() ? grad : grad.cpu();
+  const float* data = cpu.data_ptr<float>();
+  const std::int64_t row_numel = rows > 0 ? cpu.numel() / rows : 0;
+  const std::size_t base = out.size();
+  out.resize(base + static_cast<std::size_t>(rows));
+  at::parallel_for(0, rows, 64, [&](std::int64_t begin, std::int64_t end) {  // rows are independent
+    for (std::int64_t r = begin; r < end; ++r) {
+      double sum = 0;
+      const float* row = data + r * row_numel;
+      for (std::int64_t i = 0; i < row_numel; ++i) sum += static_cast<double>(row[i]) * row[i];
+      out[base + static_cast<std::size_t>(r)] = sum;
+    }
+  });
+}
+
+double normOfRowSquares(const std::vector<double>& row_squares) {
+  double sum = 0;
+  for (const double v : row_squares) sum += v;
+  return std::sqrt(sum);
+}
+
+namespace {
+
+std::int64_t rowsOf(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
+
+class Replicated final : public DataParallel {
+ public:
+  Replicated(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
+             const DataParallelOptions& options)
+      : DataParallel(params, comm), reducer_(params, comm, options.buckets) {
+    std::vector<std::pair<std::string, at::Tensor>> trainable;
+    for (const auto& p : params)
+      if (p.second.requires_grad()) trainable.push_back(p);
+    optimizer_ = std::make_shared<AdamW>(trainable, options.adamw);
+  }
+
+  void beginStep() override { reducer_.beginStep(); }
+  void beginMicroStep(bool sync) override { reducer_.beginMicroStep(sync); }
+  void finish() override { reducer_.finish(); }
+
+  double gradNorm() override {
+    std::vector<double> rows;
+    for (const auto& s : optimizer_->slots()) appendRowSquares(s.param.grad(), rowsOf(s.param), rows);
+    return normOfRowSquares(rows);
+  }
+
+  void scaleGradients(double factor) override { reducer_.scaleGradients(factor); }
+  void step(double lr) override { optimizer_->step(lr); }
+
+  std::shared_ptr<const AdamW> optimizerForCheckpoint() override { return comm_.rank() == 0 ? optimizer_ : nullptr; }
+
+  std::string describe() const override {
+    std::int64_t elements = 0;
+    for (const auto& b : reducer_.plan().buckets) elements += b.numel;
+    return "gradients: " + std::to_string(reducer_.plan().buckets.size()) + " all-reduce bucket(s), " +
+           std::to_string(elements) + " elements per step (frozen parameters are not communicated)";
+  }
+
+ private:
+  GradReducer reducer_;
+};
+
+}  // namespace
+
+std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                               Communicator& comm, const DataParallelOptions& options) {
+  if (options.shard == "none") return std::make_unique<Replicated>(params, comm, options);
+  if (options.shard == "optimizer" || options.shard == "gradients") return makeShardedDataParallel(params, comm, options);
+  throw InputError("dist.shard = " + options.shard + ": expected none, optimizer or gradients");
+}
+
+}  // namespace graft

@@ -1,0 +1,285 @@
+// dist.shard = optimizer | gradients (ZeRO-1, ZeRO-2): each rank updates only its rows
+// (data_parallel.h, Note [shard layout] in shard_plan.h).
+#include <torch/torch.h>
+
+#include <array>
+
+#include "parallel/data_parallel.h"
+#include "parallel/grad_hooks.h"
+#include "parallel/plan_check.h"
+#include "parallel/shard_plan.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+class Sharded final : public DataParallel {
+ public:
+  Sharded(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
+          const DataParallelOptions& options)
+      : DataParallel(params, comm), shard_gradients_(options.shard == "gradients") {
+    std::vector<ShardParamInfo> infos;
+    for (const auto& [name, p] : params_) {
+      if (p.requires_grad() && (p.dim() == 0 || p.scalar_type() != at::kFloat))
+        throw Error("dist.shard: parameter " + name + " must be a float32 tensor of at least one dimension");
+      infos.push_back({name, std::vector<std::int64_t>(p.sizes().begin(), p.sizes().end()), p.requires_grad()});
+    }
+    plan_ = planShards(infos, comm.size());
+    verifyPlanAcrossRanks(comm, plan_.hash, plan_.lines, "shard plans",
+                          "every rank must build the same model with the same frozen parameters",
+                          "every rank must run with the same number of ranks", "shard/plan_hash");
+    // Where each trainable parameter sits: its unit, its offset there, its row-sum offset (norm).
+    std::vector<AdamW::Rows> rows;
+    slot_of_.assign(params_.size(), -1);
+    offset_of_.assign(params_.size(), 0);
+    row_offset_of_.assign(params_.size(), 0);
+    for (const auto& unit : plan_.units)
+      for (std::size_t i = 0; i < unit.params.size(); ++i) offset_of_[unit.params[i]] = unit.offsets[i];
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      if (plan_.unit_of[k] < 0) continue;
+      const auto& [name, p] = params_[k];
+      const RowRange mine = shardRows(p.size(0), comm.rank(), comm.size());
+      slot_of_[k] = static_cast<int>(rows.size());
+      rows.push_back({name, p.detach().narrow(0, mine.begin, mine.size()), mine.begin, infos[k].shape});
+      owned_elements_ += mine.size() * infos[k].rowNumel();
+      trainable_elements_ += p.numel();
+    }
+    std::int64_t row_offset = 0;  // per unit, per parameter: its slot of rowsPerRank rows
+    for (const auto& unit : plan_.units)
+      for (const auto k : unit.params) {
+        row_offset_of_[k] = row_offset;
+        row_offset += rowsPerRank(params_[k].second.size(0), comm.size());
+      }
+    norm_rows_ = row_offset;
+    optimizer_ = std::make_shared<AdamW>(AdamW::ofRows(rows, options.adamw));
+    for (const auto& unit : plan_.units) {
+      tags_.push_back({"rs/grads/" + unit.name, "ag/params/" + unit.name, "ag/state/" + unit.name});
+    }
+    if (shard_gradients_) {
+      for (std::size_t u = 0; u < plan_.units.size(); ++u) {
+        shard_grads_.push_back(torch::zeros({plan_.units[u].numel}, torch::kFloat));
+        for (const auto k : plan_.units[u].params) {
+          auto& slot = optimizer_->slots()[static_cast<std::size_t>(slot_of_[k])];
+          slot.grad = shard_grads_[u].narrow(0, offset_of_[k], slot.param.numel()).view(slot.param.sizes());
+        }
+      }
+      pending_.assign(plan_.units.size(), 0);
+      ready_.assign(plan_.units.size(), false);
+      works_.resize(plan_.units.size());
+      sends_.resize(plan_.units.size());
+      std::vector<at::Tensor> tensors;
+      for (const auto& [name, p] : params_) tensors.push_back(p);
+      hooks_ = std::make_unique<GradReadyHooks>(tensors, [this](std::size_t k) { onGradReady(k); });
+    } else {
+      reducer_ = std::make_unique<GradReducer>(params, comm, options.buckets);
+    }
+  }
+
+  void beginStep() override {
+    if (reducer_) reducer_->beginStep();
+  }
+
+  void beginMicroStep(bool sync) override {
+    if (reducer_) return reducer_->beginMicroStep(sync);
+    sync_ = sync;
+    next_launch_ = 0;
+    for (std::size_t u = 0; u < plan_.units.size(); ++u) {
+      pending_[u] = plan_.units[u].params.size();
+      ready_[u] = false;
+    }
+  }
+
+  void finish() override {
+    if (reducer_) {
+      reducer_->finish();
+      for (std::size_t k = 0; k < params_.size(); ++k) {  // this rank's rows of the averaged gradients
+        if (slot_of_[k] < 0) continue;
+        auto& slot = optimizer_->slots()[static_cast<std::size_t>(slot_of_[k])];
+        slot.grad = params_[k].second.grad().narrow(0, slot.row_begin, slot.param.size(0));
+      }
+      return;
+    }
+    if (!sync_) throw Error("DataParallel::finish() on a micro-step that does not sync");
+    // Units whose gradients never all arrived (unused parameters) still take part, in order.
+    for (std::size_t u = 0; u < plan_.units.size(); ++u) ready_[u] = true;
+    launchReady();
+    for (std::size_t u = 0; u < works_.size(); ++u) {
+      if (works_[u]) works_[u]->wait(comm_.timeout());
+      works_[u].reset();
+      sends_[u] = at::Tensor();
+    }
+    sync_ = false;
+  }
+
+  double gradNorm() override {
+    // Note [gradient norm]: this rank's rows, each parameter padded to rowsPerRank, one all-gather.
+    std::vector<double> mine;
+    mine.reserve(static_cast<std::size_t>(norm_rows_));
+    for (const auto& unit : plan_.units)
+      for (const auto k : unit.params) {
+        const auto& slot = optimizer_->slots()[static_cast<std::size_t>(slot_of_[k])];
+        appendRowSquares(slot.grad.contiguous(), slot.param.size(0), mine);
+        mine.resize(static_cast<std::size_t>(row_offset_of_[k] + rowsPerRank(params_[k].second.size(0), comm_.size())), 0.0);
+      }
+    std::vector<double> all(mine.size() * static_cast<std::size_t>(comm_.size()));
+    comm_.allGatherAsync(mine.data(), all.data(), mine.size(), DType::Float64, "grad/norm")->wait(comm_.timeout());
+    std::vector<double> ordered;  // (parameter, row) order, as a replicated rank has them
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      if (slot_of_[k] < 0) continue;
+      const std::int64_t rows = params_[k].second.size(0);
+      for (int r = 0; r < comm_.size(); ++r) {
+        const auto at = all.begin() + static_cast<std::ptrdiff_t>(static_cast<std::int64_t>(r) * norm_rows_ + row_offset_of_[k]);
+        ordered.insert(ordered.end(), at, at + shardRows(rows, r, comm_.size()).size());
+      }
+    }
+    return normOfRowSquares(ordered);
+  }
+
+  void scaleGradients(double factor) override {
+    torch::NoGradGuard no_grad;
+    for (auto& slot : optimizer_->slots()) slot.grad.mul_(factor);
+  }
+
+  void step(double lr) override {
+    optimizer_->step(lr);
+    torch::NoGradGuard no_grad;
+    for (std::size_t u = 0; u < plan_.units.size(); ++u) {  // parameters whole again, unit by unit
+      const auto all = gatherUnit(u, [](const AdamW::Slot& s) { return s.param; }, tags_[u][1].c_str());
+      for (const auto k : plan_.units[u].params) unpackRows(u, k, all, params_[k].second.detach());
+    }
+  }
+
+  std::shared_ptr<const AdamW> optimizerForCheckpoint() override {
+    std::shared_ptr<AdamW> whole;
+    if (comm_.rank() == 0) {
+      std::vector<std::pair<std::string, at::Tensor>> trainable;
+      for (const auto& p : params_)
+        if (p.second.requires_grad()) trainable.push_back(p);
+      whole = std::make_shared<AdamW>(trainable, optimizer_->options());
+      whole->setStepCount(optimizer_->stepCount());
+    }
+    torch::NoGradGuard no_grad;
+    for (std::size_t u = 0; u < plan_.units.size(); ++u) {
+      const auto m1 = gatherUnit(u, [](const AdamW::Slot& s) { return s.exp_avg; }, tags_[u][2].c_str());
+      const auto m2 = gatherUnit(u, [](const AdamW::Slot& s) { return s.exp_avg_sq; }, tags_[u][2].c_str());
+      if (!whole) continue;
+      for (const auto k : plan_.units[u].params) {
+        const auto i = static_cast<std::size_t>(slot_of_[k]);
+        unpackRows(u, k, m1, whole->slots()[i].exp_avg);
+        unpackRows(u, k, m2, whole->slots()[i].exp_avg_sq);
+        whole->slots()[i].steps = optimizer_->slots()[i].steps;
+      }
+    }
+    return whole;
+  }
+
+  std::string describe() const override {
+    std::string what = shard_gradients_ ? "dist.shard = gradients (ZeRO-2): gradients reduce-scattered"
+                                        : "dist.shard = optimizer (ZeRO-1): gradients all-reduced";
+    if (reducer_) what += " in " + std::to_string(reducer_->plan().buckets.size()) + " bucket(s)";
+    return what + ", parameters all-gathered, in " + std::to_string(plan_.units.size()) + " unit(s) over " +
+           std::to_string(comm_.size()) + " rank(s); " + std::to_string(trainable_elements_) +
+           " elements per step (frozen parameters are not communicated); this rank updates " +
+           std::to_string(owned_elements_) + " of them";
+  }
+
+ private:
+  // Collective. Every rank's rows of unit `u` (what `part` gives of each slot), rank by rank.
+  template <typename Part>
+  at::Tensor gatherUnit(std::size_t u, Part part, const char* tag) {
+    const ShardUnit& unit = plan_.units[u];
+    auto send = torch::zeros({unit.numel}, torch::kFloat);
+    for (std::size_t i = 0; i < unit.params.size(); ++i) {
+      const auto& own = part(optimizer_->slots()[static_cast<std::size_t>(slot_of_[unit.params[i]])]);
+      send.narrow(0, unit.offsets[i], own.numel()).copy_(own.reshape({-1}));
+    }
+    auto all = torch::empty({comm_.size() * unit.numel}, torch::kFloat);
+    comm_.allGatherAsync(send.data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
+        ->wait(comm_.timeout());
+    return all;
+  }
+
+  // Copies every rank's rows of parameter `k` from a gathered unit buffer into `whole`.
+  void unpackRows(std::size_t u, std::size_t k, const at::Tensor& all, at::Tensor whole) const {
+    const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
+    for (int r = 0; r < comm_.size(); ++r) {
+      const RowRange theirs = shardRows(rows, r, comm_.size());
+      if (theirs.size() == 0) continue;
+      whole.narrow(0, theirs.begin, theirs.size())
+          .copy_(all.narrow(0, r * plan_.units[u].numel + offset_of_[k], theirs.size() * row_numel)
+                     .view(whole.narrow(0, theirs.begin, theirs.size()).sizes()));
+    }
+  }
+
+  // ZeRO-2: called on the backward thread when parameter k's gradient was accumulated.
+  void onGradReady(std::size_t k) {
+    if (!sync_) return;
+    const auto u = static_cast<std::size_t>(plan_.unit_of[k]);
+    if (pending_[u] == 0)
+      throw Error("dist.shard = gradients: parameter " + params_[k].first +
+                  " received a second gradient in one backward after its unit was sent");
+    if (--pending_[u] == 0) ready_[u] = true;
+    launchReady();
+    for (std::size_t v = 0; v < plan_.units.size(); ++v)  // drive progress of units in flight
+      if (works_[v]) works_[v]->test();
+  }
+
+  // Units start in reverse order (backward reaches the last unit first), the same on every rank.
+  void launchReady() {
+    const std::size_t n = plan_.units.size();
+    while (next_launch_ < n && ready_[n - 1 - next_launch_]) launch(n - 1 - next_launch_++);
+  }
+
+  // Packs every rank's rows of unit u's whole gradients (averaged: x 1/world) and starts the
+  // reduce-scatter that leaves this rank the sum of its rows; the whole gradients are freed.
+  void launch(std::size_t u) {
+    torch::NoGradGuard no_grad;
+    const ShardUnit& unit = plan_.units[u];
+    const int world = comm_.size();
+    auto send = torch::zeros({world * unit.numel}, torch::kFloat);
+    for (const auto k : unit.params) {
+      auto& p = params_[k].second;
+      if (!p.grad().defined()) continue;  // unused this step: zeros
+      const std::int64_t rows = p.size(0), row_numel = p.numel() / rows;
+      const auto g = p.grad().reshape({rows, row_numel});
+      for (int r = 0; r < world; ++r) {
+        const RowRange theirs = shardRows(rows, r, world);
+        send.narrow(0, r * unit.numel + offset_of_[k], theirs.size() * row_numel)
+            .copy_(g.narrow(0, theirs.begin, theirs.size()).reshape({-1}));
+      }
+      p.mutable_grad() = at::Tensor();
+    }
+    if (world > 1) send.mul_(1.0 / world);  // the average, folded in as the replicated reducer does
+    works_[u] = comm_.reduceScatterAsync(send.data_ptr(), shard_grads_[u].data_ptr(), static_cast<std::size_t>(unit.numel),
+                                         DType::Float32, ReduceOp::Sum, tags_[u][0].c_str());
+    sends_[u] = send;
+  }
+
+  bool shard_gradients_;
+  ShardPlan plan_;
+  std::vector<int> slot_of_;                 // per parameter: its optimizer slot, or -1 when frozen
+  std::vector<std::int64_t> offset_of_;      // per parameter: element offset in its unit's buffer
+  std::vector<std::int64_t> row_offset_of_;  // per parameter: offset in the per-rank row-sum vector
+  std::int64_t norm_rows_ = 0;
+  std::int64_t owned_elements_ = 0, trainable_elements_ = 0;
+  std::vector<std::array<std::string, 3>> tags_;  // per unit: reduce-scatter, parameter and state all-gathers
+  std::unique_ptr<GradReducer> reducer_;     // optimizer: the replicated all-reduce of gradients
+  // gradients:
+  std::vector<at::Tensor> shard_grads_;      // per unit: this rank's rows of the averaged gradients
+  std::vector<at::Tensor> sends_;            // per unit: packed gradients until their reduce-scatter ends
+  std::vector<std::size_t> pending_;
+  std::vector<bool> ready_;
+  std::vector<WorkPtr> works_;
+  std::size_t next_launch_ = 0;
+  bool sync_ = false;
+  std::unique_ptr<GradReadyHooks> hooks_;
+};
+
+}  // namespace
+
+std::unique_ptr<DataParallel> makeShardedDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                                      Communicator& comm, const DataParallelOptions& options) {
+  return std::make_unique<Sharded>(params, comm, options);
+}
+
+}  // namespace graft

@@ -1,0 +1,206 @@
+// The data-parallel strategies (parallel/data_parallel.h) on every rank (mpirun -np 2 / -np 4):
+// none, optimizer (ZeRO-1) and gradients (ZeRO-2) must give the same bits, and the same as an
+// independent reference: LibTorch's own torch::optim::AdamW in one process on the exact average
+// gradients. Gradients are integers (loss = sum p * c), so every average over 2 or 4 ranks is exact
+// in any summation order.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include "io/hdf5.h"
+#include "mpi_world.h"
+#include "parallel/data_parallel.h"
+#include "parallel/shard_plan.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+Communicator& comm() { return *testing::g_comm; }
+
+using Params = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// Units of every kind: more rows than ranks, fewer rows than ranks (some ranks hold none), one row,
+// a frozen parameter inside a unit.
+Params toyParams(bool freeze_bias = false) {
+  torch::manual_seed(7);  // the same values on every rank
+  Params p;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, bool trainable) {
+    p.emplace_back(name, torch::randn(shape).requires_grad_(trainable));
+  };
+  add("tok_embeddings.weight", {13, 6}, true);
+  add("layers.0.w", {7, 5}, true);
+  add("layers.0.b", {7}, !freeze_bias);
+  add("layers.0.frozen", {9, 2}, false);
+  add("layers.1.w", {3, 5}, true);
+  add("norm.weight", {1}, true);
+  return p;
+}
+
+torch::Tensor coefficient(const torch::Tensor& p, int rank, int micro) {
+  return ((torch::arange(p.numel(), torch::kFloat).remainder(11) - 5) * static_cast<float>(rank + 1 + 3 * micro))
+      .view(p.sizes());
+}
+
+void backward(Params& params, int micro) {
+  torch::Tensor loss = torch::zeros({});
+  for (auto& [name, p] : params)
+    if (p.requires_grad()) loss = loss + (p * coefficient(p, comm().rank(), micro)).sum();
+  loss.backward();
+}
+
+constexpr double kClip = 40.0, kLr = 0.05;
+constexpr int kSteps = 4, kMicro = 2;
+
+// kSteps optimizer steps of kMicro micro-steps each, clipped to kClip; returns the norms.
+std::vector<double> train(DataParallel& dp, Params& params) {
+  std::vector<double> norms;
+  dp.broadcastParameters();
+  for (int step = 0; step < kSteps; ++step) {
+    dp.beginStep();
+    for (int m = 0; m < kMicro; ++m) {
+      dp.beginMicroStep(m + 1 == kMicro);
+      backward(params, m);
+    }
+    dp.finish();
+    const double norm = dp.gradNorm();
+    if (norm > kClip) dp.scaleGradients(kClip / (norm + 1e-6));
+    dp.step(kLr);
+    norms.push_back(norm);
+  }
+  return norms;
+}
+
+DataParallelOptions options(const std::string& shard) { return {shard, {64, 256, true}, {0.9, 0.95, 1e-8, 0.1}}; }
+
+TEST(DataParallel, EveryShardModeGivesTheSameBitsAsTorchAdamW) {
+  // The reference: one process, the exact average gradient, torch.optim's AdamW.
+  Params ref = toyParams();
+  std::vector<torch::Tensor> trainable;
+  for (auto& [name, p] : ref)
+    if (p.requires_grad()) trainable.push_back(p);
+  // graft decays matrices only: vectors go in a group without weight decay.
+  std::vector<torch::Tensor> matrices, vectors;
+  for (auto& p : trainable) (p.dim() >= 2 ? matrices : vectors).push_back(p);
+  auto group = [](std::vector<torch::Tensor> params, double decay) {
+    return torch::optim::OptimizerParamGroup(
+        std::move(params), std::make_unique<torch::optim::AdamWOptions>(
+                               torch::optim::AdamWOptions(kLr).betas({0.9, 0.95}).eps(1e-8).weight_decay(decay)));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.push_back(group(matrices, 0.1));
+  groups.push_back(group(vectors, 0.0));
+  torch::optim::AdamW adamw(std::move(groups));
+  std::vector<double> ref_norms;
+  for (int step = 0; step < kSteps; ++step) {
+    double sq = 0;
+    for (auto& p : trainable) {
+      auto g = torch::zeros(p.sizes(), torch::kDouble);
+      for (int r = 0; r < comm().size(); ++r)
+        for (int m = 0; m < kMicro; ++m) g += coefficient(p, r, m).to(torch::kDouble);
+      g /= comm().size();
+      sq += g.pow(2).sum().item<double>();
+      p.mutable_grad() = g.to(torch::kFloat);
+    }
+    const double norm = std::sqrt(sq);
+    ref_norms.push_back(norm);
+    if (norm > kClip)
+      for (auto& p : trainable) p.mutable_grad().mul_(kClip / (norm + 1e-6));
+    adamw.step();
+  }
+
+  std::vector<Params> results;
+  std::vector<std::vector<double>> norms;
+  for (const std::string mode : {"none", "optimizer", "gradients"}) {
+    results.push_back(toyParams());
+    auto dp = makeDataParallel(results.back(), comm(), options(mode));
+    norms.push_back(train(*dp, results.back()));
+    if (mode != "none") EXPECT_NE(dp->describe().find("dist.shard = " + mode), std::string::npos) << dp->describe();
+  }
+  ASSERT_GT(ref_norms.front(), kClip);  // clipping took part
+  for (std::size_t i = 0; i < results.front().size(); ++i) {
+    const auto& [name, none] = results[0][i];
+    for (std::size_t mode = 1; mode < results.size(); ++mode)
+      EXPECT_TRUE(torch::equal(none, results[mode][i].second)) << name << " differs in mode " << mode;
+    EXPECT_TRUE(torch::allclose(none, ref[i].second, 1e-5, 1e-6))
+        << name << ": " << (none - ref[i].second).abs().max().item<float>();
+  }
+  EXPECT_FALSE(torch::equal(results[0][0].second, toyParams()[0].second));  // it trained
+  for (int step = 0; step < kSteps; ++step) {
+    EXPECT_EQ(norms[0][step], norms[1][step]) << step;
+    EXPECT_EQ(norms[0][step], norms[2][step]) << step;
+    EXPECT_NEAR(norms[0][step], ref_norms[step], 1e-9 * ref_norms[step]) << step;
+  }
+}
+
+// A sharded optimizer's state, gathered for a checkpoint, equals the replicated one bit for bit,
+// and reading it back gives every rank of every world size 1..8 exactly its rows.
+TEST(DataParallel, OptimizerStateSavedWholeAndReadBackAtAnyWorldSize) {
+  Params replicated = toyParams();
+  auto none = makeDataParallel(replicated, comm(), options("none"));
+  train(*none, replicated);
+  const std::string path = ::testing::TempDir() + "graft_dp_state_np" + std::to_string(comm().size()) + ".h5";
+  for (const std::string mode : {"optimizer", "gradients"}) {
+    Params params = toyParams();
+    auto dp = makeDataParallel(params, comm(), options(mode));
+    train(*dp, params);
+    const auto whole = dp->optimizerForCheckpoint();
+    ASSERT_EQ(whole != nullptr, comm().rank() == 0);
+    if (whole) {
+      const auto& expected = none->optimizer().slots();
+      ASSERT_EQ(whole->slots().size(), expected.size());
+      EXPECT_EQ(whole->stepCount(), kSteps);
+      for (std::size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(whole->slots()[i].name, expected[i].name);
+        EXPECT_TRUE(torch::equal(whole->slots()[i].exp_avg, expected[i].exp_avg)) << expected[i].name;
+        EXPECT_TRUE(torch::equal(whole->slots()[i].exp_avg_sq, expected[i].exp_avg_sq)) << expected[i].name;
+        EXPECT_EQ(whole->slots()[i].steps, kSteps);
+      }
+      initialiseHdf5();
+      H5File file = H5File::create(path);
+      whole->save(file, "/optimizer");
+      file.close();
+    }
+    comm().barrier("test/saved");
+    H5File file = H5File::openRead(path);
+    for (int world = 1; world <= 8; ++world)
+      for (int rank = 0; rank < world; ++rank) {
+        std::vector<AdamW::Rows> rows;
+        for (const auto& s : none->optimizer().slots()) {
+          const RowRange mine = shardRows(s.param.size(0), rank, world);
+          auto shape = s.param.sizes().vec();
+          shape[0] = mine.size();
+          rows.push_back({s.name, torch::zeros(shape), mine.begin, s.param.sizes().vec()});
+        }
+        AdamW reader = AdamW::ofRows(rows, {});
+        reader.load(file, "/optimizer");
+        EXPECT_EQ(reader.stepCount(), kSteps);
+        for (std::size_t i = 0; i < rows.size(); ++i) {
+          const auto& s = none->optimizer().slots()[i];
+          const auto& got = reader.slots()[i];
+          EXPECT_TRUE(torch::equal(got.exp_avg, s.exp_avg.narrow(0, got.row_begin, got.param.size(0))))
+              << s.name << " rank " << rank << "/" << world;
+          EXPECT_TRUE(torch::equal(got.exp_avg_sq, s.exp_avg_sq.narrow(0, got.row_begin, got.param.size(0))));
+          EXPECT_EQ(got.steps, kSteps);
+        }
+      }
+    comm().barrier("test/read");
+  }
+}
+
+TEST(DataParallel, MismatchedShardPlansNameTheFirstDifferingParameter) {
+  Params params = toyParams(/*freeze_bias=*/comm().rank() == comm().size() - 1);
+  try {
+    auto dp = makeDataParallel(params, comm(), options("gradients"));
+    FAIL() << "plans differ but no error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("shard plans differ between ranks, first at parameter #2"), std::string::npos) << what;
+    const std::string offset = std::to_string(rowsPerRank(7, comm().size()) * 5);  // after layers.0.w's slab
+    EXPECT_NE(what.find("'layers.0.b [7] layers.0 @" + offset + "'"), std::string::npos) << what;
+  }
+}
+
+}  // namespace
+}  // namespace graft
