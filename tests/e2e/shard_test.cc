@@ -1,0 +1,121 @@
+// dist.shard end to end (docs/sharding.md): whole `graft train` runs of the real stories260K model
+// under mpirun. Every mode must give the replicated run's losses and checkpoint, and a checkpoint
+// written at N ranks in one mode resumes at N' ranks in another with no conversion step.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "checkpoint/checkpoint.h"
+#include "e2e_util.h"
+#include "io/hdf5.h"
+
+namespace graft::e2e {
+namespace {
+
+// 12 sequences a step: 1, 2, 3 and 4 ranks all split it evenly (micro_batch 1).
+std::string config(const std::string& run_dir) {
+  return "[run]\ndir = " + run_dir + "\n[model]\npath = " + data("llama2c/stories260K.bin") + "\n[data]\npath = " +
+         storiesDataset() +
+         "\n[train]\nsteps = 6\nbatch_size = 12\nmicro_batch = 1\nseq_len = 32\nlr = 2e-3\nmin_lr = 1e-4\n"
+         "warmup = 1\nweight_decay = 0.1\ngrad_clip = 0.5\nthreads = 1\nseed = 5\n[eval]\nevery = 0\nbatches = 1\n"
+         "[checkpoint]\nevery = 3\nkeep_last = 0\n";
+}
+
+Result train(int ranks, const std::string& dir, const std::string& mode, const std::string& extra = "") {
+  const std::string cfg = dir + ".ini";
+  std::ofstream(cfg) << config(dir);
+  return run(mpirun(ranks) + " " + graft() + " train --config " + cfg + " --dist.shard=" + mode + " " + extra);
+}
+
+std::string finalCheckpoint(const std::string& run_dir) {
+  const auto found = completeCheckpoints(run_dir + "/checkpoints");
+  return found.empty() ? "" : found.front();
+}
+
+// Largest |a - b| / max|a| over the tensors of `group` in two checkpoints (0: the same bits).
+double difference(const std::string& a_path, const std::string& b_path, const std::string& group) {
+  auto a = H5File::openRead(a_path), b = H5File::openRead(b_path);
+  const auto names = a.list(group);
+  EXPECT_FALSE(names.empty()) << a_path << " " << group;
+  EXPECT_EQ(names, b.list(group)) << group;
+  double worst = 0;
+  for (const auto& name : names) {
+    const auto x = a.readTensor(group + "/" + name), y = b.readTensor(group + "/" + name);
+    if (torch::equal(x, y)) continue;
+    if (x.sizes() != y.sizes()) return 1e30;
+    const double scale = std::max(1e-30, x.abs().max().item<double>());
+    worst = std::max(worst, (x - y).abs().max().item<double>() / scale);
+  }
+  return worst;
+}
+
+// Two runs agree: losses and final model and optimizer state, bit for bit, or within `tolerance`
+// relative when it is positive.
+void expectSameRun(const std::string& a, const std::string& b, double tolerance, const std::string& what) {
+  const auto la = losses(a), lb = losses(b);
+  ASSERT_EQ(la.size(), 6u) << what;
+  ASSERT_EQ(lb.size(), la.size()) << what;
+  for (std::size_t i = 0; i < la.size(); ++i) {
+    if (tolerance == 0) EXPECT_EQ(la[i], lb[i]) << what << ", step " << i + 1;
+    else EXPECT_NEAR(std::stod(la[i]), std::stod(lb[i]), tolerance * std::stod(la[i])) << what << ", step " << i + 1;
+  }
+  const auto ca = finalCheckpoint(a), cb = finalCheckpoint(b);
+  ASSERT_NE(ca.find("step-00000006.h5"), std::string::npos) << what;
+  ASSERT_NE(cb.find("step-00000006.h5"), std::string::npos) << what;
+  for (const std::string group : {"/model", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"})
+    EXPECT_LE(difference(ca, cb, group), tolerance) << what << ": " << group;
+}
+
+// At 1 and 2 ranks, and at any number for optimizer sharding (the same all-reduce as replicated,
+// then elementwise AdamW on rows), every mode gives the same bits. Gradient sharding at 3 and 4
+// ranks sums with MPI's reduce-scatter instead of its all-reduce, whose order of addition may differ
+// (float addition is not associative): there, 1e-6 relative.
+TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
+  for (const int np : {2, 3, 4}) {
+    const std::string base = freshDir("shard_modes_np" + std::to_string(np));
+    for (const std::string mode : {"none", "optimizer", "gradients"}) {
+      if (np == 3 && mode == "optimizer") continue;
+      const auto r = train(np, base + "/" + mode, mode);
+      ASSERT_EQ(r.code, 0) << r.output;
+      if (mode != "none") EXPECT_NE(r.output.find("dist.shard = " + mode), std::string::npos) << r.output;
+    }
+    expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
+    if (np != 3) expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));
+  }
+}
+
+// A checkpoint written at N ranks in one mode resumes at N' ranks in another: the run continued
+// sharded equals the same checkpoint continued replicated at N' (both read it with no conversion).
+TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
+  const std::string base = freshDir("shard_resume");
+  struct Source { int np; std::string mode; };
+  const std::vector<Source> sources = {{1, "none"}, {2, "gradients"}, {3, "optimizer"}, {4, "gradients"}};
+  for (const auto& s : sources) {
+    const auto r = train(s.np, base + "/src" + std::to_string(s.np), s.mode, "--train.stop_after=3");
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  struct Case { int from, to; std::string mode, reference; };
+  const std::vector<Case> cases = {{2, 4, "optimizer", "none"}, {4, 2, "gradients", "none"}, {4, 3, "gradients", "none"},
+                                   {3, 4, "optimizer", "none"}, {1, 3, "gradients", "none"}, {4, 1, "none", "optimizer"}};
+  for (const auto& c : cases) {
+    const std::string what = std::to_string(c.from) + " -> " + std::to_string(c.to) + " ranks, " + c.mode;
+    std::string dirs[2];
+    for (int i = 0; i < 2; ++i) {
+      const std::string& mode = i == 0 ? c.mode : c.reference;
+      dirs[i] = base + "/" + std::to_string(c.from) + "to" + std::to_string(c.to) + "_" + mode;
+      run("cp -r '" + base + "/src" + std::to_string(c.from) + "' '" + dirs[i] + "'");
+      const auto r = train(c.to, dirs[i], mode);
+      ASSERT_EQ(r.code, 0) << what << "\n" << r.output;
+      EXPECT_NE(r.output.find("resuming from " + dirs[i] + "/checkpoints/step-00000003.h5 at step 3 (saved with " +
+                              std::to_string(c.from) + " ranks, now " + std::to_string(c.to) + ")"),
+                std::string::npos)
+          << what << "\n" << r.output;
+    }
+    const bool exact = c.to <= 2 || (c.mode != "gradients" && c.reference != "gradients");
+    expectSameRun(dirs[1], dirs[0], exact ? 0 : 1e-6, what);
+  }
+}
+
+}  // namespace
+}  // namespace graft::e2e
