@@ -48,11 +48,15 @@ bool isComplete(const std::string& path) {
 
 // Fails early, with a clear message and before anything is written, when the file system cannot
 // hold one more checkpoint (the previous ones stay until the new one is verified).
-void requireSpace(const std::string& dir, Transformer& model, const AdamW& optimizer, bool adapter_only) {
-  std::uint64_t bytes = 64u << 10;  // metadata, attributes, RNG states
+std::uint64_t modelBytes(Transformer& model, bool adapter_only) {
+  std::uint64_t bytes = 0;
   for (const auto& p : model->parameters())
     if (!adapter_only || p.requires_grad()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
-  bytes += optimizer.stateBytes();
+  return bytes;
+}
+
+void requireSpace(const std::string& dir, std::uint64_t bytes) {
+  bytes += 64u << 10;  // metadata, attributes, RNG states
   struct statvfs fs {};
   if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
   const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
@@ -69,10 +73,40 @@ std::string checkpointName(std::int64_t step) {
   return name;
 }
 
-std::string writeCheckpoint(const std::string& dir, Transformer& model, const AdamW& optimizer, const Schedule& schedule,
-                            const TrainingState& state) {
+std::string checkpointPartName(std::int64_t step, int rank, int world) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step-%08lld.part-%05d-of-%05d.h5", static_cast<long long>(step), rank, world);
+  return name;
+}
+
+std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int rank, int world, std::uint64_t bytes,
+                                const std::function<void(H5File&)>& write) {
   makeDirectories(dir);
-  requireSpace(dir, model, optimizer, state.transfer.adapterOnly());
+  requireSpace(dir, bytes);
+  const std::string path = dir + "/" + checkpointPartName(step, rank, world);
+  const std::string tmp = path + ".tmp";
+  try {
+    H5File file = H5File::create(tmp);
+    file.setAttr("/", "format", std::string("graft-checkpoint-part"));
+    file.setAttr("/", "step", step);
+    file.setAttr("/", "rank", std::int64_t{rank});
+    file.setAttr("/", "world_size", std::int64_t{world});
+    write(file);
+    std::string manifest = file.manifest();
+    file.close();
+    publishFile(tmp, path);
+    return manifest;
+  } catch (const Error& e) {
+    ::unlink(tmp.c_str());
+    throw Error(std::string(e.what()) + "; part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) +
+                " not written, earlier checkpoints are intact");
+  }
+}
+
+std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
+                            const Schedule& schedule, const TrainingState& state) {
+  makeDirectories(dir);
+  requireSpace(dir, modelBytes(model, state.transfer.adapterOnly()) + optimizer.bytes);
   const std::string path = dir + "/" + checkpointName(state.step);
   const std::string tmp = path + ".tmp";
   try {
@@ -87,7 +121,7 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, const Ad
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
     writeModelGroup(file, model, state.transfer.adapterOnly());
     if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
-    optimizer.save(file, "/optimizer");
+    optimizer.write(file);
     schedule.save(file, "/schedule");
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
@@ -156,9 +190,17 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
 void pruneCheckpoints(const std::string& dir, std::int64_t keep) {
   for (const auto& name : listDir(dir))
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) ::unlink((dir + "/" + name).c_str());
-  if (keep <= 0) return;
-  const auto complete = completeCheckpoints(dir);
-  for (std::size_t i = static_cast<std::size_t>(keep); i < complete.size(); ++i) ::unlink(complete[i].c_str());
+  auto complete = completeCheckpoints(dir);
+  for (std::size_t i = keep > 0 ? static_cast<std::size_t>(keep) : complete.size(); i < complete.size(); ++i)
+    ::unlink(complete[i].c_str());
+  if (keep > 0 && complete.size() > static_cast<std::size_t>(keep)) complete.resize(static_cast<std::size_t>(keep));
+  // Part files belong to the checkpoint of the same step ("step-XXXXXXXX.part-...").
+  std::vector<std::string> kept;
+  for (const auto& path : complete) kept.push_back(path.substr(path.size() - 16, 13));
+  for (const auto& name : listDir(dir))
+    if (name.size() > 19 && name.compare(0, 5, "step-") == 0 && name.compare(13, 6, ".part-") == 0 &&
+        std::find(kept.begin(), kept.end(), name.substr(0, 13)) == kept.end())
+      ::unlink((dir + "/" + name).c_str());
 }
 
 }  // namespace graft

@@ -5,7 +5,9 @@
 //                 config (resolved INI text), created_unix, complete=1 (written last)
 //   /model        see io/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
 //   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
-//   /optimizer    written and read by the optimizer itself (optim/adamw.h), whole tensors
+//   /optimizer    written and read by the optimizer itself (optim/adamw.h), whole tensors; in a
+//                 sharded run (dist.shard) virtual datasets over part files step-<8 digits>.part-
+//                 <rank>-of-<world>.h5 beside it, one per rank, each written by its rank
 //   /schedule     attrs lr, min_lr, warmup, total (optim/schedule.h)
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
@@ -15,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,12 +45,26 @@ struct TrainingState {
 };
 
 std::string checkpointName(std::int64_t step);
+// "step-00000010.part-00001-of-00004.h5": rank 1's part of checkpoint 10 of a 4-rank sharded run.
+std::string checkpointPartName(std::int64_t step, int rank, int world);
+
+// How the optimizer state gets into the checkpoint file: `write` writes group /optimizer (whole
+// tensors, or an index of parts); `bytes` is what it adds on disk (for the free-space check).
+struct OptimizerWriter {
+  std::uint64_t bytes = 0;
+  std::function<void(H5File&)> write;
+};
+
+// Any rank, before the checkpoint file of `step` is written: writes this rank's part file
+// (checkpointPartName) in `dir` with `write`, by temp + fsync + rename; returns the part's manifest
+// ("object crc32 bytes" per tensor). On failure the temporary file is removed.
+std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int rank, int world, std::uint64_t bytes,
+                                const std::function<void(H5File&)>& write);
 
 // Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it; returns its
 // path. On failure (disk full...) the temporary file is removed and nothing older is touched.
-// `optimizer` holds whole tensors (a sharded run gathers its rows first).
-std::string writeCheckpoint(const std::string& dir, Transformer& model, const AdamW& optimizer, const Schedule& schedule,
-                            const TrainingState& state);
+std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
+                            const Schedule& schedule, const TrainingState& state);
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
 // graft format attribute and complete=1; partial or foreign files are skipped).
@@ -61,8 +78,9 @@ void verifyCheckpoint(const std::string& path);
 // the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint.
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer);
 
-// Deletes complete checkpoints beyond the newest `keep` (0 keeps all), and stale .tmp files. Call it
-// only after the newest checkpoint was verified.
+// Deletes complete checkpoints beyond the newest `keep` (0 keeps all) with their part files, stale
+// .tmp files, and part files of no complete checkpoint. Call it only after the newest checkpoint
+// was verified.
 void pruneCheckpoints(const std::string& dir, std::int64_t keep);
 
 }  // namespace graft

@@ -178,6 +178,30 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
   manifest_ += formatManifestLine({object, crc32(t.data_ptr(), bytes), static_cast<std::uint64_t>(bytes)});
 }
 
+void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
+                              const std::vector<RowSource>& sources, std::uint32_t crc, std::uint64_t bytes) {
+  ensureGroup(object.substr(0, object.find_last_of('/')));
+  if (global_shape.empty()) throw Error(where(object) + ": a virtual dataset needs at least one dimension");
+  std::vector<hsize_t> dims(global_shape.begin(), global_shape.end());
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  for (const auto& source : sources) {
+    if (source.end <= source.begin) continue;
+    std::vector<hsize_t> start(dims.size(), 0), count = dims;
+    start[0] = static_cast<hsize_t>(source.begin);
+    count[0] = static_cast<hsize_t>(source.end - source.begin);
+    Handle selected(H5Scopy(space.get()));
+    Handle rows(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
+    if (H5Sselect_hyperslab(selected.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr) < 0 ||
+        H5Pset_virtual(dcpl.get(), selected.get(), source.file.c_str(), source.dataset.c_str(), rows.get()) < 0)
+      throw Error(where(object) + ": cannot map rows " + std::to_string(source.begin) + ".." + std::to_string(source.end) +
+                  " to " + source.file);
+  }
+  Handle ds(H5Dcreate2(id_, object.c_str(), H5T_NATIVE_FLOAT, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+  if (!ds.ok()) throw Error(where(object) + ": cannot create virtual dataset");
+  manifest_ += formatManifestLine({object, crc, bytes});
+}
+
 void H5File::createGrowing(const std::string& object, at::ScalarType dtype, std::int64_t chunk_elements) {
   ensureGroup(object.substr(0, object.find_last_of('/')));
   const hid_t type = memType(dtype);

@@ -43,6 +43,16 @@ class H5File {
   // Tensors: float32, float64, int32, int64, uint8 (contiguous copy is made as needed); parents created.
   // Every tensor written is remembered with the CRC-32 of its bytes (see manifest()).
   void writeTensor(const std::string& object, const at::Tensor& tensor);
+  // A float32 dataset of `global_shape` whose rows live in other files (an HDF5 virtual dataset):
+  // rows [begin, end) are dataset `dataset` of file `file` (a name relative to this file's folder,
+  // shaped like those rows). Readers see one whole tensor. `crc32` and `bytes` are those of the
+  // whole tensor's bytes (for the manifest; the parts were checksummed as they were written).
+  struct RowSource {
+    std::string file, dataset;
+    std::int64_t begin = 0, end = 0;
+  };
+  void writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
+                        const std::vector<RowSource>& sources, std::uint32_t crc32, std::uint64_t bytes);
   // "object crc32 bytes" per line, for every tensor written through this handle, in order.
   const std::string& manifest() const { return manifest_; }
   at::Tensor readTensor(const std::string& object) const;

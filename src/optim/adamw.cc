@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "io/hdf5.h"
+#include "util/checksum.h"
 #include "util/error.h"
 
 namespace graft {
@@ -61,17 +62,48 @@ std::uint64_t AdamW::stateBytes() const {
   return bytes;
 }
 
-void AdamW::save(H5File& file, const std::string& group) const {
+void AdamW::saveAttributes(H5File& file, const std::string& group) const {
   file.setAttr(group, "step_count", step_count_);
   file.setAttr(group, "beta1", options_.beta1);
   file.setAttr(group, "beta2", options_.beta2);
   file.setAttr(group, "eps", options_.eps);
   file.setAttr(group, "weight_decay", options_.weight_decay);
+}
+
+void AdamW::save(H5File& file, const std::string& group) const {
+  saveAttributes(file, group);
   for (const auto& s : slots_) {
     if (!s.whole()) throw Error("AdamW::save: slot " + s.name + " holds rows only; gather it first");
     file.writeTensor(group + "/exp_avg/" + s.name, s.exp_avg);
     file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
     file.writeTensor(group + "/exp_avg_sq/" + s.name, s.exp_avg_sq);
+  }
+}
+
+void AdamW::savePart(H5File& part, const std::string& group) const {
+  for (const auto& s : slots_) {
+    part.writeTensor(group + "/exp_avg/" + s.name, s.exp_avg);
+    part.writeTensor(group + "/exp_avg_sq/" + s.name, s.exp_avg_sq);
+  }
+}
+
+void AdamW::saveIndex(H5File& file, const std::string& group,
+                      const std::function<std::vector<Part>(std::size_t, const std::string&)>& parts) const {
+  saveAttributes(file, group);
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    for (const std::string object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name}) {
+      std::vector<H5File::RowSource> sources;
+      std::uint32_t crc = crc32(nullptr, 0);
+      std::uint64_t bytes = 0;
+      for (const auto& p : parts(i, object)) {
+        sources.push_back({p.file, object, p.row_begin, p.row_end});
+        crc = crc32Combine(crc, p.crc32, p.bytes);
+        bytes += p.bytes;
+      }
+      file.writeVirtualRows(object, s.global_shape, sources, crc, bytes);
+    }
+    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
   }
 }
 

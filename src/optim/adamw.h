@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -69,7 +70,24 @@ class AdamW {
   // sharding; shapes and step counts are checked, errors name the file and tensor.
   void load(const H5File& file, const std::string& group);
 
+  // Sharded checkpoints (docs/checkpoint-format.md): every rank writes its slots' rows (savePart)
+  // into a part file of its own; rank 0 then writes `group` of the checkpoint file (saveIndex): the
+  // attributes of save(), and each moment a virtual dataset over the ranks' parts, so load() and
+  // h5py see whole tensors, and the manifest holds the whole tensors' checksums.
+  void savePart(H5File& part, const std::string& group) const;
+  struct Part {
+    std::string file;  // relative to the checkpoint file's folder
+    std::int64_t row_begin = 0, row_end = 0;
+    std::uint32_t crc32 = 0;  // of the part's bytes of this tensor
+    std::uint64_t bytes = 0;
+  };
+  // `parts(slot, object)`: the parts holding the rows of `object` (GROUP/exp_avg/<name> or
+  // GROUP/exp_avg_sq/<name>) in row order.
+  void saveIndex(H5File& file, const std::string& group,
+                 const std::function<std::vector<Part>(std::size_t slot, const std::string& object)>& parts) const;
+
  private:
+  void saveAttributes(H5File& file, const std::string& group) const;
   std::vector<Slot> slots_;
   AdamWOptions options_;
   std::int64_t step_count_ = 0;

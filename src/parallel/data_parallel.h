@@ -21,8 +21,7 @@
 // [gradient norm]) and AdamW is elementwise, so at one and two ranks every mode gives the same bits
 // (tests/mpi/data_parallel_test.cc, tests/e2e/shard_test.cc).
 //
-// Collective: construction (plan check), broadcastParameters, finish, gradNorm, step,
-// optimizerForCheckpoint, and backward on a syncing micro-step. Devices and communicators stay out
+// Collective: construction (plan check), broadcastParameters, finish, gradNorm, step, and backward on a syncing micro-step. Devices and communicators stay out
 // of it: tensors live where the model's parameters live, and collectives go through Communicator.
 #pragma once
 
@@ -72,10 +71,10 @@ class DataParallel {
   // Collective. One AdamW update of what this rank owns; every rank ends with the same parameters.
   virtual void step(double lr) = 0;
   AdamW& optimizer() { return *optimizer_; }
-  // Collective. An optimizer with whole tensors on rank 0, for a checkpoint (nullptr elsewhere).
-  // Replicated: this one. Sharded: moments gathered from every rank (rank 0 holds them whole while
-  // the checkpoint is written).
-  virtual std::shared_ptr<const AdamW> optimizerForCheckpoint() = 0;
+  std::shared_ptr<AdamW> sharedOptimizer() { return optimizer_; }
+  // True when each rank's optimizer holds only its rows (shardRows of every parameter): then every
+  // rank writes its rows into a checkpoint part of its own (train/checkpointing.h).
+  virtual bool shardsOptimizer() const = 0;
   // One line for the log: what is communicated and what this rank holds.
   virtual std::string describe() const = 0;
 

@@ -66,7 +66,7 @@ class Replicated final : public DataParallel {
   void scaleGradients(double factor) override { reducer_.scaleGradients(factor); }
   void step(double lr) override { optimizer_->step(lr); }
 
-  std::shared_ptr<const AdamW> optimizerForCheckpoint() override { return comm_.rank() == 0 ? optimizer_ : nullptr; }
+  bool shardsOptimizer() const override { return false; }
 
   std::string describe() const override {
     std::int64_t elements = 0;

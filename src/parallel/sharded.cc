@@ -52,9 +52,7 @@ class Sharded final : public DataParallel {
       }
     norm_rows_ = row_offset;
     optimizer_ = std::make_shared<AdamW>(AdamW::ofRows(rows, options.adamw));
-    for (const auto& unit : plan_.units) {
-      tags_.push_back({"rs/grads/" + unit.name, "ag/params/" + unit.name, "ag/state/" + unit.name});
-    }
+    for (const auto& unit : plan_.units) tags_.push_back({"rs/grads/" + unit.name, "ag/params/" + unit.name});
     if (shard_gradients_) {
       for (std::size_t u = 0; u < plan_.units.size(); ++u) {
         shard_grads_.push_back(torch::zeros({plan_.units[u].numel}, torch::kFloat));
@@ -149,29 +147,7 @@ class Sharded final : public DataParallel {
     }
   }
 
-  std::shared_ptr<const AdamW> optimizerForCheckpoint() override {
-    std::shared_ptr<AdamW> whole;
-    if (comm_.rank() == 0) {
-      std::vector<std::pair<std::string, at::Tensor>> trainable;
-      for (const auto& p : params_)
-        if (p.second.requires_grad()) trainable.push_back(p);
-      whole = std::make_shared<AdamW>(trainable, optimizer_->options());
-      whole->setStepCount(optimizer_->stepCount());
-    }
-    torch::NoGradGuard no_grad;
-    for (std::size_t u = 0; u < plan_.units.size(); ++u) {
-      const auto m1 = gatherUnit(u, [](const AdamW::Slot& s) { return s.exp_avg; }, tags_[u][2].c_str());
-      const auto m2 = gatherUnit(u, [](const AdamW::Slot& s) { return s.exp_avg_sq; }, tags_[u][2].c_str());
-      if (!whole) continue;
-      for (const auto k : plan_.units[u].params) {
-        const auto i = static_cast<std::size_t>(slot_of_[k]);
-        unpackRows(u, k, m1, whole->slots()[i].exp_avg);
-        unpackRows(u, k, m2, whole->slots()[i].exp_avg_sq);
-        whole->slots()[i].steps = optimizer_->slots()[i].steps;
-      }
-    }
-    return whole;
-  }
+  bool shardsOptimizer() const override { return true; }
 
   std::string describe() const override {
     std::string what = shard_gradients_ ? "dist.shard = gradients (ZeRO-2): gradients reduce-scattered"
@@ -262,7 +238,7 @@ class Sharded final : public DataParallel {
   std::vector<std::int64_t> row_offset_of_;  // per parameter: offset in the per-rank row-sum vector
   std::int64_t norm_rows_ = 0;
   std::int64_t owned_elements_ = 0, trainable_elements_ = 0;
-  std::vector<std::array<std::string, 3>> tags_;  // per unit: reduce-scatter, parameter and state all-gathers
+  std::vector<std::array<std::string, 2>> tags_;  // per unit: reduce-scatter, parameter all-gather
   std::unique_ptr<GradReducer> reducer_;     // optimizer: the replicated all-reduce of gradients
   // gradients:
   std::vector<at::Tensor> shard_grads_;      // per unit: this rank's rows of the averaged gradients

@@ -20,6 +20,7 @@
 #include "model/transfer_apply.h"
 #include "optim/adamw.h"
 #include "train/batches.h"
+#include "train/checkpointing.h"
 #include "train/layer_schedule.h"
 #include "parallel/data_parallel.h"
 #include "parallel/heartbeat.h"
@@ -452,7 +453,10 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     const auto start = Clock::now();
     auto path = std::make_shared<std::string>();
     std::function<void()> write;
-    auto optimizer = dp->optimizerForCheckpoint();  // collective: whole on rank 0
+    // Sharded: every rank writes its rows first (collective); rank 0's file then maps them.
+    const OptimizerWriter optimizer = dp->shardsOptimizer()
+        ? writeOptimizerParts(comm, checkpoint_dir, step_number, dp->sharedOptimizer(), config.slow_phase_timeout_s)
+        : wholeOptimizer(dp->sharedOptimizer());
     if (comm.rank() == 0) {
       // The writer owns what it reads (tensor handles are shared, not copied): it may outlive this
       // object only on the way to exiting after an error.
@@ -460,7 +464,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
                keep = config.keep_last, delay = config.slow_checkpoint_s, path]() mutable {
         torch::NoGradGuard no_grad;  // grad mode is per thread
         if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-        *path = writeCheckpoint(dir, model, *optimizer, schedule, state);
+        *path = writeCheckpoint(dir, model, optimizer, schedule, state);
         pruneCheckpoints(dir, keep);
       };
     } else {

@@ -18,4 +18,8 @@ std::uint32_t crc32(const void* data, std::size_t bytes) {
   return static_cast<std::uint32_t>(crc);
 }
 
+std::uint32_t crc32Combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t bytes_b) {
+  return static_cast<std::uint32_t>(::crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(bytes_b)));
+}
+
 }  // namespace graft

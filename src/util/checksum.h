@@ -6,4 +6,7 @@
 
 namespace graft {
 std::uint32_t crc32(const void* data, std::size_t bytes);
+// The CRC-32 of A followed by B from crc32(A), crc32(B) and B's length (zlib's crc32_combine): a
+// tensor written in parts by several ranks gets the checksum of its whole bytes.
+std::uint32_t crc32Combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t bytes_b);
 }  // namespace graft

@@ -4,11 +4,18 @@
 #include <fstream>
 
 #include "checkpoint/checkpoint.h"
+#include "train/checkpointing.h"
 #include "io/hdf5.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace graft {
 namespace {
+
+// The replicated run's optimizer writer, over an optimizer this test owns.
+OptimizerWriter whole(const AdamW& optimizer) {
+  return wholeOptimizer(std::shared_ptr<const AdamW>(&optimizer, [](const AdamW*) {}));
+}
 
 ModelConfig tiny() {
   ModelConfig c;
@@ -58,7 +65,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   st.next_batch = 17;
   st.config = "[train]\nsteps = 20\n";
   st.rng_states = torch::arange(10, torch::kUInt8).view({2, 5});
-  writeCheckpoint(dir, model, opt, Schedule{1e-3, 1e-4, 2, 20}, st);
+  writeCheckpoint(dir, model, whole(opt), Schedule{1e-3, 1e-4, 2, 20}, st);
   // A half-written newer checkpoint and a foreign file must be ignored.
   std::ofstream(dir + "/" + checkpointName(18)) << "not hdf5";
   std::ofstream(dir + "/" + checkpointName(19) + ".tmp") << "partial";
@@ -93,7 +100,7 @@ TEST(Checkpoint, OtherArchitectureIsRejectedWithBothShapes) {
   AdamW opt(model->named_parameters().pairs(), {});
   TrainingState st;
   st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-  const auto path = writeCheckpoint(dir, model, opt, Schedule{}, st);
+  const auto path = writeCheckpoint(dir, model, whole(opt), Schedule{}, st);
   auto c = tiny();
   c.n_layers = 3;
   Transformer bigger(c);
@@ -140,7 +147,7 @@ TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
   TrainingState st;
   st.step = 3;
   st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-  const auto path = writeCheckpoint(dir, model, opt, Schedule{}, st);
+  const auto path = writeCheckpoint(dir, model, whole(opt), Schedule{}, st);
   EXPECT_NO_THROW(verifyCheckpoint(path));
   flipByteOf(path, "/model/layers.1.feed_forward.w2.weight");
   try {
@@ -150,6 +157,54 @@ TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
     EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("/model/layers.1.feed_forward.w2.weight"), std::string::npos) << e.what();
   }
+}
+
+// A sharded run's checkpoint: the optimizer's rows in part files, mapped by the checkpoint file.
+// Damage in a part or a missing part is found by verification; pruning takes parts along.
+TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_parts";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  auto comm = makeCommunicator("local");
+  Transformer model(tiny());
+  model->initialise(4);
+  auto opt = std::make_shared<AdamW>(model->named_parameters().pairs(), AdamWOptions{});
+  for (auto& s : opt->slots()) s.exp_avg.normal_(), s.exp_avg_sq.uniform_();
+  opt->setStepCount(3);
+  std::vector<std::string> paths;
+  for (std::int64_t step = 1; step <= 3; ++step) {
+    TrainingState st;
+    st.step = step;
+    st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
+    paths.push_back(writeCheckpoint(dir, model, writeOptimizerParts(*comm, dir, step, opt, 60), Schedule{}, st));
+  }
+  writeCheckpointPart(dir, 4, 0, 1, 0, [&](H5File& f) { opt->savePart(f, "/optimizer"); });  // no checkpoint file
+  const std::string part3 = dir + "/" + checkpointPartName(3, 0, 1);
+  ASSERT_TRUE(fileExists(part3));
+  EXPECT_NO_THROW(verifyCheckpoint(paths[2]));
+  {
+    Transformer other(tiny());
+    AdamW read(other->named_parameters().pairs(), {});
+    readCheckpoint(paths[2], other, read);
+    for (std::size_t i = 0; i < read.slots().size(); ++i)
+      EXPECT_TRUE(torch::equal(read.slots()[i].exp_avg_sq, opt->slots()[i].exp_avg_sq)) << read.slots()[i].name;
+  }
+  pruneCheckpoints(dir, 2);
+  EXPECT_FALSE(fileExists(paths[0]));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(1, 0, 1)));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(4, 0, 1)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(2, 0, 1)));
+  EXPECT_TRUE(fileExists(part3));
+
+  const std::string object = "/optimizer/exp_avg/layers.0.attention.wq.weight";
+  flipByteOf(part3, object);
+  try {
+    verifyCheckpoint(paths[2]);
+    FAIL() << "damage in a part not detected";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(object), std::string::npos) << e.what();
+  }
+  ::unlink((dir + "/" + checkpointPartName(2, 0, 1)).c_str());
+  EXPECT_THROW(verifyCheckpoint(paths[1]), InputError);
 }
 
 }  // namespace
