@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <deque>
 
 #include "parallel/data_parallel.h"
 #include "parallel/grad_hooks.h"
@@ -106,6 +107,7 @@ class Sharded final : public DataParallel {
       works_[u].reset();
       sends_[u] = at::Tensor();
     }
+    in_flight_.clear();
     sync_ = false;
   }
 
@@ -212,7 +214,7 @@ class Sharded final : public DataParallel {
     torch::NoGradGuard no_grad;
     const ShardUnit& unit = plan_.units[u];
     const int world = comm_.size();
-    auto send = torch::zeros({world * unit.numel}, torch::kFloat);
+    auto send = torch::zeros({world * unit.numel}, torch::kFloat);  // padding and unused parameters: 0
     for (const auto k : unit.params) {
       auto& p = params_[k].second;
       if (!p.grad().defined()) continue;  // unused this step: zeros
@@ -229,7 +231,18 @@ class Sharded final : public DataParallel {
     works_[u] = comm_.reduceScatterAsync(send.data_ptr(), shard_grads_[u].data_ptr(), static_cast<std::size_t>(unit.numel),
                                          DType::Float32, ReduceOp::Sum, tags_[u][0].c_str());
     sends_[u] = send;
+    in_flight_.push_back(u);
+    // At most kInFlight packed units at a time: a packed unit is as large as its whole gradients.
+    while (in_flight_.size() > kInFlight) {
+      const std::size_t oldest = in_flight_.front();
+      in_flight_.pop_front();
+      works_[oldest]->wait(comm_.timeout());
+      works_[oldest].reset();
+      sends_[oldest] = at::Tensor();
+    }
   }
+
+  static constexpr std::size_t kInFlight = 2;
 
   bool shard_gradients_;
   ShardPlan plan_;
@@ -243,6 +256,7 @@ class Sharded final : public DataParallel {
   // gradients:
   std::vector<at::Tensor> shard_grads_;      // per unit: this rank's rows of the averaged gradients
   std::vector<at::Tensor> sends_;            // per unit: packed gradients until their reduce-scatter ends
+  std::deque<std::size_t> in_flight_;        // units whose reduce-scatter may still run, oldest first
   std::vector<std::size_t> pending_;
   std::vector<bool> ready_;
   std::vector<WorkPtr> works_;

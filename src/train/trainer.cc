@@ -41,6 +41,15 @@ int defaultThreads(int local_ranks) {
   return std::max(1, cores / std::max(1, local_ranks));
 }
 
+// VmHWM of /proc/self/status: the most this process has held in RAM (0 where unknown).
+std::int64_t peakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
 std::string formatDuration(double seconds) {
   char buf[32];
   const long s = static_cast<long>(std::max(0.0, seconds));
@@ -526,6 +535,16 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     return state.step;
   }
 
+  // Collective: the largest and smallest peak resident set over the ranks, in one line.
+  void reportMemory() {
+    std::int64_t peak[2] = {peakResidentBytes(), -peakResidentBytes()};
+    comm.allReduce(peak, 2, ReduceOp::Max, "train/memory");
+    char line[160];
+    std::snprintf(line, sizeof(line), "memory: peak resident set %.1f MiB per rank (largest), %.1f MiB (smallest)",
+                  static_cast<double>(peak[0]) / (1 << 20), static_cast<double>(-peak[1]) / (1 << 20));
+    log.main(line);
+  }
+
   // Drops metrics lines past `step` (they belong to work the checkpoint does not hold).
   void truncateMetrics(std::int64_t step_number) {
     const std::string path = config.run_dir + "/metrics.jsonl";
@@ -647,6 +666,7 @@ TrainResult Trainer::run() {
   }
   result.stopped_early = !result.preempted && last < c.steps;
   result.skipped_steps = s.skipped_total;
+  s.reportMemory();
   return result;
 }
 

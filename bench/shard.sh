@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# dist.shard: tokens/s and peak resident set per rank for each mode (none, optimizer = ZeRO-1,
+# gradients = ZeRO-2) at np = 2 and 4, on a random-init Llama of ~32M parameters (dim 576, 8 layers)
+# and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
+# checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
+# ratios from this one run. Prints one JSON object.
+#   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRAFT=$(realpath "${1:-build/launcher/graft}")
+REPEATS=${REPEATS:-3}
+STEPS=${STEPS:-4}
+NPS=${NPS:-2 4}
+DATA_DIR=$(realpath ../shared/data)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
+export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$GRAFT" prepare --tokenizer "$DATA_DIR/llama2c/tok512.bin" --input "$DATA_DIR/datasets/tinystories_sample/tinystories_sample.txt" \
+  --out "$tmp/stories.h5" --val-fraction 0.05 >/dev/null
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+declare -A MODEL=(
+  [llama32m]="--model.dim=576 --model.hidden_dim=1536 --model.n_layers=8 --model.n_heads=8 --model.n_kv_heads=8 --model.max_seq_len=64"
+  [stories260k]="--model.path=$DATA_DIR/llama2c/stories260K.bin")
+run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpoint_bytes"
+  local model=$1 np=$2 mode=$3
+  rm -rf "$tmp/run"
+  local out
+  out=$(mpirun -np "$np" --oversubscribe --bind-to none "$GRAFT" train --run.dir="$tmp/run" --data.path="$tmp/stories.h5" \
+    ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
+    --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="$mode" 2>&1)
+  local tps rss ckpt bytes
+  tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
+  rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)
+  ckpt=$(grep -o 'checkpoint: .* ([0-9.]* s)' <<<"$out" | grep -o '([0-9.]* s)' | tr -d '(s )')
+  bytes=$(du -cb "$tmp/run/checkpoints/"*.h5 | tail -1 | cut -f1)
+  echo "$tps $rss $ckpt $bytes"
+}
+rows=() summary=()
+for model in llama32m stories260k; do
+  for np in $NPS; do
+    for mode in none optimizer gradients; do
+      results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode"; done)
+      tps=$(cut -d' ' -f1 <<<"$results" | median); rss=$(cut -d' ' -f2 <<<"$results" | median)
+      ckpt=$(cut -d' ' -f3 <<<"$results" | median); bytes=$(cut -d' ' -f4 <<<"$results" | median)
+      eval "tps_${model}_${np}_${mode}=$tps rss_${model}_${np}_${mode}=$rss"
+      rows+=("{\"model\": \"$model\", \"np\": $np, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
+    done
+    for mode in optimizer gradients; do
+      t="tps_${model}_${np}_${mode}" r="rss_${model}_${np}_${mode}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
+      summary+=("\"${model}_np${np}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
+    done
+  done
+done
+# dd of the last run's checkpoint bytes (with fsync), against graft's write of them.
+bytes=$(du -cb "$tmp/run/checkpoints/"*.h5 | tail -1 | cut -f1)
+t0=$(date +%s.%N)
+dd if=/dev/zero of="$tmp/dd.bin" bs=1M count=$(((bytes >> 20) + 1)) conv=fsync 2>/dev/null
+dd_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')
+IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "dd_seconds_same_bytes_as_last_checkpoint": %s}\n' \
+  "$STEPS" "$REPEATS" "${rows[*]}" "${summary[*]}" "$dd_s"
