@@ -2,12 +2,15 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <map>
+#include <thread>
 
 #include "checkpoint/manifest.h"
 #include "io/hdf5.h"
 #include "parallel/heartbeat.h"
 #include "parallel/shard_plan.h"
+#include "util/error.h"
 
 namespace graft {
 
@@ -56,6 +59,107 @@ OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, 
 
 OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer) {
   return {optimizer->stateBytes(), [optimizer](H5File& file) { optimizer->save(file, "/optimizer"); }};
+}
+
+namespace {
+
+// Collective (every rank's RNG state is gathered).
+TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t step, RunCounters counters) {
+  TrainingState state;
+  state.step = step;
+  state.tokens_seen = counters.tokens_seen;
+  state.skipped_steps = counters.skipped_steps;
+  state.world_size = comm.size();
+  state.seed = c.seed;
+  state.next_batch = step;
+  state.config = c.resolved();
+  state.transfer = c.transfer;
+  state.base_model = c.model_path;
+  at::Tensor mine;
+  {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    mine = gen.get_state();
+  }
+  auto all = torch::empty({comm.size(), mine.numel()}, torch::kUInt8);
+  comm.allGather(mine.data_ptr(), static_cast<std::size_t>(mine.numel()), all.data_ptr(), "ckpt/rng");
+  state.rng_states = all;
+  return state;
+}
+
+}  // namespace
+
+void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
+                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string dir = c.run_dir + "/checkpoints";
+  auto path = std::make_shared<std::string>();
+  // Sharded: every rank writes its rows first (collective); rank 0's file then maps them.
+  const OptimizerWriter optimizer = dp.shardsOptimizer()
+                                        ? writeOptimizerParts(comm, dir, step, dp.sharedOptimizer(), c.slow_phase_timeout_s)
+                                        : wholeOptimizer(dp.sharedOptimizer());
+  TrainingState state = snapshot(comm, c, step, counters);
+  std::function<void()> write;
+  if (comm.rank() == 0)
+    // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
+    // caller only on the way to exiting after an error.
+    write = [dir, model, optimizer, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
+      torch::NoGradGuard no_grad;  // grad mode is per thread
+      if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+      *path = writeCheckpoint(dir, model, optimizer, schedule, state);
+      pruneCheckpoints(dir, keep);
+    };
+  runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
+                   " (a stalled file system?); earlier checkpoints are intact", std::move(write));
+  if (comm.rank() == 0)
+    log.main("checkpoint: " + *path + " (" +
+             std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()).substr(0, 5) +
+             " s)");
+}
+
+Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log) {
+  const std::string dir = c.run_dir + "/checkpoints";
+  // Rank 0 picks the newest complete checkpoint whose tensors match their manifest (damaged ones
+  // are skipped); reading every byte of a big one takes a while, so the others keep a heartbeat.
+  auto found = std::make_shared<std::int64_t>(-1);
+  std::function<void()> verify;
+  if (comm.rank() == 0)
+    verify = [dir, log, found] {
+      for (const auto& candidate : completeCheckpoints(dir)) {
+        try {
+          verifyCheckpoint(candidate);
+        } catch (const InputError& e) {
+          log.info(std::string("skipping damaged checkpoint: ") + e.what());
+          continue;
+        }
+        *found = std::stoll(candidate.substr(candidate.size() - 11, 8));
+        return;
+      }
+    };
+  runWithHeartbeat(comm, "resume/verify", c.slow_phase_timeout_s, "verifying the checkpoints in " + dir, "",
+                   std::move(verify));
+  std::int64_t step[1] = {*found};
+  comm.allReduce(step, 1, ReduceOp::Max, "resume/step");
+  if (step[0] < 0) return {};
+  // Every rank reads it (at its own file-system speed), again with a heartbeat. The reader works
+  // on handles that share this run's tensors; the step counts are copied back after.
+  const std::string path = dir + "/" + checkpointName(step[0]);
+  auto read = std::make_shared<TrainingState>();
+  AdamW& optimizer = dp.optimizer();
+  auto into = std::make_shared<AdamW>(optimizer);
+  runWithHeartbeat(comm, "resume/read", c.slow_phase_timeout_s, "reading " + path, "",
+                   [path, model, into, read]() mutable { *read = readCheckpoint(path, model, *into); });
+  optimizer.setStepCount(into->stepCount());
+  for (std::size_t i = 0; i < optimizer.slots().size(); ++i) optimizer.slots()[i].steps = into->slots()[i].steps;
+  const TrainingState& state = *read;
+  if (state.world_size == comm.size() && state.rng_states.defined() && state.rng_states.size(0) == comm.size()) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state.rng_states[comm.rank()].contiguous());
+  }
+  log.main("resuming from " + path + " at step " + std::to_string(state.step) + " (saved with " +
+           std::to_string(state.world_size) + " ranks, now " + std::to_string(comm.size()) + ")");
+  return {state.step, {state.tokens_seen, state.skipped_steps}};
 }
 
 }  // namespace graft

@@ -1,5 +1,5 @@
-// The training run's side of a checkpoint: how what each rank holds reaches the checkpoint file
-// (checkpoint/checkpoint.h has the file itself).
+// The training run's side of checkpoints: saving one (what each rank holds, beside a heartbeat) and
+// resuming from the newest good one. checkpoint/checkpoint.h has the file itself.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,10 @@
 
 #include "checkpoint/checkpoint.h"
 #include "communicator.h"
+#include "config/train_config.h"
 #include "optim/adamw.h"
+#include "parallel/data_parallel.h"
+#include "util/log.h"
 
 namespace graft {
 
@@ -22,5 +25,28 @@ OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, 
 
 // The writer of a whole (replicated) optimizer: rank 0 writes every tensor itself.
 OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer);
+
+// What a checkpoint carries of the run besides model, optimizer and schedule.
+struct RunCounters {
+  std::int64_t tokens_seen = 0;    // tokens read by all ranks since step 0
+  std::int64_t skipped_steps = 0;  // steps skipped for a non-finite loss or gradient
+};
+
+// Collective. Writes the checkpoint of `step` into RUN_DIR/checkpoints: RNG states are gathered,
+// a sharded optimizer's rows are written by every rank (writeOptimizerParts), then rank 0 writes,
+// verifies and publishes the checkpoint file and prunes old ones while all ranks keep a heartbeat,
+// so a rank stalling during a long write is still named within dist.timeout_s.
+void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
+                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log);
+
+struct Resumed {
+  std::int64_t step = 0;  // 0: nothing to resume
+  RunCounters counters;
+};
+
+// Collective. Rank 0 picks the newest complete checkpoint that verifies against its manifest
+// (damaged ones are named and skipped); every rank then reads it into `model` and its optimizer's
+// rows, with a heartbeat, whatever the number of ranks or dist.shard it was saved with.
+Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log);
 
 }  // namespace graft

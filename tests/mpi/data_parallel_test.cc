@@ -117,7 +117,9 @@ TEST(DataParallel, EveryShardModeGivesTheSameBitsAsTorchAdamW) {
     results.push_back(toyParams());
     auto dp = makeDataParallel(results.back(), comm(), options(mode));
     norms.push_back(train(*dp, results.back()));
-    if (mode != "none") EXPECT_NE(dp->describe().find("dist.shard = " + mode), std::string::npos) << dp->describe();
+    if (mode != "none") {
+      EXPECT_NE(dp->describe().find("dist.shard = " + mode), std::string::npos) << dp->describe();
+    }
   }
   ASSERT_GT(ref_norms.front(), kClip);  // clipping took part
   for (std::size_t i = 0; i < results.front().size(); ++i) {

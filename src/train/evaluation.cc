@@ -1,0 +1,70 @@
+#include "train/evaluation.h"
+
+#include <torch/torch.h>
+
+#include "train/batches.h"
+
+namespace graft {
+namespace {
+
+// Rank r's indices of [0, n): r, r + world, ...
+std::vector<std::int64_t> myShare(std::int64_t n, const Communicator& comm) {
+  std::vector<std::int64_t> mine;
+  for (std::int64_t i = comm.rank(); i < n; i += comm.size()) mine.push_back(i);
+  return mine;
+}
+
+// `mine` in micro-batches of `size`.
+template <typename Each>
+void inMicroBatches(const std::vector<std::int64_t>& mine, std::int64_t size, Each each) {
+  for (std::size_t at = 0; at < mine.size(); at += static_cast<std::size_t>(size))
+    each(std::vector<std::int64_t>(mine.begin() + static_cast<std::ptrdiff_t>(at),
+                                   mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), at + size))));
+}
+
+}  // namespace
+
+at::Tensor classLogits(Transformer& model, const TokenDataset& data, const at::Tensor& cache,
+                       const std::vector<std::int64_t>& indices, int seq_len, at::Tensor& labels) {
+  labels = labelsOf(data, indices);
+  if (cache.defined()) return model->head(cache.index_select(0, torch::tensor(indices, torch::kInt64)));
+  const auto b = documentBatch(data, indices, seq_len);
+  return model->classifySequences(b.ids, b.lengths);
+}
+
+Validation validate(Transformer& model, const TokenDataset& val, const at::Tensor& val_features, bool classify,
+                    const TrainConfig& c, Communicator& comm) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  Validation out;
+  if (classify) {
+    double totals[3] = {0, 0, 0};  // loss sum, correct, documents
+    inMicroBatches(myShare(val.numDocuments(), comm), c.micro_batch, [&](const std::vector<std::int64_t>& part) {
+      torch::Tensor labels;
+      auto logits = classLogits(model, val, val_features, part, c.seq_len, labels);
+      totals[0] += torch::nn::functional::cross_entropy(
+                       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                       .item<double>();
+      totals[1] += logits.argmax(1).eq(labels).sum().item<double>();
+      totals[2] += static_cast<double>(part.size());
+    });
+    model->train();
+    comm.allReduce(totals, 3, ReduceOp::Sum, "val/classify");
+    if (totals[2] > 0) out = {totals[0] / totals[2], totals[1] / totals[2]};
+    return out;
+  }
+  const std::int64_t n = std::min(c.eval_batches * c.micro_batch * comm.size(), val.numSamples());
+  double totals[2] = {0, 0};  // loss sum, targets counted (token-weighted)
+  inMicroBatches(myShare(n, comm), c.micro_batch, [&](const std::vector<std::int64_t>& part) {
+    const auto batch = windowBatch(val, part);
+    const auto loss = tokenLoss(model->forward(batch.inputs), batch.targets);
+    totals[0] += loss.sum.item<double>();
+    totals[1] += static_cast<double>(loss.counted);
+  });
+  model->train();
+  comm.allReduce(totals, 2, ReduceOp::Sum, "val/loss");
+  if (totals[1] > 0) out.loss = totals[0] / totals[1];
+  return out;
+}
+
+}  // namespace graft

@@ -1,0 +1,99 @@
+#include "train/metrics.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+#include "util/files.h"
+
+namespace graft {
+namespace {
+
+// VmHWM of /proc/self/status: the most this process has held in RAM (0 where unknown).
+std::int64_t peakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+std::string formatDuration(double seconds) {
+  char buf[32];
+  const long s = static_cast<long>(std::max(0.0, seconds));
+  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+  return buf;
+}
+
+// JSON has no NaN or Infinity: non-finite values are written as null.
+std::string jsonNumber(double value, int digits) {
+  if (!std::isfinite(value)) return "null";
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.*g", digits, value);
+  return buf;
+}
+
+}  // namespace
+
+Metrics::Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, int rank, Logger log)
+    : path_(run_dir + "/metrics.jsonl"), total_steps_(total_steps), log_every_(log_every), classify_(classify), rank_(rank),
+      log_(std::move(log)) {}
+
+void Metrics::step(const StepReport& r) {
+  if (rank_ != 0) return;
+  const bool has_val = !std::isnan(r.val_loss);
+  char json[640];
+  std::snprintf(json, sizeof(json),
+                "{\"step\": %lld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens\": %lld, "
+                "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
+                static_cast<long long>(r.step), jsonNumber(r.loss, 17).c_str(), r.lr, jsonNumber(r.grad_norm, 9).c_str(),
+                static_cast<long long>(r.tokens_seen), r.tokens_per_s, r.elapsed_s, r.applied ? 0 : 1,
+                static_cast<long long>(r.skipped_total),
+                has_val ? (", \"val_loss\": " + std::to_string(r.val_loss) +
+                           (classify_ ? ", \"val_accuracy\": " + jsonNumber(r.val_accuracy, 6) : std::string())).c_str()
+                        : "");
+  append(json);
+  if (r.step % log_every_ != 0 && r.step != total_steps_ && !has_val) return;
+  const double eta = r.elapsed_s / static_cast<double>(r.step - r.start) * static_cast<double>(total_steps_ - r.step);
+  char line[256];
+  std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
+                static_cast<long long>(r.step), static_cast<long long>(total_steps_), r.loss, r.lr, r.tokens_per_s,
+                formatDuration(eta).c_str(),
+                has_val ? (" | val loss " + std::to_string(r.val_loss) +
+                           (classify_ ? " | val accuracy " + std::to_string(r.val_accuracy).substr(0, 6) : std::string())).c_str()
+                        : "");
+  log_.main(line);
+}
+
+void Metrics::truncateAfter(std::int64_t step) {
+  if (rank_ != 0 || !fileExists(path_)) return;
+  std::istringstream in(readFile(path_));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const auto at = line.find("\"step\": ");
+    if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= step) kept += line + "\n";
+  }
+  const std::string tmp = path_ + ".tmp";
+  std::ofstream(tmp, std::ios::trunc) << kept;
+  publishFile(tmp, path_);
+}
+
+void Metrics::memory(Communicator& comm) {
+  std::int64_t peak[2] = {peakResidentBytes(), -peakResidentBytes()};
+  comm.allReduce(peak, 2, ReduceOp::Max, "train/memory");
+  char line[160];
+  std::snprintf(line, sizeof(line), "memory: peak resident set %.1f MiB per rank (largest), %.1f MiB (smallest)",
+                static_cast<double>(peak[0]) / (1 << 20), static_cast<double>(-peak[1]) / (1 << 20));
+  log_.main(line);
+}
+
+void Metrics::append(const std::string& json) {
+  std::ofstream out(path_, std::ios::app);
+  out << json << "\n";
+  if (!out.flush()) throw Error(path_ + ": write failed");
+}
+
+}  // namespace graft
