@@ -187,20 +187,32 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
   return state;
 }
 
-void pruneCheckpoints(const std::string& dir, std::int64_t keep) {
+void pruneCheckpoints(const std::string& dir, std::int64_t keep, std::int64_t written) {
   for (const auto& name : listDir(dir))
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) ::unlink((dir + "/" + name).c_str());
-  auto complete = completeCheckpoints(dir);
-  for (std::size_t i = keep > 0 ? static_cast<std::size_t>(keep) : complete.size(); i < complete.size(); ++i)
-    ::unlink(complete[i].c_str());
-  if (keep > 0 && complete.size() > static_cast<std::size_t>(keep)) complete.resize(static_cast<std::size_t>(keep));
-  // Part files belong to the checkpoint of the same step ("step-XXXXXXXX.part-...").
-  std::vector<std::string> kept;
-  for (const auto& path : complete) kept.push_back(path.substr(path.size() - 16, 13));
-  for (const auto& name : listDir(dir))
-    if (name.size() > 19 && name.compare(0, 5, "step-") == 0 && name.compare(13, 6, ".part-") == 0 &&
-        std::find(kept.begin(), kept.end(), name.substr(0, 13)) == kept.end())
-      ::unlink((dir + "/" + name).c_str());
+  auto stepOf = [](const std::string& path) { return std::stoll(path.substr(path.size() - 11, 8)); };
+  std::vector<std::string> history;  // newest first, none newer than `written`
+  for (const auto& path : completeCheckpoints(dir))
+    if (stepOf(path) <= written) history.push_back(path);
+  std::vector<std::string> deleted;  // "step-XXXXXXXX" of the checkpoints deleted here
+  for (std::size_t i = keep > 0 ? static_cast<std::size_t>(keep) : history.size(); i < history.size(); ++i) {
+    ::unlink(history[i].c_str());
+    deleted.push_back(history[i].substr(history[i].size() - 16, 13));
+  }
+  // Part files: "step-XXXXXXXX.part-RRRRR-of-WWWWW.h5".
+  for (const auto& name : listDir(dir)) {
+    if (name.size() != 36 || name.compare(0, 5, "step-") != 0 || name.compare(13, 6, ".part-") != 0) continue;
+    const std::string stem = name.substr(0, 13), main = dir + "/" + stem + ".h5";
+    bool remove = std::find(deleted.begin(), deleted.end(), stem) != deleted.end() || !fileExists(main);
+    if (!remove) {
+      try {  // parts left by an attempt with another number of ranks
+        remove = H5File::openRead(main).intAttr("/", "world_size") != std::stoll(name.substr(28, 5));
+      } catch (const Error&) {
+        // unreadable now: keep its parts, it may be fine later
+      }
+    }
+    if (remove) ::unlink((dir + "/" + name).c_str());
+  }
 }
 
 }  // namespace graft

@@ -78,9 +78,12 @@ void verifyCheckpoint(const std::string& path);
 // the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint.
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer);
 
-// Deletes complete checkpoints beyond the newest `keep` (0 keeps all) with their part files, stale
-// .tmp files, and part files of no complete checkpoint. Call it only after the newest checkpoint
+// Deletes complete checkpoints beyond the newest `keep` up to step `written` (0 keeps all), with
+// their part files; stale .tmp files; and part files whose checkpoint file does not exist or was
+// written with another number of ranks. Complete checkpoints newer than `written` belong to a run
+// history that resume abandoned (it found them damaged): they are neither counted nor deleted. A
+// checkpoint file that cannot be opened keeps its parts. Call it only after checkpoint `written`
 // was verified.
-void pruneCheckpoints(const std::string& dir, std::int64_t keep);
+void pruneCheckpoints(const std::string& dir, std::int64_t keep, std::int64_t written);
 
 }  // namespace graft

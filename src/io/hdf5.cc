@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include "checkpoint/manifest.h"
 #include "util/checksum.h"
@@ -185,6 +186,9 @@ void H5File::writeVirtualRows(const std::string& object, const std::vector<std::
   std::vector<hsize_t> dims(global_shape.begin(), global_shape.end());
   Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  // Rows whose part file is missing read as NaN, not as zeros that look like data.
+  const float missing = std::numeric_limits<float>::quiet_NaN();
+  H5Pset_fill_value(dcpl.get(), H5T_NATIVE_FLOAT, &missing);
   for (const auto& source : sources) {
     if (source.end <= source.begin) continue;
     std::vector<hsize_t> start(dims.size(), 0), count = dims;

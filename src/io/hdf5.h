@@ -45,7 +45,7 @@ class H5File {
   void writeTensor(const std::string& object, const at::Tensor& tensor);
   // A float32 dataset of `global_shape` whose rows live in other files (an HDF5 virtual dataset):
   // rows [begin, end) are dataset `dataset` of file `file` (a name relative to this file's folder,
-  // shaped like those rows). Readers see one whole tensor. `crc32` and `bytes` are those of the
+  // shaped like those rows). Readers see one whole tensor; rows whose file is missing read as NaN. `crc32` and `bytes` are those of the
   // whole tensor's bytes (for the manifest; the parts were checksummed as they were written).
   struct RowSource {
     std::string file, dataset;

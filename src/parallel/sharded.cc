@@ -2,6 +2,7 @@
 // (data_parallel.h, Note [shard layout] in shard_plan.h).
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <deque>
 
@@ -64,6 +65,10 @@ class Sharded final : public DataParallel {
       }
       pending_.assign(plan_.units.size(), 0);
       ready_.assign(plan_.units.size(), false);
+      unused_in_unit_.assign(plan_.units.size(), 0);
+      unused_.assign(params_.size(), false);
+      got_grad_.assign(params_.size(), false);
+      for (std::size_t u = plan_.units.size(); u-- > 0;) launch_order_.push_back(u);  // until the first step says
       works_.resize(plan_.units.size());
       sends_.resize(plan_.units.size());
       std::vector<at::Tensor> tensors;
@@ -82,9 +87,10 @@ class Sharded final : public DataParallel {
     if (reducer_) return reducer_->beginMicroStep(sync);
     sync_ = sync;
     next_launch_ = 0;
+    completed_.clear();
     for (std::size_t u = 0; u < plan_.units.size(); ++u) {
-      pending_[u] = plan_.units[u].params.size();
-      ready_[u] = false;
+      pending_[u] = plan_.units[u].params.size() - unused_in_unit_[u];
+      ready_[u] = pending_[u] == 0;  // no gradient expected: it waits only for its turn
     }
   }
 
@@ -109,6 +115,7 @@ class Sharded final : public DataParallel {
     }
     in_flight_.clear();
     sync_ = false;
+    if (!learned_) learnFromFirstStep();
   }
 
   double gradNorm() override {
@@ -193,19 +200,52 @@ class Sharded final : public DataParallel {
   void onGradReady(std::size_t k) {
     if (!sync_) return;
     const auto u = static_cast<std::size_t>(plan_.unit_of[k]);
+    if (unused_[k])
+      throw Error("dist.shard = gradients: parameter " + params_[k].first +
+                  " received a gradient although it received none in the first step (the parameters a step uses "
+                  "must not change during a run)");
     if (pending_[u] == 0)
       throw Error("dist.shard = gradients: parameter " + params_[k].first +
                   " received a second gradient in one backward after its unit was sent");
-    if (--pending_[u] == 0) ready_[u] = true;
+    got_grad_[k] = true;
+    if (--pending_[u] == 0) {
+      ready_[u] = true;
+      completed_.push_back(u);
+    }
     launchReady();
     for (std::size_t v = 0; v < plan_.units.size(); ++v)  // drive progress of units in flight
       if (works_[v]) works_[v]->test();
   }
 
-  // Units start in reverse order (backward reaches the last unit first), the same on every rank.
+  // Units start in launch_order_, the same on every rank: reverse registration order in the first
+  // step, then the order in which rank 0's units completed in it (learnFromFirstStep).
   void launchReady() {
     const std::size_t n = plan_.units.size();
-    while (next_launch_ < n && ready_[n - 1 - next_launch_]) launch(n - 1 - next_launch_++);
+    while (next_launch_ < n && ready_[launch_order_[next_launch_]]) launch(launch_order_[next_launch_++]);
+  }
+
+  // Collective, once, after the first step (as DDP rebuilds its buckets). Units that backward
+  // completes later than registration order suggests (a soft prompt, registered last but used
+  // first) would hold back every unit behind them, and a parameter that never gets a gradient
+  // (an untied output layer under a classification head) would hold back its unit until finish():
+  // either keeps whole gradients alive. So: a parameter no rank saw a gradient for is not waited
+  // for again, and units start in the order rank 0 completed them.
+  void learnFromFirstStep() {
+    learned_ = true;
+    std::vector<std::int32_t> used(params_.size());
+    for (std::size_t k = 0; k < params_.size(); ++k) used[k] = got_grad_[k] ? 1 : 0;
+    comm_.allReduce(used.data(), used.size(), ReduceOp::Max, "shard/learn_used");
+    for (std::size_t k = 0; k < params_.size(); ++k)
+      if (plan_.unit_of[k] >= 0 && !used[k]) {
+        unused_[k] = true;
+        ++unused_in_unit_[static_cast<std::size_t>(plan_.unit_of[k])];
+      }
+    std::vector<std::int64_t> order;
+    for (const auto u : completed_) order.push_back(static_cast<std::int64_t>(u));
+    for (const auto u : launch_order_)  // then the units that never completed, in their old order
+      if (std::find(completed_.begin(), completed_.end(), u) == completed_.end()) order.push_back(static_cast<std::int64_t>(u));
+    comm_.broadcast(order.data(), order.size() * sizeof(std::int64_t), 0, "shard/learn_order");
+    for (std::size_t i = 0; i < order.size(); ++i) launch_order_[i] = static_cast<std::size_t>(order[i]);
   }
 
   // Packs every rank's rows of unit u's whole gradients (averaged: x 1/world) and starts the
@@ -262,6 +302,11 @@ class Sharded final : public DataParallel {
   std::vector<WorkPtr> works_;
   std::size_t next_launch_ = 0;
   bool sync_ = false;
+  std::vector<std::size_t> launch_order_;     // units, in the order their reduce-scatters start
+  std::vector<std::size_t> completed_;        // units whose gradients all arrived this backward, in order
+  bool learned_ = false;                      // launch_order_ and unused_ come from the first step
+  std::vector<bool> got_grad_, unused_;       // per parameter
+  std::vector<std::size_t> unused_in_unit_;
   std::unique_ptr<GradReadyHooks> hooks_;
 };
 

@@ -107,7 +107,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
       torch::NoGradGuard no_grad;  // grad mode is per thread
       if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
       *path = writeCheckpoint(dir, model, optimizer, schedule, state);
-      pruneCheckpoints(dir, keep);
+      pruneCheckpoints(dir, keep, state.step);
     };
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));

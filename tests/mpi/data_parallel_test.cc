@@ -1,8 +1,9 @@
 // The data-parallel strategies (parallel/data_parallel.h) on every rank (mpirun -np 2 / -np 4):
-// none, optimizer (ZeRO-1) and gradients (ZeRO-2) must give the same bits, and the same as an
-// independent reference: LibTorch's own torch::optim::AdamW in one process on the exact average
-// gradients. Gradients are integers (loss = sum p * c), so every average over 2 or 4 ranks is exact
-// in any summation order.
+// none, optimizer (ZeRO-1) and gradients (ZeRO-2) must agree with each other and with an
+// independent reference: LibTorch's own torch::optim::AdamW in one process on the average
+// gradients (loss = sum p * c, so grad p = c). The coefficients are not integers: at 2 ranks a sum
+// of two is the same in any order, so the modes must give the same bits; at 4, MPI's all-reduce and
+// reduce-scatter may add in different orders, so 1e-6.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -36,22 +37,25 @@ Params toyParams(bool freeze_bias = false) {
   add("layers.0.frozen", {9, 2}, false);
   add("layers.1.w", {3, 5}, true);
   add("norm.weight", {1}, true);
+  add("output.weight", {4, 3}, true);  // trains, but no step uses it: no gradient ever arrives
+  add("head.weight", {5, 2}, true);    // used in the first micro-step only (not the syncing one)
   return p;
 }
 
 torch::Tensor coefficient(const torch::Tensor& p, int rank, int micro) {
-  return ((torch::arange(p.numel(), torch::kFloat).remainder(11) - 5) * static_cast<float>(rank + 1 + 3 * micro))
+  return ((torch::arange(p.numel(), torch::kFloat).remainder(11) - 5) * (0.1f * static_cast<float>(rank + 1 + 3 * micro)))
       .view(p.sizes());
 }
 
 void backward(Params& params, int micro) {
   torch::Tensor loss = torch::zeros({});
   for (auto& [name, p] : params)
-    if (p.requires_grad()) loss = loss + (p * coefficient(p, comm().rank(), micro)).sum();
+    if (p.requires_grad() && name != "output.weight" && (name != "head.weight" || micro == 0))
+      loss = loss + (p * coefficient(p, comm().rank(), micro)).sum();
   loss.backward();
 }
 
-constexpr double kClip = 40.0, kLr = 0.05;
+constexpr double kClip = 10.0, kLr = 0.05;
 constexpr int kSteps = 4, kMicro = 2;
 
 // kSteps optimizer steps of kMicro micro-steps each, clipped to kClip; returns the norms.
@@ -96,10 +100,14 @@ TEST(DataParallel, EveryShardModeGivesTheSameBitsAsTorchAdamW) {
   std::vector<double> ref_norms;
   for (int step = 0; step < kSteps; ++step) {
     double sq = 0;
-    for (auto& p : trainable) {
+    for (std::size_t i = 0, t = 0; i < ref.size(); ++i) {
+      if (!ref[i].second.requires_grad()) continue;
+      auto& p = trainable[t++];
+      const std::string& name = ref[i].first;
       auto g = torch::zeros(p.sizes(), torch::kDouble);
       for (int r = 0; r < comm().size(); ++r)
-        for (int m = 0; m < kMicro; ++m) g += coefficient(p, r, m).to(torch::kDouble);
+        for (int m = 0; m < kMicro; ++m)
+          if (name != "output.weight" && (name != "head.weight" || m == 0)) g += coefficient(p, r, m).to(torch::kDouble);
       g /= comm().size();
       sq += g.pow(2).sum().item<double>();
       p.mutable_grad() = g.to(torch::kFloat);
@@ -122,18 +130,23 @@ TEST(DataParallel, EveryShardModeGivesTheSameBitsAsTorchAdamW) {
     }
   }
   ASSERT_GT(ref_norms.front(), kClip);  // clipping took part
+  const bool exact = comm().size() <= 2;
   for (std::size_t i = 0; i < results.front().size(); ++i) {
     const auto& [name, none] = results[0][i];
-    for (std::size_t mode = 1; mode < results.size(); ++mode)
-      EXPECT_TRUE(torch::equal(none, results[mode][i].second)) << name << " differs in mode " << mode;
+    for (std::size_t mode = 1; mode < results.size(); ++mode) {
+      if (exact) EXPECT_TRUE(torch::equal(none, results[mode][i].second)) << name << " differs in mode " << mode;
+      EXPECT_TRUE(torch::allclose(none, results[mode][i].second, 1e-6, 1e-7)) << name << " in mode " << mode;
+    }
     EXPECT_TRUE(torch::allclose(none, ref[i].second, 1e-5, 1e-6))
         << name << ": " << (none - ref[i].second).abs().max().item<float>();
   }
   EXPECT_FALSE(torch::equal(results[0][0].second, toyParams()[0].second));  // it trained
   for (int step = 0; step < kSteps; ++step) {
-    EXPECT_EQ(norms[0][step], norms[1][step]) << step;
-    EXPECT_EQ(norms[0][step], norms[2][step]) << step;
-    EXPECT_NEAR(norms[0][step], ref_norms[step], 1e-9 * ref_norms[step]) << step;
+    for (int mode = 1; mode <= 2; ++mode) {
+      if (exact) EXPECT_EQ(norms[0][step], norms[mode][step]) << step;
+      EXPECT_NEAR(norms[0][step], norms[mode][step], 1e-9 * norms[0][step]) << step;
+    }
+    EXPECT_NEAR(norms[0][step], ref_norms[step], 1e-6 * ref_norms[step]) << step;
   }
 }
 

@@ -89,7 +89,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
     EXPECT_TRUE(torch::equal(opt.slots()[i].exp_avg_sq, opt2.slots()[i].exp_avg_sq));
     EXPECT_EQ(opt.slots()[i].steps, opt2.slots()[i].steps);
   }
-  pruneCheckpoints(dir, 1);
+  pruneCheckpoints(dir, 1, 1000);
   std::ifstream tmp(dir + "/" + checkpointName(19) + ".tmp");
   EXPECT_FALSE(tmp.good());
 }
@@ -178,6 +178,13 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
     paths.push_back(writeCheckpoint(dir, model, writeOptimizerParts(*comm, dir, step, opt, 60), Schedule{}, st));
   }
   writeCheckpointPart(dir, 4, 0, 1, 0, [&](H5File& f) { opt->savePart(f, "/optimizer"); });  // no checkpoint file
+  writeCheckpointPart(dir, 3, 1, 2, 0, [&](H5File& f) { opt->savePart(f, "/optimizer"); });  // another world size
+  {  // a newer checkpoint that resume abandoned (damaged): not counted, not deleted
+    TrainingState st;
+    st.step = 9;
+    st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
+    writeCheckpoint(dir, model, writeOptimizerParts(*comm, dir, 9, opt, 60), Schedule{}, st);
+  }
   const std::string part3 = dir + "/" + checkpointPartName(3, 0, 1);
   ASSERT_TRUE(fileExists(part3));
   EXPECT_NO_THROW(verifyCheckpoint(paths[2]));
@@ -188,12 +195,15 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
     for (std::size_t i = 0; i < read.slots().size(); ++i)
       EXPECT_TRUE(torch::equal(read.slots()[i].exp_avg_sq, opt->slots()[i].exp_avg_sq)) << read.slots()[i].name;
   }
-  pruneCheckpoints(dir, 2);
+  pruneCheckpoints(dir, 2, 3);
   EXPECT_FALSE(fileExists(paths[0]));
   EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(1, 0, 1)));
   EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(4, 0, 1)));
   EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(2, 0, 1)));
   EXPECT_TRUE(fileExists(part3));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(3, 1, 2)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointName(9)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(9, 0, 1)));
 
   const std::string object = "/optimizer/exp_avg/layers.0.attention.wq.weight";
   flipByteOf(part3, object);
@@ -205,6 +215,15 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
   }
   ::unlink((dir + "/" + checkpointPartName(2, 0, 1)).c_str());
   EXPECT_THROW(verifyCheckpoint(paths[1]), InputError);
+  // A rank that reads without verifying (only rank 0 verifies) still refuses the missing rows.
+  Transformer other(tiny());
+  AdamW read(other->named_parameters().pairs(), {});
+  try {
+    readCheckpoint(paths[1], other, read);
+    FAIL() << "a missing part was read as data";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("part file missing"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
