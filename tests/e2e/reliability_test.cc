@@ -143,18 +143,20 @@ TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
   EXPECT_EQ(leftovers.output.find(".tmp"), std::string::npos) << leftovers.output;
 }
 
-TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) {
-  const std::string dir = freshDir("kill9");
+// `trials` runs of `options`, each killed (-9, one rank or all) at a random moment after its first
+// checkpoint; checkpoints are written every step, so kills land in the middle of writes too. Every
+// time the newest complete checkpoint must verify, and after the last kill the run resumes from it.
+void killNineTrials(const std::string& name, const std::string& options, int trials) {
+  const std::string dir = freshDir(name);
   const auto cfg = configIn(dir, "");
   std::srand(12345);
-  for (int trial = 0; trial < 20; ++trial) {
-    // Checkpoint every step, so kills land in the middle of writes too; kill one rank or all.
+  for (int trial = 0; trial < trials; ++trial) {
     const int delay_ms = std::rand() % 800;  // after the first logged step
     const std::string victim = (trial % 4 == 3) ? "$(pgrep -P $M)" : "$(pgrep -P $M | tail -1)";
     // `timeout` bounds a trial whose kill went astray; the log is new each trial, so the wait for
     // its first checkpoint line sees this run's progress only.
     const auto r = run("timeout -s KILL 60 " + mpirun(2) + " " + graft() + " train --config " + cfg +
-                       " --train.steps=100000 --checkpoint.every=1 --checkpoint.keep_last=2 > " + dir +
+                       " --train.steps=100000 --checkpoint.every=1 --checkpoint.keep_last=2 " + options + " > " + dir +
                        "/log 2>&1 & T=$!; for i in $(seq 1 1500); do grep -q checkpoint: " + dir +
                        "/log 2>/dev/null && break; sleep 0.02; done; sleep " + std::to_string(delay_ms / 1000.0) +
                        "; M=$(pgrep -P $T); kill -9 " + victim + "; wait $T; echo rc=$?");
@@ -173,10 +175,18 @@ TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) {
   const auto complete = completeCheckpoints(dir + "/run/checkpoints");
   ASSERT_FALSE(complete.empty()) << "no trial got as far as a checkpoint";
   const auto step = std::stoll(complete.front().substr(complete.front().size() - 11, 8));
-  const auto resumed = run(mpirun(2) + " " + graft() + " train --config " + cfg +
+  const auto resumed = run(mpirun(2) + " " + graft() + " train --config " + cfg + " " + options +
                            " --train.steps=100000 --train.stop_after=" + std::to_string(step + 1));
   EXPECT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resuming from " + complete.front()), std::string::npos) << resumed.output;
+}
+
+TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) { killNineTrials("kill9", "", 20); }
+
+// Sharded: every rank writes a part file of the optimizer state before rank 0 publishes the
+// checkpoint, so a kill also lands between parts and the checkpoint file.
+TEST(Reliability, KillNineDuringShardedCheckpointsAlwaysLeavesAVerifiedCheckpoint) {
+  killNineTrials("kill9_sharded", "--dist.shard=gradients", 10);
 }
 
 }  // namespace
@@ -206,7 +216,9 @@ Stalled stallRank(const std::string& dir, const std::string& cfg, const std::str
 void expectNamed(const Stalled& s, const std::string& tag, int victim) {
   EXPECT_EQ(s.output.find("rc=0"), std::string::npos) << s.output;
   EXPECT_EQ(s.output.find("rc=137"), std::string::npos) << "the job hung until the test's own timeout\n" << s.log;
-  if (!tag.empty()) EXPECT_NE(s.log.find("'" + tag + "'"), std::string::npos) << s.log;
+  if (!tag.empty()) {
+    EXPECT_NE(s.log.find("'" + tag + "'"), std::string::npos) << s.log;
+  }
   EXPECT_NE(s.log.find("timed out after 3"), std::string::npos) << s.log;
   EXPECT_NE(s.log.find("ranks that did not arrive: " + std::to_string(victim) + " (no reply)"), std::string::npos) << s.log;
 }
@@ -232,6 +244,13 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
     EXPECT_EQ(s.log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << s.log;
     EXPECT_LT(s.seconds, 30.0) << s.log;
   }
+  // The same in a sharded run, whose ranks first wrote their parts of the optimizer state.
+  const std::string dir = freshDir("stall_ckpt_sharded");
+  const auto s = stallRank(dir, configIn(dir, "[dist]\ntimeout_s = 3\nshard = gradients\n"),
+                           "--train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40",
+                           "step 2/", 1, true);
+  expectNamed(s, "ckpt/write", 1);
+  EXPECT_LT(s.seconds, 30.0) << s.log;
 }
 
 // A rank stopped while the ranks load (made slow: 40 s) is named within dist.timeout_s by the
