@@ -224,10 +224,20 @@ torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
   return causal_mask_;
 }
 
-// Token (+ learned position) embeddings of ids [B, T] placed at positions [pos, pos + T).
-torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos) {
+torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt) {
   auto x = tok_embeddings(ids);
-  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, pos, ids.size(1));
+  if (with_prompt && promptLength() > 0)
+    x = torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), promptLength(), config_.dim}), x}, 1);
+  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, pos, x.size(1));
+  return x;
+}
+
+torch::Tensor TransformerImpl::blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask,
+                                      std::vector<KVSlot>* cache) {
+  torch::Tensor cos, sin;
+  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
+  for (std::size_t l = 0; l < layers->size(); ++l)
+    x = layers[l]->as<Block>()->forward(x, cos, sin, mask, cache ? &(*cache)[l] : nullptr, pos);
   return x;
 }
 
@@ -261,13 +271,7 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
     throw InputError("sequence of " + std::to_string(ids.size(1)) + " tokens" +
                      (n ? " after a soft prompt of " + std::to_string(n) : std::string()) + " exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
-  torch::Tensor cos, sin;
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
-  auto mask = causalMask(T);
-  auto x = tok_embeddings(ids);
-  if (n) x = torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), n, config_.dim}), x}, 1);
-  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, T);
-  for (const auto& layer : *layers) x = layer->as<Block>()->forward(x, cos, sin, mask);
+  auto x = blocks(embed(ids, 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
   return n ? norm(x).narrow(1, n, T - n) : norm(x);  // the prompt's positions predict nothing
 }
 
@@ -330,21 +334,11 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
   if (cache.empty()) {
     const auto shape = std::vector<std::int64_t>{1, config_.seq_len, config_.n_kv_heads, config_.headDim()};
     for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
-    if (n) {  // the soft prompt fills cache positions [0, n) once
-      auto x = soft_prompt.unsqueeze(0);
-      if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, n);
-      torch::Tensor cos, sin;
-      if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, n), sin = rope_sin_.narrow(0, 0, n);
-      for (std::size_t l = 0; l < cache.size(); ++l)
-        x = layers[l]->as<Block>()->forward(x, cos, sin, causalMask(n), &cache[l], 0);
-    }
+    if (n)  // the soft prompt fills cache positions [0, n) once
+      blocks(embed(torch::empty({1, 0}, torch::kInt64), 0, /*with_prompt=*/true), 0, causalMask(n), &cache);
   }
   const std::int64_t at = pos + n;
-  auto x = embed(torch::full({1, 1}, token, torch::kInt64), at);
-  torch::Tensor cos, sin;
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, at, 1), sin = rope_sin_.narrow(0, at, 1);
-  for (std::size_t l = 0; l < cache.size(); ++l)
-    x = layers[l]->as<Block>()->forward(x, cos, sin, /*mask=*/torch::Tensor(), &cache[l], at);
+  auto x = blocks(embed(torch::full({1, 1}, token, torch::kInt64), at, false), at, /*mask=*/torch::Tensor(), &cache);
   return classify(norm(x)).view({-1});
 }
 
@@ -358,22 +352,15 @@ torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix,
   std::vector<KVSlot> cache;
   const auto shape = std::vector<std::int64_t>{1, S + C, config_.n_kv_heads, config_.headDim()};
   for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
-  auto x = tok_embeddings(prefix);
-  if (n) x = torch::cat({soft_prompt.unsqueeze(0), x}, 1);
-  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, 0, S);
-  torch::Tensor cos, sin;
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, 0, S), sin = rope_sin_.narrow(0, 0, S);
-  for (std::size_t l = 0; l < cache.size(); ++l) x = layers[l]->as<Block>()->forward(x, cos, sin, causalMask(S), &cache[l], 0);
+  auto x = blocks(embed(prefix, 0, /*with_prompt=*/true), 0, causalMask(S), &cache);
   const auto last = norm(x.narrow(1, S - 1, 1));  // predicts each row's first token
   // The continuations at positions [S, S + C): every prefix key visible, causal among themselves.
-  auto y = embed(continuations, S);
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, S, C), sin = rope_sin_.narrow(0, S, C);
   const float inf = std::numeric_limits<float>::infinity();
   auto query = torch::arange(S, S + C, torch::kInt64).unsqueeze(1), key = torch::arange(S + C, torch::kInt64).unsqueeze(0);
   auto blocked = key.gt(query);
   if (config_.sliding_window > 0) blocked = blocked.logical_or(query - key >= config_.sliding_window);
   const auto mask = torch::zeros({C, S + C}).masked_fill(blocked, -inf);
-  for (std::size_t l = 0; l < cache.size(); ++l) y = layers[l]->as<Block>()->forward(y, cos, sin, mask, &cache[l], S);
+  auto y = blocks(embed(continuations, S, false), S, mask, &cache);
   auto h = torch::cat({last.expand({L, 1, config_.dim}), norm(y).narrow(1, 0, C - 1)}, 1);  // [L, C, dim]
   return torch::log_softmax(classify(h), -1).gather(2, continuations.unsqueeze(2)).squeeze(2);
 }

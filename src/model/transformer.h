@@ -3,7 +3,7 @@
 // grouped-query attention and a tied or untied classifier.
 //
 // Parameter names are the checkpoint names, one to one (Meta/llama2.c naming for both families;
-// io/hf_import.cc maps Hugging Face names onto them):
+// io/hf_model.cc maps Hugging Face names onto them):
 //   tok_embeddings.weight                      [vocab, dim]
 //   pos_embeddings.weight                      [seq_len, dim]   (gpt2)
 //   layers.<i>.attention_norm.{weight,bias}    [dim]            (bias: gpt2)
@@ -162,8 +162,8 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
   Projection output{nullptr};  // null when tied
-  Projection head{nullptr};
-  torch::Tensor soft_prompt;  // prompt tuning: [tokens, dim], undefined otherwise    // sequence-classification head [num_classes, dim], no bias (as transformers' score)
+  Projection head{nullptr};   // sequence-classification head [num_classes, dim], no bias (as transformers' score)
+  torch::Tensor soft_prompt;  // prompt tuning: [tokens, dim], undefined otherwise
   // Every projection with its module path ("layers.0.attention.wq"), for LoRA targeting and QLoRA.
   std::vector<std::pair<std::string, Projection>> projections();
 
@@ -171,7 +171,12 @@ class TransformerImpl : public torch::nn::Module {
   // The additive causal mask for T positions (0 where a query may look, -inf elsewhere), kept for
   // the last T seen: a seq_len x seq_len table would be 4 GB for a 32K-context model.
   torch::Tensor causalMask(std::int64_t T);
-  torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos);
+  // Embeddings of ids [B, T] at positions [pos, pos + T), after the soft prompt (at positions
+  // [0, promptLength())) when `with_prompt`: the input of the blocks.
+  torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt);
+  // x [B, T, dim] at positions [pos, pos + T) through every block: the one path all callers take.
+  // `cache` (one slot per layer, or null) holds the keys and values of earlier positions.
+  torch::Tensor blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask, std::vector<KVSlot>* cache);
   torch::Tensor classify(const torch::Tensor& h);  // final hidden states -> logits
 
   ModelConfig config_;

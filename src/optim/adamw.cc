@@ -16,8 +16,7 @@ bool AdamW::Slot::whole() const {
 
 AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions options) : options_(options) {
   for (const auto& [name, p] : params) {
-    Slot s{name, p, {}, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2};
-    s.global_shape.assign(p.sizes().begin(), p.sizes().end());
+    Slot s{name, p, {}, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2, 1.0, 0, 0, p.sizes().vec()};
     slots_.push_back(std::move(s));
   }
 }
@@ -25,10 +24,8 @@ AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, Adam
 AdamW AdamW::ofRows(const std::vector<Rows>& params, AdamWOptions options) {
   AdamW out({}, options);
   for (const auto& r : params) {
-    Slot s{r.name, r.rows, {}, torch::zeros_like(r.rows), torch::zeros_like(r.rows), r.rows.dim() >= 2};
-    s.row_begin = r.row_begin;
-    s.global_shape = r.global_shape.empty() ? std::vector<std::int64_t>(r.rows.sizes().begin(), r.rows.sizes().end())
-                                            : r.global_shape;
+    Slot s{r.name, r.rows, {}, torch::zeros_like(r.rows), torch::zeros_like(r.rows), r.rows.dim() >= 2, 1.0, 0,
+           r.row_begin, r.global_shape.empty() ? r.rows.sizes().vec() : r.global_shape};
     out.slots_.push_back(std::move(s));
   }
   return out;
@@ -92,7 +89,7 @@ void AdamW::saveIndex(H5File& file, const std::string& group,
   saveAttributes(file, group);
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
-    for (const std::string object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name}) {
+    for (const std::string& object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name}) {
       std::vector<H5File::RowSource> sources;
       std::uint32_t crc = crc32(nullptr, 0);
       std::uint64_t bytes = 0;

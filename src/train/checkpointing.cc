@@ -33,7 +33,7 @@ OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, 
   for (const auto& e : parseManifest(*manifest, checkpointPartName(step, rank, world))) entries[e.object] = e;
   std::vector<std::uint64_t> sums;
   for (const auto& s : optimizer->slots())
-    for (const std::string object : {"/optimizer/exp_avg/" + s.name, "/optimizer/exp_avg_sq/" + s.name}) {
+    for (const std::string& object : {"/optimizer/exp_avg/" + s.name, "/optimizer/exp_avg_sq/" + s.name}) {
       sums.push_back(entries.at(object).crc32);
       sums.push_back(entries.at(object).bytes);
     }

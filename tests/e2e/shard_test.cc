@@ -76,7 +76,9 @@ void expectSameRun(const std::string& a, const std::string& b, double tolerance,
   for (const std::string group : {"/model", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"})
     EXPECT_LE(difference(ca, cb, group), tolerance) << what << ": " << group;
   // Same bits, same checksums: a sharded checkpoint's (combined from its parts) included.
-  if (tolerance == 0) EXPECT_EQ(tensorManifest(ca), tensorManifest(cb)) << what;
+  if (tolerance == 0) {
+    EXPECT_EQ(tensorManifest(ca), tensorManifest(cb)) << what;
+  }
 }
 
 // At 1 and 2 ranks, and at any number for optimizer sharding (the same all-reduce as replicated,
@@ -89,7 +91,9 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
     for (const std::string mode : {"none", "optimizer", "gradients"}) {
       const auto r = train(np, base + "/" + mode, mode);
       ASSERT_EQ(r.code, 0) << r.output;
-      if (mode != "none") EXPECT_NE(r.output.find("dist.shard = " + mode), std::string::npos) << r.output;
+      if (mode != "none") {
+        EXPECT_NE(r.output.find("dist.shard = " + mode), std::string::npos) << r.output;
+      }
     }
     expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));
