@@ -201,7 +201,9 @@ void pruneCheckpoints(const std::string& dir, std::int64_t keep, std::int64_t wr
   }
   // Part files: "step-XXXXXXXX.part-RRRRR-of-WWWWW.h5".
   for (const auto& name : listDir(dir)) {
-    if (name.size() != 36 || name.compare(0, 5, "step-") != 0 || name.compare(13, 6, ".part-") != 0) continue;
+    if (name.size() != 36 || name.compare(0, 5, "step-") != 0 || name.compare(13, 6, ".part-") != 0 ||
+        !std::all_of(name.begin() + 28, name.begin() + 33, ::isdigit))
+      continue;
     const std::string stem = name.substr(0, 13), main = dir + "/" + stem + ".h5";
     bool remove = std::find(deleted.begin(), deleted.end(), stem) != deleted.end() || !fileExists(main);
     if (!remove) {

@@ -115,8 +115,8 @@ void AdamW::load(const H5File& file, const std::string& group) {
       if (!file.exists(object)) throw InputError(path + ": optimizer tensor " + object + " is missing");
       if (file.shape(object) != s.global_shape) throw InputError(path + ": optimizer tensor " + object + " has the wrong shape");
       moment->copy_(file.readRows(object, s.row_begin, s.row_begin + rows).view(moment->sizes()));
-      // Moments are always finite (a non-finite step is skipped); NaN rows are a missing part file.
-      if (!torch::isfinite(*moment).all().item<bool>())
+      // Moments are never NaN (a non-finite step is skipped): NaN rows are a missing part file.
+      if (torch::isnan(*moment).any().item<bool>())
         throw InputError(path + ": optimizer tensor " + object + " has rows that cannot be read (a part file missing?)");
     }
     // Checkpoints from before per-parameter counts: every slot had them all.

@@ -68,6 +68,7 @@ class Sharded final : public DataParallel {
       unused_in_unit_.assign(plan_.units.size(), 0);
       unused_.assign(params_.size(), false);
       got_grad_.assign(params_.size(), false);
+      arrival_.assign(params_.size(), -1);
       for (std::size_t u = plan_.units.size(); u-- > 0;) launch_order_.push_back(u);  // until the first step says
       works_.resize(plan_.units.size());
       sends_.resize(plan_.units.size());
@@ -87,7 +88,6 @@ class Sharded final : public DataParallel {
     if (reducer_) return reducer_->beginMicroStep(sync);
     sync_ = sync;
     next_launch_ = 0;
-    completed_.clear();
     for (std::size_t u = 0; u < plan_.units.size(); ++u) {
       pending_[u] = plan_.units[u].params.size() - unused_in_unit_[u];
       ready_[u] = pending_[u] == 0;  // no gradient expected: it waits only for its turn
@@ -208,17 +208,15 @@ class Sharded final : public DataParallel {
       throw Error("dist.shard = gradients: parameter " + params_[k].first +
                   " received a second gradient in one backward after its unit was sent");
     got_grad_[k] = true;
-    if (--pending_[u] == 0) {
-      ready_[u] = true;
-      completed_.push_back(u);
-    }
+    arrival_[k] = arrivals_++;
+    if (--pending_[u] == 0) ready_[u] = true;
     launchReady();
     for (std::size_t v = 0; v < plan_.units.size(); ++v)  // drive progress of units in flight
       if (works_[v]) works_[v]->test();
   }
 
   // Units start in launch_order_, the same on every rank: reverse registration order in the first
-  // step, then the order in which rank 0's units completed in it (learnFromFirstStep).
+  // step, then the order learnt from it on rank 0 (learnFromFirstStep).
   void launchReady() {
     const std::size_t n = plan_.units.size();
     while (next_launch_ < n && ready_[launch_order_[next_launch_]]) launch(launch_order_[next_launch_++]);
@@ -229,7 +227,8 @@ class Sharded final : public DataParallel {
   // first) would hold back every unit behind them, and a parameter that never gets a gradient
   // (an untied output layer under a classification head) would hold back its unit until finish():
   // either keeps whole gradients alive. So: a parameter no rank saw a gradient for is not waited
-  // for again, and units start in the order rank 0 completed them.
+  // for again, and units start in the order in which their last awaited gradient arrived on rank 0
+  // (units that await none first).
   void learnFromFirstStep() {
     learned_ = true;
     std::vector<std::int32_t> used(params_.size());
@@ -240,11 +239,18 @@ class Sharded final : public DataParallel {
         unused_[k] = true;
         ++unused_in_unit_[static_cast<std::size_t>(plan_.unit_of[k])];
       }
-    std::vector<std::int64_t> order;
-    for (const auto u : completed_) order.push_back(static_cast<std::int64_t>(u));
-    for (const auto u : launch_order_)  // then the units that never completed, in their old order
-      if (std::find(completed_.begin(), completed_.end(), u) == completed_.end()) order.push_back(static_cast<std::int64_t>(u));
-    comm_.broadcast(order.data(), order.size() * sizeof(std::int64_t), 0, "shard/learn_order");
+    // A unit is ready when the last gradient it waits for arrives (first, when it waits for none).
+    std::vector<std::int64_t> ready_at(plan_.units.size(), -1);
+    for (std::size_t k = 0; k < params_.size(); ++k)
+      if (plan_.unit_of[k] >= 0 && !unused_[k]) {
+        auto& at = ready_at[static_cast<std::size_t>(plan_.unit_of[k])];
+        at = std::max(at, arrival_[k]);
+      }
+    std::vector<std::int64_t> order(launch_order_.begin(), launch_order_.end());
+    std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+      return ready_at[static_cast<std::size_t>(a)] < ready_at[static_cast<std::size_t>(b)];
+    });
+    comm_.broadcast(order.data(), order.size() * sizeof(std::int64_t), 0, "shard/learn_order");  // rank 0's
     for (std::size_t i = 0; i < order.size(); ++i) launch_order_[i] = static_cast<std::size_t>(order[i]);
   }
 
@@ -303,7 +309,8 @@ class Sharded final : public DataParallel {
   std::size_t next_launch_ = 0;
   bool sync_ = false;
   std::vector<std::size_t> launch_order_;     // units, in the order their reduce-scatters start
-  std::vector<std::size_t> completed_;        // units whose gradients all arrived this backward, in order
+  std::vector<std::int64_t> arrival_;         // per parameter: when its gradient arrived in the first step
+  std::int64_t arrivals_ = 0;
   bool learned_ = false;                      // launch_order_ and unused_ come from the first step
   std::vector<bool> got_grad_, unused_;       // per parameter
   std::vector<std::size_t> unused_in_unit_;

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <chrono>
 #include <map>
 #include <thread>
@@ -129,7 +130,10 @@ Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, D
         try {
           verifyCheckpoint(candidate);
         } catch (const InputError& e) {
-          log.info(std::string("skipping damaged checkpoint: ") + e.what());
+          // Set aside, so that pruning never counts it as one of the checkpoints it keeps.
+          const bool moved = ::rename(candidate.c_str(), (candidate + ".damaged").c_str()) == 0;
+          log.info(std::string("skipping damaged checkpoint: ") + e.what() +
+                   (moved ? "; renamed to " + candidate + ".damaged" : std::string()));
           continue;
         }
         *found = std::stoll(candidate.substr(candidate.size() - 11, 8));

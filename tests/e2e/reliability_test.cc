@@ -109,6 +109,9 @@ TEST(Reliability, DamagedNewestCheckpointFallsBackToThePreviousOne) {
   EXPECT_NE(r.output.find(ckpts + checkpointName(10) + ": tensor /optimizer/exp_avg/tok_embeddings.weight is damaged"),
             std::string::npos) << r.output;
   EXPECT_NE(r.output.find("resuming from " + ckpts + checkpointName(5)), std::string::npos) << r.output;
+  // Set aside (pruning never counts it), then written anew by the resumed run.
+  EXPECT_NE(r.output.find("renamed to " + ckpts + checkpointName(10) + ".damaged"), std::string::npos) << r.output;
+  EXPECT_TRUE(H5File::isHdf5(ckpts + checkpointName(10) + ".damaged"));
   // A truncated newest checkpoint is not complete: resume falls back the same way.
   const std::string newest = completeCheckpoints(dir + "/run/checkpoints").front();
   ASSERT_NE(newest.find(checkpointName(11)), std::string::npos);
@@ -250,6 +253,7 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
                            "--train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40",
                            "step 2/", 1, true);
   expectNamed(s, "ckpt/write", 1);
+  EXPECT_EQ(s.log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << s.log;
   EXPECT_LT(s.seconds, 30.0) << s.log;
 }
 
