@@ -4,13 +4,14 @@
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
 # checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run. Prints one JSON object.
-#   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4")
+#   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAFT=$(realpath "${1:-build/launcher/graft}")
 REPEATS=${REPEATS:-3}
 STEPS=${STEPS:-4}
 NPS=${NPS:-2 4}
+MODELS=${MODELS:-llama32m stories260k}
 DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
@@ -38,7 +39,7 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
 }
 rows=() summary=()
 big_bytes=0 big_ckpt=0  # the largest checkpoint written (the 32M model, np = 4, gradients) and its time
-for model in llama32m stories260k; do
+for model in $MODELS; do
   for np in $NPS; do
     for mode in none optimizer gradients; do
       results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode"; done)

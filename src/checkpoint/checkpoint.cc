@@ -65,6 +65,23 @@ void requireSpace(const std::string& dir, std::uint64_t bytes) {
                 " KiB, " + std::to_string(free_bytes >> 10) + " KiB free; disk full?); earlier checkpoints are intact");
 }
 
+// Reads every tensor `manifest` lists (but virtual ones when `skip_virtual`) and checks its size and
+// CRC; throws InputError naming the file and the first damaged or unreadable tensor.
+void verifyTensors(const H5File& file, const std::string& manifest, const std::string& path, bool skip_virtual) {
+  for (const auto& [object, crc, bytes] : parseManifest(manifest, path)) {
+    if (skip_virtual && file.isVirtual(object)) continue;
+    at::Tensor t;
+    try {
+      t = file.readTensor(object).contiguous();
+    } catch (const Error& e) {
+      throw InputError(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
+    }
+    const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
+    if (have != bytes || crc32(t.data_ptr(), have) != crc)
+      throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest)");
+  }
+}
+
 }  // namespace
 
 std::string checkpointName(std::int64_t step) {
@@ -93,8 +110,10 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
     file.setAttr("/", "world_size", std::int64_t{world});
     write(file);
     std::string manifest = file.manifest();
+    file.setAttr("/", "manifest", manifest);
     file.close();
     publishFile(tmp, path);
+    verifyTensors(H5File::openRead(path), manifest, path, false);  // read back, as the checkpoint file is
     return manifest;
   } catch (const Error& e) {
     ::unlink(tmp.c_str());
@@ -135,7 +154,7 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, const Op
     throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(state.step) +
                 " not written, earlier checkpoints are intact");
   }
-  verifyCheckpoint(path);
+  verifyCheckpoint(path, /*parts_too=*/false);  // each part was verified by the rank that wrote it
   return path;
 }
 
@@ -147,20 +166,10 @@ std::vector<std::string> completeCheckpoints(const std::string& dir) {
   return found;
 }
 
-void verifyCheckpoint(const std::string& path) {
+void verifyCheckpoint(const std::string& path, bool parts_too) {
   H5File file = H5File::openRead(path);
   if (!file.hasAttr("/", "manifest")) throw InputError(path + ": no manifest; not a complete graft checkpoint");
-  for (const auto& [object, crc, bytes] : parseManifest(file.stringAttr("/", "manifest"), path)) {
-    at::Tensor t;
-    try {
-      t = file.readTensor(object).contiguous();
-    } catch (const Error& e) {
-      throw InputError(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
-    }
-    const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
-    if (have != bytes || crc32(t.data_ptr(), have) != crc)
-      throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest)");
-  }
+  verifyTensors(file, file.stringAttr("/", "manifest"), path, !parts_too);
 }
 
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer) {

@@ -56,13 +56,15 @@ struct OptimizerWriter {
 };
 
 // Any rank, before the checkpoint file of `step` is written: writes this rank's part file
-// (checkpointPartName) in `dir` with `write`, by temp + fsync + rename; returns the part's manifest
-// ("object crc32 bytes" per tensor). On failure the temporary file is removed.
+// (checkpointPartName) in `dir` with `write`, by temp + fsync + rename, reads it back and checks
+// every tensor; returns the part's manifest ("object crc32 bytes" per tensor, also stored in the
+// part as attribute `manifest`). On failure the temporary file is removed.
 std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int rank, int world, std::uint64_t bytes,
                                 const std::function<void(H5File&)>& write);
 
-// Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it; returns its
-// path. On failure (disk full...) the temporary file is removed and nothing older is touched.
+// Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it (but the
+// rows in part files, which their writers verified); returns its path. On failure (disk full...)
+// the temporary file is removed and nothing older is touched.
 std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
                             const Schedule& schedule, const TrainingState& state);
 
@@ -71,8 +73,9 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, const Op
 std::vector<std::string> completeCheckpoints(const std::string& dir);
 
 // Reads every tensor of a complete checkpoint and checks it against the manifest; throws
-// InputError naming the file and the first damaged or missing tensor.
-void verifyCheckpoint(const std::string& path);
+// InputError naming the file and the first damaged or missing tensor. Without `parts_too`, tensors
+// whose rows live in part files are left out (their writers verified them).
+void verifyCheckpoint(const std::string& path, bool parts_too = true);
 
 // Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor);
 // the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint.

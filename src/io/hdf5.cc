@@ -258,6 +258,14 @@ at::Tensor H5File::readTensor(const std::string& object) const {
   return t;
 }
 
+bool H5File::isVirtual(const std::string& object) const {
+  if (!exists(object)) return false;
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) return false;
+  Handle dcpl(H5Dget_create_plist(ds.get()));
+  return dcpl.ok() && H5Pget_layout(dcpl.get()) == H5D_VIRTUAL;
+}
+
 at::Tensor H5File::readRows(const std::string& object, std::int64_t begin, std::int64_t end) const {
   const auto dims = shape(object);
   const std::int64_t rows = dims.empty() ? 1 : dims[0];

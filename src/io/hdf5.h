@@ -37,6 +37,8 @@ class H5File {
   void close();
 
   bool exists(const std::string& object) const;
+  // True when `object` is a virtual dataset (writeVirtualRows): its rows live in other files.
+  bool isVirtual(const std::string& object) const;
   // Names directly under `group`, sorted.
   std::vector<std::string> list(const std::string& group) const;
 
