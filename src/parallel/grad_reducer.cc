@@ -97,12 +97,6 @@ void GradReducer::finish() {
   sync_ = false;
 }
 
-double GradReducer::globalNorm() const {
-  double sum = 0;
-  for (const auto& buffer : buffers_) sum += buffer.pow(2).sum().item<double>();
-  return std::sqrt(sum);
-}
-
 void GradReducer::scaleGradients(double factor) {
   torch::NoGradGuard no_grad;
   for (auto& buffer : buffers_) buffer.mul_(factor);

@@ -48,8 +48,6 @@ class GradReducer {
   void beginMicroStep(bool sync);
   // Collective. Waits for all buckets; afterwards every trainable .grad holds the average over ranks.
   void finish();
-  // sqrt(sum of squared gradients) from the buckets (after finish(): the same on every rank).
-  double globalNorm() const;
   void scaleGradients(double factor);
 
   const BucketPlan& plan() const { return plan_; }

@@ -14,11 +14,6 @@ RowRange shardRows(std::int64_t rows, int rank, int world) {
   return {std::min(rows, rank * c), std::min(rows, (rank + 1) * c)};
 }
 
-RowRange rowOverlap(RowRange a, RowRange b) {
-  const RowRange r{std::max(a.begin, b.begin), std::min(a.end, b.end)};
-  return r.size() > 0 ? r : RowRange{};
-}
-
 std::string unitOf(const std::string& param_name) {
   const auto dot = param_name.find('.');
   const std::string head = param_name.substr(0, dot);
@@ -34,12 +29,6 @@ std::int64_t ShardParamInfo::rows() const { return shape.empty() ? 1 : shape[0];
 std::int64_t ShardParamInfo::rowNumel() const {
   std::int64_t n = 1;
   for (std::size_t d = 1; d < shape.size(); ++d) n *= shape[d];
-  return n;
-}
-
-std::int64_t ShardPlan::shardNumel() const {
-  std::int64_t n = 0;
-  for (const auto& u : units) n += u.numel;
   return n;
 }
 

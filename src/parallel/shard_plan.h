@@ -13,8 +13,8 @@
 // parameter's offset. Frozen parameters belong to no unit: they are never communicated.
 //
 // The layout depends on N; checkpoints do not (they hold every tensor whole, in its global shape),
-// so a run resumes on any number of ranks by reading its own rows (rowOverlap gives the part of a
-// slab written by one layout that another layout's rank needs).
+// so a run resumes on any number of ranks by reading its own rows of each tensor (an HDF5
+// hyperslab, whichever ranks' part files hold them).
 #pragma once
 
 #include <cstdint>
@@ -33,8 +33,6 @@ struct RowRange {
 RowRange shardRows(std::int64_t rows, int rank, int world);
 // ceil(rows / world): the rows every rank's slot for this parameter holds, padding included.
 std::int64_t rowsPerRank(std::int64_t rows, int world);
-// The rows both ranges hold (empty when none).
-RowRange rowOverlap(RowRange a, RowRange b);
 
 // "layers.7.attention.wq.weight" -> "layers.7"; "tok_embeddings.weight" -> "tok_embeddings".
 std::string unitOf(const std::string& param_name);
@@ -62,8 +60,6 @@ struct ShardPlan {
   // One line per parameter ("name [shape] unit offset" or "name [shape] frozen") to name the first
   // difference between ranks.
   std::vector<std::string> lines;
-  // Elements per rank over all units (the padded shard of everything that trains).
-  std::int64_t shardNumel() const;
 };
 
 ShardPlan planShards(const std::vector<ShardParamInfo>& params, int world);
