@@ -78,7 +78,8 @@ class OptionTable {
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
     add("dist.shard", c.shard,
         "who holds the optimizer state and gradients: none (every rank, all of it), optimizer (ZeRO-1: each rank "
-        "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients); docs/sharding.md");
+        "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients), parameters "
+        "(ZeRO-3: also its rows of the parameters, each unit gathered whole only while it computes); docs/sharding.md");
     add("debug.nan_from", c.nan_from, "fault injection (tests): NaN loss from this step (0 = off)");
     add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
@@ -230,8 +231,8 @@ void TrainConfig::validate(int world) const {
   need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
-  need(shard == "none" || shard == "optimizer" || shard == "gradients", "dist.shard",
-       "'" + shard + "' is not one of none, optimizer, gradients (parameters, ZeRO-3, is not built yet)");
+  need(shard == "none" || shard == "optimizer" || shard == "gradients" || shard == "parameters", "dist.shard",
+       "'" + shard + "' is not one of none, optimizer, gradients, parameters");
 }
 
 std::string TrainConfig::resolved() const {

@@ -224,11 +224,23 @@ torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
   return causal_mask_;
 }
 
+template <typename F>
+torch::Tensor TransformerImpl::gated(const std::string& unit, const torch::Tensor& input, bool reads, F f) {
+  if (!gate_) return f();
+  gate_->enter(unit);
+  auto out = f();
+  gate_->leave(unit, input, out, reads);
+  return out;
+}
+
 torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt) {
-  auto x = tok_embeddings(ids);
+  // Lookups, a concatenation and an addition: backward needs the shapes of these parameters only.
+  auto x = gated("tok_embeddings", {}, false, [&] { return tok_embeddings(ids); });
   if (with_prompt && promptLength() > 0)
-    x = torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), promptLength(), config_.dim}), x}, 1);
-  if (pos_embeddings) x = x + pos_embeddings->weight.narrow(0, pos, x.size(1));
+    x = gated("soft_prompt", x, false, [&] {
+      return torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), promptLength(), config_.dim}), x}, 1);
+    });
+  if (pos_embeddings) x = gated("pos_embeddings", x, false, [&] { return x + pos_embeddings->weight.narrow(0, pos, x.size(1)); });
   return x;
 }
 
@@ -237,7 +249,8 @@ torch::Tensor TransformerImpl::blocks(torch::Tensor x, std::int64_t pos, const t
   torch::Tensor cos, sin;
   if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
   for (std::size_t l = 0; l < layers->size(); ++l)
-    x = layers[l]->as<Block>()->forward(x, cos, sin, mask, cache ? &(*cache)[l] : nullptr, pos);
+    x = gated("layers." + std::to_string(l), x, true,
+              [&] { return layers[l]->as<Block>()->forward(x, cos, sin, mask, cache ? &(*cache)[l] : nullptr, pos); });
   return x;
 }
 
@@ -246,7 +259,17 @@ torch::Tensor TransformerImpl::classifierWeight() const {
 }
 
 torch::Tensor TransformerImpl::classify(const torch::Tensor& h) {
-  return config_.tied ? torch::matmul(h, tok_embeddings->weight.t()) : output(h);
+  if (config_.tied) return gated("tok_embeddings", h, true, [&] { return torch::matmul(h, tok_embeddings->weight.t()); });
+  return gated("output", h, true, [&] { return output(h); });
+}
+
+torch::Tensor TransformerImpl::finalNorm(const torch::Tensor& x) {
+  return gated("norm", x, true, [&] { return norm(x); });
+}
+
+torch::Tensor TransformerImpl::classifyPooled(const torch::Tensor& features) {
+  TORCH_CHECK(head, "classifyPooled: the model has no classification head");
+  return gated("head", features, true, [&] { return head(features); });
 }
 
 std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
@@ -272,7 +295,7 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
                      (n ? " after a soft prompt of " + std::to_string(n) : std::string()) + " exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
   auto x = blocks(embed(ids, 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
-  return n ? norm(x).narrow(1, n, T - n) : norm(x);  // the prompt's positions predict nothing
+  return n ? finalNorm(x).narrow(1, n, T - n) : finalNorm(x);  // the prompt's positions predict nothing
 }
 
 void TransformerImpl::untieClassifier() {
@@ -308,7 +331,7 @@ torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor&
 
 torch::Tensor TransformerImpl::classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths) {
   TORCH_CHECK(head, "classifySequences: the model has no classification head");
-  return head(pool(hidden(ids), lengths));
+  return classifyPooled(pool(hidden(ids), lengths));
 }
 
 void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed,
@@ -339,7 +362,7 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
   }
   const std::int64_t at = pos + n;
   auto x = blocks(embed(torch::full({1, 1}, token, torch::kInt64), at, false), at, /*mask=*/torch::Tensor(), &cache);
-  return classify(norm(x)).view({-1});
+  return classify(finalNorm(x)).view({-1});
 }
 
 torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix, const torch::Tensor& continuations) {
@@ -353,7 +376,7 @@ torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix,
   const auto shape = std::vector<std::int64_t>{1, S + C, config_.n_kv_heads, config_.headDim()};
   for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
   auto x = blocks(embed(prefix, 0, /*with_prompt=*/true), 0, causalMask(S), &cache);
-  const auto last = norm(x.narrow(1, S - 1, 1));  // predicts each row's first token
+  const auto last = finalNorm(x.narrow(1, S - 1, 1));  // predicts each row's first token
   // The continuations at positions [S, S + C): every prefix key visible, causal among themselves.
   const float inf = std::numeric_limits<float>::infinity();
   auto query = torch::arange(S, S + C, torch::kInt64).unsqueeze(1), key = torch::arange(S + C, torch::kInt64).unsqueeze(0);
@@ -361,7 +384,7 @@ torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix,
   if (config_.sliding_window > 0) blocked = blocked.logical_or(query - key >= config_.sliding_window);
   const auto mask = torch::zeros({C, S + C}).masked_fill(blocked, -inf);
   auto y = blocks(embed(continuations, S, false), S, mask, &cache);
-  auto h = torch::cat({last.expand({L, 1, config_.dim}), norm(y).narrow(1, 0, C - 1)}, 1);  // [L, C, dim]
+  auto h = torch::cat({last.expand({L, 1, config_.dim}), finalNorm(y).narrow(1, 0, C - 1)}, 1);  // [L, C, dim]
   return torch::log_softmax(classify(h), -1).gather(2, continuations.unsqueeze(2)).squeeze(2);
 }
 

@@ -21,6 +21,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,19 @@
 
 namespace graft {
 
+// Called around every use of a unit's parameters (a unit is what parallel/shard_plan.h's unitOf
+// names: "tok_embeddings", "layers.7", "norm", "output", "head", ...). dist.shard = parameters
+// (ZeRO-3) gathers a unit's rows from every rank in enter() and frees them again in leave(); the
+// model does not know who holds what.
+class UnitGate {
+ public:
+  virtual ~UnitGate() = default;
+  virtual void enter(const std::string& unit) = 0;
+  // `input` (may be undefined) went in, `output` came out. `backward_reads_params`: the unit's
+  // backward reads the parameters' values (matmuls, norms), not only their shapes (lookups).
+  virtual void leave(const std::string& unit, const torch::Tensor& input, const torch::Tensor& output,
+                     bool backward_reads_params) = 0;
+};
 
 // Keys and values of one layer for incremental decoding: [1, seq_len, n_kv_heads, head_dim]. When
 // the batch attending to it has more than one row, the first `pos` positions are a prefix every
@@ -136,6 +150,8 @@ class TransformerImpl : public torch::nn::Module {
   // Sequence classification: ids [B, T] right-padded, lengths [B] (tokens per row, >= 1) ->
   // logits [B, num_classes] from the head on the pooled features (pool() of hidden()).
   torch::Tensor classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths);
+  // Logits [B, num_classes] of the classification head on pooled features [B, dim].
+  torch::Tensor classifyPooled(const torch::Tensor& features);
   // Pooled features [B, dim]: the hidden state of each row's last token, or the mean over its tokens.
   torch::Tensor pool(const torch::Tensor& hidden, const torch::Tensor& lengths) const;
   // Adds a fresh classification head (normal(0, 0.02) from `seed`), for a base model loaded without
@@ -156,6 +172,8 @@ class TransformerImpl : public torch::nn::Module {
   void initialise(std::uint64_t seed);
   const ModelConfig& config() const { return config_; }
   torch::Tensor classifierWeight() const;
+  // Every use of a unit's parameters goes through `gate` from now on (null: none).
+  void setUnitGate(std::shared_ptr<UnitGate> gate) { gate_ = std::move(gate); }
 
   torch::nn::Embedding tok_embeddings{nullptr};
   torch::nn::Embedding pos_embeddings{nullptr};  // gpt2 only
@@ -178,10 +196,15 @@ class TransformerImpl : public torch::nn::Module {
   // `cache` (one slot per layer, or null) holds the keys and values of earlier positions.
   torch::Tensor blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask, std::vector<KVSlot>* cache);
   torch::Tensor classify(const torch::Tensor& h);  // final hidden states -> logits
+  torch::Tensor finalNorm(const torch::Tensor& x);
+  // f() between gate_->enter(unit) and gate_->leave(unit, input, f's result, reads).
+  template <typename F>
+  torch::Tensor gated(const std::string& unit, const torch::Tensor& input, bool reads, F f);
 
   ModelConfig config_;
   torch::Tensor rope_cos_, rope_sin_;  // [seq_len, head_dim/2] (llama), buffers (not parameters)
   torch::Tensor causal_mask_;
+  std::shared_ptr<UnitGate> gate_;
 };
 TORCH_MODULE(Transformer);
 

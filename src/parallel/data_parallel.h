@@ -16,6 +16,9 @@
 //   gradients  ZeRO-2: as optimizer, but gradients are reduce-scattered per unit during backward
 //              (a unit goes as soon as all its gradients are ready) and whole gradients are freed
 //              at once: each rank keeps the averaged gradient of its own rows only.
+//   parameters ZeRO-3: as gradients, and each rank keeps only its rows of the parameters (frozen
+//              ones too); a unit is all-gathered just before its forward and its backward and
+//              freed after each (parameter_shards.h).
 //
 // Results do not depend on the mode: the gradient norm is always computed the same way (Note
 // [gradient norm]) and AdamW is elementwise, so at one and two ranks every mode gives the same bits
@@ -39,7 +42,7 @@
 namespace graft {
 
 struct DataParallelOptions {
-  std::string shard = "none";  // none | optimizer | gradients
+  std::string shard = "none";  // none | optimizer | gradients | parameters
   GradReducerOptions buckets;  // none and optimizer: the all-reduce buckets
   AdamWOptions adamw;
 };
@@ -75,6 +78,18 @@ class DataParallel {
   // True when each rank's optimizer holds only its rows (shardRows of every parameter): then every
   // rank writes its rows into a checkpoint part of its own (train/checkpointing.h).
   virtual bool shardsOptimizer() const = 0;
+  // dist.shard = parameters (ZeRO-3) holds only this rank's rows of each parameter between uses
+  // (parameter_shards.h); the model calls enterUnit/leaveUnit around each use of a unit
+  // (model/transformer.h UnitGate). The others hold them whole and ignore these calls.
+  virtual bool shardsParameters() const { return false; }
+  virtual void enterUnit(const std::string&) {}
+  virtual void leaveUnit(const std::string&, const at::Tensor& /*input*/, const at::Tensor& /*output*/,
+                         bool /*backward_reads_params*/) {}
+  // Collective. Every parameter whole on every rank (to write them whole) until releaseParameters.
+  virtual void gatherParameters() {}
+  // Back to this rank's rows; `adopt`: take them from the whole parameters first (once, after the
+  // parameters were broadcast or loaded from a checkpoint).
+  virtual void releaseParameters(bool /*adopt*/) {}
   // One line for the log: what is communicated and what this rank holds.
   virtual std::string describe() const = 0;
 

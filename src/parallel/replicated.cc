@@ -84,8 +84,9 @@ class Replicated final : public DataParallel {
 std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
                                                Communicator& comm, const DataParallelOptions& options) {
   if (options.shard == "none") return std::make_unique<Replicated>(params, comm, options);
-  if (options.shard == "optimizer" || options.shard == "gradients") return makeShardedDataParallel(params, comm, options);
-  throw InputError("dist.shard = " + options.shard + ": expected none, optimizer or gradients");
+  if (options.shard == "optimizer" || options.shard == "gradients" || options.shard == "parameters")
+    return makeShardedDataParallel(params, comm, options);
+  throw InputError("dist.shard = " + options.shard + ": expected none, optimizer, gradients or parameters");
 }
 
 }  // namespace graft

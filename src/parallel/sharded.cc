@@ -1,5 +1,6 @@
-// dist.shard = optimizer | gradients (ZeRO-1, ZeRO-2): each rank updates only its rows
-// (data_parallel.h, Note [shard layout] in shard_plan.h).
+// dist.shard = optimizer | gradients | parameters (ZeRO-1, -2, -3): each rank updates only its
+// rows (data_parallel.h, Note [shard layout] in shard_plan.h); with parameters it also holds only
+// its rows of the parameters between uses (parameter_shards.h).
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "parallel/data_parallel.h"
 #include "parallel/grad_hooks.h"
+#include "parallel/parameter_shards.h"
 #include "parallel/plan_check.h"
 #include "parallel/shard_plan.h"
 #include "util/error.h"
@@ -19,7 +21,8 @@ class Sharded final : public DataParallel {
  public:
   Sharded(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
           const DataParallelOptions& options)
-      : DataParallel(params, comm), shard_gradients_(options.shard == "gradients") {
+      : DataParallel(params, comm), shard_gradients_(options.shard != "optimizer") {
+    if (options.shard == "parameters") shards_ = std::make_unique<ParameterShards>(params, comm);
     std::vector<ShardParamInfo> infos;
     for (const auto& [name, p] : params_) {
       if (p.requires_grad() && (p.dim() == 0 || p.scalar_type() != at::kFloat))
@@ -42,7 +45,8 @@ class Sharded final : public DataParallel {
       const auto& [name, p] = params_[k];
       const RowRange mine = shardRows(p.size(0), comm.rank(), comm.size());
       slot_of_[k] = static_cast<int>(rows.size());
-      rows.push_back({name, p.detach().narrow(0, mine.begin, mine.size()), mine.begin, infos[k].shape});
+      rows.push_back({name, shards_ ? shards_->rows(k) : p.detach().narrow(0, mine.begin, mine.size()), mine.begin,
+                      infos[k].shape});
       owned_elements_ += mine.size() * infos[k].rowNumel();
       trainable_elements_ += p.numel();
     }
@@ -86,6 +90,7 @@ class Sharded final : public DataParallel {
 
   void beginMicroStep(bool sync) override {
     if (reducer_) return reducer_->beginMicroStep(sync);
+    if (shards_) shards_->afterBackward();  // of the micro-step before
     sync_ = sync;
     next_launch_ = 0;
     for (std::size_t u = 0; u < plan_.units.size(); ++u) {
@@ -115,6 +120,7 @@ class Sharded final : public DataParallel {
     }
     in_flight_.clear();
     sync_ = false;
+    if (shards_) shards_->afterBackward();
     if (!learned_) learnFromFirstStep();
   }
 
@@ -149,16 +155,39 @@ class Sharded final : public DataParallel {
 
   void step(double lr) override {
     optimizer_->step(lr);
+    if (shards_) return;  // the parameters' rows were updated in place; forward gathers them
     torch::NoGradGuard no_grad;
     for (std::size_t u = 0; u < plan_.units.size(); ++u) {  // parameters whole again, unit by unit
       const auto all = gatherUnit(u, [](const AdamW::Slot& s) { return s.param; }, tags_[u][1].c_str());
-      for (const auto k : plan_.units[u].params) unpackRows(u, k, all, params_[k].second.detach());
+      for (const auto k : plan_.units[u].params)
+        unpackRows(all, plan_.units[u].numel, offset_of_[k], comm_.size(), params_[k].second.detach());
     }
   }
 
   bool shardsOptimizer() const override { return true; }
+  bool shardsParameters() const override { return shards_ != nullptr; }
+  void enterUnit(const std::string& unit) override {
+    if (shards_) shards_->enter(unit);
+  }
+  void leaveUnit(const std::string& unit, const at::Tensor& input, const at::Tensor& output, bool reads) override {
+    if (shards_) shards_->leave(unit, input, output, reads);
+  }
+  void gatherParameters() override {
+    if (shards_) shards_->gatherAll();
+  }
+  void releaseParameters(bool adopt) override {
+    if (!shards_) return;
+    if (adopt) shards_->adopt();
+    else shards_->releaseAll();
+  }
 
   std::string describe() const override {
+    if (shards_)
+      return "dist.shard = parameters (ZeRO-3): each unit's parameters all-gathered before its forward and again "
+             "before its backward, freed after each, gradients reduce-scattered, in " +
+             std::to_string(shards_->units()) + " unit(s) over " + std::to_string(comm_.size()) +
+             " rank(s); this rank holds " + std::to_string(shards_->shardBytes() / 4) + " parameter elements and updates " +
+             std::to_string(owned_elements_) + " of the " + std::to_string(trainable_elements_) + " trainable ones";
     std::string what = shard_gradients_ ? "dist.shard = gradients (ZeRO-2): gradients reduce-scattered"
                                         : "dist.shard = optimizer (ZeRO-1): gradients all-reduced";
     if (reducer_) what += " in " + std::to_string(reducer_->plan().buckets.size()) + " bucket(s)";
@@ -182,18 +211,6 @@ class Sharded final : public DataParallel {
     comm_.allGatherAsync(send.data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
         ->wait(comm_.timeout());
     return all;
-  }
-
-  // Copies every rank's rows of parameter `k` from a gathered unit buffer into `whole`.
-  void unpackRows(std::size_t u, std::size_t k, const at::Tensor& all, at::Tensor whole) const {
-    const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
-    for (int r = 0; r < comm_.size(); ++r) {
-      const RowRange theirs = shardRows(rows, r, comm_.size());
-      if (theirs.size() == 0) continue;
-      whole.narrow(0, theirs.begin, theirs.size())
-          .copy_(all.narrow(0, r * plan_.units[u].numel + offset_of_[k], theirs.size() * row_numel)
-                     .view(whole.narrow(0, theirs.begin, theirs.size()).sizes()));
-    }
   }
 
   // ZeRO-2: called on the backward thread when parameter k's gradient was accumulated.
@@ -315,6 +332,7 @@ class Sharded final : public DataParallel {
   std::vector<bool> got_grad_, unused_;       // per parameter
   std::vector<std::size_t> unused_in_unit_;
   std::unique_ptr<GradReadyHooks> hooks_;
+  std::unique_ptr<ParameterShards> shards_;  // parameters: this rank's rows of every parameter
 };
 
 }  // namespace

@@ -95,6 +95,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto start = std::chrono::steady_clock::now();
   const std::string dir = c.run_dir + "/checkpoints";
   auto path = std::make_shared<std::string>();
+  dp.gatherParameters();  // dist.shard = parameters: rank 0 writes them whole
   // Sharded: every rank writes its rows first (collective); rank 0's file then maps them.
   const OptimizerWriter optimizer = dp.shardsOptimizer()
                                         ? writeOptimizerParts(comm, dir, step, dp.sharedOptimizer(), c.slow_phase_timeout_s)
@@ -112,6 +113,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
     };
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));
+  dp.releaseParameters(/*adopt=*/false);
   if (comm.rank() == 0)
     log.main("checkpoint: " + *path + " (" +
              std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()).substr(0, 5) +

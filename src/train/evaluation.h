@@ -27,7 +27,8 @@ struct Validation {
 
 // Collective. Language modelling: the token-weighted mean loss over the first eval.batches x
 // micro_batch x world sequences. Classification: loss and accuracy over the whole split.
+// `same_passes`: every rank runs as many forward passes (the model gathers its units, ZeRO-3).
 Validation validate(Transformer& model, const TokenDataset& val, const at::Tensor& val_features, bool classify,
-                    const TrainConfig& c, Communicator& comm);
+                    const TrainConfig& c, Communicator& comm, bool same_passes);
 
 }  // namespace graft

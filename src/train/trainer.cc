@@ -45,6 +45,20 @@ class LongTimeout {
   std::chrono::milliseconds saved_;
 };
 
+// The model's uses of its units, passed on to the data-parallel strategy (dist.shard = parameters
+// gathers a unit before and frees it after; the others ignore them).
+class StrategyGate final : public UnitGate {
+ public:
+  explicit StrategyGate(DataParallel& dp) : dp_(dp) {}
+  void enter(const std::string& unit) override { dp_.enterUnit(unit); }
+  void leave(const std::string& unit, const torch::Tensor& input, const torch::Tensor& output, bool reads) override {
+    dp_.leaveUnit(unit, input, output, reads);
+  }
+
+ private:
+  DataParallel& dp_;
+};
+
 }  // namespace
 
 struct StepOutcome {
@@ -75,7 +89,9 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         metrics(c.run_dir, c.steps, c.log_every, classify, comm_.rank(), log) {}
 
   // Collective.
-  Validation validate() { return graft::validate(model, *val_data, features.val, classify, config, comm); }
+  Validation validate() {
+    return graft::validate(model, *val_data, features.val, classify, config, comm, dp->shardsParameters());
+  }
 
   // Collective. One optimizer step over global batch `step - 1`. The step's loss and the stop flag
   // travel in one all-reduce; a non-finite loss or gradient norm (on any rank, so on every rank
@@ -214,6 +230,12 @@ TrainResult Trainer::run() {
       s.skipped_total = resumed.counters.skipped_steps;
       s.metrics.truncateAfter(start);
     }
+    // The frozen base's features are computed from the whole parameters, before they are sharded.
+    s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
+    if (s.dp->shardsParameters()) {  // from here on each rank keeps only its rows between uses
+      s.dp->releaseParameters(/*adopt=*/true);
+      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
+    }
   }
   TrainResult result;
   s.log.main("train: " + std::to_string(c.steps) + " steps x " + std::to_string(c.batch_size) + " sequences x " +
@@ -225,7 +247,6 @@ TrainResult Trainer::run() {
   if (s.train_data->streamed())
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data->numTokens()) +
                " training tokens; data.load = " + c.data_load + ")");
-  s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
   s.log.main(s.dp->describe());
   result.base_val_loss = s.validate().loss;
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));

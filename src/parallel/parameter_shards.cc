@@ -1,0 +1,156 @@
+#include "parallel/parameter_shards.h"
+
+#include <c10/core/StorageImpl.h>
+#include <torch/torch.h>
+
+#include <set>
+
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+c10::StorageImpl& storageOf(const at::Tensor& p) { return *p.storage().unsafeGetStorageImpl(); }
+
+// Note [freeing parameters]: the memory goes, the tensor and its storage object stay.
+void freeStorage(const at::Tensor& p) {
+  auto& s = storageOf(p);
+  s.set_data_ptr_noswap(c10::DataPtr(nullptr, p.device()));
+  s.set_nbytes(0);
+}
+
+// A tensor sharing p's storage but not its autograd identity (its version counter stays put).
+at::Tensor allocatedAlias(const at::Tensor& p) {
+  auto& s = storageOf(p);
+  const std::size_t bytes = static_cast<std::size_t>(p.numel()) * p.element_size();
+  if (s.nbytes() != bytes) {
+    c10::Allocator* allocator = s.allocator() ? s.allocator() : c10::GetAllocator(p.device().type());
+    s.set_data_ptr_noswap(allocator->allocate(bytes));
+    s.set_nbytes(bytes);
+  }
+  return at::empty({0}, p.options()).set_(p.storage(), 0, p.sizes(), p.strides());
+}
+
+}  // namespace
+
+void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t offset, int world, at::Tensor whole) {
+  const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
+  for (int r = 0; r < world; ++r) {
+    const RowRange theirs = shardRows(rows, r, world);
+    if (theirs.size() == 0) continue;
+    auto dst = whole.narrow(0, theirs.begin, theirs.size());
+    dst.copy_(all.narrow(0, r * unit_numel + offset, theirs.size() * row_numel).view(dst.sizes()));
+  }
+}
+
+ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm)
+    : params_(params), comm_(comm) {
+  std::vector<ShardParamInfo> infos;
+  std::set<const void*> storages;
+  for (const auto& [name, p] : params_) {
+    if (p.dim() == 0 || p.scalar_type() != at::kFloat)
+      throw Error("dist.shard = parameters: parameter " + name + " must be a float32 tensor of at least one dimension");
+    if (!p.is_contiguous() || p.storage_offset() != 0 ||
+        storageOf(p).nbytes() != static_cast<std::size_t>(p.numel()) * p.element_size() ||
+        !storages.insert(storageOf(p).data()).second)
+      throw Error("dist.shard = parameters: parameter " + name +
+                  " does not own its storage alone (a view or a shared tensor cannot be freed between uses)");
+    // Every parameter is sharded, the frozen ones too: here a unit is what is gathered together.
+    infos.push_back({name, std::vector<std::int64_t>(p.sizes().begin(), p.sizes().end()), /*trainable=*/true});
+  }
+  plan_ = planShards(infos, comm.size());
+  for (std::size_t u = 0; u < plan_.units.size(); ++u) {
+    const auto& unit = plan_.units[u];
+    unit_index_[unit.name] = u;
+    buffers_.push_back(torch::zeros({unit.numel}, params_[unit.params.front()].second.options().requires_grad(false)));
+    tags_.push_back({"ag/fwd/" + unit.name, "ag/bwd/" + unit.name});
+  }
+  whole_.assign(plan_.units.size(), true);
+}
+
+at::Tensor ParameterShards::rows(std::size_t k) const {
+  const auto u = static_cast<std::size_t>(plan_.unit_of[k]);
+  const auto& p = params_[k].second;
+  const RowRange mine = shardRows(p.size(0), comm_.rank(), comm_.size());
+  std::vector<std::int64_t> shape(p.sizes().begin(), p.sizes().end());
+  shape[0] = mine.size();
+  const std::int64_t row_numel = p.numel() / p.size(0);
+  const auto& unit = plan_.units[u];
+  const auto i = static_cast<std::size_t>(std::find(unit.params.begin(), unit.params.end(), k) - unit.params.begin());
+  return buffers_[u].narrow(0, unit.offsets[i], mine.size() * row_numel).view(shape);
+}
+
+void ParameterShards::adopt() {
+  torch::NoGradGuard no_grad;
+  for (std::size_t k = 0; k < params_.size(); ++k) {
+    const auto& p = params_[k].second;
+    const RowRange mine = shardRows(p.size(0), comm_.rank(), comm_.size());
+    rows(k).copy_(p.detach().narrow(0, mine.begin, mine.size()));
+  }
+  all_whole_ = false;
+  for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
+}
+
+void ParameterShards::gatherAll() {
+  for (std::size_t u = 0; u < plan_.units.size(); ++u)
+    if (!whole_[u]) gather(u, "ag/all");
+  all_whole_ = true;
+}
+
+void ParameterShards::releaseAll() {
+  all_whole_ = false;
+  for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
+}
+
+void ParameterShards::enter(const std::string& unit) {
+  const auto it = unit_index_.find(unit);
+  if (it != unit_index_.end() && !whole_[it->second]) gather(it->second, tags_[it->second][0].c_str());
+}
+
+void ParameterShards::leave(const std::string& unit, const at::Tensor& input, const at::Tensor& output,
+                            bool backward_reads_params) {
+  const auto it = unit_index_.find(unit);
+  if (it == unit_index_.end() || all_whole_) return;
+  const std::size_t u = it->second;
+  if (backward_reads_params && at::GradMode::is_enabled() && output.defined() && output.requires_grad()) {
+    // Note [freeing parameters]: whole again before the unit's backward, freed after it.
+    at::Tensor(output).register_hook([this, u](const at::Tensor&) {
+      if (!whole_[u]) gather(u, tags_[u][1].c_str());
+    });
+    if (input.defined() && input.requires_grad())
+      at::Tensor(input).register_hook([this, u](const at::Tensor&) {
+        if (!all_whole_) release(u);
+      });
+  }
+  release(u);
+}
+
+void ParameterShards::afterBackward() {
+  if (all_whole_) return;
+  for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
+}
+
+std::int64_t ParameterShards::shardBytes() const {
+  std::int64_t bytes = 0;
+  for (const auto& b : buffers_) bytes += b.numel() * b.element_size();
+  return bytes;
+}
+
+void ParameterShards::gather(std::size_t u, const char* tag) {
+  torch::NoGradGuard no_grad;
+  const ShardUnit& unit = plan_.units[u];
+  auto all = torch::empty({comm_.size() * unit.numel}, buffers_[u].options());
+  comm_.allGatherAsync(buffers_[u].data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
+      ->wait(comm_.timeout());
+  for (std::size_t i = 0; i < unit.params.size(); ++i)
+    unpackRows(all, unit.numel, unit.offsets[i], comm_.size(), allocatedAlias(params_[unit.params[i]].second));
+  whole_[u] = true;
+}
+
+void ParameterShards::release(std::size_t u) {
+  if (!whole_[u]) return;
+  for (const auto k : plan_.units[u].params) freeStorage(params_[k].second);
+  whole_[u] = false;
+}
+
+}  // namespace graft
