@@ -220,6 +220,14 @@ TrainResult Trainer::run() {
   std::int64_t start = 0;
   {
     {
+      // Dropout draws from the default CPU generator: seeded from (train.seed, rank) so that a run
+      // repeats exactly and ranks draw different masks; a resume at the same world size restores
+      // each rank's state from the checkpoint instead.
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
+    }
+    {
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
       s.dp->broadcastParameters();
     }
