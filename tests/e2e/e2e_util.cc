@@ -61,6 +61,18 @@ std::string tinyConfig(const std::string& run_dir, const std::string& data_path)
          "threads = 1\nlog_every = 5\n[eval]\nevery = 10\nbatches = 2\n[checkpoint]\nevery = 5\nkeep_last = 2\n";
 }
 
+std::string banking77FewShot() {
+  static std::string path;
+  if (path.empty()) {
+    const std::string dir = freshDir("banking77");
+    path = dir + "/b77_10shot.h5";
+    const auto r = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " +
+                       data("datasets/banking77/train.csv") + " --label-field category --val-fraction 0.1 --max-per-label 10 --out " + path);
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  return path;
+}
+
 std::string storiesDataset() {
   static std::string path;
   if (path.empty()) {

@@ -26,5 +26,7 @@ std::vector<std::string> losses(const std::string& run_dir);
 std::string tinyConfig(const std::string& run_dir, const std::string& data_path);
 // Prepares the TinyStories sample with tok512 once per test binary run; returns the .h5 path.
 std::string storiesDataset();
+// banking77 with 10 examples per intent (the few-shot setting), 77 classes, prepared once per process.
+std::string banking77FewShot();
 
 }  // namespace graft::e2e

@@ -163,19 +163,6 @@ TEST(Transfer, QloraResumesBitwise) {
   }
 }
 
-// banking77 with 10 examples per intent (the few-shot setting), 77 classes.
-std::string banking77FewShot() {
-  static std::string path;
-  if (path.empty()) {
-    const std::string dir = freshDir("banking77");
-    path = dir + "/b77_10shot.h5";
-    const auto r = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " +
-                       data("datasets/banking77/train.csv") + " --label-field category --val-fraction 0.1 --max-per-label 10 --out " + path);
-    EXPECT_EQ(r.code, 0) << r.output;
-  }
-  return path;
-}
-
 std::string classifyConfig(const std::string& run_dir, const std::string& transfer) {
   return "[run]\ndir = " + run_dir + "\n[model]\npath = " + kBase + "\n[transfer]\n" + transfer + "\n[data]\npath = " +
          banking77FewShot() + "\n[train]\nsteps = 40\nbatch_size = 32\nmicro_batch = 16\nseq_len = 512\nlr = 1e-2\n"
