@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "communicator.h"
+#include "stalling_communicator.h"
 #include "util/error.h"
 #include "config/train_config.h"
 #include "train/trainer.h"
@@ -15,6 +16,8 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator, con
   TrainConfig config;
   if (!parseTrainConfig(args, config)) return 0;
   auto owned = make_communicator(config.backend);
+  if (!config.stall_at.empty() && owned->rank() == config.stall_rank)
+    owned = stallingCommunicator(std::move(owned), config.stall_at);
   Communicator& comm = *owned;
   comm.setTimeout(std::chrono::milliseconds(static_cast<std::int64_t>(config.timeout_s * 1000)));
   if (comm.backend() == "nccl")

@@ -85,6 +85,9 @@ class OptionTable {
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
     add("debug.slow_checkpoint_s", c.slow_checkpoint_s, "fault injection: rank 0 sleeps this long before each checkpoint write");
     add("debug.slow_load_s", c.slow_load_s, "fault injection: every rank sleeps this long before loading the data and model");
+    add("debug.stall_at", c.stall_at,
+        "fault injection: rank debug.stall_rank stops for good before the collective with this tag (ag/bwd/layers.1)");
+    add("debug.stall_rank", c.stall_rank, "fault injection: the rank that debug.stall_at stops");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
   }

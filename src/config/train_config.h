@@ -50,12 +50,14 @@ struct TrainConfig {
   double slow_phase_timeout_s = 600;  // the same during set-up; the most a checkpoint write may take
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
-  std::string shard = "none";  // none | optimizer | gradients (parallel/data_parallel.h)
+  std::string shard = "none";  // none | optimizer | gradients | parameters (parallel/data_parallel.h)
   // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`
   std::int64_t nan_from = 0, nan_count = 1;
   int nan_rank = 0;
   double slow_checkpoint_s = 0;  // rank 0 sleeps this long before each checkpoint write (a slow disk)
   double slow_load_s = 0;        // every rank sleeps this long before loading the data and model
+  std::string stall_at;          // rank stall_rank stops for good before the collective with this tag
+  int stall_rank = 1;
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;

@@ -289,6 +289,27 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
   EXPECT_LT(s.seconds, 30.0) << s.log;
 }
 
+// ZeRO-3 gathers a unit's parameters before its backward: a rank that stops there (debug.stall_at,
+// which says so in the log the moment it stops) is named by the other, with the gather's tag,
+// within dist.timeout_s of that moment.
+TEST(Reliability, ARankStalledInAParameterGatherIsNamedWithinTheTimeout) {
+  const std::string dir = freshDir("stall_gather");
+  const std::string cfg = configIn(dir, "[dist]\ntimeout_s = 3\nshard = parameters\n");
+  const auto r = run("timeout -s KILL 90 " + mpirun(2) + " " + graft() + " train --config " + cfg +
+                     " --train.steps=100000 --debug.stall_at=ag/bwd/layers.1 > " + dir + "/log 2>&1 & T=$!; " +
+                     "for i in $(seq 1 3000); do grep -q 'stops before collective' " + dir +
+                     "/log 2>/dev/null && break; sleep 0.02; done; A=$(date +%s.%N); wait $T; echo rc=$?; "
+                     "B=$(date +%s.%N); echo \"seconds=$(awk \"BEGIN { print $B - $A }\")\"");
+  const Stalled s{r.output, readText(dir + "/log"), 0};
+  EXPECT_NE(s.log.find("debug.stall_at: rank 1 stops before collective 'ag/bwd/layers.1'"), std::string::npos) << s.log;
+  expectNamed(s, "ag/bwd/layers.1", 1);
+  const auto at = r.output.find("seconds=");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const double seconds = std::stod(r.output.substr(at + 8));
+  EXPECT_GE(seconds, 2.5) << s.log;  // it waited for the timeout (3 s) ...
+  EXPECT_LT(seconds, 10.0) << s.log;  // ... and not much longer
+}
+
 // A rank stopped while the ranks load (made slow: 40 s) is named within dist.timeout_s by the
 // others' heartbeat, not after the load.
 TEST(Reliability, ARankStalledWhileLoadingIsNamedWithinTheTimeout) {
