@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dist.shard: tokens/s and peak resident set per rank for each mode (none, optimizer = ZeRO-1,
-# gradients = ZeRO-2) at np = 2 and 4, on a random-init Llama of ~32M parameters (dim 576, 8 layers)
+# gradients = ZeRO-2, parameters = ZeRO-3) at np = 2 and 4, on a random-init Llama of ~32M parameters (dim 576, 8 layers)
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
 # checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run. Prints one JSON object.
@@ -41,7 +41,7 @@ rows=() summary=()
 big_bytes=0 big_ckpt=0  # the largest checkpoint written (the 32M model, np = 4, gradients) and its time
 for model in $MODELS; do
   for np in $NPS; do
-    for mode in none optimizer gradients; do
+    for mode in none optimizer gradients parameters; do
       results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode"; done)
       tps=$(cut -d' ' -f1 <<<"$results" | median); rss=$(cut -d' ' -f2 <<<"$results" | median)
       ckpt=$(cut -d' ' -f3 <<<"$results" | median); bytes=$(cut -d' ' -f4 <<<"$results" | median)
@@ -49,7 +49,7 @@ for model in $MODELS; do
       if ((bytes >= big_bytes)); then big_bytes=$bytes big_ckpt=$ckpt; fi
       rows+=("{\"model\": \"$model\", \"np\": $np, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
     done
-    for mode in optimizer gradients; do
+    for mode in optimizer gradients parameters; do
       t="tps_${model}_${np}_${mode}" r="rss_${model}_${np}_${mode}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
       summary+=("\"${model}_np${np}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
     done

@@ -123,9 +123,10 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
 }
 
 std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                            const Schedule& schedule, const TrainingState& state) {
+                            const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors) {
   makeDirectories(dir);
-  requireSpace(dir, modelBytes(model, state.transfer.adapterOnly()) + optimizer.bytes);
+  const bool model_parts = static_cast<bool>(model_tensors.write);
+  requireSpace(dir, (model_parts ? model_tensors.bytes : modelBytes(model, state.transfer.adapterOnly())) + optimizer.bytes);
   const std::string path = dir + "/" + checkpointName(state.step);
   const std::string tmp = path + ".tmp";
   try {
@@ -138,7 +139,8 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, const Op
     file.setAttr("/", "skipped_steps", state.skipped_steps);
     file.setAttr("/", "config", state.config);
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
-    writeModelGroup(file, model, state.transfer.adapterOnly());
+    writeModelGroup(file, model, state.transfer.adapterOnly(), /*tensors=*/!model_parts);
+    if (model_parts) model_tensors.write(file);
     if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
     optimizer.write(file);
     schedule.save(file, "/schedule");

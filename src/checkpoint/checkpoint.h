@@ -48,12 +48,13 @@ std::string checkpointName(std::int64_t step);
 // "step-00000010.part-00001-of-00004.h5": rank 1's part of checkpoint 10 of a 4-rank sharded run.
 std::string checkpointPartName(std::int64_t step, int rank, int world);
 
-// How the optimizer state gets into the checkpoint file: `write` writes group /optimizer (whole
-// tensors, or an index of parts); `bytes` is what it adds on disk (for the free-space check).
-struct OptimizerWriter {
+// How a group's tensors get into the checkpoint file: `write` writes them (whole tensors, or an
+// index of the rows that part files hold); `bytes` is what it adds on disk (for the free-space check).
+struct GroupWriter {
   std::uint64_t bytes = 0;
   std::function<void(H5File&)> write;
 };
+using OptimizerWriter = GroupWriter;  // group /optimizer
 
 // Any rank, before the checkpoint file of `step` is written: writes this rank's part file
 // (checkpointPartName) in `dir` with `write`, by temp + fsync + rename, reads it back and checks
@@ -64,9 +65,11 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
 
 // Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it (but the
 // rows in part files, which their writers verified); returns its path. On failure (disk full...)
-// the temporary file is removed and nothing older is touched.
+// the temporary file is removed and nothing older is touched. The tensors of /model come from
+// `model`, or from `model_tensors` when it has a writer (dist.shard = parameters: an index of the
+// ranks' parts; `model` then gives the attributes only).
 std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                            const Schedule& schedule, const TrainingState& state);
+                            const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors = {});
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
 // graft format attribute and complete=1; partial or foreign files are skipped).

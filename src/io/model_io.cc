@@ -74,7 +74,7 @@ void saveModel(Transformer& model, const std::string& format, const std::string&
   }
 }
 
-void writeModelGroup(H5File& file, Transformer& model, bool trainable_only) {
+void writeModelGroup(H5File& file, Transformer& model, bool trainable_only, bool tensors) {
   const ModelConfig& c = model->config();
   file.setAttr("/model", "dim", std::int64_t{c.dim});
   file.setAttr("/model", "hidden_dim", std::int64_t{c.hidden_dim});
@@ -101,6 +101,7 @@ void writeModelGroup(H5File& file, Transformer& model, bool trainable_only) {
     file.setAttr("/model", "label_names", names);
   }
   file.setAttr("/model", "adapter_only", std::int64_t{trainable_only ? 1 : 0});
+  if (!tensors) return;
   for (const auto& p : model->named_parameters())
     if (!trainable_only || p.value().requires_grad()) file.writeTensor("/model/" + p.key(), p.value());
 }

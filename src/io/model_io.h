@@ -23,7 +23,8 @@ std::string formatForPath(const std::string& out);
 // architecture as attributes (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 // seq_len, tied, norm_eps, rope_theta).
 // With `trainable_only`, just the parameters that train (adapters) and attr adapter_only = 1.
-void writeModelGroup(H5File& file, Transformer& model, bool trainable_only = false);
+// Without `tensors`, the attributes only (the caller writes the datasets).
+void writeModelGroup(H5File& file, Transformer& model, bool trainable_only = false, bool tensors = true);
 ModelConfig readModelConfig(const H5File& file);
 // Copies /model tensors into `model`, checking names and shapes (errors name file and tensor). For an
 // adapter-only group, the model's trainable parameters (its adapters) are read.

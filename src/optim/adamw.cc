@@ -89,19 +89,23 @@ void AdamW::saveIndex(H5File& file, const std::string& group,
   saveAttributes(file, group);
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
-    for (const std::string& object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name}) {
-      std::vector<H5File::RowSource> sources;
-      std::uint32_t crc = crc32(nullptr, 0);
-      std::uint64_t bytes = 0;
-      for (const auto& p : parts(i, object)) {
-        sources.push_back({p.file, object, p.row_begin, p.row_end});
-        crc = crc32Combine(crc, p.crc32, p.bytes);
-        bytes += p.bytes;
-      }
-      file.writeVirtualRows(object, s.global_shape, sources, crc, bytes);
-    }
+    for (const std::string& object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name})
+      writeRowIndex(file, object, s.global_shape, parts(i, object));
     file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
   }
+}
+
+void writeRowIndex(H5File& file, const std::string& object, const std::vector<std::int64_t>& global_shape,
+                   const std::vector<AdamW::Part>& parts) {
+  std::vector<H5File::RowSource> sources;
+  std::uint32_t crc = crc32(nullptr, 0);
+  std::uint64_t bytes = 0;
+  for (const auto& p : parts) {
+    sources.push_back({p.file, object, p.row_begin, p.row_end});
+    crc = crc32Combine(crc, p.crc32, p.bytes);
+    bytes += p.bytes;
+  }
+  file.writeVirtualRows(object, global_shape, sources, crc, bytes);
 }
 
 void AdamW::load(const H5File& file, const std::string& group) {

@@ -93,4 +93,9 @@ class AdamW {
   std::int64_t step_count_ = 0;
 };
 
+// Writes `object` of `global_shape` into `file` as a virtual dataset over the rows that `parts`
+// (in row order) hold, with the checksum of the whole tensor combined from theirs.
+void writeRowIndex(H5File& file, const std::string& object, const std::vector<std::int64_t>& global_shape,
+                   const std::vector<AdamW::Part>& parts);
+
 }  // namespace graft

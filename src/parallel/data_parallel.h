@@ -85,7 +85,9 @@ class DataParallel {
   virtual void enterUnit(const std::string&) {}
   virtual void leaveUnit(const std::string&, const at::Tensor& /*input*/, const at::Tensor& /*output*/,
                          bool /*backward_reads_params*/) {}
-  // Collective. Every parameter whole on every rank (to write them whole) until releaseParameters.
+  // This rank's rows of every parameter, in registration order (parameters only; else empty).
+  virtual std::vector<AdamW::Rows> parameterRows() const { return {}; }
+  // Collective. Every parameter whole on every rank until releaseParameters.
   virtual void gatherParameters() {}
   // Back to this rank's rows; `adopt`: take them from the whole parameters first (once, after the
   // parameters were broadcast or loaded from a checkpoint).

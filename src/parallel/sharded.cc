@@ -172,6 +172,15 @@ class Sharded final : public DataParallel {
   void leaveUnit(const std::string& unit, const at::Tensor& input, const at::Tensor& output, bool reads) override {
     if (shards_) shards_->leave(unit, input, output, reads);
   }
+  std::vector<AdamW::Rows> parameterRows() const override {
+    std::vector<AdamW::Rows> out;
+    if (!shards_) return out;
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      const auto& [name, p] = params_[k];
+      out.push_back({name, shards_->rows(k), shardRows(p.size(0), comm_.rank(), comm_.size()).begin, p.sizes().vec()});
+    }
+    return out;
+  }
   void gatherParameters() override {
     if (shards_) shards_->gatherAll();
   }

@@ -23,6 +23,15 @@ namespace graft {
 OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, std::int64_t step,
                                     std::shared_ptr<const AdamW> optimizer, double limit_s);
 
+// The same, with this rank's rows of model tensors in its part too (`model_rows`, may be null; for
+// dist.shard = parameters): rank 0 then also gets the writer of the /model tensors (an index).
+struct PartWriters {
+  OptimizerWriter optimizer;
+  GroupWriter model;  // no writer: the model's tensors are written whole
+};
+PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
+                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s);
+
 // The writer of a whole (replicated) optimizer: rank 0 writes every tensor itself.
 OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer);
 
