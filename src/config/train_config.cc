@@ -66,6 +66,9 @@ class OptionTable {
     add("train.log_every", c.log_every, "progress line every N steps");
     add("train.stop_after", c.stop_after, "checkpoint and stop after this step (0 = run to the end)");
     add("train.max_bad_steps", c.max_bad_steps, "consecutive steps with a non-finite loss or gradient that stop the run");
+    add("train.recompute", c.recompute,
+        "activation checkpointing: each block keeps only its input in forward and runs again in backward "
+        "(less memory for activations, about one more forward pass of compute; same results)");
     add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
     add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");

@@ -37,6 +37,60 @@ torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> pa
   return torch::cat(pieces, -1);
 }
 
+// train.recompute: a block whose forward keeps only its input (and the dropout generator's state);
+// backward runs the block again with gradients and differentiates that. The block's trainable
+// parameters are inputs too, so that their gradients flow even when x needs none (the first block
+// under frozen embeddings), and autograd accumulates them as usual.
+struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& mask, BlockImpl* block,
+                               at::TensorList params) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      ctx->saved_data["rng"] = gen.get_state();
+    }
+    ctx->saved_data["block"] = reinterpret_cast<std::int64_t>(block);
+    ctx->saved_data["params"] = static_cast<std::int64_t>(params.size());
+    ctx->save_for_backward({x, cos, sin, mask});
+    torch::NoGradGuard no_grad;
+    return block->forward(x, cos, sin, mask);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    auto* block = reinterpret_cast<BlockImpl*>(ctx->saved_data["block"].toInt());
+    const auto x = saved[0].detach().requires_grad_(saved[0].requires_grad());
+    torch::Tensor y;
+    {
+      // The forward's dropout draws again, and the generator left where backward found it.
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      at::Tensor now;
+      {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        now = gen.get_state();
+        gen.set_state(ctx->saved_data["rng"].toTensor());
+      }
+      torch::AutoGradMode grad(true);
+      y = block->forward(x, saved[1], saved[2], saved[3]);
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(now);
+    }
+    std::vector<torch::Tensor> wrt;
+    if (x.requires_grad()) wrt.push_back(x);
+    std::vector<torch::Tensor> params;
+    for (const auto& p : block->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    wrt.insert(wrt.end(), params.begin(), params.end());
+    const auto grads = torch::autograd::grad({y}, wrt, {grad_out[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                             /*allow_unused=*/true);
+    torch::autograd::variable_list out = {x.requires_grad() ? grads[0] : torch::Tensor(), {}, {}, {}, {}};
+    out.insert(out.end(), grads.begin() + (x.requires_grad() ? 1 : 0), grads.end());
+    return out;
+  }
+};
+
 // Interleaved-pair rotation: (a, b) -> (a cos - b sin, a sin + b cos) on pairs (2i, 2i+1).
 torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   // x [B, T, H, D] -> pairs [B, T, H, D/2, 2]; cos/sin [T, D/2] broadcast over B and H.
@@ -248,9 +302,17 @@ torch::Tensor TransformerImpl::blocks(torch::Tensor x, std::int64_t pos, const t
                                       std::vector<KVSlot>* cache) {
   torch::Tensor cos, sin;
   if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
-  for (std::size_t l = 0; l < layers->size(); ++l)
-    x = gated("layers." + std::to_string(l), x, true,
-              [&] { return layers[l]->as<Block>()->forward(x, cos, sin, mask, cache ? &(*cache)[l] : nullptr, pos); });
+  const bool recompute = recompute_ && !cache && is_training() && torch::GradMode::is_enabled();
+  for (std::size_t l = 0; l < layers->size(); ++l) {
+    auto* block = layers[l]->as<Block>();
+    x = gated("layers." + std::to_string(l), x, true, [&] {
+      if (!recompute) return block->forward(x, cos, sin, mask, cache ? &(*cache)[l] : nullptr, pos);
+      torch::autograd::variable_list params;
+      for (const auto& p : block->parameters())
+        if (p.requires_grad()) params.push_back(p);
+      return RecomputedBlock::apply(x, cos, sin, mask, block, at::TensorList(params));
+    });
+  }
   return x;
 }
 

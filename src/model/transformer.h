@@ -174,6 +174,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor classifierWeight() const;
   // Every use of a unit's parameters goes through `gate` from now on (null: none).
   void setUnitGate(std::shared_ptr<UnitGate> gate) { gate_ = std::move(gate); }
+  // train.recompute (activation checkpointing): while training with gradients, each block keeps
+  // only its input from forward and runs its forward again in backward (with the same dropout
+  // draws), trading one more forward per block for the activations inside it.
+  void setRecompute(bool on) { recompute_ = on; }
 
   torch::nn::Embedding tok_embeddings{nullptr};
   torch::nn::Embedding pos_embeddings{nullptr};  // gpt2 only
@@ -205,6 +209,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor rope_cos_, rope_sin_;  // [seq_len, head_dim/2] (llama), buffers (not parameters)
   torch::Tensor causal_mask_;
   std::shared_ptr<UnitGate> gate_;
+  bool recompute_ = false;
 };
 TORCH_MODULE(Transformer);
 

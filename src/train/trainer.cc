@@ -240,6 +240,7 @@ TrainResult Trainer::run() {
     }
     // The frozen base's features are computed from the whole parameters, before they are sharded.
     s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
+    s.model->setRecompute(c.recompute);
     if (s.dp->shardsParameters()) {  // from here on each rank keeps only its rows between uses
       s.dp->releaseParameters(/*adopt=*/true);
       s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));

@@ -123,6 +123,23 @@ TEST(Sharding, ParameterShardingGivesTheReplicatedRunForEveryFlavour) {
   }
 }
 
+// train.recompute runs each block's forward again in backward instead of keeping its activations:
+// the same bits as keeping them, replicated and under ZeRO-3 (whose backward gathers re-run the
+// block), with LoRA dropout (the recomputed forward must draw the same masks).
+TEST(Sharding, RecomputedActivationsGiveTheSameBits) {
+  const std::string base = freshDir("recompute");
+  const std::string lora = "--transfer.mode=lora --transfer.lora_rank=4 --transfer.lora_dropout=0.1";
+  for (const auto& [mode, options] : std::vector<std::pair<std::string, std::string>>{
+           {"none", ""}, {"none", lora}, {"parameters", lora}}) {
+    const std::string name = mode + (options.empty() ? "_full" : "_lora");
+    for (const std::string recompute : {"false", "true"}) {
+      const auto r = train(2, base + "/" + name + "_" + recompute, mode, options + " --train.recompute=" + recompute);
+      ASSERT_EQ(r.code, 0) << name << "\n" << r.output;
+    }
+    expectSameRun(base + "/" + name + "_false", base + "/" + name + "_true", 0, name + ", recompute");
+  }
+}
+
 // A checkpoint written at N ranks in one mode resumes at N' ranks in another: the run continued
 // sharded equals the same checkpoint continued replicated at N' (both read it with no conversion).
 TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
