@@ -4,7 +4,9 @@
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
 # checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run. Prints one JSON object.
-#   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k")
+# "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing).
+#   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
+#                                      MODES="none optimizer gradients parameters parameters+recompute")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAFT=$(realpath "${1:-build/launcher/graft}")
@@ -12,6 +14,7 @@ REPEATS=${REPEATS:-3}
 STEPS=${STEPS:-4}
 NPS=${NPS:-2 4}
 MODELS=${MODELS:-llama32m stories260k}
+MODES=${MODES:-none optimizer gradients parameters parameters+recompute}
 DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
@@ -29,7 +32,8 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
   local out
   out=$(mpirun -np "$np" --oversubscribe --bind-to none "$GRAFT" train --run.dir="$tmp/run" --data.path="$tmp/stories.h5" \
     ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
-    --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="$mode" 2>&1)
+    --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%+recompute}" \
+    --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) 2>&1)
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)
@@ -41,16 +45,18 @@ rows=() summary=()
 big_bytes=0 big_ckpt=0  # the largest checkpoint written (the 32M model, np = 4, gradients) and its time
 for model in $MODELS; do
   for np in $NPS; do
-    for mode in none optimizer gradients parameters; do
+    for mode in $MODES; do
       results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode"; done)
       tps=$(cut -d' ' -f1 <<<"$results" | median); rss=$(cut -d' ' -f2 <<<"$results" | median)
       ckpt=$(cut -d' ' -f3 <<<"$results" | median); bytes=$(cut -d' ' -f4 <<<"$results" | median)
-      eval "tps_${model}_${np}_${mode}=$tps rss_${model}_${np}_${mode}=$rss"
+      key="${model}_${np}_${mode/+/_}"
+      eval "tps_${key}=$tps rss_${key}=$rss"
       if ((bytes >= big_bytes)); then big_bytes=$bytes big_ckpt=$ckpt; fi
       rows+=("{\"model\": \"$model\", \"np\": $np, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
     done
-    for mode in optimizer gradients parameters; do
-      t="tps_${model}_${np}_${mode}" r="rss_${model}_${np}_${mode}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
+    for mode in $MODES; do
+      [[ $mode == none ]] && continue
+      t="tps_${model}_${np}_${mode/+/_}" r="rss_${model}_${np}_${mode/+/_}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
       summary+=("\"${model}_np${np}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
     done
   done

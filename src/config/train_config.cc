@@ -93,6 +93,9 @@ class OptionTable {
     add("debug.stall_rank", c.stall_rank, "fault injection: the rank that debug.stall_at stops");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
+    add("checkpoint.async", c.checkpoint_async,
+        "write checkpoints in the background: training pauses only to copy the state (host memory for one more "
+        "copy of what this rank checkpoints), the next checkpoint and the end of the run wait for the previous");
   }
 
   po::options_description& description() { return desc_; }

@@ -62,6 +62,7 @@ struct TrainConfig {
   // [checkpoint]
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;
+  bool checkpoint_async = false;  // write checkpoints in the background (train/checkpointing.h)
 
   std::int64_t accumulation(int world) const { return batch_size / (micro_batch * world); }
   // Throws InputError naming the key when values do not fit `world` ranks.

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <mutex>
 
 #include "checkpoint/manifest.h"
 #include "util/checksum.h"
@@ -17,6 +18,17 @@ struct QuietHdf5 {
   QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 };
 void quiet() { static QuietHdf5 once; }
+
+// This build of HDF5 is not thread-safe (no H5_HAVE_THREADSAFE), and a checkpoint may be written
+// on a helper thread while training reads streamed data (checkpoint.async): every call into the
+// library holds this lock. Recursive: methods call each other.
+std::recursive_mutex& hdf5Mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+struct Hdf5Lock {
+  std::lock_guard<std::recursive_mutex> guard{hdf5Mutex()};
+};
 
 // Closes an HDF5 handle of any kind at scope exit.
 class Handle {
@@ -61,11 +73,13 @@ std::string attrTarget(const std::string& object) { return object.empty() ? "/" 
 }  // namespace
 
 void initialiseHdf5() {
+  const Hdf5Lock lock;
   H5open();
   quiet();
 }
 
 H5File H5File::create(const std::string& path) {
+  const Hdf5Lock lock;
   quiet();
   // CLOSE_STRONG: closing the file closes every object in it, even after a failed write (disk
   // full), so nothing is left for HDF5's exit handler to trip over.
@@ -77,6 +91,7 @@ H5File H5File::create(const std::string& path) {
 }
 
 H5File H5File::openRead(const std::string& path) {
+  const Hdf5Lock lock;
   quiet();
   if (!isHdf5(path)) throw InputError(path + ": not an HDF5 file (or missing)");
   const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -85,6 +100,7 @@ H5File H5File::openRead(const std::string& path) {
 }
 
 bool H5File::isHdf5(const std::string& path) {
+  const Hdf5Lock lock;
   std::ifstream in(path, std::ios::binary);
   char sig[8] = {};
   if (!in.read(sig, 8)) return false;
@@ -93,10 +109,12 @@ bool H5File::isHdf5(const std::string& path) {
 
 H5File::H5File(H5File&& other) noexcept
     : id_(other.id_), path_(std::move(other.path_)), manifest_(std::move(other.manifest_)) {
+  const Hdf5Lock lock;
   other.id_ = -1;
 }
 
 H5File& H5File::operator=(H5File&& other) noexcept {
+  const Hdf5Lock lock;
   if (this != &other) {
     if (id_ >= 0) H5Fclose(id_);
     id_ = other.id_;
@@ -108,10 +126,12 @@ H5File& H5File::operator=(H5File&& other) noexcept {
 }
 
 H5File::~H5File() {
+  const Hdf5Lock lock;
   if (id_ >= 0) H5Fclose(id_);
 }
 
 void H5File::close() {
+  const Hdf5Lock lock;
   if (id_ < 0) return;
   const herr_t flushed = H5Fflush(id_, H5F_SCOPE_GLOBAL);
   const herr_t closed = H5Fclose(id_);
@@ -122,6 +142,7 @@ void H5File::close() {
 std::string H5File::where(const std::string& object) const { return path_ + ":" + object; }
 
 bool H5File::exists(const std::string& object) const {
+  const Hdf5Lock lock;
   if (object == "/" || object.empty()) return true;
   // Check each prefix: H5Lexists fails on a missing intermediate group.
   std::size_t pos = 0;
@@ -134,6 +155,7 @@ bool H5File::exists(const std::string& object) const {
 }
 
 std::vector<std::string> H5File::list(const std::string& group) const {
+  const Hdf5Lock lock;
   std::vector<std::string> names;
   if (!exists(group)) return names;
   Handle g(H5Gopen2(id_, group.c_str(), H5P_DEFAULT));
@@ -150,6 +172,7 @@ std::vector<std::string> H5File::list(const std::string& group) const {
 }
 
 hid_t H5File::ensureGroup(const std::string& group) {
+  const Hdf5Lock lock;
   std::size_t pos = 0;
   while (pos != std::string::npos) {
     pos = group.find('/', pos + 1);
@@ -165,6 +188,7 @@ hid_t H5File::ensureGroup(const std::string& group) {
 }
 
 void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
+  const Hdf5Lock lock;
   ensureGroup(object.substr(0, object.find_last_of('/')));
   auto t = tensor.detach().cpu().contiguous();
   const hid_t type = memType(t.scalar_type());
@@ -181,6 +205,7 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
 
 void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
                               const std::vector<RowSource>& sources, std::uint32_t crc, std::uint64_t bytes) {
+  const Hdf5Lock lock;
   ensureGroup(object.substr(0, object.find_last_of('/')));
   if (global_shape.empty()) throw Error(where(object) + ": a virtual dataset needs at least one dimension");
   std::vector<hsize_t> dims(global_shape.begin(), global_shape.end());
@@ -207,6 +232,7 @@ void H5File::writeVirtualRows(const std::string& object, const std::vector<std::
 }
 
 void H5File::createGrowing(const std::string& object, at::ScalarType dtype, std::int64_t chunk_elements) {
+  const Hdf5Lock lock;
   ensureGroup(object.substr(0, object.find_last_of('/')));
   const hid_t type = memType(dtype);
   if (type < 0) throw Error(where(object) + ": unsupported dtype for a growing dataset");
@@ -219,6 +245,7 @@ void H5File::createGrowing(const std::string& object, at::ScalarType dtype, std:
 }
 
 void H5File::append(const std::string& object, at::ScalarType dtype, const void* data, std::int64_t count) {
+  const Hdf5Lock lock;
   if (count <= 0) return;
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) throw Error(where(object) + ": missing dataset");
@@ -237,6 +264,7 @@ void H5File::append(const std::string& object, at::ScalarType dtype, const void*
 }
 
 std::vector<std::int64_t> H5File::shape(const std::string& object) const {
+  const Hdf5Lock lock;
   if (!exists(object)) throw InputError(where(object) + ": missing");
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) throw InputError(where(object) + ": not a dataset");
@@ -249,6 +277,7 @@ std::vector<std::int64_t> H5File::shape(const std::string& object) const {
 }
 
 at::Tensor H5File::readTensor(const std::string& object) const {
+  const Hdf5Lock lock;
   const auto dims = shape(object);
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   Handle ftype(H5Dget_type(ds.get()));
@@ -259,6 +288,7 @@ at::Tensor H5File::readTensor(const std::string& object) const {
 }
 
 bool H5File::isVirtual(const std::string& object) const {
+  const Hdf5Lock lock;
   if (!exists(object)) return false;
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) return false;
@@ -267,6 +297,7 @@ bool H5File::isVirtual(const std::string& object) const {
 }
 
 at::Tensor H5File::readRows(const std::string& object, std::int64_t begin, std::int64_t end) const {
+  const Hdf5Lock lock;
   const auto dims = shape(object);
   const std::int64_t rows = dims.empty() ? 1 : dims[0];
   if (begin < 0 || end < begin || end > rows)
@@ -291,6 +322,7 @@ at::Tensor H5File::readRows(const std::string& object, std::int64_t begin, std::
 }
 
 at::ScalarType H5File::scalarType(const std::string& object) const {
+  const Hdf5Lock lock;
   Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
   if (!ds.ok()) throw InputError(where(object) + ": missing dataset");
   Handle ftype(H5Dget_type(ds.get()));
@@ -312,10 +344,12 @@ void readSliceAs(hid_t file, const std::string& where, const std::string& object
 }  // namespace
 
 void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const {
+  const Hdf5Lock lock;
   readSliceAs(id_, where(object), object, offset, count, H5T_NATIVE_INT32, out);
 }
 
 void H5File::readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::uint8_t* out) const {
+  const Hdf5Lock lock;
   readSliceAs(id_, where(object), object, offset, count, H5T_NATIVE_UINT8, out);
 }
 
@@ -332,6 +366,7 @@ void putAttr(hid_t file, const std::string& where, const std::string& object, co
 }  // namespace
 
 void H5File::setAttr(const std::string& object, const std::string& key, std::int64_t value) {
+  const Hdf5Lock lock;
   ensureGroup(attrTarget(object));
   Handle space(H5Screate(H5S_SCALAR));
   putAttr(id_, where(object), object, key, H5T_NATIVE_INT64, space.get(),
@@ -339,6 +374,7 @@ void H5File::setAttr(const std::string& object, const std::string& key, std::int
 }
 
 void H5File::setAttr(const std::string& object, const std::string& key, double value) {
+  const Hdf5Lock lock;
   ensureGroup(attrTarget(object));
   Handle space(H5Screate(H5S_SCALAR));
   putAttr(id_, where(object), object, key, H5T_NATIVE_DOUBLE, space.get(),
@@ -346,6 +382,7 @@ void H5File::setAttr(const std::string& object, const std::string& key, double v
 }
 
 void H5File::setAttr(const std::string& object, const std::string& key, const std::string& value) {
+  const Hdf5Lock lock;
   ensureGroup(attrTarget(object));
   Handle type(H5Tcopy(H5T_C_S1));
   H5Tset_size(type.get(), value.empty() ? 1 : value.size());
@@ -357,6 +394,7 @@ void H5File::setAttr(const std::string& object, const std::string& key, const st
 }
 
 bool H5File::hasAttr(const std::string& object, const std::string& key) const {
+  const Hdf5Lock lock;
   if (!exists(attrTarget(object))) return false;
   return H5Aexists_by_name(id_, attrTarget(object).c_str(), key.c_str(), H5P_DEFAULT) > 0;
 }
@@ -372,6 +410,7 @@ hid_t openAttr(hid_t file, const std::string& where, const std::string& object, 
 }  // namespace
 
 std::int64_t H5File::intAttr(const std::string& object, const std::string& key) const {
+  const Hdf5Lock lock;
   std::int64_t v = 0;
   Handle attr(openAttr(id_, where(object), object, key));
   if (H5Aread(attr.get(), H5T_NATIVE_INT64, &v) < 0) throw InputError(where(object) + ": attribute '" + key + "' is not an integer");
@@ -379,6 +418,7 @@ std::int64_t H5File::intAttr(const std::string& object, const std::string& key) 
 }
 
 double H5File::doubleAttr(const std::string& object, const std::string& key) const {
+  const Hdf5Lock lock;
   double v = 0;
   Handle attr(openAttr(id_, where(object), object, key));
   if (H5Aread(attr.get(), H5T_NATIVE_DOUBLE, &v) < 0) throw InputError(where(object) + ": attribute '" + key + "' is not a number");
@@ -386,6 +426,7 @@ double H5File::doubleAttr(const std::string& object, const std::string& key) con
 }
 
 std::string H5File::stringAttr(const std::string& object, const std::string& key) const {
+  const Hdf5Lock lock;
   Handle attr(openAttr(id_, where(object), object, key));
   Handle type(H5Aget_type(attr.get()));
   if (H5Tget_class(type.get()) != H5T_STRING) throw InputError(where(object) + ": attribute '" + key + "' is not a string");

@@ -2,8 +2,11 @@
 // other ranks. See Note [heartbeat].
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <future>
 #include <string>
+#include <thread>
 
 #include "communicator.h"
 
@@ -31,5 +34,33 @@ namespace graft {
 void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
                       const std::string& note, std::function<void()> work,
                       const std::function<void(double)>& waiting = nullptr);
+
+// Work started on a helper thread now and awaited later (checkpoint.async: a checkpoint written
+// while training goes on). Empty work: nothing runs, and it counts as done.
+class BackgroundWork {
+ public:
+  BackgroundWork() = default;
+  explicit BackgroundWork(std::function<void()> work);
+  BackgroundWork(const BackgroundWork&) = delete;
+  BackgroundWork& operator=(const BackgroundWork&) = delete;
+  // Joins a helper whose work is over; detaches one still running (only on the way out after an
+  // error: the process is about to exit).
+  ~BackgroundWork();
+  bool running() const { return done_.valid(); }
+  // Waits up to `for_at_most` for the work to end; true once it has (rethrows its exception).
+  bool waitFor(std::chrono::milliseconds for_at_most);
+  double secondsSinceStart() const;
+
+ private:
+  std::future<void> done_;
+  std::thread helper_;
+  bool finished_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+// Collective: runWithHeartbeat's wait for `work`, started earlier (its limit_s counts from then).
+void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
+                        const std::string& note, BackgroundWork& work,
+                        const std::function<void(double)>& waiting = nullptr);
 
 }  // namespace graft

@@ -1,6 +1,7 @@
 #include "train/checkpointing.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <chrono>
@@ -12,43 +13,56 @@
 #include "parallel/heartbeat.h"
 #include "parallel/shard_plan.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace graft {
 
-PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
-                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s) {
-  const int rank = comm.rank(), world = comm.size();
-  if (!model_rows) model_rows = std::make_shared<const std::vector<AdamW::Rows>>();
-  std::uint64_t mine_bytes = 0;
-  for (const auto& s : optimizer->slots()) mine_bytes += static_cast<std::uint64_t>(s.param.numel()) * 8;
-  for (const auto& r : *model_rows) mine_bytes += static_cast<std::uint64_t>(r.rows.numel()) * 4;
-  auto manifest = std::make_shared<std::string>();
-  runWithHeartbeat(comm, "ckpt/part", limit_s,
-                   "part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) + " in " + dir,
-                   " (a stalled file system?); earlier checkpoints are intact",
-                   [=] {
-                     torch::NoGradGuard no_grad;  // grad mode is per thread
-                     *manifest = writeCheckpointPart(dir, step, rank, world, mine_bytes, [&](H5File& part) {
-                       optimizer->savePart(part, "/optimizer");
-                       for (const auto& r : *model_rows) part.writeTensor("/model/" + r.name, r.rows);
-                     });
-                   });
-  // (crc, bytes) of every tensor of the part, in a fixed order (moments slot by slot, then the
-  // model's tensors), from every rank.
+namespace {
+
+using ModelRows = std::shared_ptr<const std::vector<AdamW::Rows>>;
+
+// Bytes of this rank's part: both moments of its optimizer rows, and its rows of model tensors.
+std::uint64_t partBytes(const AdamW& optimizer, const std::vector<AdamW::Rows>& model_rows) {
+  std::uint64_t bytes = 0;
+  for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.param.numel()) * 8;
+  for (const auto& r : model_rows) bytes += static_cast<std::uint64_t>(r.rows.numel()) * 4;
+  return bytes;
+}
+
+// Writes this rank's part of checkpoint `step` and returns its manifest. Local: no collective.
+std::string writePart(const std::string& dir, std::int64_t step, int rank, int world, const AdamW& optimizer,
+                      const std::vector<AdamW::Rows>& model_rows) {
+  torch::NoGradGuard no_grad;  // grad mode is per thread
+  return writeCheckpointPart(dir, step, rank, world, partBytes(optimizer, model_rows), [&](H5File& part) {
+    optimizer.savePart(part, "/optimizer");
+    for (const auto& r : model_rows) part.writeTensor("/model/" + r.name, r.rows);
+  });
+}
+
+// (crc, bytes) of every tensor of a part, from its manifest, in a fixed order (moments slot by
+// slot, then the model's tensors): the same on every rank.
+std::vector<std::uint64_t> partSums(const std::string& manifest, const std::string& part_name, const AdamW& optimizer,
+                                    const std::vector<AdamW::Rows>& model_rows) {
   std::map<std::string, ManifestEntry> entries;
-  for (const auto& e : parseManifest(*manifest, checkpointPartName(step, rank, world))) entries[e.object] = e;
+  for (const auto& e : parseManifest(manifest, part_name)) entries[e.object] = e;
   std::vector<std::uint64_t> sums;
   auto add = [&](const std::string& object) {
-    sums.push_back(entries.at(object).crc32);
-    sums.push_back(entries.at(object).bytes);
+    const auto it = entries.find(object);
+    if (it == entries.end()) throw InputError(part_name + ": checkpoint part has no " + object);
+    sums.push_back(it->second.crc32);
+    sums.push_back(it->second.bytes);
   };
-  for (const auto& s : optimizer->slots())
+  for (const auto& s : optimizer.slots())
     for (const std::string& object : {"/optimizer/exp_avg/" + s.name, "/optimizer/exp_avg_sq/" + s.name}) add(object);
-  for (const auto& r : *model_rows) add("/model/" + r.name);
-  auto all = std::make_shared<std::vector<std::uint64_t>>(sums.size() * static_cast<std::size_t>(world));
-  comm.allGather(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
-  if (rank != 0) return {};
-  const std::size_t per_rank = sums.size();
+  for (const auto& r : model_rows) add("/model/" + r.name);
+  return sums;
+}
+
+// Rank 0: the writers of the checkpoint's index of the parts, from every rank's partSums (`all`,
+// rank after rank).
+PartWriters indexWriters(std::shared_ptr<const std::vector<std::uint64_t>> all, std::int64_t step, int world,
+                         std::shared_ptr<const AdamW> optimizer, ModelRows model_rows) {
+  const std::size_t per_rank = all->size() / static_cast<std::size_t>(world);
   // Rank r's rows of a tensor with `rows` rows whose (crc, bytes) sit at `index` of its sums.
   auto parts_of = [all, per_rank, step, world](std::int64_t rows, std::size_t index) {
     std::vector<AdamW::Part> parts;
@@ -76,6 +90,24 @@ PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t 
                  }};
   }
   return out;
+}
+
+}  // namespace
+
+PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
+                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s) {
+  const int rank = comm.rank(), world = comm.size();
+  if (!model_rows) model_rows = std::make_shared<const std::vector<AdamW::Rows>>();
+  auto manifest = std::make_shared<std::string>();
+  runWithHeartbeat(comm, "ckpt/part", limit_s,
+                   "part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) + " in " + dir,
+                   " (a stalled file system?); earlier checkpoints are intact",
+                   [=] { *manifest = writePart(dir, step, rank, world, *optimizer, *model_rows); });
+  const auto sums = partSums(*manifest, checkpointPartName(step, rank, world), *optimizer, *model_rows);
+  auto all = std::make_shared<std::vector<std::uint64_t>>(sums.size() * static_cast<std::size_t>(world));
+  comm.allGather(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
+  if (rank != 0) return {};
+  return indexWriters(all, step, world, optimizer, model_rows);
 }
 
 OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, std::int64_t step,
@@ -115,20 +147,86 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
 
 }  // namespace
 
+namespace {
+
+// This rank's rows of the model's tensors that the checkpoint holds (dist.shard = parameters),
+// else null: then rank 0 writes the model's tensors whole.
+std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transformer& model, DataParallel& dp) {
+  if (!dp.shardsParameters()) return nullptr;
+  auto rows = std::make_shared<std::vector<AdamW::Rows>>();
+  const bool adapter_only = c.transfer.adapterOnly();
+  for (auto& r : dp.parameterRows())
+    if (!adapter_only || model->named_parameters()[r.name].requires_grad()) rows->push_back(std::move(r));
+  return rows;
+}
+
+std::string seconds(double s) { return std::to_string(s).substr(0, 5); }
+
+// checkpoint.async: copies of what a checkpoint holds, so that training may go on changing the
+// originals while a helper writes them.
+std::shared_ptr<const AdamW> copyOf(const AdamW& optimizer) {
+  auto copy = std::make_shared<AdamW>(optimizer);
+  for (auto& s : copy->slots()) {
+    s.exp_avg = s.exp_avg.clone();
+    s.exp_avg_sq = s.exp_avg_sq.clone();
+    s.grad = at::Tensor();
+  }
+  return copy;
+}
+
+ModelRows copyOf(const std::shared_ptr<std::vector<AdamW::Rows>>& rows) {
+  auto copy = std::make_shared<std::vector<AdamW::Rows>>();
+  if (rows)
+    for (const auto& r : *rows) copy->push_back({r.name, r.rows.clone(), r.row_begin, r.global_shape});
+  return copy;
+}
+
+// The model's tensors (those the checkpoint holds) copied, and their writer.
+GroupWriter wholeModelCopy(const TrainConfig& c, Transformer& model) {
+  auto tensors = std::make_shared<std::vector<std::pair<std::string, at::Tensor>>>();
+  std::uint64_t bytes = 0;
+  for (const auto& p : model->named_parameters())
+    if (!c.transfer.adapterOnly() || p.value().requires_grad()) {
+      tensors->emplace_back(p.key(), p.value().detach().clone());
+      bytes += static_cast<std::uint64_t>(p.value().numel()) * 4;
+    }
+  return {bytes, [tensors](H5File& file) {
+            for (const auto& [name, t] : *tensors) file.writeTensor("/model/" + name, t);
+          }};
+}
+
+// Rank 0, checkpoint.async: every rank's partSums, read from the parts' manifests as each part
+// appears (its writer publishes it by rename), waiting at most `limit_s` for the last.
+std::shared_ptr<std::vector<std::uint64_t>> sumsFromParts(const std::string& dir, std::int64_t step, int world,
+                                                          const AdamW& optimizer, const std::vector<AdamW::Rows>& rows,
+                                                          double limit_s) {
+  const auto start = std::chrono::steady_clock::now();
+  auto all = std::make_shared<std::vector<std::uint64_t>>();
+  for (int r = 0; r < world; ++r) {
+    const std::string name = checkpointPartName(step, r, world), path = dir + "/" + name;
+    while (!fileExists(path)) {
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s)
+        throw Error(path + ": part of checkpoint " + std::to_string(step) + " not written within dist.slow_phase_timeout_s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const auto sums = partSums(H5File::openRead(path).stringAttr("/", "manifest"), name, optimizer, rows);
+    all->insert(all->end(), sums.begin(), sums.end());
+  }
+  return all;
+}
+
+}  // namespace
+
 void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
-                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log) {
+                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log,
+                       PendingCheckpoint* pending) {
+  if (c.checkpoint_async && pending) return pending->start(comm, c, model, dp, schedule, step, counters, log);
   const auto start = std::chrono::steady_clock::now();
   const std::string dir = c.run_dir + "/checkpoints";
   auto path = std::make_shared<std::string>();
   // dist.shard = parameters: each rank's rows of the model's tensors (those the checkpoint holds)
   // go into its part too, and the checkpoint maps them; nobody gathers the whole model.
-  std::shared_ptr<std::vector<AdamW::Rows>> model_rows;
-  if (dp.shardsParameters()) {
-    model_rows = std::make_shared<std::vector<AdamW::Rows>>();
-    const bool adapter_only = c.transfer.adapterOnly();
-    for (auto& r : dp.parameterRows())
-      if (!adapter_only || model->named_parameters()[r.name].requires_grad()) model_rows->push_back(std::move(r));
-  }
+  const auto model_rows = modelRows(c, model, dp);
   // Sharded: every rank writes its rows first (collective); rank 0's file then maps them.
   const PartWriters parts = dp.shardsOptimizer()
                                 ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s)
@@ -147,9 +245,61 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));
   if (comm.rank() == 0)
-    log.main("checkpoint: " + *path + " (" +
-             std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()).substr(0, 5) +
+    log.main("checkpoint: " + *path + " (" + seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
              " s)");
+}
+
+PendingCheckpoint::~PendingCheckpoint() = default;
+
+void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
+                              const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log) {
+  wait(comm, c, log);  // one checkpoint in flight at a time
+  const auto begin = std::chrono::steady_clock::now();
+  const std::string dir = c.run_dir + "/checkpoints";
+  const int rank = comm.rank(), world = comm.size();
+  const bool sharded = dp.shardsOptimizer();
+  // Parts of this step left by an earlier attempt (a run that died after writing them) must not be
+  // mistaken for this one's: rank 0 removes them before any rank starts (snapshot() below is a
+  // collective every rank passes only after this).
+  if (sharded && rank == 0) {
+    makeDirectories(dir);
+    for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
+  }
+  const TrainingState state = snapshot(comm, c, step, counters);
+  const auto optimizer = copyOf(dp.optimizer());
+  const auto rows = copyOf(modelRows(c, model, dp));
+  const GroupWriter whole_model = !sharded && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
+  path_ = std::make_shared<std::string>();
+  step_ = step;
+  started_ = std::chrono::steady_clock::now();
+  snapshot_s_ = std::chrono::duration<double>(started_ - begin).count();
+  work_ = std::make_unique<BackgroundWork>([=, path = path_, keep = c.keep_last, delay = c.slow_checkpoint_s,
+                                            limit = c.slow_phase_timeout_s]() mutable {
+    torch::NoGradGuard no_grad;  // grad mode is per thread
+    if (delay > 0 && rank == 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+    if (sharded) writePart(dir, step, rank, world, *optimizer, *rows);
+    if (rank != 0) return;
+    const PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit), step,
+                                                     world, optimizer, rows)
+                                      : PartWriters{wholeOptimizer(optimizer), whole_model};
+    *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
+    pruneCheckpoints(dir, keep, state.step);
+  });
+}
+
+void PendingCheckpoint::wait(Communicator& comm, const TrainConfig& c, Logger& log) {
+  if (!work_) return;
+  const std::string dir = c.run_dir + "/checkpoints";
+  const auto waited = std::chrono::steady_clock::now();
+  awaitWithHeartbeat(comm, "ckpt/async", c.slow_phase_timeout_s,
+                     "checkpoint of step " + std::to_string(step_) + " in " + dir + " (written in the background)",
+                     " (a stalled file system?); earlier checkpoints are intact", *work_);
+  const auto now = std::chrono::steady_clock::now();
+  if (comm.rank() == 0)
+    log.main("checkpoint: " + *path_ + " (" + seconds(std::chrono::duration<double>(now - started_).count()) +
+             " s in the background; training paused " +
+             seconds(snapshot_s_ + std::chrono::duration<double>(now - waited).count()) + " s for it)");
+  work_.reset();
 }
 
 Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log) {

@@ -2,6 +2,7 @@
 // resuming from the newest good one. checkpoint/checkpoint.h has the file itself.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -11,6 +12,7 @@
 #include "config/train_config.h"
 #include "optim/adamw.h"
 #include "parallel/data_parallel.h"
+#include "parallel/heartbeat.h"
 #include "util/log.h"
 
 namespace graft {
@@ -41,12 +43,38 @@ struct RunCounters {
   std::int64_t skipped_steps = 0;  // steps skipped for a non-finite loss or gradient
 };
 
+// checkpoint.async = true: the checkpoint being written by a helper while training goes on. One is
+// in flight at a time: starting the next, and the end of the run, wait for it.
+class PendingCheckpoint {
+ public:
+  PendingCheckpoint() = default;
+  ~PendingCheckpoint();
+  // Collective. Waits (beside a heartbeat) for the previous checkpoint, copies what the checkpoint
+  // of `step` holds (this rank's part, and on rank 0 the rest) and starts writing it: every rank
+  // its part, then rank 0 the checkpoint file, with the parts' checksums read from their manifests
+  // (the helper makes no collective call).
+  void start(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, const Schedule& schedule,
+             std::int64_t step, RunCounters counters, Logger& log);
+  // Collective. Waits beside a heartbeat for the checkpoint in flight (if any) and logs it; an
+  // error in writing it is rethrown here.
+  void wait(Communicator& comm, const TrainConfig& c, Logger& log);
+
+ private:
+  std::unique_ptr<BackgroundWork> work_;
+  std::shared_ptr<std::string> path_;
+  std::int64_t step_ = 0;
+  std::chrono::steady_clock::time_point started_;
+  double snapshot_s_ = 0;  // how long training paused to copy the state
+};
+
 // Collective. Writes the checkpoint of `step` into RUN_DIR/checkpoints: RNG states are gathered,
 // a sharded optimizer's rows are written by every rank (writeOptimizerParts), then rank 0 writes,
 // verifies and publishes the checkpoint file and prunes old ones while all ranks keep a heartbeat,
-// so a rank stalling during a long write is still named within dist.timeout_s.
+// so a rank stalling during a long write is still named within dist.timeout_s. With
+// checkpoint.async and `pending`, it starts the write there instead and returns.
 void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
-                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log);
+                       const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log,
+                       PendingCheckpoint* pending = nullptr);
 
 struct Resumed {
   std::int64_t step = 0;  // 0: nothing to resume

@@ -181,6 +181,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   Schedule schedule;
   std::string checkpoint_dir;
   Metrics metrics;
+  PendingCheckpoint pending;  // checkpoint.async: the checkpoint being written in the background
 };
 
 Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bool()> stop_requested) {
@@ -278,14 +279,16 @@ TrainResult Trainer::run() {
                     result.tokens_per_second, elapsed, val.loss, val.accuracy});
     const bool checkpoint_due = (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == last;
     if (checkpoint_due || out.stop_requested)
-      saveRunCheckpoint(s.comm, c, s.model, *s.dp, s.schedule, step, {s.tokens_seen, s.skipped_total}, s.log);
+      saveRunCheckpoint(s.comm, c, s.model, *s.dp, s.schedule, step, {s.tokens_seen, s.skipped_total}, s.log, &s.pending);
     result.steps_done = step;
     if (out.stop_requested) {
+      s.pending.wait(s.comm, c, s.log);
       s.log.main("stop requested (signal): checkpointed at step " + std::to_string(step) + "; run again to resume");
       result.preempted = true;
       break;
     }
   }
+  s.pending.wait(s.comm, c, s.log);  // checkpoint.async: the last checkpoint is on disk before the run ends
   result.stopped_early = !result.preempted && last < c.steps;
   result.skipped_steps = s.skipped_total;
   s.metrics.memory(s.comm);

@@ -224,6 +224,12 @@ TEST(Reliability, KillNineDuringShardedCheckpointsAlwaysLeavesAVerifiedCheckpoin
   killNineTrials("kill9_sharded", "--dist.shard=gradients", 10);
 }
 
+// checkpoint.async: parts and the checkpoint file are written by helpers while training goes on
+// (here ZeRO-3, whose parts hold the model's rows too), so kills land mid-write during steps.
+TEST(Reliability, KillNineDuringAsynchronousCheckpointsAlwaysLeavesAVerifiedCheckpoint) {
+  killNineTrials("kill9_async", "--dist.shard=parameters --checkpoint.async=true", 10);
+}
+
 }  // namespace
 }  // namespace graft::e2e
 

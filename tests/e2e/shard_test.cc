@@ -140,6 +140,31 @@ TEST(Sharding, RecomputedActivationsGiveTheSameBits) {
   }
 }
 
+// checkpoint.async writes from copies on helper threads while training goes on: every checkpoint
+// (steps 3 and 6) holds the bits of the synchronous run's, its manifest included, replicated at 2
+// ranks and under ZeRO-3 at 3 (parts and the model's rows written in the background). Rank 0's
+// writes are held back 0.5 s (debug.slow_checkpoint_s), so that training has changed the weights
+// and moments by the time they are written: what is written must be the copy taken at the step.
+TEST(Sharding, AsynchronousCheckpointsHoldTheSameBits) {
+  const std::string base = freshDir("async_checkpoints");
+  for (const auto& [np, mode] : std::vector<std::pair<int, std::string>>{{2, "none"}, {3, "parameters"}}) {
+    const std::string name = mode + "_np" + std::to_string(np);
+    for (const std::string async : {"false", "true"}) {
+      const auto r = train(np, base + "/" + name + "_" + async, mode,
+                           "--debug.slow_checkpoint_s=0.5 --checkpoint.async=" + async);
+      ASSERT_EQ(r.code, 0) << name << "\n" << r.output;
+      if (async == "true") {
+        EXPECT_NE(r.output.find("s in the background; training paused"), std::string::npos) << r.output;
+      }
+    }
+    const std::string sync = base + "/" + name + "_false", async = base + "/" + name + "_true";
+    expectSameRun(sync, async, 0, name + ", asynchronous checkpoints");
+    const std::string middle = "/checkpoints/step-00000003.h5";
+    EXPECT_EQ(tensorManifest(sync + middle), tensorManifest(async + middle)) << name;
+    EXPECT_EQ(difference(sync + middle, async + middle, "/model"), 0) << name;
+  }
+}
+
 // A checkpoint written at N ranks in one mode resumes at N' ranks in another: the run continued
 // sharded equals the same checkpoint continued replicated at N' (both read it with no conversion).
 TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
