@@ -3,7 +3,8 @@
 # gradients = ZeRO-2, parameters = ZeRO-3) at np = 2 and 4, on a random-init Llama of ~32M parameters (dim 576, 8 layers)
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
 # checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
-# ratios from this one run. Prints one JSON object.
+# ratios from this one run; and the training time each checkpoint costs, synchronous and
+# checkpoint.async. Prints one JSON object.
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing).
 #   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
 #                                      MODES="none optimizer gradients parameters parameters+recompute")
@@ -61,6 +62,22 @@ for model in $MODELS; do
     done
   done
 done
+# Training time lost to checkpoints: the first model at the last np, dist.shard = none, a checkpoint
+# after every step, synchronous and checkpoint.async, against no checkpoint but the last; the
+# elapsed time at the last step's metrics line (before its checkpoint), per checkpoint, median.
+read -r lost_model _ <<<"$MODELS"; lost_np=${NPS##* }
+run_elapsed() {  # extra options -> elapsed_s at the last step
+  rm -rf "$tmp/run"
+  mpirun -np "$lost_np" --oversubscribe --bind-to none "$GRAFT" train --run.dir="$tmp/run" --data.path="$tmp/stories.h5" \
+    ${MODEL[$lost_model]} --train.seq_len=64 --train.batch_size=$((4 * lost_np)) --train.micro_batch=4 --train.steps="$STEPS" \
+    --train.threads=1 --eval.every=0 --eval.batches=1 "$@" >/dev/null 2>&1
+  tail -1 "$tmp/run/metrics.jsonl" | grep -o '"elapsed_s": [0-9.]*' | cut -d' ' -f2
+}
+base_s=$(for ((i = 0; i < REPEATS; i++)); do run_elapsed --checkpoint.every=0; done | median)
+sync_s=$(for ((i = 0; i < REPEATS; i++)); do run_elapsed --checkpoint.every=1 --checkpoint.async=false; done | median)
+async_s=$(for ((i = 0; i < REPEATS; i++)); do run_elapsed --checkpoint.every=1 --checkpoint.async=true; done | median)
+lost() { awk -v a="$1" -v b="$base_s" -v n="$((STEPS - 1))" 'BEGIN {printf "%.3f", (a - b) / n}'; }
+lost_json="{\"model\": \"$lost_model\", \"np\": $lost_np, \"seconds_lost_per_checkpoint\": {\"sync\": $(lost "$sync_s"), \"async\": $(lost "$async_s")}}"
 # dd of as many bytes as the largest checkpoint (with fsync), median of REPEATS, against graft's
 # checkpoint time (which also reads the checkpoint back to verify it and prunes old ones).
 dd_s=$(for ((i = 0; i < REPEATS; i++)); do
@@ -68,6 +85,6 @@ dd_s=$(for ((i = 0; i < REPEATS; i++)); do
   dd if=/dev/zero of="$tmp/dd.bin" bs=1M count=$(((big_bytes >> 20) + 1)) conv=fsync 2>/dev/null
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f\n", b - a}'
 done | median)
-IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s}}\n' \
+IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s}, "training_time_lost": %s}\n' \
   "$STEPS" "$REPEATS" "${rows[*]}" "${summary[*]}" "$big_bytes" "$big_ckpt" "$dd_s" \
-  "$(awk -v a="$dd_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')"
+  "$(awk -v a="$dd_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$lost_json"

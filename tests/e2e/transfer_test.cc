@@ -269,8 +269,8 @@ TEST(Transfer, ZeroAndFewShotScoringOfLabelVerbalisations) {
 }
 
 // Issue "never lose a run": every flavour, stopped inside an epoch and (at one rank) inside
-// gradient accumulation, resumes to the same losses and the same trainable bytes, at 1 and 4
-// ranks (2 ranks: the tests above).
+// gradient accumulation, resumes to the same losses and the same trainable bytes (weights and both
+// AdamW moments), at 1 and 4 ranks (2 ranks: the tests above).
 TEST(Transfer, EveryFlavourResumesBitwiseAtOneAndFourRanks) {
   struct Flavour {
     std::string name, transfer;
@@ -278,6 +278,9 @@ TEST(Transfer, EveryFlavourResumesBitwiseAtOneAndFourRanks) {
   };
   const std::vector<Flavour> flavours = {
       {"qlora", "mode = lora\nlora_rank = 4\nlora_targets = wq,wv,w2\nquantize = nf4", false},
+      // int8 QLoRA with dropout: the masks after the resume must be the ones the straight run drew
+      // (each rank's generator state is in the checkpoint).
+      {"qlora_int8_dropout", "mode = lora\nlora_rank = 4\nlora_targets = wq,wv,w2\nquantize = int8\nlora_dropout = 0.1", false},
       {"prompt", "mode = prompt\nprompt_tokens = 4", false},
       {"unfreeze", "mode = full\nunfreeze_every = 2\nlayer_lr_decay = 0.7", false},
       {"feature", "mode = feature\ncache_features = true", true}};
