@@ -17,25 +17,34 @@ const std::string kStories = data("llama2c/stories260K.bin");
 
 
 // graft's logits for `ids` on `model` vs the reference forward on `hf_folder` (the same weights in
-// Hugging Face layout): returns {graft loss, reference loss, max |logit difference|}.
+// Hugging Face layout): returns {graft loss, reference loss, max |logit difference|, max |logit|}.
 std::vector<double> compareLogits(const std::string& model, const std::string& hf_folder, const std::string& ids,
                                   const std::string& dir) {
   const auto ours = run(graft() + " eval --model " + model + " --ids '" + ids + "' --logits " + dir + "/logits.csv");
   EXPECT_EQ(ours.code, 0) << ours.output;
   const auto ref = run(hfReference() + " logits " + hf_folder + " '" + ids + "' " + dir + "/logits.csv");
   EXPECT_EQ(ref.code, 0) << ref.output;
-  double our_loss = 0, ref_loss = 0, diff = 1;
+  double our_loss = 0, ref_loss = 0, diff = 1, scale = 0;
   long long tokens = 0;
   EXPECT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
-  EXPECT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &diff), 2) << ref.output;
-  return {our_loss, ref_loss, diff};
+  EXPECT_EQ(sscanf(ref.output.c_str(), "%lf %lf %lf", &ref_loss, &diff, &scale), 3) << ref.output;
+  return {our_loss, ref_loss, diff, scale};
 }
 
+// tiny-random-gpt2 as stored gives logits under 0.5, where GELU's tanh approximation and the exact
+// GELU differ by 5e-6: no tolerance could tell them apart. With its matrices scaled x25 the logits
+// reach 11 and the two GELUs differ by 3.4e-3, so a relative 1e-5 of the largest logit can.
 TEST(Formats, HuggingFaceGpt2LogitsMatchAnIndependentForward) {
   const std::string dir = freshDir("fmt_gpt2");
-  const auto r = compareLogits(kGpt2, kGpt2, "0 5 9 13 200 999 4 17 300 2 1 77 500", dir);
-  EXPECT_NEAR(r[0], r[1], 1e-5 * r[1]);
-  EXPECT_LT(r[2], 1e-4);
+  const std::string ids = "0 5 9 13 200 999 4 17 300 2 1 77 500";
+  const auto plain = compareLogits(kGpt2, kGpt2, ids, dir);
+  EXPECT_NEAR(plain[0], plain[1], 1e-5 * plain[1]);
+  EXPECT_LT(plain[2], 1e-4);
+  ASSERT_EQ(run(hfReference() + " scaled " + kGpt2 + " " + dir + "/scaled 25").code, 0);
+  const auto scaled = compareLogits(dir + "/scaled", dir + "/scaled", ids, dir);
+  EXPECT_GT(scaled[3], 5.0);  // logits large enough to tell activations apart
+  EXPECT_LT(scaled[2], 1e-5 * scaled[3]) << "max |difference| " << scaled[2] << " of logits up to " << scaled[3];
+  EXPECT_NEAR(scaled[0], scaled[1], 1e-5 * scaled[1]);
 }
 
 TEST(Formats, ShardedFolderLoadsLikeOneFile) {

@@ -152,21 +152,33 @@ def write_random(out, model_type, dtype):
     open(os.path.join(out, "config.json"), "w").write(json.dumps(cfg, indent=2))
 
 
+def write_scaled(folder, out, factor):
+    """The model in `folder` with every matrix multiplied by `factor` (norms and biases kept), as F32:
+    tiny-random-gpt2's weights (std 0.02) give logits near 0.1, where an absolute tolerance cannot
+    tell two GELU variants apart; scaled, logits are O(1-10)."""
+    w = {k: (v * factor if v.dim() == 2 else v) for k, v in read_folder(folder).items()}
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, "model.safetensors"), w, "F32")
+    open(os.path.join(out, "config.json"), "w").write(open(os.path.join(folder, "config.json")).read())
+
+
 def compare_logits(cfg, tensors, ids_text, graft_csv):
-    """Prints <mean next-token loss> <max |graft's logit - ours|>."""
+    """Prints <mean next-token loss> <max |graft's logit - ours|> <max |our logit|>."""
     ids = [int(t) for t in ids_text.split()]
     forward = gpt2 if cfg["model_type"] == "gpt2" else llama
     with torch.no_grad():
         logits = forward(cfg, tensors, ids[:-1])
     loss = torch.nn.functional.cross_entropy(logits.double(), torch.tensor(ids[1:])).item()
     ours = torch.from_numpy(np.loadtxt(graft_csv, delimiter=",", dtype=np.float32).reshape(len(ids) - 1, -1))
-    print(f"{loss:.9f} {(ours - logits).abs().max().item():.9g}")
+    print(f"{loss:.9f} {(ours - logits).abs().max().item():.9g} {logits.abs().max().item():.9g}")
 
 
 def main():
     mode, folder = sys.argv[1], sys.argv[2]
     if mode == "random":
         return write_random(folder, sys.argv[3], sys.argv[4])
+    if mode == "scaled":
+        return write_scaled(folder, sys.argv[3], float(sys.argv[4]))
     cfg = json.load(open(os.path.join(folder, "config.json")))
     tensors = read_folder(folder)
     if mode == "tensors":
