@@ -162,6 +162,36 @@ def write_scaled(folder, out, factor):
     open(os.path.join(out, "config.json"), "w").write(open(os.path.join(folder, "config.json")).read())
 
 
+def llama2c_encoder(path, vocab_size):
+    """run.c's encoder from the llama2.c tokenizer format (../shared/data/llama2c/FORMAT.md)."""
+    pieces, scores = [], []
+    with open(path, "rb") as f:
+        f.read(4)  # max_token_length
+        for _ in range(vocab_size):
+            score, n = struct.unpack("<fi", f.read(8))
+            scores.append(score)
+            pieces.append(f.read(n))
+    lookup = {p: i for i, p in enumerate(pieces)}
+
+    def encode(text):
+        if not text:
+            return []
+        ids = [lookup[b" "]]
+        for ch in text:
+            b = ch.encode("utf-8")
+            ids.extend([lookup[b]] if b in lookup else [x + 3 for x in b])
+        while True:
+            best, at = None, -1
+            for i in range(len(ids) - 1):
+                j = lookup.get(pieces[ids[i]] + pieces[ids[i + 1]])
+                if j is not None and (best is None or scores[j] > scores[best]):
+                    best, at = j, i
+            if best is None:
+                return ids
+            ids[at:at + 2] = [best]
+    return encode
+
+
 def compare_logits(cfg, tensors, ids_text, graft_csv):
     """Prints <mean next-token loss> <max |graft's logit - ours|> <max |our logit|>."""
     ids = [int(t) for t in ids_text.split()]
@@ -239,6 +269,31 @@ def main():
                 correct += int(logits.argmax().item() == target)
         n = len(offsets) - 1
         print(f"{correct / n:.6f} {loss / n:.9f} {n}")
+    elif mode == "zeroshot":
+        # Prompt-based classification without training, scored here from scratch: each label's
+        # verbalisation (TEMPLATE with {label}, underscores as spaces) continues the document; the
+        # label with the highest total log-probability wins. Checks graft's predictions file
+        # (example, predicted, score) and prints: <predictions agreeing> <examples> <max |score diff| / |score|>.
+        import h5py
+        f = h5py.File(sys.argv[3], "r")
+        split, tokenizer, template, predictions = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+        tokens, offsets, labels = f[split + "/tokens"][:], f[split + "/doc_offsets"][:], f[split + "/labels"][:]
+        names = json.loads(f.attrs["label_names"])
+        encode = llama2c_encoder(tokenizer, cfg["vocab_size"])
+        verbal = [encode(template.replace("{label}", n.replace("_", " "))) for n in names]
+        agree, worst, rows = 0, 0.0, [json.loads(l) for l in open(predictions)]
+        with torch.no_grad():
+            for row in rows:
+                d = row["example"]
+                stem = tokens[offsets[d]:offsets[d + 1]].tolist()
+                scores = []
+                for v in verbal:
+                    logp = torch.log_softmax(llama(cfg, tensors, stem + v).double(), -1)
+                    scores.append(sum(logp[len(stem) - 1 + k, t].item() for k, t in enumerate(v)))
+                best = max(range(len(names)), key=lambda l: scores[l])
+                agree += int(names[best] == row["predicted"])
+                worst = max(worst, abs(scores[best] - row["score"]) / abs(scores[best]))
+        print(f"{agree} {len(rows)} {worst:.3g}")
     elif mode == "masked":
         import h5py
         f = h5py.File(sys.argv[3], "r")

@@ -193,7 +193,13 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
             "True 770\n");
   EXPECT_NE(out.find("4928 elements per step"), std::string::npos) << out;  // the head alone: 77 x 64
   const double accuracy = lastAccuracy(dir + "/run");
-  EXPECT_GT(accuracy, 2.0 / 77) << out;  // twice chance (1/77) or more after 40 steps on 770 examples
+  // Against a baseline computed here: always answering the split's most frequent label (1.9% of the
+  // 1006 validation documents). After 40 steps on 770 examples the head must do 1.5x better
+  // (measured 3.6%).
+  const double majority = std::stod(python("import h5py, numpy as np; l = h5py.File('" + banking77FewShot() +
+                                           "', 'r')['val/labels'][:]; print(np.bincount(l).max() / len(l))"));
+  EXPECT_GT(majority, 0.0);
+  EXPECT_GT(accuracy, 1.5 * majority) << out;
   // The checkpoint holds the head only, and graft eval reproduces the run's accuracy from it.
   EXPECT_EQ(python("import h5py; f = h5py.File('" + dir + "/run/checkpoints/step-00000040.h5', 'r'); print(list(f['model']))"),
             "['head.weight']\n");
@@ -263,6 +269,18 @@ TEST(Transfer, ZeroAndFewShotScoringOfLabelVerbalisations) {
                      "'%.6f' % (sum(r['label'] == r['predicted'] for r in rows) / len(rows)))"),
               "8 True True " + std::to_string(accuracy).substr(0, 8) + "\n");
   }
+  // The zero-shot scores against an independent forward (the same model exported to transformers'
+  // layout, its own tokenizer and scoring): the same predicted label for each of the 8 examples,
+  // and the winning total log-probability within 1e-5 relative.
+  ASSERT_EQ(run(graft() + " export --model " + kBase + " --format hf --out " + dir + "/hf").code, 0);
+  const auto ref = run(hfReference() + " zeroshot " + dir + "/hf " + banking77FewShot() + " val " + data("llama2c/tok512.bin") +
+                       " ' Topic: {label}.' " + dir + "/p0.jsonl");
+  int agree = -1, examples = -1;
+  double worst = 1;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%d %d %lf", &agree, &examples, &worst), 3) << ref.output;
+  EXPECT_EQ(examples, 8);
+  EXPECT_EQ(agree, 8) << ref.output;
+  EXPECT_LT(worst, 1e-5) << ref.output;
   const auto no_label = run(graft() + " eval --model " + kBase + " --tokenizer " + data("llama2c/tok512.bin") + " --data " +
                             banking77FewShot() + " --zero-shot ' Topic:'");
   EXPECT_EQ(no_label.code, 2) << no_label.output;
