@@ -3,7 +3,8 @@
 # starting weights; plus overlap on/off and weak scaling. Prints one JSON object (medians of
 # REPEATS alternating runs; steps/s measured after the first SKIP steps).
 #   steps/s            graft and peer at np=1 (2 threads) and np=2 (1 thread per rank)
-#   loss_curve         max relative difference of graft's and the peer's per-step losses
+#   loss_curve         max relative difference of graft's and the peer's per-step losses; above
+#                      1e-4 the two did not train the same thing, and no ratio is reported (exit 1)
 #   overlap            graft np=2 with dist.overlap=true vs false
 #   weak_scaling       graft tokens/s at np=2 / (2 x np=1), same per-rank batch, 1 thread per rank
 # usage: bench/ddp_compare.sh [graft]   (uses runs/demo from launcher/demo.sh, running it if missing)
@@ -40,7 +41,8 @@ PYEOF
 
 peer_run() {  # np threads -> steps/s; losses in $tmp/peer_losses
   local np=$1 threads=$2
-  mpirun -np "$np" --oversubscribe --bind-to none $PY bench/ddp_peer.py --data "$DATA" --init "$BASE" \
+  # --ddp: the peer runs DistributedDataParallel (a gloo group) at one rank too, as graft runs its reducer.
+  mpirun -np "$np" --oversubscribe --bind-to none $PY bench/ddp_peer.py --ddp --data "$DATA" --init "$BASE" \
     --steps "$STEPS" --threads "$threads" --warmup-steps-excluded "$SKIP" --seed 2 2>/dev/null > "$tmp/peer.json"
   $PY -c "import json,sys; d=json.load(open('$tmp/peer.json')); json.dump(d['losses'], open('$tmp/peer_losses','w')); print(d['steps_per_s'])"
 }
@@ -70,6 +72,10 @@ $PY - "${g[1]}" "${g[2]}" "${p[1]}" "${p[2]}" "${d[1]}" "${d[2]}" "$(median < "$
 import json, sys
 g1, g2, p1, p2, d1, d2, on, off, w1, w2 = map(float, sys.argv[1:11])
 repeats, steps, skip = map(int, sys.argv[11:14])
+if max(d1, d2) > 1e-4:  # a speed ratio between runs that trained different things means nothing
+    print(json.dumps({"bench": "ddp_compare", "error": "graft's and the peer's loss curves differ by more than 1e-4 "
+                      "relative; no ratio reported", "loss_curve_max_rel_diff": {"np1": d1, "np2": d2}}))
+    sys.exit(1)
 print(json.dumps({
     "bench": "ddp_compare", "model": "demo_finetune (dim 96, 3 layers, seq 128, global batch 16)",
     "repeats": repeats, "steps": steps, "timed_after_step": skip, "statistic": "median",
