@@ -3,6 +3,8 @@
 #   launcher/quickstart.sh demo   runs the fine-tuning demo under mpirun -np 2 (default)
 #   launcher/quickstart.sh test   runs the whole test suite (ctest)
 #   launcher/quickstart.sh build  only installs and builds
+# It prints one line per phase; apt's, cmake's and the compiler's full output go to
+# BUILD_DIR/quickstart.log, whose last lines are printed when a phase fails.
 # Environment: BUILD_DIR (default build), JOBS (default: cores), GRAFT_SKIP_APT=1 to skip apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,20 @@ ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 JOBS=${JOBS:-$(nproc)}
 what=${1:-demo}
+case "$what" in
+  build | demo | test) ;;
+  *) echo "usage: $0 [demo|test|build]" >&2; exit 2 ;;
+esac
+mkdir -p "$BUILD_DIR"
+LOG=$BUILD_DIR/quickstart.log
+: >"$LOG"
+
+say() { echo "quickstart: $*"; }
+fail() {
+  echo "quickstart: $1 failed; the last lines of $LOG:" >&2
+  tail -n 30 "$LOG" >&2
+  exit 1
+}
 
 PACKAGES=(build-essential cmake git pkg-config ccache libtorch-dev libopenblas0-openmp
           libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libboost-program-options-dev
@@ -24,25 +40,45 @@ install_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return
-  echo "quickstart: installing ${missing[*]}"
+  say "installing ${#missing[@]} Debian package(s): ${missing[*]}"
   local sudo=""
   [[ $(id -u) != 0 ]] && sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $sudo apt-get update >>"$LOG" 2>&1 || fail "apt-get update"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}" >>"$LOG" 2>&1 ||
+    fail "installing the packages"
+}
+
+# Copies the build's output into the log and prints its progress every 10%.
+progress() {
+  local last=-1 line
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >>"$LOG"
+    if [[ $line =~ ^\[\ *([0-9]+)%\] ]] && ((BASH_REMATCH[1] / 10 != last)); then
+      last=$((BASH_REMATCH[1] / 10))
+      say "building ${BASH_REMATCH[1]}%"
+    fi
+  done
 }
 
 build() {
   # ccache must accept the precompiled header (see docs/building.md).
   export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$BUILD_DIR" -j "$JOBS"
+  say "configuring (cmake, log: $LOG)"
+  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >>"$LOG" 2>&1 || fail "configuring"
+  say "building with $JOBS job(s)"
+  local status
+  set +e
+  cmake --build "$BUILD_DIR" -j "$JOBS" 2>&1 | progress
+  status=${PIPESTATUS[0]}
+  set -e
+  ((status == 0)) || fail "building"
+  say "built $BUILD_DIR/launcher/graft"
 }
 
 install_packages
 build
 case "$what" in
   build) ;;
-  demo) exec bash "$ROOT/launcher/demo.sh" "$BUILD_DIR/launcher/graft" ;;
-  test) cd "$BUILD_DIR" && exec ctest --output-on-failure --timeout 900 ;;
-  *) echo "usage: $0 [demo|test|build]" >&2; exit 2 ;;
+  demo) say "running the demo"; exec bash "$ROOT/launcher/demo.sh" "$BUILD_DIR/launcher/graft" ;;
+  test) say "running the test suite (ctest)"; cd "$BUILD_DIR" && exec ctest --output-on-failure --timeout 900 ;;
 esac
