@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "io/hf_model.h"
 #include "data/dataset.h"
 #include "data/sampler.h"

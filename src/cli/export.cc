@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "io/hdf5.h"
 #include "io/hf_model.h"
 #include "io/model_io.h"

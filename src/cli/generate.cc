@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "io/hf_model.h"
 #include "io/model_io.h"
 #include "io/tokenizer.h"

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "io/hdf5.h"
 #include "io/hf_model.h"
 #include "io/llama2c_header.h"

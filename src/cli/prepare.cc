@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "data/dataset.h"
 #include "io/tokenizer.h"
 #include "util/error.h"

@@ -1,7 +1,7 @@
 #include <iostream>
 
 #include "cli/cli.h"
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "io/tokenizer.h"
 
 namespace graft {

@@ -6,7 +6,7 @@
 #include <map>
 #include <sstream>
 
-#include "cli/options.h"
+#include "config/command_line.h"
 #include "util/error.h"
 #include "util/files.h"
 

@@ -1,4 +1,4 @@
-#include "cli/options.h"
+#include "config/command_line.h"
 
 #include <iostream>
 
