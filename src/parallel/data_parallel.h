@@ -87,11 +87,11 @@ class DataParallel {
                          bool /*backward_reads_params*/) {}
   // This rank's rows of every parameter, in registration order (parameters only; else empty).
   virtual std::vector<AdamW::Rows> parameterRows() const { return {}; }
-  // Collective. Every parameter whole on every rank until releaseParameters.
+  // Once, after the parameters were broadcast or loaded whole: each rank keeps its rows of them
+  // and frees the rest.
+  virtual void keepOwnRows() {}
+  // Collective. Every parameter whole on every rank from now on (to inspect or export them).
   virtual void gatherParameters() {}
-  // Back to this rank's rows; `adopt`: take them from the whole parameters first (once, after the
-  // parameters were broadcast or loaded from a checkpoint).
-  virtual void releaseParameters(bool /*adopt*/) {}
   // One line for the log: what is communicated and what this rank holds.
   virtual std::string describe() const = 0;
 

@@ -97,11 +97,6 @@ void ParameterShards::gatherAll() {
   all_whole_ = true;
 }
 
-void ParameterShards::releaseAll() {
-  all_whole_ = false;
-  for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
-}
-
 void ParameterShards::enter(const std::string& unit) {
   const auto it = unit_index_.find(unit);
   if (it != unit_index_.end() && !whole_[it->second]) gather(it->second, tags_[it->second][0].c_str());

@@ -49,9 +49,8 @@ class ParameterShards {
   // Copies this rank's rows out of the whole parameters (after they were broadcast or loaded),
   // then frees every parameter.
   void adopt();
-  // Collective. Every parameter whole on every rank, and kept whole until releaseAll().
+  // Collective. Every parameter whole on every rank, and kept whole from now on.
   void gatherAll();
-  void releaseAll();
   // Around a unit's use (model/transformer.h UnitGate). Collective when the unit is not whole.
   void enter(const std::string& unit);
   void leave(const std::string& unit, const at::Tensor& input, const at::Tensor& output, bool backward_reads_params);
@@ -71,7 +70,7 @@ class ParameterShards {
   std::map<std::string, std::size_t> unit_index_;
   std::vector<at::Tensor> buffers_;        // per unit: this rank's rows of its parameters
   std::vector<bool> whole_;                // per unit
-  bool all_whole_ = true;                  // before adopt(), and between gatherAll() and releaseAll()
+  bool all_whole_ = true;                  // before adopt(), and after gatherAll()
   std::vector<std::array<std::string, 2>> tags_;  // per unit: forward and backward gather
 };
 

@@ -181,13 +181,11 @@ class Sharded final : public DataParallel {
     }
     return out;
   }
+  void keepOwnRows() override {
+    if (shards_) shards_->adopt();
+  }
   void gatherParameters() override {
     if (shards_) shards_->gatherAll();
-  }
-  void releaseParameters(bool adopt) override {
-    if (!shards_) return;
-    if (adopt) shards_->adopt();
-    else shards_->releaseAll();
   }
 
   std::string describe() const override {

@@ -145,9 +145,6 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
   return state;
 }
 
-}  // namespace
-
-namespace {
 
 // This rank's rows of the model's tensors that the checkpoint holds (dist.shard = parameters),
 // else null: then rank 0 writes the model's tensors whole.

@@ -243,7 +243,7 @@ TrainResult Trainer::run() {
     s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
     s.model->setRecompute(c.recompute);
     if (s.dp->shardsParameters()) {  // from here on each rank keeps only its rows between uses
-      s.dp->releaseParameters(/*adopt=*/true);
+      s.dp->keepOwnRows();
       s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
     }
   }

@@ -21,6 +21,9 @@ import sys
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import llama2c_encoder  # noqa: E402 (tests/llama2c_encoder.py)
+
 DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
 
@@ -162,36 +165,6 @@ def write_scaled(folder, out, factor):
     open(os.path.join(out, "config.json"), "w").write(open(os.path.join(folder, "config.json")).read())
 
 
-def llama2c_encoder(path, vocab_size):
-    """run.c's encoder from the llama2.c tokenizer format (../shared/data/llama2c/FORMAT.md)."""
-    pieces, scores = [], []
-    with open(path, "rb") as f:
-        f.read(4)  # max_token_length
-        for _ in range(vocab_size):
-            score, n = struct.unpack("<fi", f.read(8))
-            scores.append(score)
-            pieces.append(f.read(n))
-    lookup = {p: i for i, p in enumerate(pieces)}
-
-    def encode(text):
-        if not text:
-            return []
-        ids = [lookup[b" "]]
-        for ch in text:
-            b = ch.encode("utf-8")
-            ids.extend([lookup[b]] if b in lookup else [x + 3 for x in b])
-        while True:
-            best, at = None, -1
-            for i in range(len(ids) - 1):
-                j = lookup.get(pieces[ids[i]] + pieces[ids[i + 1]])
-                if j is not None and (best is None or scores[j] > scores[best]):
-                    best, at = j, i
-            if best is None:
-                return ids
-            ids[at:at + 2] = [best]
-    return encode
-
-
 def compare_logits(cfg, tensors, ids_text, graft_csv):
     """Prints <mean next-token loss> <max |graft's logit - ours|> <max |our logit|>."""
     ids = [int(t) for t in ids_text.split()]
@@ -279,7 +252,7 @@ def main():
         split, tokenizer, template, predictions = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
         tokens, offsets, labels = f[split + "/tokens"][:], f[split + "/doc_offsets"][:], f[split + "/labels"][:]
         names = json.loads(f.attrs["label_names"])
-        encode = llama2c_encoder(tokenizer, cfg["vocab_size"])
+        encode = llama2c_encoder.encoder(tokenizer, cfg["vocab_size"])
         verbal = [encode(template.replace("{label}", n.replace("_", " "))) for n in names]
         agree, worst, rows = 0, 0.0, [json.loads(l) for l in open(predictions)]
         with torch.no_grad():

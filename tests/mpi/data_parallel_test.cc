@@ -77,7 +77,7 @@ constexpr int kSteps = 4, kMicro = 2;
 std::vector<double> train(DataParallel& dp, Params& params) {
   std::vector<double> norms;
   dp.broadcastParameters();
-  dp.releaseParameters(/*adopt=*/true);  // parameters: each rank keeps its rows from here on
+  dp.keepOwnRows();  // parameters: each rank keeps its rows from here on
   for (int step = 0; step < kSteps; ++step) {
     dp.beginStep();
     for (int m = 0; m < kMicro; ++m) {
@@ -251,7 +251,7 @@ TEST(DataParallel, StateMemoryFollowsTheZeroFormulas) {
       params.emplace_back("layers." + std::to_string(i) + ".w", torch::ones({1000, 1000}).requires_grad_(true));
     const double p = 30e6;
     auto dp = makeDataParallel(params, comm(), options(mode));
-    dp->releaseParameters(/*adopt=*/true);
+    dp->keepOwnRows();
     const double added = static_cast<double>(residentBytes() - before);
     const double expected = mode == "none"        ? 16 * p
                             : mode == "optimizer" ? 8 * p + 8 * p / n

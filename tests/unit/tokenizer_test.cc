@@ -173,58 +173,15 @@ const Tokenizer& gpt2() {
 
 // --- llama2.c and bytes ---------------------------------------------------------------------------
 
-// run.c's encoder written out independently from the llama2.c tokenizer format
-// (../shared/data/llama2c/FORMAT.md): a dummy-prefix space, one piece per UTF-8 code point (or its
-// bytes + 3 when the vocabulary lacks it), then merging the adjacent pair whose concatenation has the
-// highest score (the first such pair on a tie) until none is in the vocabulary. Reads texts
-// separated by NUL bytes, prints ids per text.
-const char* kLlama2cReference = R"PY(
-import struct, sys
-path, vocab_size = sys.argv[2], int(sys.argv[3])
-pieces, scores = [], []
-with open(path, "rb") as f:
-    struct.unpack("<i", f.read(4))  # max_token_length
-    for _ in range(vocab_size):
-        score, n = struct.unpack("<fi", f.read(8))
-        scores.append(score)
-        pieces.append(f.read(n))
-lookup = {}
-for i, p in enumerate(pieces):
-    lookup.setdefault(p, i)  # the first id of a piece, as run.c's sorted search finds... any; pieces are unique here
-assert len(lookup) == len(pieces)
-
-def encode(text):
-    if not text:
-        return []
-    ids = [lookup[b" "]]
-    for ch in text:
-        b = ch.encode("utf-8")
-        if b in lookup:
-            ids.append(lookup[b])
-        else:
-            ids.extend(x + 3 for x in b)
-    while True:
-        best, at = None, -1
-        for i in range(len(ids) - 1):
-            j = lookup.get(pieces[ids[i]] + pieces[ids[i + 1]])
-            if j is not None and (best is None or scores[j] > scores[best]):
-                best, at = j, i
-        if best is None:
-            return ids
-        ids[at:at + 2] = [best]
-
-for text in open(sys.argv[1], "rb").read().decode("utf-8").split("\0"):
-    print(" ".join(map(str, encode(text))))
-)PY";
-
 // The llama2.c tokenizer that prepares every TinyStories dataset, against run.c's algorithm on
 // punctuation, digits, whitespace runs, accents, CJK, emoji (byte fallback) and leading spaces.
+// The reference is tests/llama2c_encoder.py, written from the format's documentation.
 TEST(Tokenizer, Llama2cMatchesAnIndependentRunCEncoder) {
   std::string joined;
   for (std::size_t i = 0; i < kVariedTexts.size(); ++i) joined += (i ? std::string(1, '\0') : "") + kVariedTexts[i];
-  const std::string script = writeFile("llama2c_reference.py", kLlama2cReference);
   const std::string texts = writeFile("llama2c_texts.bin", joined);
-  const auto expected = parseIdLines(run("python3 " + script + " " + texts + " " + kTok + " 512"));
+  const auto expected =
+      parseIdLines(run("python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/llama2c_encoder.py " + texts + " " + kTok + " 512"));
   ASSERT_EQ(expected.size(), kVariedTexts.size());
   auto tok = loadTokenizer(kTok);
   std::size_t fallback = 0;
