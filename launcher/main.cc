@@ -29,6 +29,8 @@ const char* const kUsage =
     "  eval       mean next-token loss of a text or of token ids, as JSON\n"
     "  tokenize   print the token ids of a text\n"
     "  inspect    what a model, checkpoint, dataset or tokenizer file holds (--json)\n"
+    "  status     how far a run is: step, loss, ETA, checkpoints verified, resumes, last error (--json)\n"
+    "  plot       loss curves of one or more runs: graft plot RUN_DIR... --out curves.svg|.png\n"
     "  export     write a model for other tools: --format hf | llama2c | graft\n"
     "  convert    convert a model between formats: graft convert IN OUT\n";
 
@@ -38,6 +40,8 @@ int dispatch(const std::string& command, const graft::Args& args) {
   if (command == "eval") return graft::runEval(args);
   if (command == "prepare") return graft::runPrepare(args);
   if (command == "inspect") return graft::runInspect(args);
+  if (command == "status") return graft::runStatus(args);
+  if (command == "plot") return graft::runPlot(args);
   if (command == "export") return graft::runExport(args);
   if (command == "convert") return graft::runConvert(args);
   if (command == "launch") return graft::runLaunch(args);

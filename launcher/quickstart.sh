@@ -28,7 +28,7 @@ fail() {
 }
 
 PACKAGES=(build-essential cmake git pkg-config ccache libtorch-dev libopenblas0-openmp
-          libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libboost-program-options-dev
+          libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libboost-program-options-dev libcairo2-dev fonts-dejavu-core
           libgtest-dev zlib1g-dev python3-torch python3-h5py iproute2 procps
           slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge
           libsentencepiece-dev sentencepiece python3-regex python3-numpy clang libclang-rt-dev)

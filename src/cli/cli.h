@@ -20,6 +20,8 @@ int runPrepare(const Args& args);
 int runExport(const Args& args);
 int runConvert(const Args& args);
 int runInspect(const Args& args);
+int runPlot(const Args& args);
+int runStatus(const Args& args);
 // Makes the communicator for a backend name ("auto" is resolved by the launcher from how the
 // process was started).
 using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend)>;

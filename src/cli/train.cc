@@ -9,14 +9,17 @@
 #include "stalling_communicator.h"
 #include "util/error.h"
 #include "config/train_config.h"
+#include "monitor/run_history.h"
 #include "train/trainer.h"
+#include "util/files.h"
 #include "util/log.h"
 
 namespace graft {
 
-int runTrain(const Args& args, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested) {
-  TrainConfig config;
-  if (!parseTrainConfig(args, config)) return 0;
+namespace {
+
+int train(const TrainConfig& config, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested,
+          int& rank) {
   // Blocks of 1 MiB and more straight from mmap, and back to the system when freed. glibc would
   // otherwise raise this threshold after the first such free and keep freed blocks resident: what
   // ZeRO-3 frees between uses (a unit's parameters) would stay in the process. Measured on a 32M
@@ -27,6 +30,7 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator, con
   if (!config.stall_at.empty() && owned->rank() == config.stall_rank)
     owned = stallingCommunicator(std::move(owned), config.stall_at);
   Communicator& comm = *owned;
+  rank = comm.rank();
   comm.setTimeout(std::chrono::milliseconds(static_cast<std::int64_t>(config.timeout_s * 1000)));
   if (comm.backend() == "nccl")
     throw InputError("dist.backend = nccl needs CUDA tensors, and this build trains on the CPU; use mpi");
@@ -48,6 +52,30 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator, con
   }
   log.main(line);
   return 0;
+}
+
+}  // namespace
+
+int runTrain(const Args& args, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested) {
+  TrainConfig config;
+  if (!parseTrainConfig(args, config)) return 0;
+  int rank = -1;  // not known before the communicator exists
+  try {
+    return train(config, make_communicator, stop_requested, rank);
+  } catch (const std::exception& e) {
+    // Each failing rank leaves its error in the run's journal, for `graft status`.
+    if (isDirectory(config.run_dir)) {
+      try {
+        Json fields = Json::object();
+        fields.set("rank", rank);
+        fields.set("message", e.what());
+        appendJournal(config.run_dir, "error", fields);
+      } catch (const std::exception&) {
+        // the run directory is not writable (a full disk): the error still reaches stderr
+      }
+    }
+    throw;
+  }
 }
 
 }  // namespace graft

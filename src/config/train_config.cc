@@ -66,6 +66,7 @@ class OptionTable {
     add("train.log_every", c.log_every, "progress line every N steps");
     add("train.stop_after", c.stop_after, "checkpoint and stop after this step (0 = run to the end)");
     add("train.max_bad_steps", c.max_bad_steps, "consecutive steps with a non-finite loss or gradient that stop the run");
+    add("train.tensorboard", c.tensorboard, "write TensorBoard event files to RUN_DIR/tensorboard (rank 0)");
     add("train.recompute", c.recompute,
         "activation checkpointing: each block keeps only its input in forward and runs again in backward "
         "(less memory for activations, about one more forward pass of compute; same results)");

@@ -42,6 +42,7 @@ struct TrainConfig {
   std::int64_t stop_after = 0;  // stop (with a checkpoint) after this step; 0 = run to the end
   std::int64_t max_bad_steps = 5;  // consecutive non-finite steps that stop the run
   bool recompute = false;          // activation checkpointing per block (model/transformer.h)
+  bool tensorboard = true;         // TensorBoard event files in RUN_DIR/tensorboard (monitor/tfevents.h)
   // [eval]
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;

@@ -344,7 +344,7 @@ Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, D
   }
   log.main("resuming from " + path + " at step " + std::to_string(state.step) + " (saved with " +
            std::to_string(state.world_size) + " ranks, now " + std::to_string(comm.size()) + ")");
-  return {state.step, {state.tokens_seen, state.skipped_steps}};
+  return {state.step, {state.tokens_seen, state.skipped_steps}, path};
 }
 
 }  // namespace graft

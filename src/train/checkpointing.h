@@ -79,6 +79,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
 struct Resumed {
   std::int64_t step = 0;  // 0: nothing to resume
   RunCounters counters;
+  std::string checkpoint;  // the file resumed from ("" when none)
 };
 
 // Collective. Rank 0 picks the newest complete checkpoint that verifies against its manifest

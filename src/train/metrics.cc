@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "monitor/run_history.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -38,24 +39,53 @@ std::string jsonNumber(double value, int digits) {
 
 }  // namespace
 
-Metrics::Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, int rank, Logger log)
-    : path_(run_dir + "/metrics.jsonl"), total_steps_(total_steps), log_every_(log_every), classify_(classify), rank_(rank),
-      log_(std::move(log)) {}
+Metrics::Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, bool tensorboard,
+                 int rank, Logger log)
+    : run_dir_(std::move(run_dir)), path_(run_dir_ + "/metrics.jsonl"), total_steps_(total_steps), log_every_(log_every),
+      classify_(classify), tensorboard_(tensorboard), rank_(rank), log_(std::move(log)) {}
+
+Metrics::~Metrics() = default;
+
+void Metrics::begin(std::int64_t start, const std::string& config_text) {
+  if (rank_ != 0) return;
+  truncateAfter(start);
+  if (!tensorboard_) return;
+  const std::string dir = run_dir_ + "/tensorboard";
+  truncateEventFiles(dir, start);
+  events_ = std::make_unique<EventWriter>(dir);
+  // Markdown: the INI text as a code block (four spaces before each line).
+  std::string markdown, line;
+  std::istringstream in(config_text);
+  while (std::getline(in, line)) markdown += "    " + line + "\n";
+  events_->text(start, unixTime(), "config", markdown);
+}
 
 void Metrics::step(const StepReport& r) {
   if (rank_ != 0) return;
   const bool has_val = !std::isnan(r.val_loss);
-  char json[640];
+  const double now = unixTime();
+  char json[700];
   std::snprintf(json, sizeof(json),
                 "{\"step\": %lld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens\": %lld, "
-                "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
+                "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"time\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
                 static_cast<long long>(r.step), jsonNumber(r.loss, 17).c_str(), r.lr, jsonNumber(r.grad_norm, 9).c_str(),
-                static_cast<long long>(r.tokens_seen), r.tokens_per_s, r.elapsed_s, r.applied ? 0 : 1,
+                static_cast<long long>(r.tokens_seen), r.tokens_per_s, r.elapsed_s, now, r.applied ? 0 : 1,
                 static_cast<long long>(r.skipped_total),
-                has_val ? (", \"val_loss\": " + std::to_string(r.val_loss) +
+                has_val ? (", \"val_loss\": " + jsonNumber(r.val_loss, 9) +
                            (classify_ ? ", \"val_accuracy\": " + jsonNumber(r.val_accuracy, 6) : std::string())).c_str()
                         : "");
   append(json);
+  if (events_) {
+    std::vector<std::pair<std::string, float>> scalars = {
+        {"train/loss", static_cast<float>(r.loss)},
+        {"train/lr", static_cast<float>(r.lr)},
+        {"train/grad_norm", static_cast<float>(r.grad_norm)},
+        {"train/tokens_per_s", static_cast<float>(r.tokens_per_s)},
+        {"train/skipped_steps", static_cast<float>(r.skipped_total)}};
+    if (has_val) scalars.emplace_back("val/loss", static_cast<float>(r.val_loss));
+    if (has_val && classify_) scalars.emplace_back("val/accuracy", static_cast<float>(r.val_accuracy));
+    events_->scalars(r.step, now, scalars);
+  }
   if (r.step % log_every_ != 0 && r.step != total_steps_ && !has_val) return;
   const double eta = r.elapsed_s / static_cast<double>(r.step - r.start) * static_cast<double>(total_steps_ - r.step);
   char line[256];
@@ -69,7 +99,7 @@ void Metrics::step(const StepReport& r) {
 }
 
 void Metrics::truncateAfter(std::int64_t step) {
-  if (rank_ != 0 || !fileExists(path_)) return;
+  if (!fileExists(path_)) return;
   std::istringstream in(readFile(path_));
   std::string line, kept;
   while (std::getline(in, line)) {

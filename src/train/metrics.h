@@ -1,12 +1,16 @@
 // What a run reports as it goes: rank 0 appends one JSON object per step to RUN_DIR/metrics.jsonl
-// (fields in docs/config.md) and prints a progress line every train.log_every steps.
+// (fields in docs/config.md), writes the same values as TensorBoard scalars to
+// RUN_DIR/tensorboard/ (train.tensorboard; monitor/tfevents.h), and prints a progress line every
+// train.log_every steps.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "communicator.h"
+#include "monitor/tfevents.h"
 #include "util/log.h"
 
 namespace graft {
@@ -24,19 +28,25 @@ struct StepReport {
 
 class Metrics {
  public:
-  Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, int rank, Logger log);
+  Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, bool tensorboard, int rank,
+          Logger log);
+  // Rank 0, once the run knows the step it starts after (0, or the checkpoint's): drops the
+  // metrics lines and TensorBoard events past `start` (steps the checkpoint does not hold, which
+  // this run will do again), opens a new event file and writes the resolved config into it as text.
+  void begin(std::int64_t start, const std::string& config_text);
   // Rank 0 writes; other ranks do nothing.
   void step(const StepReport& r);
-  // Rank 0: drops lines past `step` (they belong to work the checkpoint resumed from does not hold).
-  void truncateAfter(std::int64_t step);
+  ~Metrics();
   // Collective: the largest and smallest peak resident set over the ranks, in one line.
   void memory(Communicator& comm);
 
  private:
   void append(const std::string& json);
-  std::string path_;
+  void truncateAfter(std::int64_t step);  // drops metrics lines past `step`
+  std::string run_dir_, path_;
   std::int64_t total_steps_, log_every_;
-  bool classify_;
+  bool classify_, tensorboard_;
+  std::unique_ptr<EventWriter> events_;
   int rank_;
   Logger log_;
 };

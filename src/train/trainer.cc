@@ -11,6 +11,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "io/hdf5.h"
+#include "monitor/run_history.h"
 #include "optim/schedule.h"
 #include "parallel/data_parallel.h"
 #include "parallel/heartbeat.h"
@@ -59,6 +60,19 @@ class StrategyGate final : public UnitGate {
   DataParallel& dp_;
 };
 
+// Rank 0: the journal's "start" line (monitor/run_history.h): where this run starts, on how many
+// ranks, and, under Slurm, the job and how often it was requeued.
+void journalStart(const TrainConfig& c, std::int64_t start, const std::string& checkpoint, int ranks) {
+  Json fields = Json::object();
+  fields.set("step", start);
+  fields.set("steps", c.steps);
+  fields.set("ranks", ranks);
+  if (!checkpoint.empty()) fields.set("checkpoint", checkpoint);
+  if (const char* job = std::getenv("SLURM_JOB_ID")) fields.set("slurm_job_id", job);
+  if (const char* restarts = std::getenv("SLURM_RESTART_COUNT")) fields.set("slurm_restart_count", static_cast<std::int64_t>(std::atoll(restarts)));
+  appendJournal(c.run_dir, "start", fields);
+}
+
 }  // namespace
 
 struct StepOutcome {
@@ -86,7 +100,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
                              {c.beta1, c.beta2, c.eps, c.weight_decay}})),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
         checkpoint_dir(c.run_dir + "/checkpoints"),
-        metrics(c.run_dir, c.steps, c.log_every, classify, comm_.rank(), log) {}
+        metrics(c.run_dir, c.steps, c.log_every, classify, c.tensorboard, comm_.rank(), log) {}
 
   // Collective.
   Validation validate() {
@@ -237,8 +251,9 @@ TrainResult Trainer::run() {
     if (start > 0) {
       s.tokens_seen = resumed.counters.tokens_seen;
       s.skipped_total = resumed.counters.skipped_steps;
-      s.metrics.truncateAfter(start);
     }
+    s.metrics.begin(start, c.resolved());
+    if (s.comm.rank() == 0) journalStart(c, start, resumed.checkpoint, s.comm.size());
     // The frozen base's features are computed from the whole parameters, before they are sharded.
     s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
     s.model->setRecompute(c.recompute);
@@ -290,6 +305,12 @@ TrainResult Trainer::run() {
   }
   s.pending.wait(s.comm, c, s.log);  // checkpoint.async: the last checkpoint is on disk before the run ends
   result.stopped_early = !result.preempted && last < c.steps;
+  if (s.comm.rank() == 0) {
+    Json end = Json::object();
+    end.set("step", result.steps_done);
+    end.set("status", result.preempted ? "preempted" : result.stopped_early ? "stopped_early" : "completed");
+    appendJournal(c.run_dir, "end", end);
+  }
   result.skipped_steps = s.skipped_total;
   s.metrics.memory(s.comm);
   return result;

@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <array>
 
 namespace graft {
 
@@ -20,6 +21,27 @@ std::uint32_t crc32(const void* data, std::size_t bytes) {
 
 std::uint32_t crc32Combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t bytes_b) {
   return static_cast<std::uint32_t>(::crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(bytes_b)));
+}
+
+namespace {
+// Byte-at-a-time table of the reflected Castagnoli polynomial.
+std::array<std::uint32_t, 256> castagnoliTable() {
+  std::array<std::uint32_t, 256> table{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+}  // namespace
+
+std::uint32_t crc32c(const void* data, std::size_t bytes) {
+  static const auto table = castagnoliTable();
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::uint32_t crc = 0xFFFFFFFFu;
+  for (std::size_t i = 0; i < bytes; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return crc ^ 0xFFFFFFFFu;
 }
 
 }  // namespace graft

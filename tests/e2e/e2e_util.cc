@@ -86,6 +86,22 @@ std::string storiesDataset() {
   return path;
 }
 
+Result checkTensorboard(const std::string& run_dir, bool classify) {
+  return run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_tensorboard.py " + run_dir +
+             (classify ? " --classify" : ""));
+}
+
+Json statusOf(const std::string& run_dir) {
+  const auto r = run(graft() + " status " + run_dir + " --json 2>/dev/null");
+  EXPECT_EQ(r.code, 0) << run(graft() + " status " + run_dir).output;
+  try {
+    return parseJson(r.output, "graft status --json");
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what() << "\n" << r.output;
+    return Json::object();
+  }
+}
+
 std::string hfReference() { return "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
 
 }  // namespace graft::e2e

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "util/json.h"
+
 namespace graft::e2e {
 
 struct Result {
@@ -20,6 +22,11 @@ std::string freshDir(const std::string& name);  // empty directory under the tes
 std::string readText(const std::string& path);
 // "/usr/bin/python3 .../tests/e2e/hf_reference.py": the independent PyTorch reference.
 std::string hfReference();
+// tests/e2e/check_tensorboard.py: an independent reader of RUN_DIR/tensorboard, against metrics.jsonl
+// (code 0 when every step's scalars match and nothing is duplicated).
+Result checkTensorboard(const std::string& run_dir, bool classify = false);
+// `graft status RUN_DIR --json`, parsed; fails the test when the command fails.
+Json statusOf(const std::string& run_dir);
 // The "loss" field of every line of RUN_DIR/metrics.jsonl, as printed (17 significant digits).
 std::vector<std::string> losses(const std::string& run_dir);
 // A tiny random-init training config (stories tokenizer dataset) as INI text.

@@ -1,0 +1,199 @@
+// graft status RUN_DIR [--json]: how far a run is and whether its newest checkpoint is good,
+// without opening its files: step / total, last loss and validation loss, tokens/s, ETA, time since
+// the last step (a stalled run shows it), each checkpoint with its step, size and whether it
+// verifies against its manifest, how often the run started, resumed and was requeued, and the last
+// error it recorded. Reads metrics.jsonl, journal.jsonl and checkpoints/ (monitor/run_history.h);
+// works while the run is going and after it ended.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "checkpoint/checkpoint.h"
+#include "cli/cli.h"
+#include "config/command_line.h"
+#include "io/hdf5.h"
+#include "monitor/run_history.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/json.h"
+
+namespace graft {
+namespace po = boost::program_options;
+namespace {
+
+std::int64_t fileBytes(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<std::int64_t>(st.st_size) : 0;
+}
+
+// The checkpoint file and its part files (dist.shard = parameters): step-N.h5, step-N.part-*.h5.
+std::int64_t checkpointBytes(const std::string& path) {
+  const std::string dir = parentDirectory(path), stem = path.substr(dir.size() + 1, 13);  // "step-00000010"
+  std::int64_t bytes = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name == stem + ".h5" || (name.rfind(stem + ".part-", 0) == 0 && endsWith(name, ".h5"))) bytes += fileBytes(entry.path().string());
+  }
+  return bytes;
+}
+
+Json checkpointsJson(const std::string& run_dir, bool verify) {
+  Json list = Json::array();
+  for (const auto& path : completeCheckpoints(run_dir + "/checkpoints")) {
+    Json c = Json::object();
+    c.set("path", path);
+    c.set("step", static_cast<std::int64_t>(std::stoll(path.substr(path.size() - 11, 8))));
+    c.set("bytes", checkpointBytes(path));
+    if (verify) {
+      try {
+        verifyCheckpoint(path);
+        c.set("verified", true);
+      } catch (const std::exception& e) {
+        c.set("verified", false);
+        c.set("error", e.what());
+      }
+    }
+    list.push(c);
+  }
+  return list;
+}
+
+std::string duration(double seconds) {
+  char buf[48];
+  const long s = std::lround(std::max(0.0, seconds));
+  if (s >= 86400) std::snprintf(buf, sizeof(buf), "%ldd%02ldh", s / 86400, (s / 3600) % 24);
+  else if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(buf, sizeof(buf), "%lds", s);
+  return buf;
+}
+
+Json status(const std::string& run_dir, bool verify) {
+  if (!isDirectory(run_dir)) throw InputError(run_dir + ": no such run directory");
+  const auto metrics = readMetrics(run_dir);
+  const auto journal = readJournal(run_dir);
+  if (metrics.empty() && journal.empty() && !isDirectory(run_dir + "/checkpoints"))
+    throw InputError(run_dir + ": not a graft run directory (no metrics.jsonl, journal.jsonl or checkpoints/)");
+  Json doc = Json::object();
+  doc.set("run", run_dir);
+
+  // The journal: starts (fresh, resumed, requeued), the last start and the last event.
+  std::int64_t starts = 0, resumes = 0, requeues = 0, preemptions = 0, total = 0, attempt_start = 0;
+  const Json* last_error = nullptr;
+  std::string state = journal.empty() ? "unknown" : "running";
+  for (const auto& e : journal) {
+    const std::string event = e.at("event", "journal").asString("journal: event");
+    if (event == "start") {
+      ++starts;
+      attempt_start = e.at("step", "journal start").asInt("journal start: step");
+      total = e.at("steps", "journal start").asInt("journal start: steps");
+      if (attempt_start > 0) ++resumes;
+      if (const Json* r = e.find("slurm_restart_count"); r && r->isInteger() && r->asInt("") > 0) ++requeues;
+      state = "running";
+    } else if (event == "end") {
+      state = e.at("status", "journal end").asString("journal end: status");
+      if (state == "preempted") ++preemptions;
+    } else if (event == "error") {
+      last_error = &e;
+      state = "failed";
+    }
+  }
+  doc.set("state", state);
+  doc.set("steps", total);
+  if (!metrics.empty()) {
+    const MetricsLine& m = metrics.back();
+    doc.set("step", m.step);
+    doc.set("loss", std::isfinite(m.loss) ? Json(m.loss) : Json());
+    doc.set("tokens", m.tokens);
+    doc.set("tokens_per_s", m.tokens_per_s);
+    for (auto it = metrics.rbegin(); it != metrics.rend(); ++it)
+      if (!std::isnan(it->val_loss)) {
+        doc.set("val_loss", it->val_loss);
+        doc.set("val_step", it->step);
+        if (!std::isnan(it->val_accuracy)) doc.set("val_accuracy", it->val_accuracy);
+        break;
+      }
+    if (state == "running" && total > m.step && m.step > attempt_start)
+      doc.set("eta_s", m.elapsed_s / static_cast<double>(m.step - attempt_start) * static_cast<double>(total - m.step));
+    if (!std::isnan(m.time)) doc.set("since_last_step_s", unixTime() - m.time);
+    doc.set("skipped_steps", m.skipped_total);
+  } else {
+    doc.set("step", std::int64_t{0});
+  }
+  doc.set("starts", starts);
+  doc.set("resumes", resumes);
+  doc.set("requeues", requeues);
+  doc.set("preemptions", preemptions);
+  doc.set("checkpoints", checkpointsJson(run_dir, verify));
+  if (last_error) {
+    Json err = Json::object();
+    err.set("rank", *last_error->find("rank"));
+    err.set("message", *last_error->find("message"));
+    err.set("time", *last_error->find("time"));
+    doc.set("last_error", err);
+  }
+  return doc;
+}
+
+void printHuman(const Json& d) {
+  const auto num = [&](const char* key) { return d.find(key) ? d.find(key)->asNumber(key) : std::nan(""); };
+  const std::int64_t step = d.at("step", "status").asInt("step"), total = d.at("steps", "status").asInt("steps");
+  std::printf("%s: %s\n", d.at("run", "status").asString("run").c_str(), d.at("state", "status").asString("state").c_str());
+  std::printf("  step       %lld/%lld", static_cast<long long>(step), static_cast<long long>(total));
+  if (total > 0) std::printf(" (%.0f%%)", 100.0 * static_cast<double>(step) / static_cast<double>(total));
+  std::printf("\n");
+  if (d.find("loss") && !d.find("loss")->isNull()) std::printf("  loss       %.4f\n", num("loss"));
+  if (d.find("val_loss")) {
+    std::printf("  val loss   %.4f (step %lld)", num("val_loss"), static_cast<long long>(d.find("val_step")->asInt("val_step")));
+    if (d.find("val_accuracy")) std::printf(", accuracy %.4f", num("val_accuracy"));
+    std::printf("\n");
+  }
+  if (d.find("tokens_per_s")) std::printf("  speed      %.0f tokens/s\n", num("tokens_per_s"));
+  if (d.find("eta_s")) std::printf("  ETA        %s\n", duration(num("eta_s")).c_str());
+  if (d.find("since_last_step_s")) std::printf("  last step  %s ago\n", duration(num("since_last_step_s")).c_str());
+  if (num("skipped_steps") > 0) std::printf("  skipped    %.0f step(s) (not finite)\n", num("skipped_steps"));
+  std::printf("  starts     %.0f (%.0f resumed from a checkpoint, %.0f requeued by Slurm, %.0f preempted)\n", num("starts"),
+              num("resumes"), num("requeues"), num("preemptions"));
+  const auto& checkpoints = d.at("checkpoints", "status").asArray("checkpoints");
+  if (checkpoints.empty()) std::printf("  checkpoints none\n");
+  for (std::size_t i = 0; i < checkpoints.size(); ++i) {
+    const Json& c = checkpoints[i];
+    const Json* verified = c.find("verified");
+    std::printf("  %s %s  %.1f MiB  %s\n", i == 0 ? "checkpoints" : "           ", c.at("path", "").asString("").c_str(),
+                c.at("bytes", "").asNumber("") / (1 << 20),
+                !verified ? "(not verified)" : verified->asBool("") ? "verified" : ("DAMAGED: " + c.at("error", "").asString("")).c_str());
+  }
+  if (const Json* e = d.find("last_error"))
+    std::printf("  last error rank %lld: %s\n", static_cast<long long>(e->at("rank", "").asInt("")),
+                e->at("message", "").asString("").c_str());
+}
+
+}  // namespace
+
+int runStatus(const Args& args) {
+  std::string run_dir;
+  bool json = false, no_verify = false;
+  po::options_description options("graft status options");
+  options.add_options()
+      ("run", po::value(&run_dir)->required(), "run directory")
+      ("json", po::bool_switch(&json), "print one JSON document instead of text")
+      ("no-verify", po::bool_switch(&no_verify), "list checkpoints without reading them back against their manifests");
+  po::positional_options_description positional;
+  positional.add("run", 1);
+  po::variables_map vm;
+  if (!parseCommandLine(args, "usage: graft status RUN_DIR [--json] [--no-verify]\n"
+                              "Step, loss, speed, ETA, time since the last step, checkpoints (verified), starts and\n"
+                              "resumes, and the last error of a run, while it runs or after it ended.",
+                        options, vm, &positional))
+    return 0;
+  initialiseHdf5();
+  const Json doc = status(run_dir, !no_verify);
+  if (json) std::printf("%s\n", doc.dump(2).c_str());
+  else printHuman(doc);
+  return 0;
+}
+
+}  // namespace graft
