@@ -5,7 +5,8 @@
 #      carries in /usr/share/common-licenses;
 #   2. fine-tune it on a different task: short generated children's stories, with little data;
 #   3. train the same architecture on the same stories from random initialisation, same budget.
-# Prints the validation loss of (2) next to the pretrained base's and next to (3).
+# Prints the validation loss of (2) next to the pretrained base's and next to (3), and draws the
+# loss curves of (2) and (3) on one chart ($RUN/curves.svg).
 # usage: launcher/demo.sh [path/to/graft]   (RANKS=2 by default; RUN=runs/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,19 +50,23 @@ echo "== 1/3 pretrain on the licences ($RANKS ranks)"
 base=$(ls "$RUN"/pretrain/checkpoints/step-*.h5 | tail -1)
 
 echo "== 2/3 fine-tune the pretrained model on the stories"
-"${MPIRUN[@]}" "$GRAFT" train --config configs/demo_finetune.ini --run.dir="$RUN/finetune" \
+"${MPIRUN[@]}" "$GRAFT" train --config configs/demo_finetune.ini --run.dir="$RUN/pretrained" \
   --data.path="$RUN/stories.h5" --model.path="$base" | tee "$RUN/finetune.log"
 
 echo "== 3/3 same budget from random initialisation"
-"${MPIRUN[@]}" "$GRAFT" train --config configs/demo_finetune.ini --run.dir="$RUN/scratch" \
-  --data.path="$RUN/stories.h5" | tee "$RUN/scratch.log"
+"${MPIRUN[@]}" "$GRAFT" train --config configs/demo_finetune.ini --run.dir="$RUN/random-init" \
+  --data.path="$RUN/stories.h5" | tee "$RUN/random-init.log"
 
 val() { grep -o '"val_loss": [0-9.]*' "$1" | tail -1 | cut -d' ' -f2; }
 first_val() { grep -o 'val loss before training: [0-9.]*' "$1" | head -1 | awk '{print $NF}'; }
 echo
 echo "== result (validation loss on held-out stories, nats per byte; lower is better)"
 printf '  %-44s %s\n' "pretrained base, before fine-tuning" "$(first_val "$RUN/finetune.log")"
-printf '  %-44s %s\n' "pretrained base + fine-tune" "$(val "$RUN/finetune/metrics.jsonl")"
-printf '  %-44s %s\n' "random init + same fine-tune budget" "$(val "$RUN/scratch/metrics.jsonl")"
+printf '  %-44s %s\n' "pretrained base + fine-tune" "$(val "$RUN/pretrained/metrics.jsonl")"
+printf '  %-44s %s\n' "random init + same fine-tune budget" "$(val "$RUN/random-init/metrics.jsonl")"
+"$GRAFT" plot "$RUN/pretrained" "$RUN/random-init" --out "$RUN/curves.svg" \
+  --title "fine-tuning on the stories: pretrained base vs random initialisation" >/dev/null
+echo "  plot of both runs' loss curves: $RUN/curves.svg"
 echo "  demo time: $(( $(date +%s) - start )) s; runs, metrics.jsonl and checkpoints under $RUN/"
-echo "  try: $GRAFT generate --model $(ls "$RUN"/finetune/checkpoints/step-*.h5 | tail -1) --tokenizer bytes --prompt 'Once upon a time' --temperature 0 --steps 120"
+echo "  watch: $GRAFT status $RUN/pretrained;  tensorboard --logdir $RUN   (event files in each run's tensorboard/)"
+echo "  try: $GRAFT generate --model $(ls "$RUN"/pretrained/checkpoints/step-*.h5 | tail -1) --tokenizer bytes --prompt 'Once upon a time' --temperature 0 --steps 120"

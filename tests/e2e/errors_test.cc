@@ -45,6 +45,18 @@ TEST(Errors, MissingAndMalformedFilesAreNamed) {
   expectInputError(run(graft() + " tokenize --tokenizer " + dir + "/none.bin --text hi"), dir + "/none.bin");
   expectInputError(run(graft() + " prepare --tokenizer bytes --input " + dir + "/none.txt --out " + dir + "/x.h5"), dir + "/none.txt");
   EXPECT_EQ(run(graft() + " frobnicate").code, 2);
+  // graft status and plot: a missing run, a folder that is not one, a damaged metrics line.
+  expectInputError(run(graft() + " status " + dir + "/no_run"), dir + "/no_run: no such run directory");
+  run("mkdir -p " + dir + "/empty");
+  expectInputError(run(graft() + " status " + dir + "/empty"), dir + "/empty: not a graft run directory");
+  expectInputError(run(graft() + " plot " + dir + "/empty --out " + dir + "/p.svg"), dir + "/empty: no metrics.jsonl");
+  run("mkdir -p " + dir + "/bad");
+  std::ofstream(dir + "/bad/metrics.jsonl") << "{\"step\": 1, \"loss\": 2.5}\n{\"step\": 2, \"loss\": oops}\n";
+  expectInputError(run(graft() + " status " + dir + "/bad"), dir + "/bad/metrics.jsonl line 2");
+  expectInputError(run(graft() + " plot " + dir + "/bad --out " + dir + "/p.svg"), dir + "/bad/metrics.jsonl line 2");
+  std::ofstream(dir + "/bad/metrics.jsonl") << "{\"step\": 1, \"loss\": 2.5}\n";
+  expectInputError(run(graft() + " plot " + dir + "/bad --out " + dir + "/p.pdf"), dir + "/p.pdf: the plot's file name must end in .svg or .png");
+  EXPECT_FALSE(std::ifstream(dir + "/p.svg").good());
 }
 
 // Files that exist but cannot be what they claim: folders where files belong, a truncated dataset,

@@ -48,6 +48,9 @@ void expectSameAsUninterrupted(const std::string& cfg, const std::string& run_di
   ASSERT_EQ(r.code, 0) << r.output;
   const auto resumed_losses = losses(run_dir);
   EXPECT_EQ(resumed_losses.size(), static_cast<std::size_t>(step)) << run_dir;
+  // TensorBoard, however the run was cut short, holds each step once with metrics.jsonl's values.
+  const auto events = checkTensorboard(run_dir);
+  EXPECT_EQ(events.code, 0) << events.output;
   EXPECT_EQ(losses(straight), resumed_losses) << run_dir;
   auto a = H5File::openRead(complete.front()), b = H5File::openRead(completeCheckpoints(straight + "/checkpoints").front());
   for (const std::string group : {"/model", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"})
@@ -114,6 +117,13 @@ TEST(Reliability, PersistentNanStopsWithTheLastGoodCheckpointIntact) {
   ASSERT_FALSE(complete.empty());
   EXPECT_NE(complete.front().find("step-00000005.h5"), std::string::npos) << complete.front();
   EXPECT_NE(r.output.find(complete.front()), std::string::npos) << r.output;
+  // graft status: the run failed, and its last error is the one printed.
+  const Json status = statusOf(dir + "/run");
+  EXPECT_EQ(status.at("state", "").asString(""), "failed");
+  const Json* error = status.find("last_error");
+  ASSERT_NE(error, nullptr) << status.dump(2);
+  EXPECT_NE(error->at("message", "").asString("").find("loss or gradient norm not finite 3 times in a row"), std::string::npos);
+  EXPECT_EQ(status.at("step", "").asInt(""), 7);  // the last step logged; step 8 stopped the run
 }
 
 // A long run; once three steps are logged, `signal` goes to one of mpirun's rank processes: every
@@ -125,12 +135,19 @@ void signalOneRank(const std::string& signal) {
   const std::string script =
       mpirun(2) + " " + graft() + " train --config " + cfg + " --train.steps=100000 --checkpoint.every=0 > " + dir +
       "/log 2>&1 & M=$!; for i in $(seq 1 1200); do [ \"$(cat " + dir + "/run/metrics.jsonl 2>/dev/null | wc -l)\" -ge 3 ] && break; "
-      "sleep 0.05; done; kill -" + signal + " $(pgrep -P $M | tail -1) && echo delivered; wait $M; echo rc=$?";
+      "sleep 0.05; done; " + graft() + " status " + dir + "/run --json > " + dir + "/status.json 2>&1; kill -" + signal + " $(pgrep -P $M | tail -1) && echo delivered; wait $M; echo rc=$?";
   const auto r = run(script);
   const std::string log = readText(dir + "/log");
   EXPECT_NE(r.output.find("delivered"), std::string::npos) << r.output << log;
   EXPECT_NE(r.output.find("rc=75"), std::string::npos) << r.output << log;
   EXPECT_NE(log.find("stop requested (signal): checkpointed at step"), std::string::npos) << log;
+  // graft status while the run was going: running, at step 3 or later, with an ETA, just now.
+  const Json running = parseJson(readText(dir + "/status.json"), "status.json");
+  EXPECT_EQ(running.at("state", "").asString(""), "running");
+  EXPECT_GE(running.at("step", "").asInt(""), 3);
+  EXPECT_EQ(running.at("steps", "").asInt(""), 100000);
+  EXPECT_GT(running.at("eta_s", "").asNumber(""), 0);
+  EXPECT_LT(running.at("since_last_step_s", "").asNumber(""), 30);
   const auto complete = completeCheckpoints(dir + "/run/checkpoints");
   ASSERT_EQ(complete.size(), 1u) << log;
   const auto steps = metricLines(dir + "/run").size();
@@ -140,6 +157,10 @@ void signalOneRank(const std::string& signal) {
                          std::to_string(steps + 2));
   EXPECT_EQ(again.code, 0) << again.output;
   EXPECT_NE(again.output.find("resuming from " + complete.front()), std::string::npos) << again.output;
+  const Json after = statusOf(dir + "/run");
+  EXPECT_EQ(after.at("preemptions", "").asInt(""), 1);
+  EXPECT_EQ(after.at("resumes", "").asInt(""), 1);
+  EXPECT_EQ(after.at("state", "").asString(""), "stopped_early");
   expectSameAsUninterrupted(cfg, dir + "/run", "");
 }
 
@@ -182,6 +203,25 @@ TEST(Reliability, DamagedNewestCheckpointFallsBackToThePreviousOne) {
   r = run(graft() + " train --config " + cfg + " --train.steps=15 --train.stop_after=12");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from " + ckpts + checkpointName(10)), std::string::npos) << r.output;
+  // After two fall-backs TensorBoard holds steps 1-12 once each, with metrics.jsonl's values.
+  const auto events = checkTensorboard(dir + "/run");
+  EXPECT_EQ(events.code, 0) << events.output;
+  EXPECT_NE(events.output.find(" 12 steps"), std::string::npos) << events.output;
+  // graft status: three starts, two resumed; the newest checkpoint verifies until a byte of it flips.
+  Json status = statusOf(dir + "/run");
+  EXPECT_EQ(status.at("step", "").asInt(""), 12);
+  EXPECT_EQ(status.at("steps", "").asInt(""), 15);
+  EXPECT_EQ(status.at("starts", "").asInt(""), 3);
+  EXPECT_EQ(status.at("resumes", "").asInt(""), 2);
+  const auto& listed = status.at("checkpoints", "").asArray("");
+  ASSERT_FALSE(listed.empty());
+  EXPECT_EQ(listed[0].at("step", "").asInt(""), 12);
+  EXPECT_TRUE(listed[0].at("verified", "").asBool(""));
+  flipByteOf(ckpts + checkpointName(12), "/optimizer/exp_avg/tok_embeddings.weight");
+  status = statusOf(dir + "/run");
+  const Json& damaged = status.at("checkpoints", "").asArray("")[0];
+  EXPECT_FALSE(damaged.at("verified", "").asBool(""));
+  EXPECT_NE(damaged.at("error", "").asString("").find("/optimizer/exp_avg/tok_embeddings.weight"), std::string::npos);
 }
 
 TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {

@@ -202,7 +202,7 @@ TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
                 std::string::npos)
           << what << "\n" << r.output;
     }
-    const bool exact = c.to <= 2 || (c.mode == "none" || c.mode == "optimizer") && (c.reference == "none" || c.reference == "optimizer");
+    const bool exact = c.to <= 2 || ((c.mode == "none" || c.mode == "optimizer") && (c.reference == "none" || c.reference == "optimizer"));
     expectSameRun(dirs[1], dirs[0], exact ? 0 : 1e-6, what);
   }
 }

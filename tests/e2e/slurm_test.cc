@@ -64,6 +64,10 @@ TEST_F(Slurm, RequeuedJobResumesAndEndsLikeAnUninterruptedOne) {
   EXPECT_NE(finished.output.find("Restarts=1"), std::string::npos) << finished.output;
   EXPECT_NE(log.find("on 4 rank(s) on 2 host(s) (mpi"), std::string::npos) << log;
   EXPECT_NE(log.find("resuming from " + dir + "/requeued/checkpoints/"), std::string::npos) << log;
+  // graft status counts the requeue (SLURM_RESTART_COUNT reached rank 0) and the completed end.
+  const Json status = statusOf(dir + "/requeued");
+  EXPECT_EQ(status.at("requeues", "").asInt(""), 1) << status.dump(2);
+  EXPECT_EQ(status.at("state", "").asString(""), "completed") << status.dump(2);
 
   auto a = H5File::openRead(completeCheckpoints(dir + "/straight/checkpoints").front());
   auto b = H5File::openRead(completeCheckpoints(dir + "/requeued/checkpoints").front());

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <fstream>
+#include <sstream>
 
 #include "checkpoint/checkpoint.h"
 #include "e2e_util.h"
@@ -44,6 +46,74 @@ bool bitwiseEqual(const std::string& a_path, const std::string& b_path, const st
   for (const auto& name : names)
     if (!torch::equal(a.readTensor(group + "/" + name), b.readTensor(group + "/" + name))) return false;
   return true;
+}
+
+// `graft plot` of two runs (both named "run": the legend uses their paths). Every point it reports
+// drawing is a value of metrics.jsonl, the SVG's curves pass through exactly those points as the
+// frame maps them, and the PNG has the size asked for.
+void expectPlotOf(const std::string& a, const std::string& b, const std::string& dir) {
+  const auto r = run(graft() + " plot " + a + " " + b + " --out " + dir + "/curves.svg --print 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << run(graft() + " plot " + a + " " + b + " --out " + dir + "/curves.svg").output;
+  const Json doc = parseJson(r.output, "graft plot --print");
+  const Json& f = doc.at("frame", "");
+  const auto num = [&](const char* key) { return f.at(key, "").asNumber(key); };
+  const auto& series = doc.at("series", "").asArray("");
+  ASSERT_EQ(series.size(), 4u) << r.output;  // a train, a val, b train, b val
+  const std::string svg = readText(dir + "/curves.svg");
+  EXPECT_NE(svg.find("width=\"900pt\" height=\"540pt\""), std::string::npos) << svg.substr(0, 300);
+  for (std::size_t k = 0; k < 4; ++k) {
+    const std::string run_dir = k < 2 ? a : b;
+    EXPECT_EQ(series[k].at("label", "").asString(""), run_dir + (k % 2 ? " val" : " train"));
+    const auto& x = series[k].at("x", "").asArray(""), &y = series[k].at("y", "").asArray("");
+    // The data: every step's loss, or the validation loss where it was measured (steps 10 and 20).
+    std::vector<std::pair<double, double>> want;
+    std::istringstream in(readText(run_dir + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      const Json m = parseJson(line, "metrics.jsonl");
+      const Json* v = m.find(k % 2 ? "val_loss" : "loss");
+      if (v && !v->isNull()) want.emplace_back(m.at("step", "").asNumber(""), v->asNumber(""));
+    }
+    ASSERT_EQ(x.size(), want.size()) << k;
+    ASSERT_EQ(want.size(), k % 2 ? 2u : 20u);
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(x[i].asNumber(""), want[i].first);
+      EXPECT_EQ(y[i].asNumber(""), want[i].second);
+    }
+    // The drawing: a path "M x y L x y ..." through the mapped points (cairo keeps 1/256 pixel).
+    bool found = false;
+    for (std::size_t at = svg.find(" d=\"M "); at != std::string::npos && !found; at = svg.find(" d=\"M ", at + 1)) {
+      std::istringstream path(svg.substr(at + 4, svg.find('"', at + 4) - at - 4));
+      std::vector<double> coords;
+      bool polyline = true;  // M and L only (glyphs and markers also have curves: C, Z)
+      for (std::string token; polyline && path >> token;)
+        if (token != "M" && token != "L") {
+          polyline = token.find_first_not_of("0123456789.-") == std::string::npos;
+          if (polyline) coords.push_back(std::stod(token));
+        }
+      if (!polyline || coords.size() != 2 * want.size()) continue;
+      found = true;
+      for (std::size_t i = 0; i < want.size() && found; ++i) {
+        const double px = num("left") + (want[i].first - num("x_min")) / (num("x_max") - num("x_min")) * (num("right") - num("left"));
+        const double py =
+            num("bottom") - (want[i].second - num("y_min")) / (num("y_max") - num("y_min")) * (num("bottom") - num("top"));
+        found = std::abs(coords[2 * i] - px) < 0.01 && std::abs(coords[2 * i + 1] - py) < 0.01;
+      }
+    }
+    EXPECT_TRUE(found) << "no SVG path through the points of " << series[k].at("label", "").asString("");
+  }
+  // PNG: the signature and the IHDR width and height (big-endian).
+  const auto png = run(graft() + " plot " + a + " --out " + dir + "/curves.png --width 640 --height 400 --log-y");
+  ASSERT_EQ(png.code, 0) << png.output;
+  const std::string bytes = readText(dir + "/curves.png");
+  ASSERT_GT(bytes.size(), 24u);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  const auto be32 = [&](std::size_t at) {
+    return (static_cast<unsigned char>(bytes[at]) << 24) | (static_cast<unsigned char>(bytes[at + 1]) << 16) |
+           (static_cast<unsigned char>(bytes[at + 2]) << 8) | static_cast<unsigned char>(bytes[at + 3]);
+  };
+  EXPECT_EQ(bytes.substr(12, 4), "IHDR");
+  EXPECT_EQ(be32(16), 640);
+  EXPECT_EQ(be32(20), 400);
 }
 
 std::string fineTuneConfig(const std::string& run_dir, int micro_batch) {
@@ -91,6 +161,11 @@ TEST(Training, ResumeIsBitwiseIdenticalToAStraightRun) {
   EXPECT_TRUE(bitwiseEqual(ca, cb, "/optimizer/exp_avg_sq"));
   // keep_last = 2: only the two newest checkpoints remain.
   EXPECT_EQ(completeCheckpoints(split + "/run/checkpoints").size(), 2u);
+  // TensorBoard: the resumed run's second event file continues the first, nothing twice.
+  const auto events = checkTensorboard(split + "/run");
+  EXPECT_EQ(events.code, 0) << events.output;
+  EXPECT_NE(events.output.find("2 file(s), 20 steps"), std::string::npos) << events.output;
+  expectPlotOf(straight + "/run", split + "/run", split);
 
   // The checkpoint, read by h5py, has the documented layout, and its weights give the same loss
   // in an independent PyTorch forward as `graft eval` computes from the .h5.

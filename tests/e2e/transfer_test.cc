@@ -242,6 +242,8 @@ TEST(Transfer, Banking77LoraClassifierResumesBitwise) {
   train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20 --train.stop_after=10");
   train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20");
   EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
+  const auto events = checkTensorboard(split + "/run", true);  // val/accuracy too
+  EXPECT_EQ(events.code, 0) << events.output;
   EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + straight + "/run/checkpoints/step-00000020.h5', 'r')['model']; "
                    "b = h5py.File('" + split + "/run/checkpoints/step-00000020.h5', 'r')['model']; "
                    "print(sorted(a) == sorted(b), 'head.weight' in a, all(np.array_equal(a[k][:], b[k][:]) for k in a))"),

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -27,6 +29,8 @@ const std::string& scratch() {
   static const std::string dir = [] {
     const std::string d = ::testing::TempDir() + "/graft_tokenizer_test_" + std::to_string(::getpid());
     ::mkdir(d.c_str(), 0755);
+    static const auto* removed_at_exit = new std::string(d);  // outlives the static being built
+    std::atexit([] { std::filesystem::remove_all(*removed_at_exit); });
     return d;
   }();
   return dir;

@@ -1,0 +1,153 @@
+// What graft writes for watching runs: CRC-32C, TensorBoard event records (bytes against the
+// protobuf and TFRecord specifications, worked out by hand), truncation after a fall-back, the
+// chart frame, and reading metrics.jsonl while it is being written.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "monitor/plot.h"
+#include "monitor/run_history.h"
+#include "monitor/tfevents.h"
+#include "util/checksum.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace graft {
+namespace {
+
+std::string tempDir(const std::string& name) {
+  const std::string dir = "/tmp/graft_monitor_test_" + std::to_string(getpid()) + "/" + name;
+  std::system(("rm -rf '" + dir + "'").c_str());
+  makeDirectories(dir);
+  return dir;
+}
+
+class MonitorTest : public ::testing::Test {
+ protected:
+  void TearDown() override { std::system(("rm -rf /tmp/graft_monitor_test_" + std::to_string(getpid())).c_str()); }
+};
+
+TEST(Crc32c, KnownVectors) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);  // the check value of CRC-32C
+  const std::string zeros(32, '\0'), ones(32, '\xff');
+  EXPECT_EQ(crc32c(zeros.data(), 32), 0x8A9136AAu);  // RFC 3720 B.4
+  EXPECT_EQ(crc32c(ones.data(), 32), 0x62A8AB43u);
+}
+
+TEST_F(MonitorTest, ScalarEventHasTheSpecifiedBytes) {
+  const std::string dir = tempDir("bytes");
+  std::string path;
+  {
+    EventWriter w(dir);
+    w.scalars(1, 0.0, {{"a", 1.0f}});
+    path = w.path();
+  }
+  EXPECT_EQ(path.substr(0, dir.size() + 21), dir + "/events.out.tfevents.");
+  const EventFile file = readEventFile(path);
+  ASSERT_EQ(file.events.size(), 2u);
+  EXPECT_FALSE(file.damaged);
+  EXPECT_NE(file.events[0].find("brain.Event:2"), std::string::npos);
+  // Event{wall_time=0 (field 1, fixed64), step=1 (field 2, varint), summary (field 5) {value (field 1)
+  // {tag "a" (field 1), simple_value 1.0f (field 2, fixed32 0x3f800000)}}}.
+  const std::string want("\x09\0\0\0\0\0\0\0\0" "\x10\x01" "\x2a\x0a" "\x0a\x08" "\x0a\x01" "a" "\x15\x00\x00\x80\x3f", 23);
+  EXPECT_EQ(file.events[1], want);
+  // Framing: length, masked CRC of the length, data, masked CRC of the data.
+  const std::string bytes = readFile(path);
+  const std::string record = bytes.substr(bytes.size() - 39);
+  std::uint64_t length;
+  std::memcpy(&length, record.data(), 8);
+  EXPECT_EQ(length, 23u);
+  const std::uint32_t crc = crc32c(want.data(), want.size());
+  const std::uint32_t masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
+  std::uint32_t stored;
+  std::memcpy(&stored, record.data() + 35, 4);
+  EXPECT_EQ(stored, masked);
+  EXPECT_EQ(eventStep(file.events[1]), 1);
+  EXPECT_EQ(eventStep(file.events[0]), 0);
+}
+
+TEST_F(MonitorTest, TruncationDropsLaterStepsAndADamagedTail) {
+  const std::string dir = tempDir("truncate");
+  std::string first;
+  {
+    EventWriter w(dir);
+    for (int step = 1; step <= 5; ++step) w.scalars(step, 1.0 * step, {{"train/loss", 2.0f / static_cast<float>(step)}});
+    first = w.path();
+  }
+  std::ofstream(first, std::ios::app) << std::string("\x30\0\0\0\0\0\0\0partial", 15);  // a record cut short
+  EventFile file = readEventFile(first);
+  EXPECT_TRUE(file.damaged);
+  EXPECT_EQ(file.events.size(), 6u);
+  EXPECT_EQ(truncateEventFiles(dir, 3), 2);
+  file = readEventFile(first);
+  EXPECT_FALSE(file.damaged);
+  ASSERT_EQ(file.events.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(eventStep(file.events[i]), i);
+  EXPECT_EQ(truncateEventFiles(dir, 3), 0);  // nothing more to drop
+  EXPECT_EQ(eventFiles(dir), std::vector<std::string>{first});
+}
+
+TEST(Chart, FrameMapsDataToThePlotBox) {
+  ChartFrame f;
+  f.x_min = 0, f.x_max = 10, f.y_min = 1, f.y_max = 100, f.left = 50, f.right = 150, f.top = 20, f.bottom = 220;
+  EXPECT_DOUBLE_EQ(f.px(0), 50);
+  EXPECT_DOUBLE_EQ(f.px(5), 100);
+  EXPECT_DOUBLE_EQ(f.py(1), 220);
+  EXPECT_DOUBLE_EQ(f.py(100), 20);
+  f.log_y = true;
+  EXPECT_DOUBLE_EQ(f.py(10), 120);  // halfway in decades
+}
+
+TEST_F(MonitorTest, ChartLeavesOutWhatCannotBeDrawn) {
+  const std::string dir = tempDir("chart");
+  std::vector<Series> series = {{"a", {1, 2, 3, 4}, {2.0, std::nan(""), 0.0, 1.0}, 0, false}};
+  ChartOptions o;
+  o.log_y = true;
+  const ChartFrame f = drawChart(series, o, dir + "/c.svg");
+  ASSERT_EQ(series.size(), 1u);
+  EXPECT_EQ(series[0].x, (std::vector<double>{1, 4}));  // NaN and 0 (on a log axis) left out
+  EXPECT_LT(f.y_min, 1.0);
+  EXPECT_GT(f.y_max, 2.0);
+  EXPECT_TRUE(fileExists(dir + "/c.svg"));
+  EXPECT_FALSE(fileExists(dir + "/c.svg.tmp"));
+  std::vector<Series> none = {{"b", {1}, {std::nan("")}, 0, false}};
+  EXPECT_THROW(drawChart(none, o, dir + "/d.svg"), InputError);
+  EXPECT_THROW(drawChart(series, o, dir + "/c.jpg"), InputError);
+}
+
+TEST_F(MonitorTest, MetricsBeingWrittenAreReadUpToTheLastCompleteLine) {
+  const std::string dir = tempDir("metrics");
+  std::ofstream(dir + "/metrics.jsonl") << "{\"step\": 1, \"loss\": 3.5, \"tokens\": 64, \"val_loss\": null}\n"
+                                           "{\"step\": 2, \"loss\": null, \"val_loss\": 3.25, \"time\": 17.5}\n"
+                                           "{\"step\": 3, \"lo";
+  const auto lines = readMetrics(dir);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].loss, 3.5);
+  EXPECT_EQ(lines[0].tokens, 64);
+  EXPECT_TRUE(std::isnan(lines[0].val_loss));
+  EXPECT_TRUE(std::isnan(lines[1].loss));
+  EXPECT_EQ(lines[1].val_loss, 3.25);
+  EXPECT_EQ(lines[1].time, 17.5);
+  std::ofstream(dir + "/metrics.jsonl") << "{\"step\": 1}\nnot json\n";
+  try {
+    readMetrics(dir);
+    FAIL() << "a damaged line was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir + "/metrics.jsonl line 2"), std::string::npos) << e.what();
+  }
+  Json fields = Json::object();
+  fields.set("step", 4);
+  appendJournal(dir, "start", fields);
+  const auto journal = readJournal(dir);
+  ASSERT_EQ(journal.size(), 1u);
+  EXPECT_EQ(journal[0].at("event", "").asString(""), "start");
+  EXPECT_EQ(journal[0].at("step", "").asInt(""), 4);
+  EXPECT_GT(journal[0].at("time", "").asNumber(""), 1.6e9);
+  EXPECT_EQ(runName("/a/b/run/"), "run");
+}
+
+}  // namespace
+}  // namespace graft
