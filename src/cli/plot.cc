@@ -58,6 +58,7 @@ int runPlot(const Args& args) {
                         options, vm, &positional))
     return 0;
   if (runs.empty()) throw InputError("plot: name at least one run directory");
+  if (!train && !val) throw InputError("plot: nothing to draw with both --train and --val false");
   if (x_axis != "step" && x_axis != "tokens") throw InputError("--x: expected step or tokens, got '" + x_axis + "'");
   if (o.width < 200 || o.height < 150 || o.width > 10000 || o.height > 10000)
     throw InputError("--width/--height: expected 200-10000 x 150-10000 pixels");

@@ -1,5 +1,5 @@
-// graft status RUN_DIR [--json]: how far a run is and whether its newest checkpoint is good,
-// without opening its files: step / total, last loss and validation loss, tokens/s, ETA, time since
+// graft status RUN_DIR [--json]: how far a run is and whether its checkpoints are good, so that
+// nobody has to open its files: step / total, last loss and validation loss, tokens/s, ETA, time since
 // the last step (a stalled run shows it), each checkpoint with its step, size and whether it
 // verifies against its manifest, how often the run started, resumed and was requeued, and the last
 // error it recorded. Reads metrics.jsonl, journal.jsonl and checkpoints/ (monitor/run_history.h);
@@ -74,30 +74,39 @@ std::string duration(double seconds) {
 Json status(const std::string& run_dir, bool verify) {
   if (!isDirectory(run_dir)) throw InputError(run_dir + ": no such run directory");
   const auto metrics = readMetrics(run_dir);
-  const auto journal = readJournal(run_dir);
+  std::size_t damaged_lines = 0;
+  const auto journal = readJournal(run_dir, &damaged_lines);
   if (metrics.empty() && journal.empty() && !isDirectory(run_dir + "/checkpoints"))
     throw InputError(run_dir + ": not a graft run directory (no metrics.jsonl, journal.jsonl or checkpoints/)");
   Json doc = Json::object();
   doc.set("run", run_dir);
 
   // The journal: starts (fresh, resumed, requeued), the last start and the last event.
-  std::int64_t starts = 0, resumes = 0, requeues = 0, preemptions = 0, total = 0, attempt_start = 0;
-  const Json* last_error = nullptr;
+  std::int64_t starts = 0, resumes = 0, requeues = 0, preemptions = 0, total = 0, attempt_start = 0, errors = 0;
+  const Json* first_error = nullptr;  // of the last start: the cause; later ones are often its echoes on other ranks
+  const auto integer = [](const Json& e, const char* key) {
+    const Json* v = e.find(key);
+    return v && v->isInteger() ? v->asInt(key) : std::int64_t{0};
+  };
   std::string state = journal.empty() ? "unknown" : "running";
   for (const auto& e : journal) {
     const std::string event = e.at("event", "journal").asString("journal: event");
     if (event == "start") {
       ++starts;
-      attempt_start = e.at("step", "journal start").asInt("journal start: step");
-      total = e.at("steps", "journal start").asInt("journal start: steps");
+      attempt_start = integer(e, "step");
+      total = integer(e, "steps");
       if (attempt_start > 0) ++resumes;
-      if (const Json* r = e.find("slurm_restart_count"); r && r->isInteger() && r->asInt("") > 0) ++requeues;
+      if (integer(e, "slurm_restart_count") > 0) ++requeues;
       state = "running";
+      first_error = nullptr;
+      errors = 0;
     } else if (event == "end") {
-      state = e.at("status", "journal end").asString("journal end: status");
+      const Json* status = e.find("status");
+      state = status && status->isString() ? status->asString("status") : "ended";
       if (state == "preempted") ++preemptions;
     } else if (event == "error") {
-      last_error = &e;
+      if (!first_error) first_error = &e;
+      ++errors;
       state = "failed";
     }
   }
@@ -128,13 +137,14 @@ Json status(const std::string& run_dir, bool verify) {
   doc.set("requeues", requeues);
   doc.set("preemptions", preemptions);
   doc.set("checkpoints", checkpointsJson(run_dir, verify));
-  if (last_error) {
+  if (first_error) {
     Json err = Json::object();
-    err.set("rank", *last_error->find("rank"));
-    err.set("message", *last_error->find("message"));
-    err.set("time", *last_error->find("time"));
+    for (const char* key : {"rank", "message", "time"})
+      if (const Json* v = first_error->find(key)) err.set(key, *v);
+    err.set("errors", errors);
     doc.set("last_error", err);
   }
+  if (damaged_lines > 0) doc.set("journal_damaged_lines", static_cast<std::int64_t>(damaged_lines));
   return doc;
 }
 
@@ -166,9 +176,15 @@ void printHuman(const Json& d) {
                 c.at("bytes", "").asNumber("") / (1 << 20),
                 !verified ? "(not verified)" : verified->asBool("") ? "verified" : ("DAMAGED: " + c.at("error", "").asString("")).c_str());
   }
-  if (const Json* e = d.find("last_error"))
-    std::printf("  last error rank %lld: %s\n", static_cast<long long>(e->at("rank", "").asInt("")),
-                e->at("message", "").asString("").c_str());
+  if (const Json* e = d.find("last_error")) {
+    const Json *rank = e->find("rank"), *message = e->find("message");
+    const std::int64_t errors = e->at("errors", "").asInt("");
+    std::printf("  last error rank %lld: %s%s\n", rank && rank->isInteger() ? static_cast<long long>(rank->asInt("")) : -1LL,
+                message && message->isString() ? message->asString("").c_str() : "(no message)",
+                errors > 1 ? (" (first of " + std::to_string(errors) + " errors of that start)").c_str() : "");
+  }
+  if (d.find("journal_damaged_lines"))
+    std::printf("  journal    %.0f damaged line(s) skipped\n", num("journal_damaged_lines"));
 }
 
 }  // namespace

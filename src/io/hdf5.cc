@@ -7,7 +7,6 @@
 #include <limits>
 #include <mutex>
 
-#include "checkpoint/manifest.h"
 #include "util/checksum.h"
 #include "util/error.h"
 
@@ -108,7 +107,7 @@ bool H5File::isHdf5(const std::string& path) {
 }
 
 H5File::H5File(H5File&& other) noexcept
-    : id_(other.id_), path_(std::move(other.path_)), manifest_(std::move(other.manifest_)) {
+    : id_(other.id_), path_(std::move(other.path_)), written_(std::move(other.written_)) {
   const Hdf5Lock lock;
   other.id_ = -1;
 }
@@ -119,7 +118,7 @@ H5File& H5File::operator=(H5File&& other) noexcept {
     if (id_ >= 0) H5Fclose(id_);
     id_ = other.id_;
     path_ = std::move(other.path_);
-    manifest_ = std::move(other.manifest_);
+    written_ = std::move(other.written_);
     other.id_ = -1;
   }
   return *this;
@@ -200,7 +199,7 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
   if (t.numel() > 0 && H5Dwrite(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0)
     throw Error(where(object) + ": write failed (disk full?)");
   const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
-  manifest_ += formatManifestLine({object, crc32(t.data_ptr(), bytes), static_cast<std::uint64_t>(bytes)});
+  written_.push_back({object, crc32(t.data_ptr(), bytes), static_cast<std::uint64_t>(bytes)});
 }
 
 void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
@@ -228,7 +227,7 @@ void H5File::writeVirtualRows(const std::string& object, const std::vector<std::
   }
   Handle ds(H5Dcreate2(id_, object.c_str(), H5T_NATIVE_FLOAT, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
   if (!ds.ok()) throw Error(where(object) + ": cannot create virtual dataset");
-  manifest_ += formatManifestLine({object, crc, bytes});
+  written_.push_back({object, crc, bytes});
 }
 
 void H5File::createGrowing(const std::string& object, at::ScalarType dtype, std::int64_t chunk_elements) {

@@ -43,7 +43,7 @@ class H5File {
   std::vector<std::string> list(const std::string& group) const;
 
   // Tensors: float32, float64, int32, int64, uint8 (contiguous copy is made as needed); parents created.
-  // Every tensor written is remembered with the CRC-32 of its bytes (see manifest()).
+  // Every tensor written is remembered with the CRC-32 of its bytes (see written()).
   void writeTensor(const std::string& object, const at::Tensor& tensor);
   // A float32 dataset of `global_shape` whose rows live in other files (an HDF5 virtual dataset):
   // rows [begin, end) are dataset `dataset` of file `file` (a name relative to this file's folder,
@@ -55,8 +55,15 @@ class H5File {
   };
   void writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
                         const std::vector<RowSource>& sources, std::uint32_t crc32, std::uint64_t bytes);
-  // "object crc32 bytes" per line, for every tensor written through this handle, in order.
-  const std::string& manifest() const { return manifest_; }
+  // Every tensor written through this handle, in order, with the CRC-32 and size of its bytes
+  // (what a checkpoint's manifest lists: checkpoint/manifest.h).
+  struct Written {
+    std::string object;
+    std::uint32_t crc32 = 0;
+    std::uint64_t bytes = 0;
+    bool operator==(const Written& o) const { return object == o.object && crc32 == o.crc32 && bytes == o.bytes; }
+  };
+  const std::vector<Written>& written() const { return written_; }
   at::Tensor readTensor(const std::string& object) const;
   // Rows [begin, end) of a dataset (dim 0; a 0-d dataset is one row): a sharded run's rank reads
   // only its own rows (parallel/shard_plan.h). InputError when the range is outside the dataset.
@@ -88,7 +95,7 @@ class H5File {
   std::string where(const std::string& object) const;
   hid_t id_ = -1;
   std::string path_;
-  std::string manifest_;
+  std::vector<Written> written_;
 };
 
 }  // namespace graft

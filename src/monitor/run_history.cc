@@ -55,12 +55,21 @@ std::vector<MetricsLine> readMetrics(const std::string& run_dir) {
   return out;
 }
 
-std::vector<Json> readJournal(const std::string& run_dir) {
+std::vector<Json> readJournal(const std::string& run_dir, std::size_t* damaged) {
   const std::string path = run_dir + "/journal.jsonl";
   std::vector<Json> out;
-  const auto lines = completeLines(path);
-  for (std::size_t i = 0; i < lines.size(); ++i)
-    if (!lines[i].empty()) out.push_back(parseJson(lines[i], path + " line " + std::to_string(i + 1)));
+  std::size_t bad = 0;
+  for (const auto& line : completeLines(path)) {
+    if (line.empty()) continue;
+    try {
+      Json event = parseJson(line, path);
+      if (!event.isObject() || !event.find("event") || !event.find("event")->isString()) throw InputError(path + ": no event");
+      out.push_back(std::move(event));
+    } catch (const InputError&) {
+      ++bad;
+    }
+  }
+  if (damaged) *damaged = bad;
   return out;
 }
 
@@ -70,10 +79,13 @@ void appendJournal(const std::string& run_dir, const std::string& event, const J
   line.set("time", unixTime());
   if (fields.isObject())
     for (const auto& [key, value] : fields.asObject("journal fields")) line.set(key, value);
-  const std::string text = line.dump() + "\n";
+  std::string text = line.dump() + "\n";
   const std::string path = run_dir + "/journal.jsonl";
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  const int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(path + ": cannot open for appending (" + std::strerror(errno) + ")");
+  char last = '\n';
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  if (size > 0 && ::pread(fd, &last, 1, size - 1) == 1 && last != '\n') text.insert(text.begin(), '\n');
   const ssize_t written = ::write(fd, text.data(), text.size());
   const int saved = errno;
   ::close(fd);

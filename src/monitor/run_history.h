@@ -38,11 +38,13 @@ struct MetricsLine {
 // absent file gives no lines.
 std::vector<MetricsLine> readMetrics(const std::string& run_dir);
 
-// Every complete line of RUN_DIR/journal.jsonl (absent: none), as read by parseJson.
-std::vector<Json> readJournal(const std::string& run_dir);
+// Every complete line of RUN_DIR/journal.jsonl (absent: none) that is an object with an "event";
+// lines that are not (cut short by a full disk) are skipped and counted in `damaged`.
+std::vector<Json> readJournal(const std::string& run_dir, std::size_t* damaged = nullptr);
 
 // Appends one event line with "event" and "time" first, then `fields` (an object). One write(2)
-// with O_APPEND, so lines from several ranks do not interleave.
+// with O_APPEND, so lines from several ranks do not interleave; a line begins with a newline when
+// the file does not end with one (an earlier write was cut short).
 void appendJournal(const std::string& run_dir, const std::string& event, const Json& fields);
 
 // Unix seconds now.

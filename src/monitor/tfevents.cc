@@ -7,6 +7,8 @@
 #include <ctime>
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
+#include <string_view>
 
 #include "monitor/run_history.h"
 #include "util/checksum.h"
@@ -21,7 +23,7 @@ namespace {
 //   Event           1 wall_time (double)  2 step (int64)  3 file_version (string)  5 summary (Summary)
 //   Summary         1 value (repeated Summary.Value)
 //   Summary.Value   1 tag (string)  2 simple_value (float)  8 tensor (TensorProto)  9 metadata (SummaryMetadata)
-//   SummaryMetadata 1 plugin_data (PluginData: 1 plugin_name (string))
+//   SummaryMetadata 1 plugin_data (PluginData: 1 plugin_name (string))  4 data_class (enum, TENSOR = 2)
 //   TensorProto     1 dtype (enum, DT_STRING = 7)  2 tensor_shape (empty: a scalar)  8 string_val (bytes)
 // Wire types: 0 varint, 1 fixed 64-bit, 2 length-delimited, 5 fixed 32-bit.
 enum Wire { kVarint = 0, kFixed64 = 1, kBytes = 2, kFixed32 = 5 };
@@ -57,7 +59,7 @@ std::string eventHeader(std::int64_t step, double wall_time) {
   return event;
 }
 
-std::uint64_t getVarint(const std::string& in, std::size_t& at) {
+std::uint64_t getVarint(std::string_view in, std::size_t& at) {
   std::uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (at >= in.size()) throw InputError("event: varint runs past the end");
@@ -66,6 +68,45 @@ std::uint64_t getVarint(const std::string& in, std::size_t& at) {
     if (!(byte & 0x80)) return v;
   }
   throw InputError("event: varint longer than 10 bytes");
+}
+
+// The fields of one protobuf message, in order; InputError on a malformed one.
+struct Field {
+  int number;
+  std::uint64_t varint;    // wire type 0
+  std::string_view bytes;  // wire type 2
+};
+std::vector<Field> fieldsOf(std::string_view message) {
+  std::vector<Field> fields;
+  std::size_t at = 0;
+  while (at < message.size()) {
+    const std::uint64_t key = getVarint(message, at);
+    Field f{static_cast<int>(key >> 3), 0, {}};
+    std::uint64_t skip = 0;
+    switch (key & 7) {
+      case kVarint: f.varint = getVarint(message, at); break;
+      case kFixed64: skip = 8; break;
+      case kFixed32: skip = 4; break;
+      case kBytes: skip = getVarint(message, at); break;
+      default: throw InputError("event: unknown wire type " + std::to_string(key & 7));
+    }
+    if (skip > message.size() - at) throw InputError("event: field runs past the end");
+    if ((key & 7) == kBytes) f.bytes = message.substr(at, skip);
+    at += skip;
+    fields.push_back(f);
+  }
+  return fields;
+}
+
+// A text summary (a value with a tensor) rather than scalars.
+bool holdsText(std::string_view event) {
+  for (const auto& summary : fieldsOf(event))
+    if (summary.number == 5)
+      for (const auto& value : fieldsOf(summary.bytes))
+        if (value.number == 1)
+          for (const auto& part : fieldsOf(value.bytes))
+            if (part.number == 8) return true;
+  return false;
 }
 
 std::uint32_t readU32(const char* p) {
@@ -116,6 +157,8 @@ void EventWriter::text(std::int64_t step, double wall_time, const std::string& t
   std::string plugin, metadata, tensor, value, summary;
   putBytes(plugin, 1, "text");
   putBytes(metadata, 1, plugin);
+  putKey(metadata, 4, kVarint);  // data_class = DATA_CLASS_TENSOR, as tf.summary.text writes
+  putVarint(metadata, 2);
   putKey(tensor, 1, kVarint);
   putVarint(tensor, 7);  // DT_STRING
   putBytes(tensor, 2, "");
@@ -139,8 +182,9 @@ void EventWriter::record(const std::string& event) {
     throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
 }
 
-EventFile readEventFile(const std::string& path) {
-  const std::string bytes = readFile(path);
+EventFile readEventFile(const std::string& path) { return parseEventFile(readFile(path)); }
+
+EventFile parseEventFile(const std::string& bytes) {
   EventFile file;
   std::size_t at = 0;
   while (at < bytes.size()) {
@@ -159,29 +203,9 @@ EventFile readEventFile(const std::string& path) {
 }
 
 std::int64_t eventStep(const std::string& event) {
-  std::size_t at = 0;
   std::int64_t step = 0;
-  while (at < event.size()) {
-    const std::uint64_t key = getVarint(event, at);
-    const int field = static_cast<int>(key >> 3);
-    switch (key & 7) {
-      case kVarint: {
-        const std::uint64_t v = getVarint(event, at);
-        if (field == 2) step = static_cast<std::int64_t>(v);
-        break;
-      }
-      case kFixed64: at += 8; break;
-      case kFixed32: at += 4; break;
-      case kBytes: {
-        const std::uint64_t length = getVarint(event, at);
-        if (length > event.size() - std::min(at, event.size())) throw InputError("event: field runs past the end");
-        at += length;
-        break;
-      }
-      default: throw InputError("event: unknown wire type " + std::to_string(key & 7));
-    }
-    if (at > event.size()) throw InputError("event: field runs past the end");
-  }
+  for (const auto& f : fieldsOf(event))
+    if (f.number == 2) step = static_cast<std::int64_t>(f.varint);
   return step;
 }
 
@@ -199,19 +223,38 @@ std::vector<std::string> eventFiles(const std::string& dir) {
 
 std::int64_t truncateEventFiles(const std::string& dir, std::int64_t step) {
   std::int64_t dropped = 0;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec))  // left by a crash mid-rewrite
+    if (endsWith(entry.path().string(), ".tmp")) std::filesystem::remove(entry.path(), ec);
   for (const auto& path : eventFiles(dir)) {
-    const EventFile file = readEventFile(path);
     const std::string bytes = readFile(path);
+    const EventFile file = parseEventFile(bytes);
     std::string kept;
     std::size_t at = 0;
     bool changed = file.damaged;
     for (const auto& event : file.events) {
       const std::size_t framed = 16 + event.size();
-      if (eventStep(event) <= step) kept.append(bytes, at, framed);
+      bool keep;
+      try {
+        const std::int64_t s = eventStep(event);
+        keep = s < step || (s == step && !holdsText(event));
+      } catch (const InputError&) {
+        keep = false;  // intact framing around a message that does not parse: not graft's, dropped
+      }
+      if (keep) kept.append(bytes, at, framed);
       else ++dropped, changed = true;
       at += framed;
     }
-    if (changed) writeFileAtomically(path, kept);
+    if (!changed) continue;
+    // The temporary name must not contain "tfevents": TensorBoard would read a leftover one.
+    const std::string tmp = dir + "/rewrite.tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out << kept;
+      if (!out.flush()) throw Error(tmp + ": write failed");
+    }
+    publishFile(tmp, path);
   }
   return dropped;
 }

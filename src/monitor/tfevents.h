@@ -51,6 +51,7 @@ struct EventFile {
   bool damaged = false;
 };
 EventFile readEventFile(const std::string& path);
+EventFile parseEventFile(const std::string& bytes);
 
 // The step field of a serialised Event (0 when it has none, as in the version event). Throws
 // InputError on a malformed message.
@@ -59,8 +60,10 @@ std::int64_t eventStep(const std::string& event);
 // The event files of DIR (events.out.tfevents.*), sorted by name (= by start time).
 std::vector<std::string> eventFiles(const std::string& dir);
 
-// Rewrites each event file of DIR that holds events past `step`, or a damaged tail, without them
-// (temp file + rename). Returns how many events were dropped.
+// Rewrites each event file of DIR that holds events past `step`, text at `step` (the config a
+// start from the same checkpoint wrote) or a damaged tail, without them (temp file + rename), and
+// removes temporary files a crash left. Returns how many events were dropped. A TensorBoard that
+// is already running keeps showing the dropped steps until it is restarted.
 std::int64_t truncateEventFiles(const std::string& dir, std::int64_t step);
 
 // The masked CRC-32C of TFRecord framing.

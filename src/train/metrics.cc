@@ -8,6 +8,7 @@
 #include "monitor/run_history.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace graft {
 namespace {
@@ -49,15 +50,26 @@ Metrics::~Metrics() = default;
 void Metrics::begin(std::int64_t start, const std::string& config_text) {
   if (rank_ != 0) return;
   truncateAfter(start);
-  if (!tensorboard_) return;
+  // TensorBoard is for watching: a failure to write it (a full disk, a damaged old file) is said
+  // once and turns it off, and the run goes on (metrics.jsonl still has every step).
   const std::string dir = run_dir_ + "/tensorboard";
-  truncateEventFiles(dir, start);
-  events_ = std::make_unique<EventWriter>(dir);
-  // Markdown: the INI text as a code block (four spaces before each line).
-  std::string markdown, line;
-  std::istringstream in(config_text);
-  while (std::getline(in, line)) markdown += "    " + line + "\n";
-  events_->text(start, unixTime(), "config", markdown);
+  try {
+    truncateEventFiles(dir, start);  // also with train.tensorboard off, so that a later start finds no stale steps
+    if (!tensorboard_) return;
+    events_ = std::make_unique<EventWriter>(dir);
+    // Markdown: the INI text as a code block (four spaces before each line).
+    std::string markdown, line;
+    std::istringstream in(config_text);
+    while (std::getline(in, line)) markdown += "    " + line + "\n";
+    events_->text(start, unixTime(), "config", markdown);
+  } catch (const std::exception& e) {
+    tensorboardFailed(e);
+  }
+}
+
+void Metrics::tensorboardFailed(const std::exception& e) {
+  events_.reset();
+  log_.info(std::string("tensorboard: ") + e.what() + "; no more event files this run (metrics.jsonl goes on)");
 }
 
 void Metrics::step(const StepReport& r) {
@@ -84,7 +96,11 @@ void Metrics::step(const StepReport& r) {
         {"train/skipped_steps", static_cast<float>(r.skipped_total)}};
     if (has_val) scalars.emplace_back("val/loss", static_cast<float>(r.val_loss));
     if (has_val && classify_) scalars.emplace_back("val/accuracy", static_cast<float>(r.val_accuracy));
-    events_->scalars(r.step, now, scalars);
+    try {
+      events_->scalars(r.step, now, scalars);
+    } catch (const std::exception& e) {
+      tensorboardFailed(e);
+    }
   }
   if (r.step % log_every_ != 0 && r.step != total_steps_ && !has_val) return;
   const double eta = r.elapsed_s / static_cast<double>(r.step - r.start) * static_cast<double>(total_steps_ - r.step);
@@ -100,15 +116,21 @@ void Metrics::step(const StepReport& r) {
 
 void Metrics::truncateAfter(std::int64_t step) {
   if (!fileExists(path_)) return;
-  std::istringstream in(readFile(path_));
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    const auto at = line.find("\"step\": ");
-    if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= step) kept += line + "\n";
+  const std::string text = readFile(path_);
+  std::string kept;
+  std::size_t at = 0, damaged = 0;
+  for (std::size_t nl; (nl = text.find('\n', at)) != std::string::npos; at = nl + 1) {
+    const std::string line = text.substr(at, nl - at);
+    if (line.empty()) continue;
+    try {
+      if (parseJson(line, path_).at("step", path_).asInt(path_) <= step) kept += line + "\n";
+    } catch (const InputError&) {
+      ++damaged;  // a line cut short by a full disk
+    }
   }
-  const std::string tmp = path_ + ".tmp";
-  std::ofstream(tmp, std::ios::trunc) << kept;
-  publishFile(tmp, path_);
+  if (at < text.size()) ++damaged;  // unterminated: cut short
+  if (damaged) log_.info(path_ + ": dropped " + std::to_string(damaged) + " damaged line(s)");
+  writeFileAtomically(path_, kept);
 }
 
 void Metrics::memory(Communicator& comm) {

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 
@@ -42,7 +43,8 @@ class Metrics {
 
  private:
   void append(const std::string& json);
-  void truncateAfter(std::int64_t step);  // drops metrics lines past `step`
+  void truncateAfter(std::int64_t step);  // drops metrics lines past `step`, and damaged ones
+  void tensorboardFailed(const std::exception& e);
   std::string run_dir_, path_;
   std::int64_t total_steps_, log_every_;
   bool classify_, tensorboard_;

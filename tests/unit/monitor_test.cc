@@ -11,6 +11,7 @@
 #include "monitor/plot.h"
 #include "monitor/run_history.h"
 #include "monitor/tfevents.h"
+#include "train/metrics.h"
 #include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -67,6 +68,30 @@ TEST_F(MonitorTest, ScalarEventHasTheSpecifiedBytes) {
   EXPECT_EQ(stored, masked);
   EXPECT_EQ(eventStep(file.events[1]), 1);
   EXPECT_EQ(eventStep(file.events[0]), 0);
+  // The version event: wall_time, then file_version (field 3) "brain.Event:2".
+  EXPECT_EQ(file.events[0].substr(9), std::string("\x1a\x0d" "brain.Event:2"));
+}
+
+TEST_F(MonitorTest, TextEventHasTheSpecifiedBytes) {
+  const std::string dir = tempDir("text");
+  std::string path;
+  {
+    EventWriter w(dir);
+    w.text(2, 0.0, "c", "x");
+    path = w.path();
+  }
+  const EventFile file = readEventFile(path);
+  ASSERT_EQ(file.events.size(), 2u);
+  // Event{wall_time 0, step 2, summary {value {tag "c" (1), tensor (8) {dtype DT_STRING = 7 (1),
+  // tensor_shape {} (2), string_val "x" (8)}, metadata (9) {plugin_data (1) {plugin_name "text"},
+  // data_class TENSOR = 2 (4)}}}}.
+  const std::string want(
+      "\x09\0\0\0\0\0\0\0\0" "\x10\x02" "\x2a\x1a" "\x0a\x18"
+      "\x0a\x01" "c"
+      "\x42\x07" "\x08\x07" "\x12\x00" "\x42\x01" "x"
+      "\x4a\x0a" "\x0a\x06" "\x0a\x04" "text" "\x20\x02",
+      39);
+  EXPECT_EQ(file.events[1], want);
 }
 
 TEST_F(MonitorTest, TruncationDropsLaterStepsAndADamagedTail) {
@@ -88,6 +113,32 @@ TEST_F(MonitorTest, TruncationDropsLaterStepsAndADamagedTail) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(eventStep(file.events[i]), i);
   EXPECT_EQ(truncateEventFiles(dir, 3), 0);  // nothing more to drop
   EXPECT_EQ(eventFiles(dir), std::vector<std::string>{first});
+  // A second start from step 3 wrote its config text at step 3; a third start from step 3 drops
+  // that text (it writes its own) but keeps step 3's scalars. A leftover temporary file goes.
+  std::ofstream(dir + "/events.out.tfevents.1.host.1.graft.tmp") << "stale";
+  {
+    EventWriter w(dir);
+    w.text(3, 9.0, "config", "    [train]");
+    w.scalars(4, 10.0, {{"train/loss", 0.5f}});
+  }
+  EXPECT_EQ(truncateEventFiles(dir, 3), 2);
+  EXPECT_FALSE(fileExists(dir + "/events.out.tfevents.1.host.1.graft.tmp"));
+  std::int64_t events = 0;
+  for (const auto& path : eventFiles(dir)) events += static_cast<std::int64_t>(readEventFile(path).events.size());
+  EXPECT_EQ(events, 5);  // two version events, steps 1-3
+}
+
+TEST_F(MonitorTest, RestartDropsLaterAndDamagedMetricsLines) {
+  const std::string dir = tempDir("restart");
+  std::ofstream(dir + "/metrics.jsonl") << "{\"step\": 1, \"loss\": 2}\n{\"step\": 2, \"loss\": 1}\n{\"step\": 3, \"lo";
+  Metrics metrics(dir, 10, 1, false, true, 0, Logger(0, 1));
+  metrics.begin(1, "[train]\nsteps = 10\n");
+  EXPECT_EQ(readFile(dir + "/metrics.jsonl"), "{\"step\": 1, \"loss\": 2}\n");
+  ASSERT_EQ(eventFiles(dir + "/tensorboard").size(), 1u);
+  const EventFile file = readEventFile(eventFiles(dir + "/tensorboard")[0]);
+  ASSERT_EQ(file.events.size(), 2u);  // version, config text at step 1
+  EXPECT_EQ(eventStep(file.events[1]), 1);
+  EXPECT_NE(file.events[1].find("    steps = 10\n"), std::string::npos);
 }
 
 TEST(Chart, FrameMapsDataToThePlotBox) {
@@ -140,8 +191,11 @@ TEST_F(MonitorTest, MetricsBeingWrittenAreReadUpToTheLastCompleteLine) {
   }
   Json fields = Json::object();
   fields.set("step", 4);
+  std::ofstream(dir + "/journal.jsonl") << "{\"event\": \"start\", \"ti";  // cut short by a full disk
   appendJournal(dir, "start", fields);
-  const auto journal = readJournal(dir);
+  std::size_t damaged = 0;
+  const auto journal = readJournal(dir, &damaged);
+  EXPECT_EQ(damaged, 1u);
   ASSERT_EQ(journal.size(), 1u);
   EXPECT_EQ(journal[0].at("event", "").asString(""), "start");
   EXPECT_EQ(journal[0].at("step", "").asInt(""), 4);
