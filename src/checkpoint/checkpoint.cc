@@ -12,8 +12,8 @@
 #include <sstream>
 
 #include "checkpoint/manifest.h"
-#include "io/hdf5.h"
-#include "io/model_io.h"
+#include "formats/hdf5.h"
+#include "convert/model_io.h"
 #include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"

@@ -3,7 +3,7 @@
 // directory fsynced. Layout (format version 1) in docs/checkpoint-format.md:
 //   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen, skipped_steps,
 //                 config (resolved INI text), created_unix, complete=1 (written last)
-//   /model        see io/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
+//   /model        see convert/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
 //   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
 //   /optimizer    written and read by the optimizer itself (optim/adamw.h), whole tensors; in a
 //                 sharded run (dist.shard) virtual datasets over part files step-<8 digits>.part-

@@ -5,9 +5,9 @@
 
 #include "cli/cli.h"
 #include "config/command_line.h"
-#include "io/hdf5.h"
-#include "io/hf_model.h"
-#include "io/model_io.h"
+#include "formats/hdf5.h"
+#include "convert/hf_model.h"
+#include "convert/model_io.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
 #include "util/files.h"

@@ -6,9 +6,9 @@
 
 #include "cli/cli.h"
 #include "config/command_line.h"
-#include "io/hf_model.h"
-#include "io/model_io.h"
-#include "io/tokenizer.h"
+#include "convert/hf_model.h"
+#include "convert/model_io.h"
+#include "tokenizer/tokenizer.h"
 #include "model/generate.h"
 #include "util/error.h"
 

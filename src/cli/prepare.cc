@@ -5,7 +5,7 @@
 #include "cli/cli.h"
 #include "config/command_line.h"
 #include "data/dataset.h"
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace graft {

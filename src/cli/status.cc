@@ -13,7 +13,7 @@
 #include "checkpoint/checkpoint.h"
 #include "cli/cli.h"
 #include "config/command_line.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "monitor/run_history.h"
 #include "util/error.h"
 #include "util/files.h"

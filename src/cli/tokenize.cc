@@ -2,7 +2,7 @@
 
 #include "cli/cli.h"
 #include "config/command_line.h"
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace graft {
 namespace po = boost::program_options;

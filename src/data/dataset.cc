@@ -8,7 +8,7 @@
 #include <unordered_map>
 
 #include "data/sampler.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"

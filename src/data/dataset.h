@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "data/text_sources.h"
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace graft {
 

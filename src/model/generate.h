@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "model/transformer.h"
 
 namespace graft {

@@ -3,7 +3,7 @@
 // grouped-query attention and a tied or untied classifier.
 //
 // Parameter names are the checkpoint names, one to one (Meta/llama2.c naming for both families;
-// io/hf_model.cc maps Hugging Face names onto them):
+// convert/hf_model.cc maps Hugging Face names onto them):
 //   tok_embeddings.weight                      [vocab, dim]
 //   pos_embeddings.weight                      [seq_len, dim]   (gpt2)
 //   layers.<i>.attention_norm.{weight,bias}    [dim]            (bias: gpt2)

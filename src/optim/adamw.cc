@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "util/checksum.h"
 #include "util/error.h"
 

@@ -1,6 +1,6 @@
 #include "optim/schedule.h"
 
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 
 #include <algorithm>
 #include <cmath>

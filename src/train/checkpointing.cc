@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "checkpoint/manifest.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "parallel/heartbeat.h"
 #include "parallel/shard_plan.h"
 #include "util/error.h"

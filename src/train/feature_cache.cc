@@ -4,7 +4,7 @@
 
 #include <chrono>
 
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "parallel/heartbeat.h"
 #include "train/batches.h"
 #include "util/error.h"

@@ -6,7 +6,7 @@
 
 #include <cstdio>
 
-#include "io/model_io.h"
+#include "convert/model_io.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
 

@@ -10,7 +10,7 @@
 #include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "monitor/run_history.h"
 #include "optim/schedule.h"
 #include "parallel/data_parallel.h"

@@ -14,7 +14,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "e2e_util.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 
 namespace graft::e2e {
 namespace {

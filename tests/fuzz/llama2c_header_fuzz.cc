@@ -1,4 +1,4 @@
-// libFuzzer target: the llama2.c header parser (src/io/llama2c_header.cc). The input is the file's
+// libFuzzer target: the llama2.c header parser (src/formats/llama2c_header.cc). The input is the file's
 // first bytes; its claimed size is the input size, or, when the input is long enough, a size taken
 // from its last 8 bytes (so headers that lie about huge models are reached). Any accepted header
 // must describe exactly that many bytes and a valid shape.
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <string>
 
-#include "io/llama2c_header.h"
+#include "formats/llama2c_header.h"
 #include "util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

@@ -1,4 +1,4 @@
-// libFuzzer target: SafetensorsFile::fromBytes (src/io/safetensors.cc) on arbitrary bytes. Beyond
+// libFuzzer target: SafetensorsFile::fromBytes (src/formats/safetensors.cc) on arbitrary bytes. Beyond
 // what the sanitizers catch, a file either parses and every tensor reads back at its declared
 // size (float dtypes through readFloat32 too, F32 bit for bit), or fails with a one-line
 // graft::Error naming the input; anything else escaping (bad_alloc included) is a finding. Seeds:
@@ -10,7 +10,7 @@
 #include <cstring>
 #include <string>
 
-#include "io/safetensors.h"
+#include "formats/safetensors.h"
 #include "util/error.h"
 
 namespace {

@@ -1,4 +1,4 @@
-// libFuzzer target: the tokenizer loaders (src/io/tokenizer.cc, bpe_tokenizer.cc) on hostile files.
+// libFuzzer target: the tokenizer loaders (src/tokenizer/tokenizer.cc, bpe_tokenizer.cc) on hostile files.
 // The first byte picks the format, the rest is the file; where a format takes two files they are
 // split at the first NUL byte:
 //   0 llama2.c .bin   1 GPT-2 vocabulary JSON + merges   2 tokenizer.json   3 tokenizer.json + tokenizer_config.json
@@ -13,7 +13,7 @@
 #include <memory>
 #include <string>
 
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace {

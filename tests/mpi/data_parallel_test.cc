@@ -12,7 +12,7 @@
 
 #include <fstream>
 
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "train/checkpointing.h"
 #include "mpi_world.h"
 #include "parallel/data_parallel.h"

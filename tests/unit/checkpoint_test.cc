@@ -5,7 +5,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "train/checkpointing.h"
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "util/error.h"
 #include "util/files.h"
 

@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 
-#include "io/hf_model.h"
+#include "convert/hf_model.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"

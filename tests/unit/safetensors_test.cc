@@ -1,7 +1,7 @@
 // safetensors reader/writer: the real tiny-random-gpt2 file checked against an independent Python
 // (stdlib) parse, bitwise round trips, half/bf16 bit patterns, sharded folders, and one hostile
 // file per validation rule.
-#include "io/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <gtest/gtest.h>
 

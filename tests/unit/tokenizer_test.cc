@@ -11,7 +11,7 @@
 #include <map>
 #include <sstream>
 
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"

@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "io/llama2c.h"
+#include "formats/llama2c.h"
 #include "util/error.h"
 
 namespace graft {

@@ -19,7 +19,7 @@
 
 #include <string>
 
-#include "io/safetensors.h"
+#include "formats/safetensors.h"
 #include "model/transformer.h"
 
 namespace graft {

@@ -1,4 +1,4 @@
-#include "io/llama2c_header.h"
+#include "formats/llama2c_header.h"
 
 #include <cstdlib>
 #include <cstring>

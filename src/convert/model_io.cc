@@ -1,12 +1,12 @@
-#include "io/model_io.h"
+#include "convert/model_io.h"
 
 #include <algorithm>
 #include <sstream>
 
 #include <torch/torch.h>
 
-#include "io/hf_model.h"
-#include "io/llama2c.h"
+#include "convert/hf_model.h"
+#include "formats/llama2c.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
 #include "util/files.h"

@@ -1,4 +1,4 @@
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 
 #include <torch/torch.h>
 

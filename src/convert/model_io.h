@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "io/hdf5.h"
+#include "formats/hdf5.h"
 #include "model/transfer.h"
 #include "model/transformer.h"
 

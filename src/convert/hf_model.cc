@@ -1,4 +1,4 @@
-#include "io/hf_model.h"
+#include "convert/hf_model.h"
 
 #include <torch/torch.h>
 

@@ -1,7 +1,7 @@
 // libgraft_spm.so: the C interface of spm_shim.h over libsentencepiece. The only file of graft that
 // includes sentencepiece's headers (see spm_shim.h for why). Every function catches everything: no
 // exception may leave through the C interface.
-#include "io/spm_shim.h"
+#include "tokenizer/spm_shim.h"
 
 #include <sentencepiece_processor.h>
 

@@ -15,9 +15,9 @@
 #include <string_view>
 #include <vector>
 
-#include "io/spm_shim.h"
-#include "io/tokenizer.h"
-#include "io/tokenizer_internal.h"
+#include "tokenizer/spm_shim.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_internal.h"
 #include "util/error.h"
 
 #ifndef GRAFT_SPM_DIRECT

@@ -1,4 +1,4 @@
-#include "io/llama2c.h"
+#include "formats/llama2c.h"
 
 #include <torch/torch.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <fstream>
 
-#include "io/llama2c_header.h"
+#include "formats/llama2c_header.h"
 #include "util/error.h"
 #include "util/files.h"
 

@@ -1,6 +1,6 @@
 // The Tokenizer base, the "bytes" and llama2.c tokenizers, and loadTokenizer's choice of format.
 // BPE from GPT-2 / Hugging Face files is in bpe_tokenizer.cc, SentencePiece in sentencepiece_tokenizer.cc.
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <cctype>
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include <initializer_list>
 #include <unordered_map>
 
-#include "io/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 #include "util/error.h"
 #include "util/files.h"
 
