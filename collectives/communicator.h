@@ -73,15 +73,24 @@ class Communicator {
   virtual WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) = 0;
   virtual WorkPtr barrierAsync(const char* tag) = 0;
 
-  // Blocking forms: start, then wait(timeout()).
+  // Blocking forms: start, then wait(timeout()). Typed ones count elements of T; the *Bytes forms
+  // move raw bytes (strings, structs, tensors of any dtype).
   template <typename T>
   void allReduce(T* data, std::size_t count, ReduceOp op, const char* tag) {
     allReduceAsync(data, count, dtypeOf<T>(), op, tag)->wait(timeout_);
   }
-  void broadcast(void* data, std::size_t bytes, int root, const char* tag) {
+  template <typename T>
+  void broadcast(T* data, std::size_t count, int root, const char* tag) {
+    broadcastAsync(data, count, dtypeOf<T>(), root, tag)->wait(timeout_);
+  }
+  template <typename T>
+  void allGather(const T* send, std::size_t count, T* recv, const char* tag) {
+    allGatherAsync(send, recv, count, dtypeOf<T>(), tag)->wait(timeout_);
+  }
+  void broadcastBytes(void* data, std::size_t bytes, int root, const char* tag) {
     broadcastAsync(data, bytes, DType::UInt8, root, tag)->wait(timeout_);
   }
-  void allGather(const void* send, std::size_t bytes, void* recv, const char* tag) {
+  void allGatherBytes(const void* send, std::size_t bytes, void* recv, const char* tag) {
     allGatherAsync(send, recv, bytes, DType::UInt8, tag)->wait(timeout_);
   }
   void barrier(const char* tag) { barrierAsync(tag)->wait(timeout_); }

@@ -63,7 +63,7 @@ class NcclCommunicator final : public Communicator {
     cudaSetDevice(device_);
     ncclUniqueId id{};
     if (bootstrap_->rank() == 0) ncclGetUniqueId(&id);
-    bootstrap_->broadcast(&id, sizeof(id), 0, "nccl/unique_id");
+    bootstrap_->broadcastBytes(&id, sizeof(id), 0, "nccl/unique_id");
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
   }

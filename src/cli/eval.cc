@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "config/command_line.h"
 #include "convert/hf_model.h"
+#include "convert/peft.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "convert/model_io.h"

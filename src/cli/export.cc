@@ -7,6 +7,7 @@
 #include "config/command_line.h"
 #include "formats/hdf5.h"
 #include "convert/hf_model.h"
+#include "convert/peft.h"
 #include "convert/model_io.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"

@@ -7,39 +7,14 @@
 #include <map>
 #include <set>
 
+#include "convert/hf_names.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
 
 namespace graft {
+using namespace hf;
 namespace {
-
-// Tensor `name` of `files` as float32, after checking its shape ("expected" says where the
-// shape comes from in the error).
-torch::Tensor readChecked(const SafetensorsFolder& files, const std::string& name, const std::vector<std::int64_t>& shape,
-                          const char* expected = "expected") {
-  const StTensorInfo& info = files.info(name);  // throws naming the folder and tensor when absent
-  if (info.shape != shape)
-    throw InputError(files.fileOf(name) + ": tensor " + name + " has shape " + c10::str(info.shape) + ", " + expected +
-                     " " + c10::str(shape));
-  std::vector<float> values = files.readFloat32(name);
-  return torch::from_blob(values.data(), shape, torch::kFloat32).clone();
-}
-
-std::string layer(int i, const std::string& rest) { return "layers." + std::to_string(i) + "." + rest; }
-
-// Note [rotary layouts]: rows of a q/k projection, grouped per head, from interleaved pairs
-// (graft) to rotated halves (HF) and back. Works on weights [rows, in] and biases [rows].
-torch::Tensor toHalves(const torch::Tensor& t, int heads) {
-  const auto rows = t.size(0);
-  auto w = t.reshape({heads, rows / heads / 2, 2, -1}).transpose(1, 2);
-  return t.dim() == 1 ? w.reshape({rows}) : w.reshape({rows, t.size(1)});
-}
-torch::Tensor toPairs(const torch::Tensor& t, int heads) {
-  const auto rows = t.size(0);
-  auto w = t.reshape({heads, 2, rows / heads / 2, -1}).transpose(1, 2);
-  return t.dim() == 1 ? w.reshape({rows}) : w.reshape({rows, t.size(1)});
-}
 
 // Reads tensors of an HF checkpoint by name, checking shapes, and remembers which were used so
 // that leftovers can be reported.
@@ -86,118 +61,63 @@ class HfTensors {
   std::set<std::string> used_;
 };
 
-torch::Tensor param(Transformer& m, const std::string& name) {
-  auto* p = m->named_parameters().find(name);
-  if (!p) throw Error("model has no parameter " + name);
-  return *p;
-}
-
-void loadGpt2(Transformer& m, HfTensors& t) {
+// Every tensor of the model's blocks with its table entry: (graft name, hf name, entry).
+template <typename F>
+void forEachBlockTensor(Transformer& m, F&& f) {
   const ModelConfig& c = m->config();
-  const std::int64_t d = c.dim, h = c.hidden_dim;
-  auto set = [&](const std::string& name, const torch::Tensor& value) { param(m, name).copy_(value); };
-  set("tok_embeddings.weight", t.get("wte.weight", {c.vocab_size, d}));
-  set("pos_embeddings.weight", t.get("wpe.weight", {c.seq_len, d}));
-  for (int i = 0; i < c.n_layers; ++i) {
-    const std::string hf = "h." + std::to_string(i) + ".";
-    for (const auto& [from, to] : {std::pair<std::string, std::string>{"ln_1", "attention_norm"}, {"ln_2", "ffn_norm"}}) {
-      set(layer(i, to + ".weight"), t.get(hf + from + ".weight", {d}));
-      set(layer(i, to + ".bias"), t.get(hf + from + ".bias", {d}));
-    }
-    // Conv1D stores [in, out]; c_attn's out is q | k | v.
-    auto qkv_w = t.get(hf + "attn.c_attn.weight", {d, 3 * d}).t();
-    auto qkv_b = t.get(hf + "attn.c_attn.bias", {3 * d});
-    const char* parts[] = {"wq", "wk", "wv"};
-    for (int k = 0; k < 3; ++k) {
-      set(layer(i, std::string("attention.") + parts[k] + ".weight"), qkv_w.narrow(0, k * d, d));
-      set(layer(i, std::string("attention.") + parts[k] + ".bias"), qkv_b.narrow(0, k * d, d));
-    }
-    set(layer(i, "attention.wo.weight"), t.get(hf + "attn.c_proj.weight", {d, d}).t());
-    set(layer(i, "attention.wo.bias"), t.get(hf + "attn.c_proj.bias", {d}));
-    set(layer(i, "feed_forward.w1.weight"), t.get(hf + "mlp.c_fc.weight", {d, h}).t());
-    set(layer(i, "feed_forward.w1.bias"), t.get(hf + "mlp.c_fc.bias", {h}));
-    set(layer(i, "feed_forward.w2.weight"), t.get(hf + "mlp.c_proj.weight", {h, d}).t());
-    set(layer(i, "feed_forward.w2.bias"), t.get(hf + "mlp.c_proj.bias", {d}));
-  }
-  set("norm.weight", t.get("ln_f.weight", {d}));
-  set("norm.bias", t.get("ln_f.bias", {d}));
+  const Architecture& a = architectureOf(c);
+  const auto params = m->named_parameters();
+  for (int i = 0; i < c.n_layers; ++i)
+    for (const auto& n : a.block)
+      for (const char* suffix : {".weight", ".bias"}) {
+        const std::string graft = layer(i, n.graft + std::string(suffix));
+        if (params.contains(graft)) f(graft, hfBlock(a, i) + n.hf + suffix, n, std::string(suffix) == ".weight");
+      }
 }
 
-void loadLlamaFamily(Transformer& m, HfTensors& t) {
+// The base model's tensors from an HF checkpoint, by the table.
+void loadHfTensors(Transformer& m, HfTensors& t) {
   const ModelConfig& c = m->config();
-  const std::int64_t d = c.dim, h = c.hidden_dim, kv = static_cast<std::int64_t>(c.n_kv_heads) * c.headDim();
-  auto set = [&](const std::string& name, const torch::Tensor& value) { param(m, name).copy_(value); };
-  set("tok_embeddings.weight", t.get("embed_tokens.weight", {c.vocab_size, d}));
-  for (int i = 0; i < c.n_layers; ++i) {
-    const std::string hf = "layers." + std::to_string(i) + ".";
-    set(layer(i, "attention_norm.weight"), t.get(hf + "input_layernorm.weight", {d}));
-    set(layer(i, "ffn_norm.weight"), t.get(hf + "post_attention_layernorm.weight", {d}));
-    set(layer(i, "attention.wq.weight"), toPairs(t.get(hf + "self_attn.q_proj.weight", {d, d}), c.n_heads));
-    set(layer(i, "attention.wk.weight"), toPairs(t.get(hf + "self_attn.k_proj.weight", {kv, d}), c.n_kv_heads));
-    set(layer(i, "attention.wv.weight"), t.get(hf + "self_attn.v_proj.weight", {kv, d}));
-    set(layer(i, "attention.wo.weight"), t.get(hf + "self_attn.o_proj.weight", {d, d}));
-    if (c.qkv_bias) {
-      set(layer(i, "attention.wq.bias"), toPairs(t.get(hf + "self_attn.q_proj.bias", {d}), c.n_heads));
-      set(layer(i, "attention.wk.bias"), toPairs(t.get(hf + "self_attn.k_proj.bias", {kv}), c.n_kv_heads));
-      set(layer(i, "attention.wv.bias"), t.get(hf + "self_attn.v_proj.bias", {kv}));
+  for (const auto& n : architectureOf(c).model) param(m, n.graft).copy_(t.get(n.hf, param(m, n.graft).sizes().vec()));
+  forEachBlockTensor(m, [&](const std::string& graft, const std::string& hf, const HfName& n, bool weight) {
+    torch::Tensor target = param(m, graft);
+    const auto shape = target.sizes().vec();
+    switch (n.layout) {
+      case Layout::kSame: target.copy_(t.get(hf, shape)); break;
+      case Layout::kConv1D: target.copy_(weight ? t.get(hf, {shape[1], shape[0]}).t() : t.get(hf, shape)); break;
+      case Layout::kRotary: target.copy_(toPairs(t.get(hf, shape), headsOf(c, n))); break;
+      case Layout::kFusedQkv: {
+        const std::int64_t rows = shape[0];
+        const auto fused = weight ? t.get(hf, {shape[1], 3 * rows}).t() : t.get(hf, {3 * rows});
+        target.copy_(fused.narrow(0, n.part * rows, rows));
+        break;
+      }
     }
-    set(layer(i, "feed_forward.w1.weight"), t.get(hf + "mlp.gate_proj.weight", {h, d}));
-    set(layer(i, "feed_forward.w2.weight"), t.get(hf + "mlp.down_proj.weight", {d, h}));
-    set(layer(i, "feed_forward.w3.weight"), t.get(hf + "mlp.up_proj.weight", {h, d}));
-  }
-  set("norm.weight", t.get("norm.weight", {d}));
+  });
 }
 
-// The HF (name, tensor) list of a model, in transformers' layout.
+// The HF (name, tensor) list of a model, in transformers' layout, by the table.
 std::vector<std::pair<std::string, torch::Tensor>> hfTensors(Transformer& m) {
   const ModelConfig& c = m->config();
+  const Architecture& a = architectureOf(c);
   std::vector<std::pair<std::string, torch::Tensor>> out;
   auto p = [&](const std::string& name) { return param(m, name).detach(); };
-  if (c.isGpt2()) {
-    const std::string pre = "transformer.";
-    out.emplace_back(pre + "wte.weight", p("tok_embeddings.weight"));
-    out.emplace_back(pre + "wpe.weight", p("pos_embeddings.weight"));
-    for (int i = 0; i < c.n_layers; ++i) {
-      const std::string hf = pre + "h." + std::to_string(i) + ".";
-      out.emplace_back(hf + "ln_1.weight", p(layer(i, "attention_norm.weight")));
-      out.emplace_back(hf + "ln_1.bias", p(layer(i, "attention_norm.bias")));
-      out.emplace_back(hf + "attn.c_attn.weight", torch::cat({p(layer(i, "attention.wq.weight")), p(layer(i, "attention.wk.weight")),
-                                                             p(layer(i, "attention.wv.weight"))}).t());
-      out.emplace_back(hf + "attn.c_attn.bias", torch::cat({p(layer(i, "attention.wq.bias")), p(layer(i, "attention.wk.bias")),
-                                                           p(layer(i, "attention.wv.bias"))}));
-      out.emplace_back(hf + "attn.c_proj.weight", p(layer(i, "attention.wo.weight")).t());
-      out.emplace_back(hf + "attn.c_proj.bias", p(layer(i, "attention.wo.bias")));
-      out.emplace_back(hf + "ln_2.weight", p(layer(i, "ffn_norm.weight")));
-      out.emplace_back(hf + "ln_2.bias", p(layer(i, "ffn_norm.bias")));
-      out.emplace_back(hf + "mlp.c_fc.weight", p(layer(i, "feed_forward.w1.weight")).t());
-      out.emplace_back(hf + "mlp.c_fc.bias", p(layer(i, "feed_forward.w1.bias")));
-      out.emplace_back(hf + "mlp.c_proj.weight", p(layer(i, "feed_forward.w2.weight")).t());
-      out.emplace_back(hf + "mlp.c_proj.bias", p(layer(i, "feed_forward.w2.bias")));
-    }
-    out.emplace_back(pre + "ln_f.weight", p("norm.weight"));
-    out.emplace_back(pre + "ln_f.bias", p("norm.bias"));
-  } else {
-    const std::string pre = "model.";
-    out.emplace_back(pre + "embed_tokens.weight", p("tok_embeddings.weight"));
-    for (int i = 0; i < c.n_layers; ++i) {
-      const std::string hf = pre + "layers." + std::to_string(i) + ".";
-      out.emplace_back(hf + "input_layernorm.weight", p(layer(i, "attention_norm.weight")));
-      out.emplace_back(hf + "self_attn.q_proj.weight", toHalves(p(layer(i, "attention.wq.weight")), c.n_heads));
-      out.emplace_back(hf + "self_attn.k_proj.weight", toHalves(p(layer(i, "attention.wk.weight")), c.n_kv_heads));
-      out.emplace_back(hf + "self_attn.v_proj.weight", p(layer(i, "attention.wv.weight")));
-      out.emplace_back(hf + "self_attn.o_proj.weight", p(layer(i, "attention.wo.weight")));
-      if (c.qkv_bias) {
-        out.emplace_back(hf + "self_attn.q_proj.bias", toHalves(p(layer(i, "attention.wq.bias")), c.n_heads));
-        out.emplace_back(hf + "self_attn.k_proj.bias", toHalves(p(layer(i, "attention.wk.bias")), c.n_kv_heads));
-        out.emplace_back(hf + "self_attn.v_proj.bias", p(layer(i, "attention.wv.bias")));
+  for (const auto& n : a.model) out.emplace_back(a.prefix + std::string(n.hf), p(n.graft));
+  forEachBlockTensor(m, [&](const std::string& graft, const std::string& hf, const HfName& n, bool weight) {
+    const std::string name = a.prefix + hf;
+    switch (n.layout) {
+      case Layout::kSame: out.emplace_back(name, p(graft)); break;
+      case Layout::kConv1D: out.emplace_back(name, weight ? p(graft).t() : p(graft)); break;
+      case Layout::kRotary: out.emplace_back(name, toHalves(p(graft), headsOf(c, n))); break;
+      case Layout::kFusedQkv: {
+        if (n.part != 0) break;  // written once, with q
+        const std::string q = graft.substr(0, graft.rfind("wq.")), tail = graft.substr(graft.rfind('.'));
+        const auto fused = torch::cat({p(q + "wq" + tail), p(q + "wk" + tail), p(q + "wv" + tail)});
+        out.emplace_back(name, weight ? fused.t() : fused);
+        break;
       }
-      out.emplace_back(hf + "post_attention_layernorm.weight", p(layer(i, "ffn_norm.weight")));
-      out.emplace_back(hf + "mlp.gate_proj.weight", p(layer(i, "feed_forward.w1.weight")));
-      out.emplace_back(hf + "mlp.down_proj.weight", p(layer(i, "feed_forward.w2.weight")));
-      out.emplace_back(hf + "mlp.up_proj.weight", p(layer(i, "feed_forward.w3.weight")));
     }
-    out.emplace_back(pre + "norm.weight", p("norm.weight"));
-  }
+  });
   // A sequence classifier (transformers' *ForSequenceClassification) has score instead of lm_head.
   if (c.num_classes > 0) out.emplace_back("score.weight", p("head.weight"));
   else if (!c.tied) out.emplace_back("lm_head.weight", p("output.weight"));
@@ -386,16 +306,12 @@ ModelConfig readHfConfig(const std::string& file) {
 Transformer loadHfModel(const std::string& path) {
   const std::string folder = hfModelFolder(path);
   ModelConfig c = readHfConfig(folder + "/config.json");
-  HfTensors tensors(path, c.isGpt2() ? "transformer." : "model.");
+  HfTensors tensors(path, architectureOf(c).prefix);
   // A classifier has no lm_head; graft's model keeps one (for generation), tied to the embeddings.
   if (c.num_classes > 0 && !tensors.has("lm_head.weight")) c.tied = true;
   Transformer model(c);
   torch::NoGradGuard no_grad;
-  if (c.isGpt2()) {
-    loadGpt2(model, tensors);
-  } else {
-    loadLlamaFamily(model, tensors);
-  }
+  loadHfTensors(model, tensors);
   if (c.tied) {
     tensors.markUsed("lm_head.weight");  // some files store the tied copy too
   } else {
@@ -421,230 +337,6 @@ void saveHfModel(Transformer& model, const std::string& dir, StDType dtype) {
   writeSafetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
   const std::string config = dir + "/config.json";
   writeFileAtomically(config, hfConfig(model->config(), dtype).dump(2) + "\n");
-}
-
-namespace {
-
-// graft module path <-> transformers module path, for the projections adapters can sit on.
-std::string hfModuleOf(const ModelConfig& c, const std::string& path) {
-  if (path == "output") return "lm_head";
-  const auto dot = path.find('.', 7);  // after "layers.<i>"
-  const std::string index = path.substr(7, dot - 7), rest = path.substr(dot + 1);
-  if (c.isGpt2()) {
-    static const std::map<std::string, std::string> names = {
-        {"attention.wo", "attn.c_proj"}, {"feed_forward.w1", "mlp.c_fc"}, {"feed_forward.w2", "mlp.c_proj"}};
-    const auto it = names.find(rest);
-    return "transformer.h." + index + "." + (it == names.end() ? std::string("attn.c_attn") : it->second);
-  }
-  static const std::map<std::string, std::string> names = {
-      {"attention.wq", "self_attn.q_proj"}, {"attention.wk", "self_attn.k_proj"}, {"attention.wv", "self_attn.v_proj"},
-      {"attention.wo", "self_attn.o_proj"}, {"feed_forward.w1", "mlp.gate_proj"}, {"feed_forward.w2", "mlp.down_proj"},
-      {"feed_forward.w3", "mlp.up_proj"}};
-  return "model.layers." + index + "." + names.at(rest);
-}
-
-// Note [fused c_attn]: transformers' GPT-2 computes q, k and v with one Conv1D, c_attn [d, 3d], so
-// PEFT puts one adapter on it: lora_A [r', d], lora_B [3d, r']. graft's separate q/k/v adapters
-// (rank r each) are written exactly as one of rank r' = r x (adapters present): A stacks their
-// A's, B is block-diagonal (zero rows for a projection without adapter), and alpha' = alpha x r' / r
-// keeps the scale alpha / r (rank_pattern / alpha_pattern say so for c_attn). Reading a c_attn
-// adapter back, q, k and v each get A and their third of B's rows: again exact.
-// Which of q, k, v `path` is in gpt2 (0, 1, 2), else -1.
-int qkvPart(const ModelConfig& c, const std::string& path) {
-  if (!c.isGpt2()) return -1;
-  if (endsWith(path, "attention.wq")) return 0;
-  if (endsWith(path, "attention.wk")) return 1;
-  if (endsWith(path, "attention.wv")) return 2;
-  return -1;
-}
-
-int layerOf(const std::string& path) { return std::stoi(path.substr(7)); }  // "layers.<i>...."
-
-// PEFT's rank_pattern / alpha_pattern: the value of the first key the module name ends with.
-const Json* patternFor(const Json& j, const char* key, const std::string& module) {
-  const Json* pattern = j.find(key);
-  if (!pattern || !pattern->isObject()) return nullptr;
-  for (const auto& [suffix, value] : pattern->asObject(key))
-    if (module == suffix || endsWith(module, "." + suffix)) return &value;
-  return nullptr;
-}
-
-// Heads whose rows a q/k projection's lora_B permutes (0: not a rotary projection).
-int rotaryHeads(const ModelConfig& c, const std::string& path) {
-  if (c.isGpt2()) return 0;
-  if (endsWith(path, "attention.wq")) return c.n_heads;
-  if (endsWith(path, "attention.wk")) return c.n_kv_heads;
-  return 0;
-}
-
-}  // namespace
-
-void savePeftAdapter(Transformer& model, const std::string& dir, const std::string& base_model) {
-  const ModelConfig& c = model->config();
-  if (model->promptLength()) {  // PEFT's prompt tuning: one tensor, prompt_embeddings [n, dim]
-    auto prompt = model->soft_prompt.detach().contiguous();
-    makeDirectories(dir);
-    writeSafetensors(dir + "/adapter_model.safetensors",
-                     {{"prompt_embeddings", StDType::F32, prompt.sizes().vec(), prompt.data_ptr(), static_cast<std::size_t>(prompt.nbytes())}},
-                     {{"format", "pt"}});
-    Json config = Json::object();
-    config.set("peft_type", "PROMPT_TUNING");
-    config.set("task_type", "CAUSAL_LM");
-    config.set("base_model_name_or_path", base_model);
-    config.set("num_virtual_tokens", Json(model->promptLength()));
-    config.set("token_dim", c.dim);
-    config.set("num_transformer_submodules", 1);
-    config.set("prompt_tuning_init", "RANDOM");
-    config.set("inference_mode", true);
-    writeFileAtomically(dir + "/adapter_config.json", config.dump(2) + "\n");
-    return;
-  }
-  if (c.num_classes > 0)
-    throw InputError("PEFT export holds adapters only, and this model's classification head was trained too; "
-                     "export the merged classifier with --format hf");
-  std::vector<torch::Tensor> keep;
-  std::vector<StTensorOut> out;
-  Json targets = Json::array();
-  int rank = 0;
-  double alpha = 0, dropout = 0;
-  struct Fused {
-    std::string module;
-    int rank;
-    double alpha;
-  };
-  std::vector<Fused> fused_modules;
-  auto add = [&](const std::string& module, const torch::Tensor& a, const torch::Tensor& b) {
-    targets.push(module);
-    for (const auto& [which, t] : {std::pair<const char*, torch::Tensor>{"lora_A", a}, {"lora_B", b}}) {
-      keep.push_back(t.detach().contiguous());
-      out.push_back({"base_model.model." + module + "." + which + ".weight", StDType::F32, keep.back().sizes().vec(),
-                     keep.back().data_ptr(), static_cast<std::size_t>(keep.back().nbytes())});
-    }
-  };
-  std::map<int, std::array<ProjectionImpl*, 3>> fused;  // gpt2: layer -> q, k, v adapters (Note [fused c_attn])
-  for (auto& [path, p] : model->projections()) {
-    if (!p->hasLora()) continue;
-    dropout = p->lora_dropout;
-    if (const int part = qkvPart(c, path); part >= 0) {
-      fused[layerOf(path)][static_cast<std::size_t>(part)] = p.get();
-      continue;
-    }
-    rank = static_cast<int>(p->lora_A.size(0));
-    alpha = p->lora_scale * rank;
-    const int heads = rotaryHeads(c, path);
-    add(hfModuleOf(c, path), p->lora_A, heads ? toHalves(p->lora_B.detach(), heads) : p->lora_B);
-  }
-  for (const auto& [layer_index, parts] : fused) {
-    std::vector<torch::Tensor> a_rows;
-    std::vector<int> present;
-    for (int k = 0; k < 3; ++k)
-      if (parts[static_cast<std::size_t>(k)]) present.push_back(k);
-    const auto* first = parts[static_cast<std::size_t>(present.front())];
-    const std::int64_t r = first->lora_A.size(0), d = c.dim;
-    auto b = torch::zeros({3 * d, r * static_cast<std::int64_t>(present.size())});
-    for (std::size_t j = 0; j < present.size(); ++j) {
-      const auto* p = parts[static_cast<std::size_t>(present[j])];
-      if (p->lora_A.size(0) != r || p->lora_scale != first->lora_scale)
-        throw InputError("PEFT export: the q, k and v adapters of layer " + std::to_string(layer_index) +
-                         " differ in rank or alpha, which one fused c_attn adapter cannot hold");
-      a_rows.push_back(p->lora_A.detach());
-      b.narrow(0, present[j] * d, d).narrow(1, static_cast<std::int64_t>(j) * r, r).copy_(p->lora_B.detach());
-    }
-    const int fused_rank = static_cast<int>(r * static_cast<std::int64_t>(present.size()));
-    fused_modules.push_back({"transformer.h." + std::to_string(layer_index) + ".attn.c_attn", fused_rank,
-                             first->lora_scale * fused_rank});
-    add(fused_modules.back().module, torch::cat(a_rows), b);
-  }
-  if (rank == 0) rank = fused_modules.front().rank, alpha = fused_modules.front().alpha;
-  if (out.empty()) throw InputError("the model has no LoRA adapters to export in PEFT format");
-  makeDirectories(dir);
-  writeSafetensors(dir + "/adapter_model.safetensors", out, {{"format", "pt"}});
-  Json config = Json::object();
-  config.set("peft_type", "LORA");
-  config.set("task_type", "CAUSAL_LM");
-  config.set("base_model_name_or_path", base_model);
-  config.set("r", rank);
-  config.set("lora_alpha", alpha);
-  config.set("lora_dropout", dropout);
-  config.set("target_modules", targets);
-  // Fused c_attn adapters whose rank differs from r (layers may adapt different sets of q/k/v):
-  // PEFT matches these keys against the end of the module name.
-  Json rank_pattern = Json::object(), alpha_pattern = Json::object();
-  bool patterned = false;
-  for (const auto& f : fused_modules)
-    if (f.rank != rank || f.alpha != alpha) {
-      rank_pattern.set(f.module, f.rank);
-      alpha_pattern.set(f.module, f.alpha);
-      patterned = true;
-    }
-  if (patterned) {
-    config.set("rank_pattern", std::move(rank_pattern));
-    config.set("alpha_pattern", std::move(alpha_pattern));
-  }
-  config.set("bias", "none");
-  config.set("fan_in_fan_out", c.isGpt2());  // gpt2's Conv1D stores weights [in, out]
-  config.set("inference_mode", true);
-  config.set("modules_to_save", Json());
-  writeFileAtomically(dir + "/adapter_config.json", config.dump(2) + "\n");
-}
-
-void loadPeftAdapter(Transformer& model, const std::string& dir) {
-  const std::string config_path = dir + "/adapter_config.json";
-  if (!fileExists(config_path)) throw InputError(dir + ": no adapter_config.json; not a PEFT adapter folder");
-  const Json j = parseJson(readFile(config_path), config_path);
-  const std::string type = j.at("peft_type", config_path).asString(config_path + ": peft_type");
-  if (type == "PROMPT_TUNING") {
-    const int n = static_cast<int>(j.at("num_virtual_tokens", config_path).asInt(config_path + ": num_virtual_tokens"));
-    if (n <= 0 || n > 4096) throw InputError(config_path + ": num_virtual_tokens out of range");
-    const auto files = SafetensorsFolder::open(dir + "/adapter_model.safetensors");
-    const auto prompt = readChecked(files, "prompt_embeddings", {n, model->config().dim});
-    model->addSoftPrompt(n, 0);
-    torch::NoGradGuard no_grad;
-    model->soft_prompt.copy_(prompt);
-    return;
-  }
-  if (type != "LORA") throw InputError(config_path + ": peft_type " + type + " is not LORA or PROMPT_TUNING");
-  const int rank = static_cast<int>(j.at("r", config_path).asInt(config_path + ": r"));
-  const double alpha = j.at("lora_alpha", config_path).asNumber(config_path + ": lora_alpha");
-  const Json* dropout_json = j.find("lora_dropout");
-  const double dropout = dropout_json && dropout_json->isNumber() ? dropout_json->asNumber("lora_dropout") : 0.0;
-  if (rank <= 0 || rank > 4096 || !(alpha > 0)) throw InputError(config_path + ": r or lora_alpha out of range");
-  const auto files = SafetensorsFolder::open(dir + "/adapter_model.safetensors");
-  const ModelConfig& c = model->config();
-  std::set<std::string> used;
-  auto gen = at::detail::createCPUGenerator(0);
-  torch::NoGradGuard no_grad;
-  const auto names = files.names();
-  for (auto& [path, p] : model->projections()) {
-    const std::string module = hfModuleOf(c, path);
-    const std::string a = "base_model.model." + module + ".lora_A.weight", b = "base_model.model." + module + ".lora_B.weight";
-    if (!std::binary_search(names.begin(), names.end(), a)) continue;
-    const Json* r_json = patternFor(j, "rank_pattern", module);
-    const Json* alpha_json = patternFor(j, "alpha_pattern", module);
-    const int r = r_json ? static_cast<int>(r_json->asInt(config_path + ": rank_pattern")) : rank;
-    const double module_alpha = alpha_json ? alpha_json->asNumber(config_path + ": alpha_pattern") : alpha;
-    if (r <= 0 || r > 4096 || !(module_alpha > 0)) throw InputError(config_path + ": rank or alpha of " + module + " out of range");
-    const int part = qkvPart(c, path);
-    const std::int64_t out_rows = part >= 0 ? 3 * c.dim : p->out_features;
-    auto lora_a = readChecked(files, a, {r, p->in_features});
-    auto lora_b = readChecked(files, b, {out_rows, r});
-    if (part >= 0) {  // Note [fused c_attn]
-      lora_b = lora_b.narrow(0, part * c.dim, c.dim);
-      used.insert(a);
-      used.insert(b);
-      if (!lora_b.abs().sum().item<double>()) continue;  // a zero third: no adapter on this projection
-    }
-    p->addLora(r, module_alpha, dropout, gen);
-    p->lora_A.copy_(lora_a);
-    const int heads = rotaryHeads(c, path);
-    p->lora_B.copy_(heads ? toPairs(lora_b, heads) : lora_b);
-    used.insert(a);
-    used.insert(b);
-  }
-  for (const auto& name : files.names())
-    if (!used.count(name))
-      throw InputError(files.fileOf(name) + ": tensor " + name + " matches no projection of this " + c.describe() + " model");
-  if (used.empty()) throw InputError(dir + ": adapter_model.safetensors holds no LoRA tensors");
 }
 
 }  // namespace graft

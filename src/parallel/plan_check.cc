@@ -18,9 +18,9 @@ void verifyPlanAcrossRanks(Communicator& comm, std::uint64_t hash, const std::ve
   std::string text;
   for (const auto& line : lines) text += line + "\n";
   std::int64_t length = static_cast<std::int64_t>(text.size());
-  comm.broadcast(&length, sizeof(length), 0, tag);
+  comm.broadcast(&length, 1, 0, tag);
   std::string root = comm.rank() == 0 ? text : std::string(static_cast<std::size_t>(length), '\0');
-  comm.broadcast(root.data(), root.size(), 0, tag);
+  comm.broadcastBytes(root.data(), root.size(), 0, tag);
   std::vector<std::string> root_lines;
   for (std::size_t at = 0, end; (end = root.find('\n', at)) != std::string::npos; at = end + 1)
     root_lines.push_back(root.substr(at, end - at));

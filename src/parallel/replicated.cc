@@ -11,7 +11,7 @@ namespace graft {
 void DataParallel::broadcastParameters() {
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : params_)
-    comm_.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()) * 4, 0, "init/params");
+    comm_.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()), 0, "init/params");
 }
 
 void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out) {

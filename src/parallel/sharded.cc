@@ -274,7 +274,7 @@ class Sharded final : public DataParallel {
     std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
       return ready_at[static_cast<std::size_t>(a)] < ready_at[static_cast<std::size_t>(b)];
     });
-    comm_.broadcast(order.data(), order.size() * sizeof(std::int64_t), 0, "shard/learn_order");  // rank 0's
+    comm_.broadcast(order.data(), order.size(), 0, "shard/learn_order");  // rank 0's
     for (std::size_t i = 0; i < order.size(); ++i) launch_order_[i] = static_cast<std::size_t>(order[i]);
   }
 

@@ -105,7 +105,7 @@ PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t 
                    [=] { *manifest = writePart(dir, step, rank, world, *optimizer, *model_rows); });
   const auto sums = partSums(*manifest, checkpointPartName(step, rank, world), *optimizer, *model_rows);
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums.size() * static_cast<std::size_t>(world));
-  comm.allGather(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
+  comm.allGatherBytes(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
   if (rank != 0) return {};
   return indexWriters(all, step, world, optimizer, model_rows);
 }
@@ -140,7 +140,7 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
     mine = gen.get_state();
   }
   auto all = torch::empty({comm.size(), mine.numel()}, torch::kUInt8);
-  comm.allGather(mine.data_ptr(), static_cast<std::size_t>(mine.numel()), all.data_ptr(), "ckpt/rng");
+  comm.allGatherBytes(mine.data_ptr(), static_cast<std::size_t>(mine.nbytes()), all.data_ptr(), "ckpt/rng");
   state.rng_states = all;
   return state;
 }

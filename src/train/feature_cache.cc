@@ -42,7 +42,7 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
     const std::int64_t m = std::min(rows, share - r0);
     auto send = mine->narrow(0, r0, m).contiguous();
     auto recv = torch::empty({world, m, dim});
-    comm.allGather(send.data_ptr(), static_cast<std::size_t>(send.nbytes()), recv.data_ptr(), gather_tag);
+    comm.allGatherBytes(send.data_ptr(), static_cast<std::size_t>(send.nbytes()), recv.data_ptr(), gather_tag);
     for (std::int64_t w = 0; w < world; ++w) all.narrow(0, w * share + r0, m).copy_(recv[w]);
   }
   return all.narrow(0, 0, n).clone();

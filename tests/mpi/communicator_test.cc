@@ -43,11 +43,11 @@ TEST(Communicator, AllReduceMaxMinAndTypes) {
 TEST(Communicator, BroadcastAndAllGather) {
   const int n = comm().size(), r = comm().rank();
   std::vector<std::int32_t> data(5, r == n - 1 ? 77 : -1);
-  comm().broadcast(data.data(), data.size() * 4, n - 1, "test/bcast");
+  comm().broadcast(data.data(), data.size(), n - 1, "test/bcast");
   for (auto x : data) EXPECT_EQ(x, 77);
   const std::int32_t mine[2] = {r, r * r};
   std::vector<std::int32_t> all(2 * static_cast<std::size_t>(n));
-  comm().allGather(mine, sizeof(mine), all.data(), "test/gather");
+  comm().allGather(mine, 2, all.data(), "test/gather");
   for (int k = 0; k < n; ++k) {
     EXPECT_EQ(all[2 * k], k);
     EXPECT_EQ(all[2 * k + 1], k * k);

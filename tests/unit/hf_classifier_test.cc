@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "convert/hf_model.h"
+#include "convert/peft.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
