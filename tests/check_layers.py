@@ -74,6 +74,21 @@ def main():
                 elif rank[to] >= rank[d]:
                     where = "its own layer" if rank[to] == rank[d] else "a higher layer"
                     problems.append(f"src/{d}/{f}:{n}: {d} (layer {rank[d]}) includes \"{target}\" from {where} ({to}, layer {rank[to]})")
+    # Comments that name a file of the project name one that exists ("see io/hf_import.cc" rots).
+    mention = re.compile(r"\b((?:[a-z_]+/)+[a-z_0-9]+\.(?:h|cc|py|sh))\b")
+    for d in folders:
+        for f in sorted(os.listdir(os.path.join(src, d))):
+            if not f.endswith((".h", ".cc")):
+                continue
+            for n, line in enumerate(open(os.path.join(src, d, f), encoding="utf-8", errors="replace"), 1):
+                if include.match(line) or "//" not in line:
+                    continue
+                for m in mention.finditer(line[line.index("//"):]):
+                    ref = m.group(1)
+                    if ref.split("/", 1)[0] in ("torch", "c10", "ATen", "boost", "sys", "bits"):
+                        continue
+                    if not any(os.path.exists(os.path.join(root, base, ref)) for base in ("", "src", "..", os.path.join("..", "shared"))):
+                        problems.append(f"src/{d}/{f}:{n}: names {ref}, which does not exist")
     # collectives/ is the ground floor: it includes nothing of src/.
     for f in sorted(os.listdir(os.path.join(root, "collectives"))):
         if not f.endswith((".h", ".cc")):
