@@ -101,9 +101,18 @@ void expectPlotOf(const std::string& a, const std::string& b, const std::string&
     }
     EXPECT_TRUE(found) << "no SVG path through the points of " << series[k].at("label", "").asString("");
   }
-  // PNG: the signature and the IHDR width and height (big-endian).
-  const auto png = run(graft() + " plot " + a + " --out " + dir + "/curves.png --width 640 --height 400 --log-y");
+  // PNG: the signature and the IHDR width and height (big-endian); x by tokens is metrics.jsonl's "tokens".
+  const auto png = run(graft() + " plot " + a + " --out " + dir + "/curves.png --width 640 --height 400 --log-y --x tokens --print");
   ASSERT_EQ(png.code, 0) << png.output;
+  const Json by_tokens = parseJson(png.output, "graft plot --x tokens --print");
+  const auto& token_x = by_tokens.at("series", "").asArray("")[0].at("x", "").asArray("");
+  std::istringstream metrics(readText(a + "/metrics.jsonl"));
+  std::size_t i = 0;
+  for (std::string line; std::getline(metrics, line); ++i) {
+    ASSERT_LT(i, token_x.size());
+    EXPECT_EQ(token_x[i].asNumber(""), parseJson(line, "metrics.jsonl").at("tokens", "").asNumber(""));
+  }
+  EXPECT_EQ(i, token_x.size());
   const std::string bytes = readText(dir + "/curves.png");
   ASSERT_GT(bytes.size(), 24u);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
