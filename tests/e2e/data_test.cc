@@ -16,7 +16,7 @@ const std::string kTok = data("llama2c/tok512.bin");
 const std::string kBanking = data("datasets/banking77/train.csv");
 
 std::string python(const std::string& script) {
-  const auto r = run("/usr/bin/python3 -c \"" + script + "\"");
+  const auto r = run(GRAFT_PYTHON " -c \"" + script + "\"");
   EXPECT_EQ(r.code, 0) << r.output;
   return r.output;
 }

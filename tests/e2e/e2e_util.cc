@@ -87,7 +87,7 @@ std::string storiesDataset() {
 }
 
 Result checkTensorboard(const std::string& run_dir, bool classify) {
-  return run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_tensorboard.py " + run_dir +
+  return run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_tensorboard.py " + run_dir +
              (classify ? " --classify" : ""));
 }
 
@@ -102,6 +102,6 @@ Json statusOf(const std::string& run_dir) {
   }
 }
 
-std::string hfReference() { return "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
+std::string hfReference() { return GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/hf_reference.py"; }
 
 }  // namespace graft::e2e

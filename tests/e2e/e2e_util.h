@@ -20,7 +20,7 @@ std::string mpirun(int ranks);          // "mpirun -np N --oversubscribe --bind-
 std::string data(const std::string& relative);  // path under ../shared/data
 std::string freshDir(const std::string& name);  // empty directory under the test temp dir
 std::string readText(const std::string& path);
-// "/usr/bin/python3 .../tests/e2e/hf_reference.py": the independent PyTorch reference.
+// "<GRAFT_PYTHON> .../tests/e2e/hf_reference.py": the independent PyTorch reference.
 std::string hfReference();
 // tests/e2e/check_tensorboard.py: an independent reader of RUN_DIR/tensorboard, against metrics.jsonl
 // (code 0 when every step's scalars match and nothing is duplicated).

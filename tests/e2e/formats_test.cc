@@ -84,7 +84,7 @@ TEST(Formats, ExportThenImportIsBitwise) {
   ASSERT_EQ(run(graft() + " export --model " + kGpt2 + " --format hf --out " + dir + "/a").code, 0);
   ASSERT_EQ(run(graft() + " export --model " + dir + "/a --format hf --out " + dir + "/b").code, 0);
   EXPECT_EQ(run("cmp " + dir + "/a/model.safetensors " + dir + "/b/model.safetensors").code, 0);
-  const auto same = run("/usr/bin/python3 -c \"import sys; sys.path.insert(0, '" + std::string(GRAFT_SOURCE_DIR) +
+  const auto same = run(GRAFT_PYTHON " -c \"import sys; sys.path.insert(0, '" + std::string(GRAFT_SOURCE_DIR) +
                         "/tests/e2e'); import hf_reference as h, torch; a = h.read_folder('" + kGpt2 +
                         "'); b = h.read_folder('" + dir + "/a'); print(sorted(a) == sorted(b) and "
                         "all(torch.equal(a[k], b[k]) for k in a))\"");
@@ -132,7 +132,7 @@ TEST(Formats, InspectReportsArchitectureTensorsAndParameters) {
   const auto ref = run(hfReference() + " tensors " + kGpt2);  // "<tensor count> <parameter count>"
   long long tensors = 0, params = 0;
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lld %lld", &tensors, &params), 2) << ref.output;
-  const auto r = run(graft() + " inspect " + kGpt2 + " --json > /tmp/graft_inspect.json && /usr/bin/python3 -c \""
+  const auto r = run(graft() + " inspect " + kGpt2 + " --json > /tmp/graft_inspect.json && " GRAFT_PYTHON " -c \""
                      "import json; d = json.load(open('/tmp/graft_inspect.json')); "
                      "print(d['format'], d['architecture']['family'], d['architecture']['hidden_dim'], len(d['tensors']), d['parameters'])\"");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -236,7 +236,7 @@ TEST(Formats, FineTuneAHuggingFaceGpt2OnTwoRanksAndExportIt) {
   EXPECT_LT(std::stod(l.back()), std::stod(l.front()));
   const std::string ckpt = dir + "/run/checkpoints/step-00000012.h5";
   // inspect shows the training state of the checkpoint.
-  const auto info = run(graft() + " inspect " + ckpt + " --json > " + dir + "/i.json && /usr/bin/python3 -c \"import json; "
+  const auto info = run(graft() + " inspect " + ckpt + " --json > " + dir + "/i.json && " GRAFT_PYTHON " -c \"import json; "
                         "d = json.load(open('" + dir + "/i.json')); t = d['training']; "
                         "print(d['format'], d['architecture']['family'], t['step'], t['world_size'], t['flavour'])\"");
   EXPECT_EQ(info.output, "graft checkpoint gpt2 12 2 full\n");

@@ -54,7 +54,7 @@ TEST(Inference, EvalLossMatchesAnIndependentPyTorchForward) {
   ASSERT_EQ(ours.code, 0) << ours.output;
   const auto by_ids = run(graft() + " eval --model " + kModel + " --ids '" + ids.output.substr(0, ids.output.size() - 1) + "'");
   EXPECT_EQ(by_ids.output, ours.output);
-  const auto ref = run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/llama2c_reference.py " + kModel +
+  const auto ref = run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/llama2c_reference.py " + kModel +
                        " '" + ids.output.substr(0, ids.output.size() - 1) + "' " + dir + "/logits.csv");
   ASSERT_EQ(ref.code, 0) << ref.output;
   // The script prints the reference loss and the max |logit difference| vs our CSV.

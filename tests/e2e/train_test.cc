@@ -180,7 +180,7 @@ TEST(Training, ResumeIsBitwiseIdenticalToAStraightRun) {
   // in an independent PyTorch forward as `graft eval` computes from the .h5.
   const auto ours = run(graft() + " eval --model " + cb + " --ids '1 403 407 261 378 429 271 260 301'");
   ASSERT_EQ(ours.code, 0) << ours.output;
-  const auto check = run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_checkpoint.py " + cb +
+  const auto check = run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_checkpoint.py " + cb +
                          " 20 2 '1 403 407 261 378 429 271 260 301'");
   ASSERT_EQ(check.code, 0) << check.output;
   double our_loss = 0, ref_loss = -1;

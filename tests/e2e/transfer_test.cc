@@ -14,7 +14,7 @@ namespace {
 const std::string kBase = data("llama2c/stories260K.bin");
 
 std::string python(const std::string& script) {
-  const auto r = run("/usr/bin/python3 -c \"" + script + "\"");
+  const auto r = run(GRAFT_PYTHON " -c \"" + script + "\"");
   EXPECT_EQ(r.code, 0) << r.output;
   return r.output;
 }

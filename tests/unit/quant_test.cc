@@ -145,7 +145,7 @@ TEST(Quant, Nf4MatchesIndependentPythonReference) {
     out.write(reinterpret_cast<const char*>(w.data_ptr<float>()), w.numel() * sizeof(float));
   }
   std::istringstream ref(runCommand(
-      "/usr/bin/python3 -c 'import sys, numpy as np\n"
+      GRAFT_PYTHON " -c 'import sys, numpy as np\n"
       "L = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,\n"
       "  -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534,\n"
       "  0.16093020141124725, 0.24611230194568634, 0.33791524171829224, 0.44070982933044434,\n"

@@ -78,7 +78,7 @@ TEST(Safetensors, ReadsHuggingFaceGpt2) {
   // Independent reference: Python's struct + json, printing the count, the sum, then every value.
   const std::string name = "transformer.h.0.attn.c_attn.weight";
   std::istringstream ref(runCommand(
-      "/usr/bin/python3 -c 'import json, struct, sys\n"
+      GRAFT_PYTHON " -c 'import json, struct, sys\n"
       "b = open(sys.argv[1], \"rb\").read(); n = struct.unpack(\"<Q\", b[:8])[0]\n"
       "s, e = json.loads(b[8:8 + n])[sys.argv[2]][\"data_offsets\"]\n"
       "v = struct.unpack(\"<%df\" % ((e - s) // 4), b[8 + n + s:8 + n + e])\n"
@@ -171,7 +171,7 @@ TEST(Safetensors, WriteReadRoundTripIsBitwise) {
   // The layout the reference (Rust) reader demands, checked by an independent parse: 8-aligned
   // space-padded header, tensors back to back in header order, covering the data exactly.
   const std::string check = runCommand(
-      "/usr/bin/python3 -c 'import json, struct, sys\n"
+      GRAFT_PYTHON " -c 'import json, struct, sys\n"
       "b = open(sys.argv[1], \"rb\").read(); n = struct.unpack(\"<Q\", b[:8])[0]\n"
       "h = json.loads(b[8:8 + n]); m = h.pop(\"__metadata__\"); at = 0\n"
       "assert n % 8 == 0 and b[8:8 + n].decode().rstrip(\" \").endswith(\"}\")\n"

@@ -79,7 +79,7 @@ std::vector<std::string> pythonBankingRows() {
                            "    for row in r:\n"
                            "        print(start, row[t].encode().hex(), row[c].encode().hex())\n"
                            "        start = r.line_num + 1\n";
-  FILE* pipe = popen(("/usr/bin/python3 " + script + " " + kBanking).c_str(), "r");
+  FILE* pipe = popen((GRAFT_PYTHON " " + script + " " + kBanking).c_str(), "r");
   EXPECT_NE(pipe, nullptr);
   std::vector<std::string> rows;
   std::string line;

@@ -160,7 +160,7 @@ const std::vector<std::vector<int>>& gpt2Reference(bool tiny) {
     for (std::size_t i = 0; i < kVariedTexts.size(); ++i) joined += (i ? std::string(1, '\0') : "") + kVariedTexts[i];
     const std::string script = writeFile("gpt2_reference.py", kGpt2Reference);
     const std::string texts = writeFile("gpt2_texts.bin", joined);
-    const auto all = parseIdLines(run("python3 " + script + " " + texts + " openai:" + kGpt2 + "/encoder.json:" +
+    const auto all = parseIdLines(run(std::string(GRAFT_PYTHON) + " " + script + " " + texts + " openai:" + kGpt2 + "/encoder.json:" +
                                       kGpt2 + "/vocab.bpe hf:" + kTinyGpt2 + "/tokenizer.json"));
     if (all.size() != 2 * kVariedTexts.size()) throw std::runtime_error("the reference printed too few lines");
     const auto half = all.begin() + static_cast<std::ptrdiff_t>(kVariedTexts.size());
@@ -185,7 +185,7 @@ TEST(Tokenizer, Llama2cMatchesAnIndependentRunCEncoder) {
   for (std::size_t i = 0; i < kVariedTexts.size(); ++i) joined += (i ? std::string(1, '\0') : "") + kVariedTexts[i];
   const std::string texts = writeFile("llama2c_texts.bin", joined);
   const auto expected =
-      parseIdLines(run("python3 " + std::string(GRAFT_SOURCE_DIR) + "/tests/llama2c_encoder.py " + texts + " " + kTok + " 512"));
+      parseIdLines(run(std::string(GRAFT_PYTHON) + " " + std::string(GRAFT_SOURCE_DIR) + "/tests/llama2c_encoder.py " + texts + " " + kTok + " 512"));
   ASSERT_EQ(expected.size(), kVariedTexts.size());
   auto tok = loadTokenizer(kTok);
   std::size_t fallback = 0;

@@ -8,7 +8,7 @@
 
 namespace graft {
 
-// stdout of a shell command (the independent references: /usr/bin/python3 with torch); the test
+// stdout of a shell command (the independent references: GRAFT_PYTHON, a Python with torch); the test
 // fails when the command exits non-zero.
 inline std::string runCommand(const std::string& command) {
   FILE* p = ::popen(command.c_str(), "r");
