@@ -2,7 +2,7 @@
 # dist.shard: tokens/s and peak resident set per rank for each mode (none, optimizer = ZeRO-1,
 # gradients = ZeRO-2, parameters = ZeRO-3) at np = 2 and 4, on a random-init Llama of ~32M parameters (dim 576, 8 layers)
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
-# checkpoint write time against dd of the same bytes (with fsync). Medians of REPEATS runs (default 3),
+# checkpoint write time against dd and against write(2) from memory of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run; and the training time each checkpoint costs, synchronous and
 # checkpoint.async. Prints one JSON object.
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing).
@@ -78,13 +78,36 @@ sync_s=$(for ((i = 0; i < REPEATS; i++)); do run_elapsed --checkpoint.every=1 --
 async_s=$(for ((i = 0; i < REPEATS; i++)); do run_elapsed --checkpoint.every=1 --checkpoint.async=true; done | median)
 lost() { awk -v a="$1" -v b="$base_s" -v n="$((STEPS - 1))" 'BEGIN {printf "%.3f", (a - b) / n}'; }
 lost_json="{\"model\": \"$lost_model\", \"np\": $lost_np, \"seconds_lost_per_checkpoint\": {\"sync\": $(lost "$sync_s"), \"async\": $(lost "$async_s")}}"
-# dd of as many bytes as the largest checkpoint (with fsync), median of REPEATS, against graft's
-# checkpoint time (which also reads the checkpoint back to verify it and prunes old ones).
+# Baselines for the largest checkpoint's bytes, each a median of REPEATS, against graft's checkpoint
+# time (which also checksums, reads the checkpoint back to verify it, and prunes old ones):
+#  - dd from /dev/zero into a new file with fsync (a cache-hot 1 MiB source buffer);
+#  - write(2) of a buffer of that size from memory into a new file with fsync, as a checkpoint's
+#    tensors are written. On this 2-core VM the second is often several times slower than the
+#    first: copying from a large buffer into fresh page-cache pages is what a checkpoint pays too.
+# New files each time, kept until all repeats are done, as a run keeps its last checkpoints.
 dd_s=$(for ((i = 0; i < REPEATS; i++)); do
   t0=$(date +%s.%N)
-  dd if=/dev/zero of="$tmp/dd.bin" bs=1M count=$(((big_bytes >> 20) + 1)) conv=fsync 2>/dev/null
+  dd if=/dev/zero of="$tmp/dd$i.bin" bs=1M count=$(((big_bytes >> 20) + 1)) conv=fsync 2>/dev/null
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f\n", b - a}'
 done | median)
-IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s}, "training_time_lost": %s}\n' \
+rm -f "$tmp"/dd*.bin
+memwrite_s=$(python3 - "$tmp" "$big_bytes" "$REPEATS" <<'PY' | median
+import os, sys, time
+folder, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = memoryview(os.urandom(size))
+for i in range(repeats):
+    t = time.time()
+    fd = os.open(f"{folder}/mem{i}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    done = 0
+    while done < size:
+        done += os.write(fd, data[done:done + (256 << 20)])
+    os.fsync(fd)
+    os.close(fd)
+    print(f"{time.time() - t:.3f}")
+PY
+)
+rm -f "$tmp"/mem*.bin
+IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s, "write_from_memory_seconds": %s, "graft_over_write_from_memory_throughput": %s}, "training_time_lost": %s}\n' \
   "$STEPS" "$REPEATS" "${rows[*]}" "${summary[*]}" "$big_bytes" "$big_ckpt" "$dd_s" \
-  "$(awk -v a="$dd_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$lost_json"
+  "$(awk -v a="$dd_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$memwrite_s" \
+  "$(awk -v a="$memwrite_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$lost_json"
