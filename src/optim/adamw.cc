@@ -31,21 +31,61 @@ AdamW AdamW::ofRows(const std::vector<Rows>& params, AdamWOptions options) {
   return out;
 }
 
+// Note [multi-tensor step]: slots that share their hyper-parameters for this step (step count,
+// learning-rate scale, weight decay) are updated together with LibTorch's _foreach_ operations:
+// on CUDA each is one fused kernel over many tensors instead of one kernel per tensor and
+// operation; on the CPU they are the same per-tensor operations, so the result is the same bits
+// either way. A group is cut at kGroupElements, which bounds the temporary denominators.
+namespace {
+constexpr std::int64_t kGroupElements = std::int64_t{1} << 25;  // 128 MiB of float32 denominators
+}  // namespace
+
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++step_count_;
+  struct Group {
+    std::int64_t steps = 0;
+    double lr_scale = 1.0;
+    bool decay = false;
+    std::int64_t elements = 0;
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+  };
+  std::vector<Group> groups;
   for (auto& s : slots_) {
     const auto& g = s.grad.defined() ? s.grad : s.param.grad();
     if (!g.defined() || s.lr_scale == 0.0) continue;
     ++s.steps;
-    const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.steps));
-    const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(s.steps)));
-    const double slot_lr = lr * s.lr_scale, step_size = slot_lr / bc1;
-    if (s.decay && options_.weight_decay != 0) s.param.mul_(1.0 - slot_lr * options_.weight_decay);
-    s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
-    s.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
-    auto denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(options_.eps);
-    s.param.addcdiv_(s.exp_avg, denom, -step_size);
+    const bool decay = s.decay && options_.weight_decay != 0;
+    Group* group = nullptr;
+    for (auto& candidate : groups)
+      if (candidate.steps == s.steps && candidate.lr_scale == s.lr_scale && candidate.decay == decay &&
+          candidate.elements + s.param.numel() <= kGroupElements) {
+        group = &candidate;
+        break;
+      }
+    if (!group) {
+      group = &groups.emplace_back();
+      group->steps = s.steps, group->lr_scale = s.lr_scale, group->decay = decay;
+    }
+    group->elements += s.param.numel();
+    group->params.push_back(s.param);
+    group->grads.push_back(g);
+    group->exp_avgs.push_back(s.exp_avg);
+    group->exp_avg_sqs.push_back(s.exp_avg_sq);
+  }
+  for (auto& group : groups) {
+    const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(group.steps));
+    const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(group.steps)));
+    const double slot_lr = lr * group.lr_scale, step_size = slot_lr / bc1;
+    if (group.decay) at::_foreach_mul_(group.params, 1.0 - slot_lr * options_.weight_decay);
+    at::_foreach_mul_(group.exp_avgs, options_.beta1);
+    at::_foreach_add_(group.exp_avgs, group.grads, 1.0 - options_.beta1);
+    at::_foreach_mul_(group.exp_avg_sqs, options_.beta2);
+    at::_foreach_addcmul_(group.exp_avg_sqs, group.grads, group.grads, 1.0 - options_.beta2);
+    auto denoms = at::_foreach_sqrt(group.exp_avg_sqs);
+    at::_foreach_div_(denoms, bc2_sqrt);
+    at::_foreach_add_(denoms, options_.eps);
+    at::_foreach_addcdiv_(group.params, group.exp_avgs, denoms, -step_size);
   }
 }
 
