@@ -117,7 +117,11 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       for (auto& slot : dp->optimizer().slots())
         slot.lr_scale = layerLrScale(slot.name, model->config().n_layers, t.layer_lr_decay, t.unfreeze_every, step_number);
     dp->beginStep();
-    double loss_sum = 0, tokens = 0;
+    // The loss is summed where it was computed (in double, in micro-step order: the same bits as
+    // summing on the host) and read once per step, so a CUDA run does not wait on the device
+    // after every micro-step.
+    torch::Tensor loss_sum;
+    double tokens = 0;
     for (std::int64_t m = 0; m < accumulation; ++m) {
       dp->beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
@@ -141,10 +145,11 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       loss = loss / static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
       loss.backward();
-      loss_sum += loss.item<double>();
+      const auto exact = loss.detach().to(torch::kFloat64);
+      loss_sum = loss_sum.defined() ? loss_sum + exact : exact;
     }
     dp->finish();
-    double reduced[3] = {loss_sum, stop_requested && stop_requested() ? 1.0 : 0.0, tokens};
+    double reduced[3] = {loss_sum.item<double>(), stop_requested && stop_requested() ? 1.0 : 0.0, tokens};
     comm.allReduce(reduced, 3, ReduceOp::Sum, "train/loss+stop");
     StepOutcome out;
     out.loss = reduced[0] / comm.size();
