@@ -107,7 +107,7 @@ QuantizedWeight quantize(const torch::Tensor& weight, QuantKind kind, int block)
       auto x = (blocks / safeDivisor(q.scales).unsqueeze(1)).flatten().narrow(0, 0, n);
       // Nearest level: x lies in (levels[hi - 1], levels[hi]], so only those two are candidates;
       // comparing their float distances (ties to the lower) equals an argmin over all 16.
-      const auto& levels = nf4Levels();
+      const auto levels = nf4Levels().to(x.device());  // the table lives on the CPU; x may not
       auto hi = torch::bucketize(x, levels).clamp(1, 15);
       auto lo = hi - 1;
       auto d_lo = (x - levels.index_select(0, lo)).abs(), d_hi = (x - levels.index_select(0, hi)).abs();
@@ -127,7 +127,7 @@ torch::Tensor QuantizedWeight::dequantize() const {
     case QuantKind::Int8: return codes.to(torch::kFloat32) * scales.unsqueeze(1);
     case QuantKind::NF4: {
       const std::int64_t n = numelOf(shape);
-      auto values = nf4PairTable().index_select(0, codes.to(torch::kLong)).view(-1).narrow(0, 0, n);
+      auto values = nf4PairTable().to(codes.device()).index_select(0, codes.to(torch::kLong)).view(-1).narrow(0, 0, n);
       return (asBlocks(values, n, block) * scales.unsqueeze(1)).view(-1).narrow(0, 0, n).view(shape);
     }
   }
@@ -143,7 +143,7 @@ std::int64_t QuantizedWeight::bytes() const {
 
 torch::Tensor errorBound(const QuantizedWeight& q) {
   switch (q.kind) {
-    case QuantKind::None: return torch::zeros(q.shape, torch::kFloat32);
+    case QuantKind::None: return torch::zeros(q.shape, torch::TensorOptions(torch::kFloat32).device(q.codes.device()));
     case QuantKind::Int8:
       // scale = absmax / 127, so the slack relative to absmax is 127 * kRoundingSlack of the scale.
       return (q.scales * (0.5 + 127 * kRoundingSlack)).unsqueeze(1).expand(q.shape).contiguous();

@@ -269,11 +269,12 @@ TransformerImpl::TransformerImpl(const ModelConfig& c) : config_(c) {
 }
 
 torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
-  if (!causal_mask_.defined() || causal_mask_.size(0) != T) {
+  if (!causal_mask_.defined() || causal_mask_.size(0) != T || causal_mask_.device() != device()) {
     const float inf = std::numeric_limits<float>::infinity();
-    causal_mask_ = torch::full({T, T}, -inf).triu(1);
+    const auto on = torch::TensorOptions(torch::kFloat32).device(device());
+    causal_mask_ = torch::full({T, T}, -inf, on).triu(1);
     if (config_.sliding_window > 0 && T > config_.sliding_window)  // nor further back than the window
-      causal_mask_ += torch::full({T, T}, -inf).tril(-config_.sliding_window);
+      causal_mask_ += torch::full({T, T}, -inf, on).tril(-config_.sliding_window);
   }
   return causal_mask_;
 }
@@ -301,6 +302,8 @@ torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos,
 torch::Tensor TransformerImpl::blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask,
                                       std::vector<KVSlot>* cache) {
   torch::Tensor cos, sin;
+  if (rope_cos_.defined() && rope_cos_.device() != x.device())  // the model moved since: the tables follow
+    rope_cos_ = rope_cos_.to(x.device()), rope_sin_ = rope_sin_.to(x.device());
   if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
   const bool recompute = recompute_ && !cache && is_training() && torch::GradMode::is_enabled();
   for (std::size_t l = 0; l < layers->size(); ++l) {
@@ -382,7 +385,7 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) { return classi
 
 torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor& lengths) const {
   if (config_.pooling == "mean") {
-    auto positions = torch::arange(h.size(1), torch::kInt64).unsqueeze(0);            // [1, T]
+    auto positions = torch::arange(h.size(1), h.options().dtype(torch::kInt64)).unsqueeze(0);  // [1, T]
     auto keep = positions.lt(lengths.unsqueeze(1)).to(h.scalar_type()).unsqueeze(-1);  // [B, T, 1]
     return (h * keep).sum(1) / lengths.to(h.scalar_type()).unsqueeze(1);
   }
@@ -418,12 +421,14 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
                      std::to_string(config_.seq_len - n));
   if (cache.empty()) {
     const auto shape = std::vector<std::int64_t>{1, config_.seq_len, config_.n_kv_heads, config_.headDim()};
-    for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
+    const auto on = torch::TensorOptions(torch::kFloat32).device(device());
+    for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape, on), torch::zeros(shape, on)});
     if (n)  // the soft prompt fills cache positions [0, n) once
-      blocks(embed(torch::empty({1, 0}, torch::kInt64), 0, /*with_prompt=*/true), 0, causalMask(n), &cache);
+      blocks(embed(torch::empty({1, 0}, on.dtype(torch::kInt64)), 0, /*with_prompt=*/true), 0, causalMask(n), &cache);
   }
   const std::int64_t at = pos + n;
-  auto x = blocks(embed(torch::full({1, 1}, token, torch::kInt64), at, false), at, /*mask=*/torch::Tensor(), &cache);
+  const auto id = torch::full({1, 1}, token, torch::TensorOptions(torch::kInt64).device(device()));
+  auto x = blocks(embed(id, at, false), at, /*mask=*/torch::Tensor(), &cache);
   return classify(finalNorm(x)).view({-1});
 }
 
@@ -436,15 +441,17 @@ torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix,
   // The prefix, once, filling the caches (the soft prompt first, as in hidden()).
   std::vector<KVSlot> cache;
   const auto shape = std::vector<std::int64_t>{1, S + C, config_.n_kv_heads, config_.headDim()};
-  for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape), torch::zeros(shape)});
+  const auto on = torch::TensorOptions(torch::kFloat32).device(device());
+  for (int l = 0; l < config_.n_layers; ++l) cache.push_back({torch::zeros(shape, on), torch::zeros(shape, on)});
   auto x = blocks(embed(prefix, 0, /*with_prompt=*/true), 0, causalMask(S), &cache);
   const auto last = finalNorm(x.narrow(1, S - 1, 1));  // predicts each row's first token
   // The continuations at positions [S, S + C): every prefix key visible, causal among themselves.
   const float inf = std::numeric_limits<float>::infinity();
-  auto query = torch::arange(S, S + C, torch::kInt64).unsqueeze(1), key = torch::arange(S + C, torch::kInt64).unsqueeze(0);
+  const auto ints = on.dtype(torch::kInt64);
+  auto query = torch::arange(S, S + C, ints).unsqueeze(1), key = torch::arange(S + C, ints).unsqueeze(0);
   auto blocked = key.gt(query);
   if (config_.sliding_window > 0) blocked = blocked.logical_or(query - key >= config_.sliding_window);
-  const auto mask = torch::zeros({C, S + C}).masked_fill(blocked, -inf);
+  const auto mask = torch::zeros({C, S + C}, on).masked_fill(blocked, -inf);
   auto y = blocks(embed(continuations, S, false), S, mask, &cache);
   auto h = torch::cat({last.expand({L, 1, config_.dim}), finalNorm(y).narrow(1, 0, C - 1)}, 1);  // [L, C, dim]
   return torch::log_softmax(classify(h), -1).gather(2, continuations.unsqueeze(2)).squeeze(2);

@@ -193,6 +193,9 @@ class TransformerImpl : public torch::nn::Module {
   // The additive causal mask for T positions (0 where a query may look, -inf elsewhere), kept for
   // the last T seen: a seq_len x seq_len table would be 4 GB for a 32K-context model.
   torch::Tensor causalMask(std::int64_t T);
+  // Where the model's parameters are (the embeddings'): transient tensors (masks, positions, KV
+  // caches, ids) are made there, and the rotary tables follow the model there.
+  torch::Device device() const { return tok_embeddings->weight.device(); }
   // Embeddings of ids [B, T] at positions [pos, pos + T), after the soft prompt (at positions
   // [0, promptLength())) when `with_prompt`: the input of the blocks.
   torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt);
