@@ -18,6 +18,7 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
+#include "util/log.h"
 
 namespace graft {
 namespace po = boost::program_options;
@@ -59,16 +60,6 @@ Json checkpointsJson(const std::string& run_dir, bool verify) {
     list.push(c);
   }
   return list;
-}
-
-std::string duration(double seconds) {
-  char buf[48];
-  const long s = std::lround(std::max(0.0, seconds));
-  if (s >= 86400) std::snprintf(buf, sizeof(buf), "%ldd%02ldh", s / 86400, (s / 3600) % 24);
-  else if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  else if (s >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
-  else std::snprintf(buf, sizeof(buf), "%lds", s);
-  return buf;
 }
 
 Json status(const std::string& run_dir, bool verify) {
@@ -162,8 +153,8 @@ void printHuman(const Json& d) {
     std::printf("\n");
   }
   if (d.find("tokens_per_s")) std::printf("  speed      %.0f tokens/s\n", num("tokens_per_s"));
-  if (d.find("eta_s")) std::printf("  ETA        %s\n", duration(num("eta_s")).c_str());
-  if (d.find("since_last_step_s")) std::printf("  last step  %s ago\n", duration(num("since_last_step_s")).c_str());
+  if (d.find("eta_s")) std::printf("  ETA        %s\n", formatDuration(num("eta_s")).c_str());
+  if (d.find("since_last_step_s")) std::printf("  last step  %s ago\n", formatDuration(num("since_last_step_s")).c_str());
   if (num("skipped_steps") > 0) std::printf("  skipped    %.0f step(s) (not finite)\n", num("skipped_steps"));
   std::printf("  starts     %.0f (%.0f resumed from a checkpoint, %.0f requeued by Slurm, %.0f preempted)\n", num("starts"),
               num("resumes"), num("requeues"), num("preemptions"));

@@ -22,14 +22,6 @@ std::int64_t peakResidentBytes() {
   return 0;
 }
 
-std::string formatDuration(double seconds) {
-  char buf[32];
-  const long s = static_cast<long>(std::max(0.0, seconds));
-  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  else std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
-  return buf;
-}
-
 // JSON has no NaN or Infinity: non-finite values are written as null.
 std::string jsonNumber(double value, int digits) {
   if (!std::isfinite(value)) return "null";

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace graft {
@@ -21,6 +22,15 @@ void Logger::main(const std::string& message) const {
   if (rank_ != 0) return;
   std::fprintf(stdout, "%s\n", message.c_str());
   std::fflush(stdout);
+}
+
+std::string formatDuration(double seconds) {
+  char buf[48];
+  const long s = static_cast<long>(std::max(0.0, seconds));
+  if (s >= 86400) std::snprintf(buf, sizeof(buf), "%ldd%02ldh", s / 86400, (s / 3600) % 24);
+  else if (s >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+  return buf;
 }
 
 }  // namespace graft

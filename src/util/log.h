@@ -20,4 +20,7 @@ class Logger {
   std::string prefix_;
 };
 
+// A duration for people: "3m07s", "2h05m", "1d04h" (negative counts as 0).
+std::string formatDuration(double seconds);
+
 }  // namespace graft
