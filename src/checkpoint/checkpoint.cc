@@ -181,7 +181,31 @@ void verifyCheckpoint(const std::string& path, bool parts_too) {
   verifyTensors(file, file.stringAttr("/", "manifest"), path, !parts_too);
 }
 
-TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer) {
+namespace {
+
+// This rank's rows of each model tensor (an adapter-only checkpoint holds the trainable ones only;
+// the others keep the base's values).
+void readModelRows(const H5File& file, const std::vector<AdamW::Rows>& rows) {
+  const bool adapter_only = file.hasAttr("/model", "adapter_only") && file.intAttr("/model", "adapter_only") != 0;
+  torch::NoGradGuard no_grad;
+  for (const auto& r : rows) {
+    const std::string object = "/model/" + r.name;
+    if (!file.exists(object)) {
+      if (adapter_only) continue;
+      throw InputError(file.path() + ": tensor " + r.name + " is missing");
+    }
+    if (file.shape(object) != r.global_shape || file.scalarType(object) != torch::kFloat)
+      throw InputError(file.path() + ": tensor " + r.name + " has shape " + c10::str(file.shape(object)) +
+                       ", the model expects " + c10::str(r.global_shape) + " Float");
+    if (r.rows.size(0) == 0) continue;
+    r.rows.copy_(file.readRows(object, r.row_begin, r.row_begin + r.rows.size(0)).view(r.rows.sizes()));
+  }
+}
+
+}  // namespace
+
+TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer,
+                             const std::vector<AdamW::Rows>& model_rows) {
   H5File file = H5File::openRead(path);
   const auto version = file.intAttr("/", "version");
   if (version != kCheckpointVersion)
@@ -191,7 +215,8 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
   if (!(stored == model->config()))
     throw InputError(path + ": checkpoint holds a model of " + stored.describe() + ", but this run builds " +
                      model->config().describe());
-  readModelWeights(file, model);
+  if (model_rows.empty()) readModelWeights(file, model);
+  else readModelRows(file, model_rows);
   optimizer.load(file, "/optimizer");
   TrainingState state;
   state.step = file.intAttr("/", "step");

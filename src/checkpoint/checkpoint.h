@@ -81,8 +81,11 @@ std::vector<std::string> completeCheckpoints(const std::string& dir);
 void verifyCheckpoint(const std::string& path, bool parts_too = true);
 
 // Reads a checkpoint into `model` and `optimizer` (shapes checked; errors name file and tensor);
-// the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint.
-TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer);
+// the optimizer reads only the rows its slots hold, so any sharding resumes any checkpoint. With
+// `model_rows` (dist.shard = parameters once each rank keeps only its rows), the model's tensors
+// are read there instead: this rank's rows of each, never a whole tensor.
+TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer,
+                             const std::vector<AdamW::Rows>& model_rows = {});
 
 // Deletes complete checkpoints beyond the newest `keep` up to step `written` (0 keeps all), with
 // their part files; stale .tmp files; and part files whose checkpoint file does not exist or was

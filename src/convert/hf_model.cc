@@ -16,51 +16,6 @@ namespace graft {
 using namespace hf;
 namespace {
 
-// Reads tensors of an HF checkpoint by name, checking shapes, and remembers which were used so
-// that leftovers can be reported.
-class HfTensors {
- public:
-  HfTensors(const std::string& path, std::string prefix)
-      : files_(SafetensorsFolder::open(path)), path_(path), prefix_(std::move(prefix)) {}
-
-  bool has(const std::string& name) const { return names().count(prefix_ + name) || names().count(name); }
-
-  // `name` without the model prefix ("transformer.", "model."); files written without it work too.
-  torch::Tensor get(const std::string& name, std::vector<std::int64_t> shape) {
-    const std::string full = names().count(prefix_ + name) ? prefix_ + name : name;
-    auto tensor = readChecked(files_, full, shape, "the model's config.json implies");
-    used_.insert(full);
-    return tensor;
-  }
-
-  void markUsed(const std::string& name) {
-    if (names().count(prefix_ + name)) used_.insert(prefix_ + name);
-    if (names().count(name)) used_.insert(name);
-  }
-
-  // Tensors nobody asked for, other than buffers that older transformers versions saved.
-  void rejectLeftovers(const std::string& family) const {
-    for (const auto& name : names()) {
-      if (used_.count(name)) continue;
-      if (endsWith(name, ".attn.bias") || endsWith(name, ".attn.masked_bias") || endsWith(name, "rotary_emb.inv_freq"))
-        continue;
-      throw InputError(files_.fileOf(name) + ": tensor " + name + " is not part of a " + family +
-                       " model as its config.json describes it");
-    }
-  }
-
- private:
-  const std::set<std::string>& names() const {
-    if (names_.empty())
-      for (const auto& n : files_.names()) names_.insert(n);
-    return names_;
-  }
-  SafetensorsFolder files_;
-  std::string path_, prefix_;
-  mutable std::set<std::string> names_;
-  std::set<std::string> used_;
-};
-
 // Every tensor of the model's blocks with its table entry: (graft name, hf name, entry).
 template <typename F>
 void forEachBlockTensor(Transformer& m, F&& f) {
@@ -75,26 +30,92 @@ void forEachBlockTensor(Transformer& m, F&& f) {
       }
 }
 
-// The base model's tensors from an HF checkpoint, by the table.
-void loadHfTensors(Transformer& m, HfTensors& t) {
-  const ModelConfig& c = m->config();
-  for (const auto& n : architectureOf(c).model) param(m, n.graft).copy_(t.get(n.hf, param(m, n.graft).sizes().vec()));
-  forEachBlockTensor(m, [&](const std::string& graft, const std::string& hf, const HfName& n, bool weight) {
-    torch::Tensor target = param(m, graft);
-    const auto shape = target.sizes().vec();
-    switch (n.layout) {
-      case Layout::kSame: target.copy_(t.get(hf, shape)); break;
-      case Layout::kConv1D: target.copy_(weight ? t.get(hf, {shape[1], shape[0]}).t() : t.get(hf, shape)); break;
-      case Layout::kRotary: target.copy_(toPairs(t.get(hf, shape), headsOf(c, n))); break;
+// A Hugging Face folder as a ModelSource: every tensor the model needs is located and its shape
+// checked against config.json when the source opens (from the safetensors headers, before any
+// data is read), and tensors the model does not use are errors. A tensor stored in graft's layout
+// is read row range by row range; the others whole, then converted (hf_names.h Layout).
+class HfSource final : public ModelSource {
+ public:
+  HfSource(const std::string& path, ModelConfig c, SafetensorsFolder files)
+      : ModelSource(std::move(c), path), files_(std::move(files)) {
+    const Architecture& a = architectureOf(config_);
+    for (const auto& n : files_.names()) names_.insert(n);
+    auto model = modelWithoutMemory(config_);
+    auto add = [&](const std::string& graft, const std::string& hf, Layout layout, int part, bool weight, int heads) {
+      const std::string full = names_.count(a.prefix + hf) ? a.prefix + hf : hf;
+      const auto shape = param(model, graft).sizes().vec();
+      std::vector<std::int64_t> stored = shape;
+      if (layout == Layout::kConv1D && weight) stored = {shape[1], shape[0]};
+      if (layout == Layout::kFusedQkv) stored = weight ? std::vector<std::int64_t>{shape[1], 3 * shape[0]} : std::vector<std::int64_t>{3 * shape[0]};
+      const StTensorInfo& info = files_.info(full);  // throws naming the folder and tensor when absent
+      if (info.shape != stored)
+        throw InputError(files_.fileOf(full) + ": tensor " + full + " has shape " + c10::str(info.shape) +
+                         ", the model's config.json implies " + c10::str(stored));
+      entries_[graft] = {full, layout, part, weight, heads, stored};
+      used_.insert(full);
+    };
+    for (const auto& n : a.model) add(n.graft, n.hf, Layout::kSame, 0, true, 0);
+    forEachBlockTensor(model, [&](const std::string& graft, const std::string& hf, const HfName& n, bool weight) {
+      add(graft, hf, n.layout, n.part, weight, headsOf(config_, n));
+    });
+    if (config_.tied) {  // some files store the tied copy too
+      for (const std::string name : {a.prefix + std::string("lm_head.weight"), std::string("lm_head.weight")})
+        if (names_.count(name)) used_.insert(name);
+    } else {
+      add("output.weight", "lm_head.weight", Layout::kSame, 0, true, 0);
+    }
+    if (config_.num_classes > 0) add("head.weight", "score.weight", Layout::kSame, 0, true, 0);
+    rejectLeftovers(config_.isGpt2() ? "gpt2" : "llama-family");
+  }
+
+  void read(const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) const override {
+    const auto it = entries_.find(name);
+    if (it == entries_.end()) throw InputError(path_ + ": the model has no tensor " + name);
+    const Entry& e = it->second;
+    if (!out.is_contiguous() || out.scalar_type() != at::kFloat || out.size(0) != end - begin)
+      throw Error(path_ + ": tensor " + name + ": rows asked into a buffer of shape " + c10::str(out.sizes()));
+    if (e.layout == Layout::kSame) return files_.readFloat32Rows(e.hf, begin, end, out.data_ptr<float>());
+    const auto stored = readChecked(files_, e.hf, e.stored, "the model's config.json implies");
+    torch::Tensor whole;
+    switch (e.layout) {
+      case Layout::kSame: break;
+      case Layout::kConv1D: whole = e.weight ? stored.t() : stored; break;
+      case Layout::kRotary: whole = toPairs(stored, e.heads); break;
       case Layout::kFusedQkv: {
-        const std::int64_t rows = shape[0];
-        const auto fused = weight ? t.get(hf, {shape[1], 3 * rows}).t() : t.get(hf, {3 * rows});
-        target.copy_(fused.narrow(0, n.part * rows, rows));
+        const auto fused = e.weight ? stored.t() : stored;
+        const std::int64_t rows = fused.size(0) / 3;
+        whole = fused.narrow(0, e.part * rows, rows);
         break;
       }
     }
-  });
-}
+    out.copy_(whole.narrow(0, begin, end - begin));
+  }
+
+ private:
+  struct Entry {
+    std::string hf;  // the name in the file
+    Layout layout = Layout::kSame;
+    int part = 0;
+    bool weight = true;
+    int heads = 0;
+    std::vector<std::int64_t> stored;  // its shape there
+  };
+
+  // Tensors nobody asked for, other than buffers that older transformers versions saved.
+  void rejectLeftovers(const std::string& family) const {
+    for (const auto& name : names_) {
+      if (used_.count(name)) continue;
+      if (endsWith(name, ".attn.bias") || endsWith(name, ".attn.masked_bias") || endsWith(name, "rotary_emb.inv_freq"))
+        continue;
+      throw InputError(files_.fileOf(name) + ": tensor " + name + " is not part of a " + family +
+                       " model as its config.json describes it");
+    }
+  }
+
+  SafetensorsFolder files_;
+  std::set<std::string> names_, used_;
+  std::map<std::string, Entry> entries_;
+};
 
 // The HF (name, tensor) list of a model, in transformers' layout, by the table.
 std::vector<std::pair<std::string, torch::Tensor>> hfTensors(Transformer& m) {
@@ -303,24 +324,21 @@ ModelConfig readHfConfig(const std::string& file) {
   return c;
 }
 
-Transformer loadHfModel(const std::string& path) {
+std::unique_ptr<ModelSource> openHfSource(const std::string& path) {
   const std::string folder = hfModelFolder(path);
   ModelConfig c = readHfConfig(folder + "/config.json");
-  HfTensors tensors(path, architectureOf(c).prefix);
+  SafetensorsFolder files = SafetensorsFolder::open(path);
   // A classifier has no lm_head; graft's model keeps one (for generation), tied to the embeddings.
-  if (c.num_classes > 0 && !tensors.has("lm_head.weight")) c.tied = true;
-  Transformer model(c);
-  torch::NoGradGuard no_grad;
-  loadHfTensors(model, tensors);
-  if (c.tied) {
-    tensors.markUsed("lm_head.weight");  // some files store the tied copy too
-  } else {
-    param(model, "output.weight").copy_(tensors.get("lm_head.weight", {c.vocab_size, c.dim}));
+  if (c.num_classes > 0) {
+    const std::string prefix = architectureOf(c).prefix;
+    bool has_lm_head = false;
+    for (const auto& n : files.names()) has_lm_head = has_lm_head || n == prefix + "lm_head.weight" || n == "lm_head.weight";
+    if (!has_lm_head) c.tied = true;
   }
-  if (c.num_classes > 0) param(model, "head.weight").copy_(tensors.get("score.weight", {c.num_classes, c.dim}));
-  tensors.rejectLeftovers(c.isGpt2() ? "gpt2" : "llama-family");
-  return model;
+  return std::make_unique<HfSource>(path, std::move(c), std::move(files));
 }
+
+Transformer loadHfModel(const std::string& path) { return loadWhole(*openHfSource(path)); }
 
 void saveHfModel(Transformer& model, const std::string& dir, StDType dtype) {
   if (dtype != StDType::F32 && dtype != StDType::F16 && dtype != StDType::BF16)

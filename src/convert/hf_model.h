@@ -17,8 +17,10 @@
 // transformers' convert_llama_weights_to_hf.py does, so export -> import is bitwise.
 #pragma once
 
+#include <memory>
 #include <string>
 
+#include "convert/model_source.h"
 #include "formats/safetensors.h"
 #include "model/transformer.h"
 
@@ -37,6 +39,9 @@ ModelConfig readHfConfig(const std::string& config_json_path);
 // model needs must be present with its exact shape; unknown tensors are errors too (a file that
 // holds something else should not load quietly). Errors name the file and the tensor.
 Transformer loadHfModel(const std::string& path);
+// The same folder read row range by row range (convert/model_source.h); every tensor is located
+// and its shape checked when it opens.
+std::unique_ptr<ModelSource> openHfSource(const std::string& path);
 
 // Writes config.json and model.safetensors (names, shapes and layout as transformers'
 // save_pretrained) into `dir`, created if needed. `dtype` is F32, F16 or BF16.

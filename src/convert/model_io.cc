@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "convert/hf_model.h"
+#include "convert/model_source.h"
 #include "formats/llama2c.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
@@ -14,28 +15,19 @@
 namespace graft {
 
 Transformer loadModel(const std::string& path) {
-  if (path.empty()) throw InputError("no model given");
-  if (!fileExists(path)) throw InputError(path + ": model file not found");
-  if (isHfModel(path)) return loadHfModel(path);
-  if (isDirectory(path))
-    throw InputError(path + ": a folder without config.json; expected a Hugging Face model folder");
-  if (!H5File::isHdf5(path)) return loadLlama2c(path);
+  if (auto source = openModelSource(path)) return loadWhole(*source);
+  // An adapter-only checkpoint: the base it adapts, the transfer, then the adapters.
   H5File file = H5File::openRead(path);
-  if (hasTransferGroup(file)) {  // adapters: the base they adapt, then the adapters
-    std::string base;
-    const TransferConfig transfer = readTransferGroup(file, base);
-    if (base.empty() || !fileExists(base))
-      throw InputError(path + ": adapter-only checkpoint of base model '" + base + "', which is not found");
-    auto model = loadModel(base);
-    const ModelConfig stored = readModelConfig(file);
-    if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0, stored.label_names);
-    applyTransfer(model, transfer, 0);
-    if (!(stored == model->config()))
-      throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
-    readModelWeights(file, model);
-    return model;
-  }
-  Transformer model(readModelConfig(file));
+  std::string base;
+  const TransferConfig transfer = readTransferGroup(file, base);
+  if (base.empty() || !fileExists(base))
+    throw InputError(path + ": adapter-only checkpoint of base model '" + base + "', which is not found");
+  auto model = loadModel(base);
+  const ModelConfig stored = readModelConfig(file);
+  if (stored.num_classes > 0 && model->config().num_classes == 0) model->addClassifierHead(stored.num_classes, stored.pooling, 0, stored.label_names);
+  applyTransfer(model, transfer, 0);
+  if (!(stored == model->config()))
+    throw InputError(path + ": adapters of a " + stored.describe() + " model, but " + base + " is " + model->config().describe());
   readModelWeights(file, model);
   return model;
 }

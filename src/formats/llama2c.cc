@@ -2,8 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 
 #include "formats/llama2c_header.h"
@@ -22,22 +22,46 @@ torch::Tensor param(Transformer& m, const std::string& name) {
 
 }  // namespace
 
-Transformer loadLlama2c(const std::string& path) {
-  const std::string bytes = readFile(path);
-  const ModelConfig c = parseLlama2cHeader(bytes.substr(0, kLlama2cHeaderBytes), bytes.size(), path);
-  Transformer model(c);
-  const std::int64_t head = c.headDim();
-
-  torch::NoGradGuard no_grad;
-  std::size_t at = 28;
-  auto fill = [&](torch::Tensor dst) {
-    const std::size_t n = static_cast<std::size_t>(dst.numel()) * 4;
-    std::memcpy(dst.data_ptr<float>(), bytes.data() + at, n);
-    at += n;
-  };
+Llama2cFile Llama2cFile::open(const std::string& path) {
+  Llama2cFile f;
+  f.file_ = ReadOnlyFile::open(path);
+  std::string header(static_cast<std::size_t>(std::min<std::uint64_t>(kLlama2cHeaderBytes, f.file_.size())), '\0');
+  f.file_.readAt(0, header.data(), header.size());
+  f.config_ = parseLlama2cHeader(header, f.file_.size(), path);
+  const ModelConfig& c = f.config_;
+  std::uint64_t at = kLlama2cHeaderBytes;
   for (const auto& t : llama2cTensors(c)) {
-    if (t.name == "output.weight") at += static_cast<std::size_t>(c.seq_len) * head * 4;  // legacy freq_cis tables
-    fill(param(model, t.name));
+    if (t.name == "output.weight") at += static_cast<std::uint64_t>(c.seq_len) * c.headDim() * 4;  // legacy freq_cis tables
+    Where w;
+    w.offset = at;
+    w.rows = t.shape.empty() ? 1 : t.shape[0];
+    w.row_floats = 1;
+    for (std::size_t d = 1; d < t.shape.size(); ++d) w.row_floats *= t.shape[d];
+    f.tensors_[t.name] = w;
+    at += static_cast<std::uint64_t>(w.rows * w.row_floats) * 4;
+  }
+  return f;
+}
+
+void Llama2cFile::readRows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw InputError(path() + ": a llama2.c file holds no tensor " + name);
+  const Where& w = it->second;
+  if (begin < 0 || end < begin || end > w.rows)
+    throw InputError(path() + ": tensor " + name + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                     ") outside its " + std::to_string(w.rows));
+  const std::uint64_t row_bytes = static_cast<std::uint64_t>(w.row_floats) * 4;
+  file_.readAt(w.offset + row_bytes * static_cast<std::uint64_t>(begin), out,
+               static_cast<std::size_t>(row_bytes * static_cast<std::uint64_t>(end - begin)));
+}
+
+Transformer loadLlama2c(const std::string& path) {
+  const Llama2cFile file = Llama2cFile::open(path);
+  Transformer model(file.config());
+  torch::NoGradGuard no_grad;
+  for (const auto& t : llama2cTensors(file.config())) {
+    auto p = param(model, t.name);
+    file.readRows(t.name, 0, p.size(0), p.data_ptr<float>());
   }
   return model;
 }

@@ -385,16 +385,30 @@ std::string SafetensorsFile::readRaw(const std::string& name) const {
 
 std::vector<float> SafetensorsFile::readFloat32(const std::string& name) const {
   const StTensorInfo& t = get(name);
+  std::vector<float> out(static_cast<std::size_t>(t.end - t.begin) / stDTypeSize(t.dtype));
+  readFloat32Rows(name, 0, t.shape.empty() ? 1 : t.shape[0], out.data());
+  return out;
+}
+
+void SafetensorsFile::readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  const StTensorInfo& t = get(name);
   if (!isFloatDType(t.dtype))
     throw InputError(path_ + ": tensor " + printable(name) + ": dtype " + stDTypeName(t.dtype) + " is not a floating-point type");
-  const std::size_t bytes = static_cast<std::size_t>(t.end - t.begin);
-  std::vector<float> out(bytes / stDTypeSize(t.dtype));
+  const std::int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+  if (begin < 0 || end < begin || end > rows)
+    throw InputError(path_ + ": tensor " + printable(name) + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                     ") outside its " + std::to_string(rows));
+  const std::size_t size = stDTypeSize(t.dtype);
+  const std::uint64_t row_bytes = rows > 0 ? (t.end - t.begin) / static_cast<std::uint64_t>(rows) : 0;
+  const std::size_t n = static_cast<std::size_t>(row_bytes * static_cast<std::uint64_t>(end - begin)) / size;
+  const std::uint64_t at = data_start_ + t.begin + row_bytes * static_cast<std::uint64_t>(begin);
   if (t.dtype == StDType::F32) {
-    source_->read(data_start_ + t.begin, reinterpret_cast<char*>(out.data()), bytes);
-    return out;
+    source_->read(at, reinterpret_cast<char*>(out), n * size);
+    return;
   }
-  const std::string raw = readRaw(name);
-  for (std::size_t i = 0; i < out.size(); ++i) {
+  std::string raw(n * size, '\0');
+  source_->read(at, raw.data(), raw.size());
+  for (std::size_t i = 0; i < n; ++i) {
     if (t.dtype == StDType::F64) {
       double d;
       std::memcpy(&d, raw.data() + 8 * i, 8);
@@ -405,7 +419,6 @@ std::vector<float> SafetensorsFile::readFloat32(const std::string& name) const {
       out[i] = t.dtype == StDType::F16 ? halfToFloat(h) : bf16ToFloat(h);
     }
   }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,6 +540,10 @@ const StTensorInfo& SafetensorsFolder::info(const std::string& name) const { ret
 
 std::vector<float> SafetensorsFolder::readFloat32(const std::string& name) const {
   return shards_[where(name).shard]->readFloat32(name);
+}
+
+void SafetensorsFolder::readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  shards_[where(name).shard]->readFloat32Rows(name, begin, end, out);
 }
 
 std::string SafetensorsFolder::fileOf(const std::string& name) const { return shards_[where(name).shard]->path(); }

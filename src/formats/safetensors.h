@@ -46,6 +46,9 @@ class SafetensorsFile {
   std::string readRaw(const std::string& name) const;
   // F32, F16, BF16 exactly, F64 rounded to nearest; any other dtype throws InputError.
   std::vector<float> readFloat32(const std::string& name) const;
+  // Rows [begin, end) of the tensor (dim 0; a 0-d tensor is one row) into `out`, which holds
+  // that many rows' elements: only those bytes are read.
+  void readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
 
  private:
   struct Source;  // the held file or the in-memory bytes
@@ -87,6 +90,7 @@ class SafetensorsFolder {
   // Throws InputError naming the folder and the tensor when absent.
   const StTensorInfo& info(const std::string& name) const;
   std::vector<float> readFloat32(const std::string& name) const;
+  void readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
   std::string fileOf(const std::string& name) const;  // path of the shard holding `name`
 
  private:

@@ -31,13 +31,14 @@ bool targeted(const std::string& path, const std::vector<std::string>& patterns)
 
 }  // namespace
 
-std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig& t, std::uint64_t seed) {
+std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig& t, std::uint64_t seed, const RowFill& fill) {
   t.validate();
   if (t.mode == "full") return {};
   torch::NoGradGuard no_grad;
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   if (model->head) model->head->weight.set_requires_grad(true);  // a new head always trains
   if (t.mode == "prompt") {
+    WithValues embeddings("tok_embeddings.weight", model->tok_embeddings->weight, fill);
     model->addSoftPrompt(t.prompt_tokens, seed);
     return {"soft_prompt"};
   }
@@ -45,6 +46,7 @@ std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig&
     if (model->head) return {"head"};
     // Language modelling: the LM head alone trains, untied from the (frozen) input embedding.
     if (t.cache_features) throw InputError("transfer.cache_features needs a labelled dataset (a classification head)");
+    WithValues embeddings("tok_embeddings.weight", model->tok_embeddings->weight, fill);
     model->untieClassifier();
     model->output->weight.set_requires_grad(true);
     return {"output"};
@@ -54,7 +56,10 @@ std::vector<std::string> applyTransfer(Transformer& model, const TransferConfig&
   std::vector<std::string> adapted;
   const QuantKind kind = parseQuantKind(t.quantize, "transfer.quantize");
   for (auto& [path, projection] : model->projections()) {
-    projection->quantize(kind);  // QLoRA: every frozen projection, adapted or not
+    if (kind != QuantKind::None && !projection->quantized()) {  // QLoRA: every frozen projection, adapted or not
+      WithValues weight(path + ".weight", projection->weight, fill);
+      projection->quantize(kind);
+    }
     if (!targeted(path, patterns)) continue;
     projection->addLora(t.lora_rank, t.lora_alpha, t.lora_dropout, gen);
     adapted.push_back(path);

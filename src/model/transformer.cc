@@ -4,12 +4,24 @@
 
 #include <cmath>
 
+#include "model/parameter_storage.h"
 #include "util/error.h"
 
 namespace graft {
 
 namespace {
 Projection linear(int in, int out, bool bias) { return Projection(in, out, bias); }
+
+// A parameter of `shape`, initialised by `init`; without memory (and uninitialised) while a
+// WithoutMemory guard is alive (model/parameter_storage.h).
+template <typename Init>
+torch::Tensor newParameter(at::IntArrayRef shape, Init init) {
+  torch::NoGradGuard no_grad;
+  auto t = torch::empty(shape);
+  if (WithoutMemory::active()) releaseMemory(t);
+  else init(t);
+  return t;
+}
 
 // x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
 // terms are added per part.
@@ -106,9 +118,15 @@ ProjectionImpl::ProjectionImpl(int in, int out, bool with_bias) : in_features(in
   // nn::Linear's initialisation (Kaiming-uniform weight, uniform bias); Transformer::initialise
   // or a loaded model overwrites it.
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  weight = register_parameter("weight", torch::empty({out, in}).uniform_(-bound, bound));
-  if (with_bias) bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+  weight = register_parameter("weight", newParameter({out, in}, [&](torch::Tensor& t) { t.uniform_(-bound, bound); }));
+  if (with_bias) bias = register_parameter("bias", newParameter({out}, [&](torch::Tensor& t) { t.uniform_(-bound, bound); }));
 }
+
+EmbeddingImpl::EmbeddingImpl(int rows, int dim) {
+  weight = register_parameter("weight", newParameter({rows, dim}, [](torch::Tensor& t) { t.normal_(); }));
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
 
 torch::Tensor ProjectionImpl::effectiveWeight() const { return quantized() ? quantized_.dequantize() : weight; }
 
@@ -158,8 +176,8 @@ void ProjectionImpl::mergeLora() {
 }
 
 NormImpl::NormImpl(const ModelConfig& c) : eps_(c.norm_eps), layer_norm_(c.isGpt2()) {
-  weight = register_parameter("weight", torch::ones({c.dim}));
-  if (layer_norm_) bias = register_parameter("bias", torch::zeros({c.dim}));
+  weight = register_parameter("weight", newParameter({c.dim}, [](torch::Tensor& t) { t.fill_(1.0); }));
+  if (layer_norm_) bias = register_parameter("bias", newParameter({c.dim}, [](torch::Tensor& t) { t.zero_(); }));
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
@@ -250,8 +268,8 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
 
 TransformerImpl::TransformerImpl(const ModelConfig& c) : config_(c) {
   c.validate("model");
-  tok_embeddings = register_module("tok_embeddings", torch::nn::Embedding(c.vocab_size, c.dim));
-  if (c.isGpt2()) pos_embeddings = register_module("pos_embeddings", torch::nn::Embedding(c.seq_len, c.dim));
+  tok_embeddings = register_module("tok_embeddings", Embedding(c.vocab_size, c.dim));
+  if (c.isGpt2()) pos_embeddings = register_module("pos_embeddings", Embedding(c.seq_len, c.dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int i = 0; i < c.n_layers; ++i) layers->push_back(Block(c));
   norm = register_module("norm", Norm(c));
@@ -463,20 +481,23 @@ torch::Tensor TransformerImpl::loss(const torch::Tensor& inputs, const torch::Te
 }
 
 void TransformerImpl::initialise(std::uint64_t seed) {
+  for (auto& item : named_parameters()) initialiseParameter(item.key(), item.value(), seed, config_.n_layers);
+}
+
+void initialiseParameter(const std::string& name, torch::Tensor p, std::uint64_t seed, int n_layers) {
   torch::NoGradGuard no_grad;
-  auto gen = at::detail::createCPUGenerator(seed);
-  const double out_std = 0.02 / std::sqrt(2.0 * config_.n_layers);
-  for (auto& item : named_parameters()) {
-    auto& p = item.value();
-    const auto& name = item.key();
-    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
-      p.zero_();
-    } else if (name.find("norm") != std::string::npos) {
-      p.fill_(1.0);
-    } else {
-      const bool residual_out = name.find("wo.weight") != std::string::npos || name.find("w2.weight") != std::string::npos;
-      p.normal_(0.0, residual_out ? out_std : 0.02, gen);
-    }
+  if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+    p.zero_();
+  } else if (name.find("norm") != std::string::npos) {
+    p.fill_(1.0);
+  } else {
+    // One generator per parameter, seeded from its name: any tensor (or a rank's rows of it) is
+    // drawn without drawing the ones before it.
+    std::uint64_t h = 1469598103934665603ULL;  // FNV-1a
+    for (const unsigned char ch : name) h = (h ^ ch) * 1099511628211ULL;
+    auto gen = at::detail::createCPUGenerator(seed ^ h);
+    const bool residual_out = name.find("wo.weight") != std::string::npos || name.find("w2.weight") != std::string::npos;
+    p.normal_(0.0, residual_out ? 0.02 / std::sqrt(2.0 * n_layers) : 0.02, gen);
   }
 }
 

@@ -84,6 +84,15 @@ class ProjectionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Projection);
 
+// A lookup table [rows, dim] initialised N(0, 1), as torch::nn::Embedding.
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int rows, int dim);
+  torch::Tensor forward(const torch::Tensor& ids);
+  torch::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
 // RMSNorm (llama) or LayerNorm with bias (gpt2).
 class NormImpl : public torch::nn::Module {
  public:
@@ -179,8 +188,8 @@ class TransformerImpl : public torch::nn::Module {
   // draws), trading one more forward per block for the activations inside it.
   void setRecompute(bool on) { recompute_ = on; }
 
-  torch::nn::Embedding tok_embeddings{nullptr};
-  torch::nn::Embedding pos_embeddings{nullptr};  // gpt2 only
+  Embedding tok_embeddings{nullptr};
+  Embedding pos_embeddings{nullptr};  // gpt2 only
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
   Projection output{nullptr};  // null when tied
@@ -215,5 +224,9 @@ class TransformerImpl : public torch::nn::Module {
   bool recompute_ = false;
 };
 TORCH_MODULE(Transformer);
+
+// Transformer::initialise's value of one parameter, drawn from a generator of its own (seeded
+// from `seed` and the name), so that any parameter can be initialised alone.
+void initialiseParameter(const std::string& name, torch::Tensor p, std::uint64_t seed, int n_layers);
 
 }  // namespace graft

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "communicator.h"
+#include "model/parameter_storage.h"
 #include "optim/adamw.h"
 #include "parallel/grad_reducer.h"
 
@@ -88,8 +89,9 @@ class DataParallel {
   // This rank's rows of every parameter, in registration order (parameters only; else empty).
   virtual std::vector<AdamW::Rows> parameterRows() const { return {}; }
   // Once, after the parameters were broadcast or loaded whole: each rank keeps its rows of them
-  // and frees the rest.
-  virtual void keepOwnRows() {}
+  // and frees the rest. Parameters built without memory (model/parameter_storage.h) are read
+  // from `fill`, this rank's rows only (parameters only; the others need whole parameters).
+  virtual void keepOwnRows(const RowFill& /*fill*/ = {}) {}
   // Collective. Every parameter whole on every rank from now on (to inspect or export them).
   virtual void gatherParameters() {}
   // One line for the log: what is communicated and what this rank holds.

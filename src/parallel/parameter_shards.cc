@@ -5,33 +5,10 @@
 
 #include <set>
 
+#include "model/parameter_storage.h"
 #include "util/error.h"
 
 namespace graft {
-namespace {
-
-c10::StorageImpl& storageOf(const at::Tensor& p) { return *p.storage().unsafeGetStorageImpl(); }
-
-// Note [freeing parameters]: the memory goes, the tensor and its storage object stay.
-void freeStorage(const at::Tensor& p) {
-  auto& s = storageOf(p);
-  s.set_data_ptr_noswap(c10::DataPtr(nullptr, p.device()));
-  s.set_nbytes(0);
-}
-
-// A tensor sharing p's storage but not its autograd identity (its version counter stays put).
-at::Tensor allocatedAlias(const at::Tensor& p) {
-  auto& s = storageOf(p);
-  const std::size_t bytes = static_cast<std::size_t>(p.numel()) * p.element_size();
-  if (s.nbytes() != bytes) {
-    c10::Allocator* allocator = s.allocator() ? s.allocator() : c10::GetAllocator(p.device().type());
-    s.set_data_ptr_noswap(allocator->allocate(bytes));
-    s.set_nbytes(bytes);
-  }
-  return at::empty({0}, p.options()).set_(p.storage(), 0, p.sizes(), p.strides());
-}
-
-}  // namespace
 
 void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t offset, int world, at::Tensor whole) {
   const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
@@ -50,9 +27,9 @@ ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Te
   for (const auto& [name, p] : params_) {
     if (p.dim() == 0 || p.scalar_type() != at::kFloat)
       throw Error("dist.shard = parameters: parameter " + name + " must be a float32 tensor of at least one dimension");
-    if (!p.is_contiguous() || p.storage_offset() != 0 ||
-        storageOf(p).nbytes() != static_cast<std::size_t>(p.numel()) * p.element_size() ||
-        !storages.insert(storageOf(p).data()).second)
+    const auto& storage = *p.storage().unsafeGetStorageImpl();
+    const bool alone = storage.nbytes() == static_cast<std::size_t>(p.numel()) * p.element_size() || !hasMemory(p);
+    if (!p.is_contiguous() || p.storage_offset() != 0 || !alone || !storages.insert(&storage).second)
       throw Error("dist.shard = parameters: parameter " + name +
                   " does not own its storage alone (a view or a shared tensor cannot be freed between uses)");
     // Every parameter is sharded, the frozen ones too: here a unit is what is gathered together.
@@ -80,12 +57,17 @@ at::Tensor ParameterShards::rows(std::size_t k) const {
   return buffers_[u].narrow(0, unit.offsets[i], mine.size() * row_numel).view(shape);
 }
 
-void ParameterShards::adopt() {
+void ParameterShards::adopt(const RowFill& fill) {
   torch::NoGradGuard no_grad;
   for (std::size_t k = 0; k < params_.size(); ++k) {
-    const auto& p = params_[k].second;
+    const auto& [name, p] = params_[k];
     const RowRange mine = shardRows(p.size(0), comm_.rank(), comm_.size());
-    rows(k).copy_(p.detach().narrow(0, mine.begin, mine.size()));
+    if (hasMemory(p)) {
+      rows(k).copy_(p.detach().narrow(0, mine.begin, mine.size()));
+    } else if (mine.size() > 0) {
+      if (!fill) throw Error("dist.shard = parameters: parameter " + name + " has no values and nothing to read them from");
+      fill(name, mine.begin, mine.end, rows(k));
+    }
   }
   all_whole_ = false;
   for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
@@ -138,13 +120,13 @@ void ParameterShards::gather(std::size_t u, const char* tag) {
   comm_.allGatherAsync(buffers_[u].data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
       ->wait(comm_.timeout());
   for (std::size_t i = 0; i < unit.params.size(); ++i)
-    unpackRows(all, unit.numel, unit.offsets[i], comm_.size(), allocatedAlias(params_[unit.params[i]].second));
+    unpackRows(all, unit.numel, unit.offsets[i], comm_.size(), refill(params_[unit.params[i]].second));
   whole_[u] = true;
 }
 
 void ParameterShards::release(std::size_t u) {
   if (!whole_[u]) return;
-  for (const auto k : plan_.units[u].params) freeStorage(params_[k].second);
+  for (const auto k : plan_.units[u].params) releaseMemory(params_[k].second);
   whole_[u] = false;
 }
 

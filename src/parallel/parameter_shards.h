@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "communicator.h"
+#include "model/parameter_storage.h"
 #include "parallel/shard_plan.h"
 
 namespace graft {
@@ -47,8 +48,9 @@ class ParameterShards {
   // This rank's rows of parameter k, a view into its unit's buffer (what the optimizer updates).
   at::Tensor rows(std::size_t k) const;
   // Copies this rank's rows out of the whole parameters (after they were broadcast or loaded),
-  // then frees every parameter.
-  void adopt();
+  // then frees every parameter. A parameter built without memory (model/parameter_storage.h) gets
+  // its rows from `fill` instead, so it is never whole.
+  void adopt(const RowFill& fill = {});
   // Collective. Every parameter whole on every rank, and kept whole from now on.
   void gatherAll();
   // Around a unit's use (model/transformer.h UnitGate). Collective when the unit is not whole.

@@ -181,8 +181,8 @@ class Sharded final : public DataParallel {
     }
     return out;
   }
-  void keepOwnRows() override {
-    if (shards_) shards_->adopt();
+  void keepOwnRows(const RowFill& fill) override {
+    if (shards_) shards_->adopt(fill);
   }
   void gatherParameters() override {
     if (shards_) shards_->gatherAll();

@@ -299,7 +299,8 @@ void PendingCheckpoint::wait(Communicator& comm, const TrainConfig& c, Logger& l
   work_.reset();
 }
 
-Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log) {
+Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log,
+                  bool own_rows) {
   const std::string dir = c.run_dir + "/checkpoints";
   // Rank 0 picks the newest complete checkpoint whose tensors match their manifest (damaged ones
   // are skipped); reading every byte of a big one takes a while, so the others keep a heartbeat.
@@ -332,8 +333,9 @@ Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, D
   auto read = std::make_shared<TrainingState>();
   AdamW& optimizer = dp.optimizer();
   auto into = std::make_shared<AdamW>(optimizer);
+  const auto rows = own_rows ? dp.parameterRows() : std::vector<AdamW::Rows>{};
   runWithHeartbeat(comm, "resume/read", c.slow_phase_timeout_s, "reading " + path, "",
-                   [path, model, into, read]() mutable { *read = readCheckpoint(path, model, *into); });
+                   [path, model, into, read, rows]() mutable { *read = readCheckpoint(path, model, *into, rows); });
   optimizer.setStepCount(into->stepCount());
   for (std::size_t i = 0; i < optimizer.slots().size(); ++i) optimizer.slots()[i].steps = into->slots()[i].steps;
   const TrainingState& state = *read;

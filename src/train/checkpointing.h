@@ -84,7 +84,9 @@ struct Resumed {
 
 // Collective. Rank 0 picks the newest complete checkpoint that verifies against its manifest
 // (damaged ones are named and skipped); every rank then reads it into `model` and its optimizer's
-// rows, with a heartbeat, whatever the number of ranks or dist.shard it was saved with.
-Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log);
+// rows, with a heartbeat, whatever the number of ranks or dist.shard it was saved with. Once the
+// strategy keeps only its rows of the parameters (`own_rows`), only those rows are read.
+Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log,
+                  bool own_rows = false);
 
 }  // namespace graft

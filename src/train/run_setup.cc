@@ -13,7 +13,11 @@
 namespace graft {
 namespace {
 
-Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log);
+struct Base {
+  Transformer model;
+  std::shared_ptr<const ModelSource> rows;  // the model has no memory yet: its values come from here
+};
+Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log);
 
 bool classifies(const TrainConfig& c, const TokenDataset& train) {
   if (c.task == "classify" && !train.hasLabels())
@@ -23,8 +27,8 @@ bool classifies(const TrainConfig& c, const TokenDataset& train) {
 
 // The model a run trains: the base (loaded or initialised), a classification head for labelled
 // data, then the [transfer] flavour applied.
-Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
-  auto model = loadOrInitialise(c, train.vocabSize(), log);
+Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
+  auto [model, rows] = loadOrInitialise(c, train.vocabSize(), log);
   if (classifies(c, train) && model->config().num_classes > 0) {
     // A classifier to fine-tune further: its head must be for these labels, in this order.
     const ModelConfig& mc = model->config();
@@ -38,7 +42,7 @@ Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& 
     log.main("task: classify " + std::to_string(train.labelNames().size()) + " labels from the " + c.pooling +
              " token" + (c.pooling == "mean" ? "s'" : "'s") + " features");
   }
-  const auto adapted = applyTransfer(model, c.transfer, c.seed);
+  const auto adapted = applyTransfer(model, c.transfer, c.seed, rows ? rows->rowFill() : RowFill());
   if (model->promptLength() + c.seq_len > model->config().seq_len)
     throw InputError("transfer.prompt_tokens " + std::to_string(model->promptLength()) + " + train.seq_len " +
                      std::to_string(c.seq_len) + " exceed the model's context of " + std::to_string(model->config().seq_len));
@@ -54,12 +58,19 @@ Transformer buildModel(const TrainConfig& c, const TokenDataset& train, Logger& 
                 how.c_str(), static_cast<long long>(trainable), static_cast<long long>(total),
                 100.0 * trainable / std::max<std::int64_t>(total, 1), frozenBytes(model) / 1e6);
   log.main(line);
-  return model;
+  return {model, rows};
 }
 
-Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
+// Under dist.shard = parameters the model is built without memory and each rank reads its own rows
+// later, so that no rank ever holds the whole base; cached features need the whole base (they
+// are computed before sharding), and an adapter-only checkpoint is its base plus adapters, so
+// those load whole.
+Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
+  const bool by_rows = c.shard == "parameters" && !c.transfer.cache_features;
   if (!c.model_path.empty()) {
-    auto model = loadModel(c.model_path);
+    std::shared_ptr<const ModelSource> source = by_rows ? openModelSource(c.model_path) : nullptr;
+    if (by_rows && !source) log.main("model: " + c.model_path + " is adapter-only: loaded whole on every rank, then sharded");
+    auto model = source ? modelWithoutMemory(source->config()) : loadModel(c.model_path);
     // Hugging Face models often pad their vocabulary past the tokenizer's: fewer ids in the data is fine.
     if (model->config().vocab_size < vocab_size)
       throw InputError(c.model_path + ": model vocabulary " + std::to_string(model->config().vocab_size) +
@@ -68,16 +79,19 @@ Transformer loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) 
     if (model->config().seq_len < c.seq_len)
       throw InputError("train.seq_len " + std::to_string(c.seq_len) + " exceeds the model's context of " +
                        std::to_string(model->config().seq_len));
-    log.main("model: " + c.model_path + " (" + model->config().describe() + ")");
-    return model;
+    log.main("model: " + c.model_path + " (" + model->config().describe() + ")" +
+             (source ? "; each rank reads only its rows" : ""));
+    return {model, source};
   }
   ModelConfig arch = c.arch;
   arch.vocab_size = vocab_size;
   arch.seq_len = std::max(arch.seq_len, c.seq_len);
+  log.main("model: random initialisation, seed " + std::to_string(c.seed) + " (" + arch.describe() + ")" +
+           (by_rows ? "; each rank draws only its rows" : ""));
+  if (by_rows) return {modelWithoutMemory(arch), initialisationSource(arch, c.seed)};
   Transformer model(arch);
   model->initialise(c.seed);
-  log.main("model: random initialisation, seed " + std::to_string(c.seed) + " (" + arch.describe() + ")");
-  return model;
+  return {model, nullptr};
 }
 
 }  // namespace
@@ -87,8 +101,8 @@ std::unique_ptr<Loaded> loadRun(const TrainConfig& c, Logger& log) {
   TokenDataset train(c.data_path, "train", c.seq_len, residency);
   TokenDataset val(c.data_path, "val", c.seq_len, residency);
   const bool classify = classifies(c, train);
-  auto model = buildModel(c, train, log);
-  return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model});
+  auto [model, rows] = buildModel(c, train, log);
+  return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model, rows});
 }
 
 int defaultThreads(int local_ranks) {

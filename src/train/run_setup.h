@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "config/train_config.h"
+#include "convert/model_source.h"
 #include "data/dataset.h"
 #include "model/transformer.h"
 #include "util/log.h"
@@ -18,6 +19,10 @@ struct Loaded {
   TokenDataset train_data, val_data;
   bool classify;
   Transformer model;
+  // dist.shard = parameters: the base parameters were built without memory
+  // (model/parameter_storage.h) and each rank reads only its rows from here when the strategy
+  // takes them (DataParallel::keepOwnRows). Null when the model was loaded whole.
+  std::shared_ptr<const ModelSource> rows;
 };
 
 // Reads both splits of data.path and builds the model; no collective. Errors name the file or key.

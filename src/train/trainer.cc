@@ -92,6 +92,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         val_data(std::make_shared<TokenDataset>(std::move(loaded.val_data))),
         classify(loaded.classify),
         model(loaded.model),
+        model_rows(std::move(loaded.rows)),
         sampler(classify ? train_data->numDocuments() : train_data->numSamples(), c.batch_size, c.seed),
         dp(makeDataParallel(model->named_parameters().pairs(), comm_,
                             {c.shard,
@@ -194,6 +195,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   std::shared_ptr<const TokenDataset> train_data, val_data;  // shared with helper threads
   bool classify;  // sequence classification (labelled data) instead of next-token prediction
   Transformer model;
+  std::shared_ptr<const ModelSource> model_rows;  // the base's values when it was built without memory (run_setup.h)
   FeatureCache features;  // transfer.cache_features: the frozen base's pooled features
   GlobalSampler sampler;
   std::unique_ptr<DataParallel> dp;  // who holds what: gradients, optimizer state (dist.shard)
@@ -247,11 +249,17 @@ TrainResult Trainer::run() {
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
     }
-    {
+    if (s.model_rows) {
+      // Each rank reads only its rows of the base (dist.shard = parameters): no rank holds it whole.
+      const std::string what = "reading this rank's rows of " + s.model_rows->path();
+      runWithHeartbeat(s.comm, "init/rows", c.slow_phase_timeout_s, what, "",
+                       [dp = s.dp.get(), fill = s.model_rows->rowFill()] { dp->keepOwnRows(fill); });
+      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
+    } else {
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
       s.dp->broadcastParameters();
     }
-    const Resumed resumed = resumeRun(s.comm, c, s.model, *s.dp, s.log);
+    const Resumed resumed = resumeRun(s.comm, c, s.model, *s.dp, s.log, /*own_rows=*/s.model_rows != nullptr);
     start = resumed.step;
     if (start > 0) {
       s.tokens_seen = resumed.counters.tokens_seen;
@@ -262,7 +270,7 @@ TrainResult Trainer::run() {
     // The frozen base's features are computed from the whole parameters, before they are sharded.
     s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
     s.model->setRecompute(c.recompute);
-    if (s.dp->shardsParameters()) {  // from here on each rank keeps only its rows between uses
+    if (s.dp->shardsParameters() && !s.model_rows) {  // from here on each rank keeps only its rows between uses
       s.dp->keepOwnRows();
       s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
     }

@@ -22,6 +22,33 @@ std::string readFile(const std::string& path) {
   return out.str();
 }
 
+ReadOnlyFile ReadOnlyFile::open(const std::string& path) {
+  if (isDirectory(path)) throw InputError(path + ": is a directory, expected a file");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw InputError(path + ": cannot open (" + std::strerror(errno) + ")");
+  ReadOnlyFile f;
+  f.path_ = path;
+  f.fd_ = std::shared_ptr<const int>(new int(fd), [](const int* p) {
+    ::close(*p);
+    delete p;
+  });
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw InputError(path + ": cannot stat (" + std::strerror(errno) + ")");
+  f.size_ = static_cast<std::uint64_t>(st.st_size);
+  return f;
+}
+
+void ReadOnlyFile::readAt(std::uint64_t offset, void* out, std::size_t n) const {
+  auto* at = static_cast<char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::pread(*fd_, at, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw InputError(path_ + ": read failed at byte " + std::to_string(offset) + " (" + std::strerror(errno) + ")");
+    if (got == 0) throw InputError(path_ + ": ends at byte " + std::to_string(offset) + ", before the data it should hold");
+    at += got, offset += static_cast<std::uint64_t>(got), n -= static_cast<std::size_t>(got);
+  }
+}
+
 bool fileExists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;

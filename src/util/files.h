@@ -1,6 +1,9 @@
 // Small file helpers with errors that name the file.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -21,6 +24,22 @@ std::string parentDirectory(const std::string& path);
 inline bool endsWith(std::string_view path, std::string_view tail) {
   return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
 }
+// A file opened for reading at offsets (pread), shared by copies; closed with the last one.
+class ReadOnlyFile {
+ public:
+  // InputError("<path>: cannot open (...)") when it cannot be opened.
+  static ReadOnlyFile open(const std::string& path);
+  const std::string& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+  // Exactly `n` bytes at `offset`; InputError naming the file when they are not there (it shrank).
+  void readAt(std::uint64_t offset, void* out, std::size_t n) const;
+
+ private:
+  std::string path_;
+  std::uint64_t size_ = 0;
+  std::shared_ptr<const int> fd_;
+};
+
 // Writes `bytes` to path.tmp, then publishFile(): readers see the old file or the whole new one.
 void writeFileAtomically(const std::string& path, const std::string& bytes);
 

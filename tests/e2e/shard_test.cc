@@ -95,6 +95,8 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       if (mode != "none") {
         EXPECT_NE(r.output.find("dist.shard = " + mode), std::string::npos) << r.output;
       }
+      // ZeRO-3 builds the model without memory and each rank reads its own rows of the file.
+      EXPECT_EQ(r.output.find("each rank reads only its rows") != std::string::npos, mode == "parameters") << r.output;
     }
     expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));
@@ -204,6 +206,36 @@ TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
     }
     const bool exact = c.to <= 2 || ((c.mode == "none" || c.mode == "optimizer") && (c.reference == "none" || c.reference == "optimizer"));
     expectSameRun(dirs[1], dirs[0], exact ? 0 : 1e-6, what);
+  }
+}
+
+// ZeRO-3 reads each rank's rows from every kind of model, not only llama2.c files: a Hugging Face
+// GPT-2 (Conv1D weights and fused q|k|v, converted tensor by tensor) and a random initialisation
+// (each rank draws its rows of each parameter). The replicated run, which loads whole, gives the
+// same bits at 2 ranks.
+TEST(Sharding, EachRankReadsItsRowsOfAHuggingFaceModelAndOfARandomInitialisation) {
+  const std::string base = freshDir("shard_sources");
+  const std::string gpt2 = data("hf/tiny-random-gpt2");
+  const auto prep = run("head -c 40000 " + data("datasets/tinyshakespeare/input.txt") + " > " + base + "/s.txt && " + graft() +
+                        " prepare --tokenizer " + gpt2 + " --input " + base + "/s.txt --out " + base + "/s.h5 --val-fraction 0.1");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  const std::string common = "\n[train]\nsteps = 6\nbatch_size = 4\nmicro_batch = 1\nseq_len = 32\nlr = 2e-3\nwarmup = 1\n"
+                             "threads = 1\nseed = 3\n[eval]\nevery = 0\nbatches = 1\n[checkpoint]\nevery = 6\n";
+  const std::vector<std::pair<std::string, std::string>> models = {
+      {"hf_gpt2", "[model]\npath = " + gpt2 + "\n[data]\npath = " + base + "/s.h5"},
+      {"random_init", "[model]\ndim = 48\nhidden_dim = 96\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\n[data]\npath = " +
+                          storiesDataset()}};
+  for (const auto& [name, model] : models) {
+    for (const std::string mode : {"none", "parameters"}) {
+      const std::string dir = base + "/" + name + "_" + mode;
+      std::ofstream(dir + ".ini") << "[run]\ndir = " << dir << "\n" << model << common;
+      const auto r = run(mpirun(2) + " " + graft() + " train --config " + dir + ".ini --dist.shard=" + mode);
+      ASSERT_EQ(r.code, 0) << name << "\n" << r.output;
+      const bool rows = r.output.find("each rank reads only its rows") != std::string::npos ||
+                        r.output.find("each rank draws only its rows") != std::string::npos;
+      EXPECT_EQ(rows, mode == "parameters") << name << "\n" << r.output;
+    }
+    expectSameRun(base + "/" + name + "_none", base + "/" + name + "_parameters", 0, name);
   }
 }
 

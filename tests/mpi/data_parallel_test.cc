@@ -12,7 +12,10 @@
 
 #include <fstream>
 
+#include "convert/model_io.h"
+#include "convert/model_source.h"
 #include "formats/hdf5.h"
+#include "formats/llama2c.h"
 #include "train/checkpointing.h"
 #include "mpi_world.h"
 #include "parallel/data_parallel.h"
@@ -260,6 +263,63 @@ TEST(DataParallel, StateMemoryFollowsTheZeroFormulas) {
     EXPECT_NEAR(added, expected, 0.05 * expected) << mode << " at np " << n << ": " << added / 1e6 << " MB added, formula "
                                                   << expected / 1e6 << " MB";
   }
+}
+
+// Peak resident set since the last resetPeak() (VmHWM).
+std::int64_t peakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+void resetPeak() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+// docs/sharding.md, loading: under ZeRO-3 a rank builds its model without memory and reads only
+// its rows of each tensor from the file, straight into its shard. Peak memory while loading a 34M
+// parameter llama2.c model is the ZeRO-3 state (16 bytes x params / N, padding included) plus at
+// most the largest single tensor, never the whole model; and the rows read are the file's.
+TEST(DataParallel, ParameterShardingLoadsOnlyItsRowsOfAModelFile) {
+  mallopt(M_MMAP_THRESHOLD, 64 << 10);
+  ModelConfig c;
+  c.dim = 512, c.hidden_dim = 1408, c.n_layers = 8, c.n_heads = c.n_kv_heads = 8, c.vocab_size = 16000, c.seq_len = 256;
+  std::int32_t pid[1] = {static_cast<std::int32_t>(::getpid())};
+  comm().broadcast(pid, 1, 0, "test/pid");
+  const std::string path = "/tmp/graft_rows_test_" + std::to_string(pid[0]) + ".bin";
+  std::int64_t params_total = 0, largest = 0;
+  for (const auto& [name, shape] : parameterShapes(c)) {
+    std::int64_t n = 1;
+    for (const auto d : shape) n *= d;
+    params_total += n, largest = std::max(largest, n);
+  }
+  if (comm().rank() == 0) {
+    Transformer written(c);
+    written->initialise(3);
+    saveLlama2c(written, path);
+  }
+  comm().barrier("test/written");
+  resetPeak();
+  const std::int64_t before = residentBytes();
+  {
+    auto source = openModelSource(path);
+    auto model = modelWithoutMemory(source->config());
+    Params params = model->named_parameters().pairs();
+    auto dp = makeDataParallel(params, comm(), options("parameters"));
+    dp->keepOwnRows(source->rowFill());
+    const double peak = static_cast<double>(peakResidentBytes() - before);
+    const double state = 16.0 * static_cast<double>(params_total) / comm().size();
+    const double bound = 1.05 * state + 4.0 * static_cast<double>(largest);
+    EXPECT_LE(peak, bound) << "np " << comm().size() << ": loading peaked at " << peak / 1e6 << " MB over the baseline; ZeRO-3 state "
+                           << state / 1e6 << " MB, largest tensor " << 4.0 * largest / 1e6 << " MB, whole model "
+                           << 4.0 * params_total / 1e6 << " MB";
+    for (const auto& [name, p] : params) EXPECT_FALSE(hasMemory(p)) << name << " was left whole";
+    // The rows are the file's.
+    auto whole = loadModel(path);
+    auto reference = whole->named_parameters();
+    for (const auto& r : dp->parameterRows())
+      EXPECT_TRUE(torch::equal(r.rows, reference[r.name].narrow(0, r.row_begin, r.rows.size(0)))) << r.name;
+  }
+  comm().barrier("test/read");
+  if (comm().rank() == 0) ::unlink(path.c_str());
 }
 
 TEST(DataParallel, MismatchedShardPlansNameTheFirstDifferingParameter) {

@@ -1,0 +1,126 @@
+// convert/model_source.h: a model file read row range by row range (what each rank reads under
+// dist.shard = parameters) gives exactly the rows of the whole tensors, for every format and
+// layout: llama2.c, graft .h5, Hugging Face GPT-2 (Conv1D, fused q|k|v, F32) and Llama (rotary
+// halves, BF16). The whole loads themselves are checked against independent references by the
+// e2e Formats and Inference tests (transformers' and run.c's outputs).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "convert/hf_model.h"
+#include "convert/model_io.h"
+#include "convert/model_source.h"
+#include "model/parameter_storage.h"
+#include "parallel/shard_plan.h"
+#include "util/error.h"
+
+namespace graft {
+namespace {
+
+const std::string kData = GRAFT_SHARED_DATA;
+
+// Every parameter, cut as 1..5 ranks would cut it (row ranges of every size, empty ones too),
+// read by rows, equals the same rows of the whole load.
+void expectRowsOfTheWhole(const std::string& path) {
+  auto source = openModelSource(path);
+  ASSERT_TRUE(source) << path;
+  auto whole = loadModel(path);
+  std::size_t checked = 0;
+  for (const auto& p : whole->named_parameters()) {
+    const auto& t = p.value();
+    for (int world = 1; world <= 5; ++world)
+      for (int rank = 0; rank < world; ++rank) {
+        const RowRange rows = shardRows(t.size(0), rank, world);
+        auto shape = t.sizes().vec();
+        shape[0] = rows.size();
+        auto out = torch::full(shape, -7.0f);
+        source->read(p.key(), rows.begin, rows.end, out);
+        ASSERT_TRUE(torch::equal(out, t.narrow(0, rows.begin, rows.size())))
+            << path << ": " << p.key() << " rows [" << rows.begin << ", " << rows.end << ")";
+        ++checked;
+      }
+  }
+  EXPECT_GT(checked, 0u);
+}
+
+TEST(ModelSource, Llama2cRowsAreTheWholeTensorsRows) { expectRowsOfTheWhole(kData + "/llama2c/stories260K.bin"); }
+
+TEST(ModelSource, HuggingFaceGpt2RowsAreTheWholeTensorsRows) { expectRowsOfTheWhole(kData + "/hf/tiny-random-gpt2"); }
+
+TEST(ModelSource, HuggingFaceLlamaBf16AndGraftH5RowsAreTheWholeTensorsRows) {
+  ModelConfig c;
+  c.dim = 32, c.hidden_dim = 48, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 37, c.seq_len = 16;
+  c.tied = false;
+  Transformer m(c);
+  m->initialise(11);
+  const std::string dir = ::testing::TempDir() + "/source_llama_bf16";
+  saveHfModel(m, dir, StDType::BF16);  // q/k rows stored as rotated halves, two bytes a value
+  expectRowsOfTheWhole(dir);
+  const std::string h5 = ::testing::TempDir() + "/source_model.h5";
+  saveModel(m, "graft", h5);
+  expectRowsOfTheWhole(h5);
+  auto source = openModelSource(h5);
+  auto rows = torch::empty({3, 32});
+  source->read("output.weight", 30, 33, rows);
+  EXPECT_TRUE(torch::equal(rows, m->output->weight.narrow(0, 30, 3)));
+  EXPECT_THROW(source->read("layers.9.attention.wq.weight", 0, 3, rows), InputError);
+}
+
+// A model built without memory has every parameter's shape and no values; the initialisation
+// source draws any rows of any parameter alone, equal to Transformer::initialise's whole model.
+TEST(ModelSource, InitialisationRowsEqualTheWholeInitialisation) {
+  ModelConfig c;
+  c.dim = 16, c.hidden_dim = 24, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 2, c.vocab_size = 29, c.seq_len = 8;
+  Transformer whole(c);
+  whole->initialise(5);
+  auto empty = modelWithoutMemory(c);
+  auto source = initialisationSource(c, 5);
+  auto a = whole->named_parameters(), b = empty->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : b) {
+    EXPECT_FALSE(hasMemory(p.value())) << p.key();
+    EXPECT_EQ(p.value().sizes(), a[p.key()].sizes()) << p.key();
+    const std::int64_t n = p.value().size(0);
+    auto shape = p.value().sizes().vec();
+    shape[0] = n - n / 2;
+    auto out = torch::empty(shape);
+    source->read(p.key(), n / 2, n, out);  // the second half alone
+    EXPECT_TRUE(torch::equal(out, a[p.key()].narrow(0, n / 2, n - n / 2))) << p.key();
+  }
+  // Memory given back and refilled keeps the tensor (what the shards and the model refer to).
+  auto p = b["norm.weight"];
+  auto values = refill(p);
+  values.fill_(2.0f);
+  EXPECT_TRUE(hasMemory(p));
+  EXPECT_EQ(p.sum().item<float>(), 2.0f * c.dim);
+  releaseMemory(p);
+  EXPECT_FALSE(hasMemory(p));
+}
+
+// A file that does not hold what config.json implies is refused when the source opens, before any
+// data is read, naming the file and the tensor.
+TEST(ModelSource, MissingTensorIsNamedWhenTheSourceOpens) {
+  ModelConfig c;
+  c.dim = 16, c.hidden_dim = 24, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 2, c.vocab_size = 29, c.seq_len = 8;
+  Transformer m(c);
+  m->initialise(1);
+  c.n_layers = 2;  // attributes of a two-layer model over the tensors of one layer
+  Transformer two(c);
+  two->initialise(1);
+  const std::string h5b = ::testing::TempDir() + "/source_wrong2.h5";
+  {
+    H5File f = H5File::create(h5b);
+    writeModelGroup(f, two, false, /*tensors=*/false);
+    for (const auto& p : m->named_parameters()) f.writeTensor("/model/" + p.key(), p.value());
+    f.close();
+  }
+  try {
+    openModelSource(h5b);
+    FAIL() << "opened";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(h5b), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layers.1."), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace graft
