@@ -5,9 +5,11 @@
 # checkpoint write time against dd and against write(2) from memory of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run; and the training time each checkpoint costs, synchronous and
 # checkpoint.async. Prints one JSON object.
-# "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing).
+# "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing);
+# "parameters+noprefetch" is ZeRO-3 with dist.prefetch = false (each gather waits for its use).
 #   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
-#                                      MODES="none optimizer gradients parameters parameters+recompute")
+#                                      MODES="none optimizer gradients parameters parameters+recompute
+#                                             parameters+noprefetch")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAFT=$(realpath "${1:-build/launcher/graft}")
@@ -15,7 +17,7 @@ REPEATS=${REPEATS:-3}
 STEPS=${STEPS:-4}
 NPS=${NPS:-2 4}
 MODELS=${MODELS:-llama32m stories260k}
-MODES=${MODES:-none optimizer gradients parameters parameters+recompute}
+MODES=${MODES:-none optimizer gradients parameters parameters+recompute parameters+noprefetch}
 DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
@@ -33,8 +35,9 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
   local out
   out=$(mpirun -np "$np" --oversubscribe --bind-to none "$GRAFT" train --run.dir="$tmp/run" --data.path="$tmp/stories.h5" \
     ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
-    --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%+recompute}" \
-    --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) 2>&1)
+    --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%%+*}" \
+    --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) \
+    --dist.prefetch=$([[ $mode == *+noprefetch ]] && echo false || echo true) 2>&1)
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)

@@ -80,6 +80,9 @@ class OptionTable {
     add("dist.bucket_mb", c.bucket_mb, "gradient bucket size (MiB)");
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
+    add("dist.prefetch", c.prefetch,
+        "dist.shard = parameters: start the all-gather of the unit that comes next while the current one computes "
+        "(the same results; false: each gather waits for its use)");
     add("dist.shard", c.shard,
         "who holds the optimizer state and gradients: none (every rank, all of it), optimizer (ZeRO-1: each rank "
         "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients), parameters "

@@ -46,6 +46,7 @@ struct DataParallelOptions {
   std::string shard = "none";  // none | optimizer | gradients | parameters
   GradReducerOptions buckets;  // none and optimizer: the all-reduce buckets
   AdamWOptions adamw;
+  bool prefetch = true;  // parameters: start the next unit's gather while this one computes (Note [prefetch])
 };
 
 // Note [gradient norm]

@@ -20,8 +20,9 @@ void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t off
   }
 }
 
-ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm)
-    : params_(params), comm_(comm) {
+ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
+                                 bool prefetch)
+    : params_(params), comm_(comm), prefetch_(prefetch) {
   std::vector<ShardParamInfo> infos;
   std::set<const void*> storages;
   for (const auto& [name, p] : params_) {
@@ -43,6 +44,8 @@ ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Te
     tags_.push_back({"ag/fwd/" + unit.name, "ag/bwd/" + unit.name});
   }
   whole_.assign(plan_.units.size(), true);
+  next_[kForward].assign(plan_.units.size(), -1);
+  next_[kBackward].assign(plan_.units.size(), -1);
 }
 
 at::Tensor ParameterShards::rows(std::size_t k) const {
@@ -74,14 +77,50 @@ void ParameterShards::adopt(const RowFill& fill) {
 }
 
 void ParameterShards::gatherAll() {
+  finishPrefetch();
   for (std::size_t u = 0; u < plan_.units.size(); ++u)
-    if (!whole_[u]) gather(u, "ag/all");
+    if (!whole_[u]) gather(u, kForward);
   all_whole_ = true;
 }
 
 void ParameterShards::enter(const std::string& unit) {
   const auto it = unit_index_.find(unit);
-  if (it != unit_index_.end() && !whole_[it->second]) gather(it->second, tags_[it->second][0].c_str());
+  if (it == unit_index_.end()) return;
+  finishPrefetch();
+  if (!whole_[it->second]) gather(it->second, kForward);
+  used(it->second, kForward);
+}
+
+void ParameterShards::used(std::size_t u, Pass pass) {
+  if (!prefetch_ || all_whole_) return;
+  if (first_unit_ < 0) first_unit_ = static_cast<long>(u);
+  if (last_[pass] >= 0 && static_cast<long>(u) != first_unit_) {  // learn: u follows last_ (never into a forward's start)
+    long& seen = next_[pass][static_cast<std::size_t>(last_[pass])];
+    seen = seen == -1 ? static_cast<long>(u) : seen == static_cast<long>(u) ? seen : -2;
+  }
+  last_[pass] = static_cast<long>(u);
+  const long next = next_[pass][u];
+  if (next < 0 || next == first_unit_ || whole_[static_cast<std::size_t>(next)] || in_flight_) return;
+  const auto v = static_cast<std::size_t>(next);
+  in_flight_ = std::make_unique<InFlight>();
+  in_flight_->unit = v;
+  in_flight_->all = torch::empty({comm_.size() * plan_.units[v].numel}, buffers_[v].options());
+  in_flight_->work = comm_.allGatherAsync(buffers_[v].data_ptr(), in_flight_->all.data_ptr(),
+                                          static_cast<std::size_t>(plan_.units[v].numel), DType::Float32,
+                                          tags_[v][pass].c_str());
+}
+
+void ParameterShards::finishPrefetch() {
+  if (!in_flight_) return;
+  auto flight = std::move(in_flight_);
+  flight->work->wait(comm_.timeout());
+  torch::NoGradGuard no_grad;
+  const ShardUnit& unit = plan_.units[flight->unit];
+  for (std::size_t i = 0; i < unit.params.size(); ++i)
+    unpackRows(flight->all, unit.numel, unit.offsets[i], comm_.size(), refill(params_[unit.params[i]].second));
+  whole_[flight->unit] = true;
+  ++prefetched_;
+  ++gathers_;
 }
 
 void ParameterShards::leave(const std::string& unit, const at::Tensor& input, const at::Tensor& output,
@@ -92,7 +131,9 @@ void ParameterShards::leave(const std::string& unit, const at::Tensor& input, co
   if (backward_reads_params && at::GradMode::is_enabled() && output.defined() && output.requires_grad()) {
     // Note [freeing parameters]: whole again before the unit's backward, freed after it.
     at::Tensor(output).register_hook([this, u](const at::Tensor&) {
-      if (!whole_[u]) gather(u, tags_[u][1].c_str());
+      finishPrefetch();
+      if (!whole_[u]) gather(u, kBackward);
+      used(u, kBackward);
     });
     if (input.defined() && input.requires_grad())
       at::Tensor(input).register_hook([this, u](const at::Tensor&) {
@@ -103,6 +144,8 @@ void ParameterShards::leave(const std::string& unit, const at::Tensor& input, co
 }
 
 void ParameterShards::afterBackward() {
+  finishPrefetch();  // before any optimizer step changes the rows it reads
+  last_ = {-1, -1};
   if (all_whole_) return;
   for (std::size_t u = 0; u < plan_.units.size(); ++u) release(u);
 }
@@ -113,8 +156,10 @@ std::int64_t ParameterShards::shardBytes() const {
   return bytes;
 }
 
-void ParameterShards::gather(std::size_t u, const char* tag) {
+void ParameterShards::gather(std::size_t u, Pass pass) {
   torch::NoGradGuard no_grad;
+  const char* tag = tags_[u][pass].c_str();
+  ++gathers_;
   const ShardUnit& unit = plan_.units[u];
   auto all = torch::empty({comm_.size() * unit.numel}, buffers_[u].options());
   comm_.allGatherAsync(buffers_[u].data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)

@@ -21,6 +21,18 @@
 // Every gather is a collective: ranks run the same units in the same order (the same model and
 // batch shapes), forward and backward alike. Tags name the pass and the unit ("ag/fwd/layers.7",
 // "ag/bwd/layers.7") so that a stalled rank is named within dist.timeout_s.
+//
+// Note [prefetch]
+// ~~~~~~~~~~~~~~~
+// With dist.prefetch, the gather of the unit that comes next is started as soon as the current
+// one is whole, so that it travels while the current unit computes. Which unit comes next is
+// learned from the order units were used in (forward and backward separately): unit v follows u
+// when v was used right after u every time so far; a unit seen after two different units predicts
+// nothing. Every rank sees the same order, so every rank starts the same gathers in the same
+// order, as collectives must. A prefetched gather is finished (and its unit made whole) at the
+// next use of any unit, and by afterBackward(), before any optimizer step changes the rows it
+// reads; the first unit of a forward is never prefetched, so no gather crosses a step. A
+// prefetch changes when rows travel, not what arrives: results are the same bits.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -41,7 +53,7 @@ class ParameterShards {
  public:
   // `params`: every named parameter in registration order, whole (as loaded). Nothing is freed
   // until adopt().
-  ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm);
+  ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm, bool prefetch = true);
   ParameterShards(const ParameterShards&) = delete;
   ParameterShards& operator=(const ParameterShards&) = delete;
 
@@ -61,10 +73,17 @@ class ParameterShards {
   // Bytes of this rank's rows of every parameter (padding included).
   std::int64_t shardBytes() const;
   std::size_t units() const { return plan_.units.size(); }
+  // Gathers that a prefetch had started (Note [prefetch]), and all gathers, so far.
+  std::int64_t prefetchedGathers() const { return prefetched_; }
+  std::int64_t gathers() const { return gathers_; }
 
  private:
-  void gather(std::size_t u, const char* pass);
+  enum Pass { kForward = 0, kBackward = 1 };
+  void gather(std::size_t u, Pass pass);
   void release(std::size_t u);
+  // Note [prefetch]: records that `u` is used now, then starts the gather of what follows it.
+  void used(std::size_t u, Pass pass);
+  void finishPrefetch();
 
   std::vector<std::pair<std::string, at::Tensor>> params_;
   Communicator& comm_;
@@ -74,6 +93,18 @@ class ParameterShards {
   std::vector<bool> whole_;                // per unit
   bool all_whole_ = true;                  // before adopt(), and after gatherAll()
   std::vector<std::array<std::string, 2>> tags_;  // per unit: forward and backward gather
+  // Note [prefetch]
+  bool prefetch_;
+  std::array<std::vector<long>, 2> next_;  // per pass, per unit: the unit used next (-1 unknown, -2 not one)
+  std::array<long, 2> last_{-1, -1};       // per pass: the unit used last
+  long first_unit_ = -1;                   // the first unit a forward uses
+  struct InFlight {
+    std::size_t unit;
+    at::Tensor all;
+    WorkPtr work;
+  };
+  std::unique_ptr<InFlight> in_flight_;
+  std::int64_t prefetched_ = 0, gathers_ = 0;
 };
 
 // Copies every rank's rows of a parameter from an all-gathered unit buffer (`world` blocks of

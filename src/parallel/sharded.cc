@@ -21,8 +21,8 @@ class Sharded final : public DataParallel {
  public:
   Sharded(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
           const DataParallelOptions& options)
-      : DataParallel(params, comm), shard_gradients_(options.shard != "optimizer") {
-    if (options.shard == "parameters") shards_ = std::make_unique<ParameterShards>(params, comm);
+      : DataParallel(params, comm), shard_gradients_(options.shard != "optimizer"), prefetch_(options.prefetch) {
+    if (options.shard == "parameters") shards_ = std::make_unique<ParameterShards>(params, comm, options.prefetch);
     std::vector<ShardParamInfo> infos;
     for (const auto& [name, p] : params_) {
       if (p.requires_grad() && (p.dim() == 0 || p.scalar_type() != at::kFloat))
@@ -192,8 +192,8 @@ class Sharded final : public DataParallel {
     if (shards_)
       return "dist.shard = parameters (ZeRO-3): each unit's parameters all-gathered before its forward and again "
              "before its backward, freed after each, gradients reduce-scattered, in " +
-             std::to_string(shards_->units()) + " unit(s) over " + std::to_string(comm_.size()) +
-             " rank(s); this rank holds " + std::to_string(shards_->shardBytes() / 4) + " parameter elements and updates " +
+             std::to_string(shards_->units()) + " unit(s) over " + std::to_string(comm_.size()) + " rank(s)" +
+             (prefetch_ ? ", the next unit's gather started while one computes" : "") + "; this rank holds " + std::to_string(shards_->shardBytes() / 4) + " parameter elements and updates " +
              std::to_string(owned_elements_) + " of the " + std::to_string(trainable_elements_) + " trainable ones";
     std::string what = shard_gradients_ ? "dist.shard = gradients (ZeRO-2): gradients reduce-scattered"
                                         : "dist.shard = optimizer (ZeRO-1): gradients all-reduced";
@@ -315,6 +315,7 @@ class Sharded final : public DataParallel {
   static constexpr std::size_t kInFlight = 2;
 
   bool shard_gradients_;
+  bool prefetch_;  // dist.prefetch (parameters only)
   ShardPlan plan_;
   std::vector<int> slot_of_;                 // per parameter: its optimizer slot, or -1 when frozen
   std::vector<std::int64_t> offset_of_;      // per parameter: element offset in its unit's buffer

@@ -19,6 +19,7 @@
 #include "train/checkpointing.h"
 #include "mpi_world.h"
 #include "parallel/data_parallel.h"
+#include "parallel/parameter_shards.h"
 #include "parallel/shard_plan.h"
 #include "util/error.h"
 
@@ -320,6 +321,34 @@ TEST(DataParallel, ParameterShardingLoadsOnlyItsRowsOfAModelFile) {
   }
   comm().barrier("test/read");
   if (comm().rank() == 0) ::unlink(path.c_str());
+}
+
+// Note [prefetch] in parallel/parameter_shards.h: after the first pass has shown the order of the
+// units, each unit's gather is started while the unit before it is in use, and every unit is
+// whole, with its own values, when it is used: the same values as gathering on use.
+TEST(DataParallel, PrefetchedUnitsArriveWholeWithTheirOwnValues) {
+  const Params reference = toyParams();
+  for (const bool prefetch : {false, true}) {
+    Params params;
+    for (const auto& [name, p] : reference) params.emplace_back(name, p.detach().clone());
+    ParameterShards shards(params, comm(), prefetch);
+    shards.adopt();
+    torch::NoGradGuard no_grad;
+    for (int pass = 0; pass < 3; ++pass)
+      for (std::size_t k = 0; k < params.size();) {
+        const std::string unit = unitOf(params[k].first);
+        shards.enter(unit);
+        for (; k < params.size() && unitOf(params[k].first) == unit; ++k)
+          ASSERT_TRUE(torch::equal(params[k].second, reference[k].second))
+              << params[k].first << ", pass " << pass << ", prefetch " << prefetch;
+        shards.leave(unit, torch::Tensor(), torch::Tensor(), false);
+      }
+    shards.afterBackward();
+    const std::int64_t units = static_cast<std::int64_t>(shards.units());
+    EXPECT_EQ(shards.gathers(), 3 * units);
+    // The first pass learns the order; each later one prefetches every unit but its first.
+    EXPECT_EQ(shards.prefetchedGathers(), prefetch ? 2 * (units - 1) : 0);
+  }
 }
 
 TEST(DataParallel, MismatchedShardPlansNameTheFirstDifferingParameter) {
