@@ -6,10 +6,10 @@
 # ratios from this one run; and the training time each checkpoint costs, synchronous and
 # checkpoint.async. Prints one JSON object.
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing);
-# "parameters+noprefetch" is ZeRO-3 with dist.prefetch = false (each gather waits for its use).
+# "parameters+prefetch" is ZeRO-3 with dist.prefetch = true (the next unit's gather started early).
 #   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
 #                                      MODES="none optimizer gradients parameters parameters+recompute
-#                                             parameters+noprefetch")
+#                                             parameters+prefetch")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAFT=$(realpath "${1:-build/launcher/graft}")
@@ -17,7 +17,7 @@ REPEATS=${REPEATS:-3}
 STEPS=${STEPS:-4}
 NPS=${NPS:-2 4}
 MODELS=${MODELS:-llama32m stories260k}
-MODES=${MODES:-none optimizer gradients parameters parameters+recompute parameters+noprefetch}
+MODES=${MODES:-none optimizer gradients parameters parameters+recompute parameters+prefetch}
 DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
@@ -37,7 +37,7 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
     ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
     --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%%+*}" \
     --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) \
-    --dist.prefetch=$([[ $mode == *+noprefetch ]] && echo false || echo true) 2>&1)
+    --dist.prefetch=$([[ $mode == *+prefetch ]] && echo true || echo auto) 2>&1)
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)

@@ -62,6 +62,10 @@ class Communicator {
   virtual int localRank() const = 0;
   virtual int localSize() const = 0;
   virtual std::string backend() const = 0;
+  // True when a started collective advances while the caller computes (NCCL on its own stream).
+  // MPI here advances only inside MPI calls (MPI_THREAD_FUNNELED, no progress thread), so work
+  // started early gains nothing on it: dist.prefetch = auto then stays off.
+  virtual bool progressesWhileComputing() const { return false; }
 
   // In place: every rank ends with the reduction of all ranks' `count` elements.
   virtual WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) = 0;

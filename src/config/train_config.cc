@@ -81,8 +81,9 @@ class OptionTable {
     add("dist.first_bucket_mb", c.first_bucket_mb, "first (last-layer) gradient bucket size (MiB)");
     add("dist.overlap", c.overlap, "start each bucket's all-reduce during backward as soon as it is ready");
     add("dist.prefetch", c.prefetch,
-        "dist.shard = parameters: start the all-gather of the unit that comes next while the current one computes "
-        "(the same results; false: each gather waits for its use)");
+        "dist.shard = parameters: start the all-gather of the unit that comes next while the current one computes: "
+        "true, false (each gather waits for its use) or auto (true where collectives progress during compute, as "
+        "NCCL's; false on MPI, where it only costs memory); the same results either way");
     add("dist.shard", c.shard,
         "who holds the optimizer state and gradients: none (every rank, all of it), optimizer (ZeRO-1: each rank "
         "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients), parameters "
@@ -244,6 +245,8 @@ void TrainConfig::validate(int world) const {
   need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
+  need(prefetch == "auto" || prefetch == "true" || prefetch == "false", "dist.prefetch",
+       "'" + prefetch + "' is not one of auto, true, false");
   need(shard == "none" || shard == "optimizer" || shard == "gradients" || shard == "parameters", "dist.shard",
        "'" + shard + "' is not one of none, optimizer, gradients, parameters");
 }

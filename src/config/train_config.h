@@ -52,7 +52,7 @@ struct TrainConfig {
   double slow_phase_timeout_s = 600;  // the same during set-up; the most a checkpoint write may take
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
-  bool prefetch = true;  // dist.shard = parameters: start the next unit's gather early
+  std::string prefetch = "auto";  // dist.shard = parameters: start the next unit's gather early (auto | true | false)
   std::string shard = "none";  // none | optimizer | gradients | parameters (parallel/data_parallel.h)
   // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`
   std::int64_t nan_from = 0, nan_count = 1;

@@ -99,7 +99,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
                              {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)),
                               static_cast<std::size_t>(c.bucket_mb * (1 << 20)), c.overlap},
                              {c.beta1, c.beta2, c.eps, c.weight_decay},
-                             c.prefetch})),
+                             c.prefetch == "true" || (c.prefetch == "auto" && comm_.progressesWhileComputing())})),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
         checkpoint_dir(c.run_dir + "/checkpoints"),
         metrics(c.run_dir, c.steps, c.log_every, classify, c.tensorboard, comm_.rank(), log) {}
