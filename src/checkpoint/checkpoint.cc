@@ -131,13 +131,24 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
 
 std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
                             const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors) {
-  makeDirectories(dir);
   const bool model_parts = static_cast<bool>(model_tensors.write);
-  requireSpace(dir, (model_parts ? model_tensors.bytes : modelBytes(model, state.transfer.adapterOnly())) + optimizer.bytes);
-  const std::string path = dir + "/" + checkpointName(state.step);
-  const std::string tmp = path + ".tmp";
+  const std::uint64_t bytes =
+      (model_parts ? model_tensors.bytes : modelBytes(model, state.transfer.adapterOnly())) + optimizer.bytes;
+  return completeCheckpoint(draftCheckpoint(dir, model, optimizer, schedule, state, model_tensors, bytes), {});
+}
+
+CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
+                                const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors,
+                                std::uint64_t bytes) {
+  makeDirectories(dir);
+  requireSpace(dir, bytes);
+  CheckpointDraft draft;
+  draft.path = dir + "/" + checkpointName(state.step);
+  draft.tmp = draft.path + ".tmp";
+  draft.step = state.step;
+  const bool model_parts = static_cast<bool>(model_tensors.write);
   try {
-    H5File file = H5File::create(tmp);
+    H5File file = H5File::create(draft.tmp);
     file.setAttr("/", "format", std::string("graft-checkpoint"));
     file.setAttr("/", "version", kCheckpointVersion);
     file.setAttr("/", "step", state.step);
@@ -154,17 +165,38 @@ std::string writeCheckpoint(const std::string& dir, Transformer& model, const Op
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
     file.writeTensor("/rng/torch_cpu", state.rng_states);
-    file.setAttr("/", "manifest", manifestOf(file));
-    file.setAttr("/", "complete", std::int64_t{1});
+    draft.entries = file.written();
     file.close();
-    publishFile(tmp, path);
   } catch (const Error& e) {
-    ::unlink(tmp.c_str());  // free the space; the previous checkpoints were not touched
+    ::unlink(draft.tmp.c_str());  // free the space; the previous checkpoints were not touched
     throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(state.step) +
                 " not written, earlier checkpoints are intact");
   }
-  verifyCheckpoint(path, /*parts_too=*/false);  // each part was verified by the rank that wrote it
-  return path;
+  return draft;
+}
+
+std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H5File::Written>& raw) {
+  std::string manifest, own;  // every tensor; those rank 0 wrote through HDF5 (not virtual, not raw)
+  try {
+    H5File file = H5File::openReadWrite(draft.tmp);
+    for (auto entry : draft.entries) {
+      const auto it = std::find_if(raw.begin(), raw.end(), [&](const H5File::Written& w) { return w.object == entry.object; });
+      if (it != raw.end()) entry = *it;
+      manifest += formatManifestLine({entry.object, entry.crc32, entry.bytes});
+      if (it == raw.end() && !file.isVirtual(entry.object)) own += formatManifestLine({entry.object, entry.crc32, entry.bytes});
+    }
+    file.setAttr("/", "manifest", manifest);
+    file.setAttr("/", "complete", std::int64_t{1});
+    file.close();
+    publishFile(draft.tmp, draft.path);
+  } catch (const Error& e) {
+    ::unlink(draft.tmp.c_str());
+    throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(draft.step) +
+                " not written, earlier checkpoints are intact");
+  }
+  // Read back what was written here; parts and raw rows were verified by the ranks that wrote them.
+  verifyTensors(H5File::openRead(draft.path), own, draft.path, /*skip_virtual=*/false);
+  return draft.path;
 }
 
 std::vector<std::string> completeCheckpoints(const std::string& dir) {

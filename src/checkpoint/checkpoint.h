@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/hdf5.h"
 #include "model/transfer.h"
 #include "model/transformer.h"
 #include "optim/adamw.h"
@@ -70,6 +71,25 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
 // ranks' parts; `model` then gives the attributes only).
 std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
                             const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors = {});
+
+// A checkpoint written in two steps, so that other ranks can write rows into it in between (a
+// sharded run's checkpoint in one file; train/checkpointing.cc). Rank 0 first drafts the
+// temporary file: everything writeCheckpoint writes but the bytes of the tensors its writers made
+// with H5File::createRawFloat32, and neither manifest nor complete. `bytes`: what the whole
+// checkpoint holds (for the free-space check).
+struct CheckpointDraft {
+  std::string path, tmp;                  // the checkpoint's name, and the temporary file being written
+  std::int64_t step = 0;
+  std::vector<H5File::Written> entries;   // every tensor in order, raw ones with crc32 and bytes 0
+};
+CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
+                                const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors,
+                                std::uint64_t bytes);
+// Rank 0, once the raw tensors' bytes are written and verified by their writers: their checksums
+// (`raw`, by object, combined from the writers'), the manifest and complete = 1, then temp ->
+// publish, and a read-back of what rank 0 wrote itself. Returns the checkpoint's path. On failure
+// the temporary file is removed and nothing older is touched.
+std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H5File::Written>& raw);
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
 // graft format attribute and complete=1; partial or foreign files are skipped).

@@ -98,6 +98,15 @@ H5File H5File::openRead(const std::string& path) {
   return H5File(id, path);
 }
 
+H5File H5File::openReadWrite(const std::string& path) {
+  const Hdf5Lock lock;
+  quiet();
+  if (!isHdf5(path)) throw InputError(path + ": not an HDF5 file (or missing)");
+  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  if (id < 0) throw Error(path + ": cannot open HDF5 file for writing");
+  return H5File(id, path);
+}
+
 bool H5File::isHdf5(const std::string& path) {
   const Hdf5Lock lock;
   std::ifstream in(path, std::ios::binary);
@@ -200,6 +209,26 @@ void H5File::writeTensor(const std::string& object, const at::Tensor& tensor) {
     throw Error(where(object) + ": write failed (disk full?)");
   const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
   written_.push_back({object, crc32(t.data_ptr(), bytes), static_cast<std::uint64_t>(bytes)});
+}
+
+std::uint64_t H5File::createRawFloat32(const std::string& object, const std::vector<std::int64_t>& shape) {
+  const Hdf5Lock lock;
+  ensureGroup(object.substr(0, object.find_last_of('/')));
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  if (H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS) < 0 || H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0 ||
+      H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER) < 0)
+    throw Error(where(object) + ": cannot set up a contiguous dataset");
+  Handle ds(H5Dcreate2(id_, object.c_str(), H5T_NATIVE_FLOAT, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+  if (!ds.ok()) throw Error(where(object) + ": cannot create dataset (disk full?)");
+  written_.push_back({object, 0, 0});
+  std::int64_t elements = 1;
+  for (const auto d : shape) elements *= d;
+  if (elements == 0) return 0;
+  const haddr_t offset = H5Dget_offset(ds.get());
+  if (offset == HADDR_UNDEF) throw Error(where(object) + ": the dataset has no file offset");
+  return static_cast<std::uint64_t>(offset);
 }
 
 void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,

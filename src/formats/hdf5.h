@@ -23,6 +23,8 @@ class H5File {
  public:
   static H5File create(const std::string& path);  // truncates
   static H5File openRead(const std::string& path);
+  // Opens an existing file to add to it (a checkpoint finished after its ranks wrote their rows).
+  static H5File openReadWrite(const std::string& path);
   // True when the file starts with the HDF5 signature.
   static bool isHdf5(const std::string& path);
 
@@ -64,6 +66,11 @@ class H5File {
     bool operator==(const Written& o) const { return object == o.object && crc32 == o.crc32 && bytes == o.bytes; }
   };
   const std::vector<Written>& written() const { return written_; }
+  // A float32 dataset of `shape` stored contiguously, its file space allocated now and never
+  // filled, whose bytes are written by others with pwrite at the returned file offset (a sharded
+  // checkpoint's ranks each write their own rows into the one file). written() lists it with
+  // crc32 and bytes 0: the writers know them. Returns 0 for a dataset without elements.
+  std::uint64_t createRawFloat32(const std::string& object, const std::vector<std::int64_t>& shape);
   at::Tensor readTensor(const std::string& object) const;
   // Rows [begin, end) of a dataset (dim 0; a 0-d dataset is one row): a sharded run's rank reads
   // only its own rows (parallel/shard_plan.h). InputError when the range is outside the dataset.

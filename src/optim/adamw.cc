@@ -135,6 +135,17 @@ void AdamW::saveIndex(H5File& file, const std::string& group,
   }
 }
 
+void AdamW::saveLayout(H5File& file, const std::string& group,
+                       const std::function<void(const std::string&, const std::vector<std::int64_t>&)>& create) const {
+  saveAttributes(file, group);
+  for (const Slot& s : slots_) {
+    const auto shape = s.whole() ? s.param.sizes().vec() : s.global_shape;
+    create(group + "/exp_avg/" + s.name, shape);
+    create(group + "/exp_avg_sq/" + s.name, shape);
+    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
+  }
+}
+
 void writeRowIndex(H5File& file, const std::string& object, const std::vector<std::int64_t>& global_shape,
                    const std::vector<AdamW::Part>& parts) {
   std::vector<H5File::RowSource> sources;

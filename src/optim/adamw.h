@@ -86,6 +86,12 @@ class AdamW {
   void saveIndex(H5File& file, const std::string& group,
                  const std::function<std::vector<Part>(std::size_t slot, const std::string& object)>& parts) const;
 
+  // Sharded checkpoints written into one file (train/checkpointing.cc): the attributes of save(),
+  // and each moment (GROUP/exp_avg/<name>, then GROUP/exp_avg_sq/<name>, slot by slot) made by
+  // `create(object, global_shape)` for the ranks to write their rows into.
+  void saveLayout(H5File& file, const std::string& group,
+                  const std::function<void(const std::string& object, const std::vector<std::int64_t>& shape)>& create) const;
+
  private:
   void saveAttributes(H5File& file, const std::string& group) const;
   std::vector<Slot> slots_;

@@ -1,14 +1,18 @@
 #include "train/checkpointing.h"
 
+#include <fcntl.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <chrono>
 #include <map>
 #include <thread>
 
 #include "checkpoint/manifest.h"
+#include "util/checksum.h"
 #include "formats/hdf5.h"
 #include "parallel/heartbeat.h"
 #include "parallel/shard_plan.h"
@@ -90,6 +94,100 @@ PartWriters indexWriters(std::shared_ptr<const std::vector<std::uint64_t>> all, 
                  }};
   }
   return out;
+}
+
+// Note [one file, every rank's rows]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A sharded run's synchronous checkpoint is one HDF5 file laid out as an unsharded run's (the
+// layout of docs/checkpoint-format.md, no part files, no index), and every rank writes its own
+// rows into it, at the same time:
+//   1. rank 0 drafts the file: everything but the rows of the sharded tensors, which it creates
+//      contiguous with their space allocated (H5File::createRawFloat32), and sends their offsets;
+//   2. every rank pwrites its rows of each at offset + first row x row bytes, fsyncs, reads them
+//      back and checks their CRC-32;
+//   3. the ranks' CRCs go to rank 0, which combines them in row order into each whole tensor's
+//      (crc32_combine: the checksum an unsharded write gives), writes the manifest and complete,
+//      and publishes the file (temp + fsync + rename).
+// Plain POSIX writes, not MPI-IO: they run on a helper thread beside the heartbeat (MPI is
+// initialised MPI_THREAD_FUNNELED, so collective MPI-IO there is not allowed), so a rank that
+// stalls while writing is still named, and any file system that shares files between the nodes
+// works. checkpoint.async keeps a part file per rank with an index: step 1 needs the ranks to
+// meet, and its helpers must not.
+struct RowWrite {
+  std::string object;
+  std::vector<std::int64_t> shape;  // the whole tensor's
+  std::int64_t row_begin = 0;
+  at::Tensor rows;
+};
+
+// This rank's rows of every tensor the file holds rows of, in the order rank 0 creates them (the
+// model's tensors, then each slot's two moments).
+std::vector<RowWrite> rowWrites(const AdamW& optimizer, const std::vector<AdamW::Rows>& model_rows) {
+  std::vector<RowWrite> out;
+  for (const auto& r : model_rows) out.push_back({"/model/" + r.name, r.global_shape, r.row_begin, r.rows});
+  for (const auto& s : optimizer.slots()) {
+    out.push_back({"/optimizer/exp_avg/" + s.name, s.global_shape, s.row_begin, s.exp_avg});
+    out.push_back({"/optimizer/exp_avg_sq/" + s.name, s.global_shape, s.row_begin, s.exp_avg_sq});
+  }
+  return out;
+}
+
+// Step 2: writes this rank's rows at their offsets in `tmp`, fsyncs, reads them back; returns
+// (crc32, bytes) per tensor. Local: no collective.
+std::vector<std::uint64_t> writeRowsOrThrow(const std::string& tmp, const std::vector<RowWrite>& writes,
+                                            const std::vector<std::uint64_t>& offsets) {
+  std::vector<std::uint64_t> sums;
+  std::vector<at::Tensor> contiguous;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(tmp + ": cannot open to write this rank's rows (" + std::strerror(errno) + ")");
+  std::vector<std::uint64_t> at(writes.size());
+  try {
+    for (std::size_t i = 0; i < writes.size(); ++i) {
+      contiguous.push_back(writes[i].rows.detach().cpu().contiguous());
+      const auto& t = contiguous.back();
+      const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * 4;
+      std::uint64_t row_bytes = 4;
+      for (std::size_t d = 1; d < writes[i].shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(writes[i].shape[d]);
+      at[i] = offsets[i] + row_bytes * static_cast<std::uint64_t>(writes[i].row_begin);
+      const char* data = static_cast<const char*>(t.data_ptr());
+      for (std::uint64_t done = 0; done < bytes;) {
+        const ssize_t n = ::pwrite(fd, data + done, bytes - done, static_cast<off_t>(at[i] + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+          throw Error(tmp + ": writing the rows of " + writes[i].object + " failed (" +
+                      (n < 0 ? std::strerror(errno) : "nothing written") + "; disk full?)");
+        done += static_cast<std::uint64_t>(n);
+      }
+      sums.push_back(crc32(data, bytes));
+      sums.push_back(bytes);
+    }
+    if (::fsync(fd) != 0) throw Error(tmp + ": fsync failed (" + std::string(std::strerror(errno)) + ")");
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  const ReadOnlyFile back = ReadOnlyFile::open(tmp);  // read back, as every checkpoint is
+  std::string buffer;
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    buffer.resize(static_cast<std::size_t>(sums[2 * i + 1]));
+    back.readAt(at[i], buffer.data(), buffer.size());
+    if (crc32(buffer.data(), buffer.size()) != sums[2 * i])
+      throw Error(tmp + ": this rank's rows of " + writes[i].object + " read back differently from what was written");
+  }
+  return sums;
+}
+
+// writeRowsOrThrow; on failure the temporary file goes (the checkpoint cannot complete; its space
+// is freed) and the error says that the earlier checkpoints are intact.
+std::vector<std::uint64_t> writeRows(const std::string& tmp, const std::vector<RowWrite>& writes,
+                                     const std::vector<std::uint64_t>& offsets) {
+  try {
+    return writeRowsOrThrow(tmp, writes, offsets);
+  } catch (const Error& e) {
+    ::unlink(tmp.c_str());
+    throw Error(std::string(e.what()) + "; checkpoint not written, earlier checkpoints are intact");
+  }
 }
 
 }  // namespace
@@ -222,23 +320,82 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const std::string dir = c.run_dir + "/checkpoints";
   auto path = std::make_shared<std::string>();
   // dist.shard = parameters: each rank's rows of the model's tensors (those the checkpoint holds)
-  // go into its part too, and the checkpoint maps them; nobody gathers the whole model.
+  // go into the file beside its rows of the optimizer state; nobody gathers the whole model.
   const auto model_rows = modelRows(c, model, dp);
-  // Sharded: every rank writes its rows first (collective); rank 0's file then maps them.
-  const PartWriters parts = dp.shardsOptimizer()
-                                ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s)
-                                : PartWriters{wholeOptimizer(dp.sharedOptimizer()), {}};
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
-  if (comm.rank() == 0)
+  if (dp.shardsOptimizer()) {  // Note [one file, every rank's rows]
+    const auto optimizer = dp.sharedOptimizer();
+    const auto writes = std::make_shared<std::vector<RowWrite>>(
+        rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));
+    auto draft = std::make_shared<CheckpointDraft>();
+    auto offsets = std::make_shared<std::vector<std::uint64_t>>(writes->size());
+    std::function<void()> lay_out;
+    if (comm.rank() == 0)
+      lay_out = [dir, model, optimizer, writes, schedule, state, draft, offsets, model_rows,
+                 delay = c.slow_checkpoint_s]() mutable {
+        torch::NoGradGuard no_grad;  // grad mode is per thread
+        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+        std::vector<std::string> objects;
+        auto create = [&](H5File& file, const std::string& object, const std::vector<std::int64_t>& shape) {
+          if (objects.size() >= offsets->size() || (*writes)[objects.size()].object != object)
+            throw Error("checkpoint layout: tensor " + std::to_string(objects.size()) + " is " + object +
+                        ", which the ranks do not write there");
+          offsets->at(objects.size()) = file.createRawFloat32(object, shape);
+          objects.push_back(object);
+        };
+        GroupWriter model_layout;
+        if (model_rows)
+          model_layout.write = [&](H5File& file) {
+            for (const auto& r : *model_rows) create(file, "/model/" + r.name, r.global_shape);
+          };
+        const OptimizerWriter optimizer_layout{0, [&](H5File& file) {
+                                                 optimizer->saveLayout(file, "/optimizer", [&](const std::string& o, const std::vector<std::int64_t>& shape) {
+                                                   create(file, o, shape);
+                                                 });
+                                               }};
+        std::uint64_t total = optimizer->stateBytes();
+        for (const auto& p : model->named_parameters()) total += static_cast<std::uint64_t>(p.value().numel()) * 4;
+        *draft = draftCheckpoint(dir, model, optimizer_layout, schedule, state, model_layout, total);
+      };
+    runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
+                     " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
+    comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
+    const std::string tmp = dir + "/" + checkpointName(step) + ".tmp";
+    auto sums = std::make_shared<std::vector<std::uint64_t>>();
+    runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s,
+                     "this rank's rows of checkpoint " + std::to_string(step) + " in " + tmp,
+                     " (a stalled file system?); earlier checkpoints are intact",
+                     [tmp, writes, offsets, sums] { *sums = writeRows(tmp, *writes, *offsets); });
+    auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
+    comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
+    if (comm.rank() == 0)
+      write = [draft, writes, all, world = comm.size(), keep = c.keep_last, step, path] {
+        std::vector<H5File::Written> raw;
+        const std::size_t per_rank = all->size() / static_cast<std::size_t>(world);
+        for (std::size_t i = 0; i < writes->size(); ++i) {
+          H5File::Written whole{(*writes)[i].object, crc32(nullptr, 0), 0};
+          for (int r = 0; r < world; ++r) {  // ranks hold consecutive rows, in rank order
+            const std::size_t at = static_cast<std::size_t>(r) * per_rank + 2 * i;
+            whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>((*all)[at]), (*all)[at + 1]);
+            whole.bytes += (*all)[at + 1];
+          }
+          raw.push_back(whole);
+        }
+        *path = completeCheckpoint(*draft, raw);
+        pruneCheckpoints(draft->path.substr(0, draft->path.rfind('/')), keep, step);
+      };
+  } else if (comm.rank() == 0) {
+    const OptimizerWriter optimizer = wholeOptimizer(dp.sharedOptimizer());
     // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
     // caller only on the way to exiting after an error.
-    write = [dir, model, parts, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
+    write = [dir, model, optimizer, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
       torch::NoGradGuard no_grad;  // grad mode is per thread
       if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-      *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
+      *path = writeCheckpoint(dir, model, optimizer, schedule, state);
       pruneCheckpoints(dir, keep, state.step);
     };
+  }
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));
   if (comm.rank() == 0)

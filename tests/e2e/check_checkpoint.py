@@ -1,9 +1,11 @@
 """Reads a graft checkpoint with h5py (not through graft) and checks the layout documented in
-docs/checkpoint-format.md; then runs the independent PyTorch forward of llama2c_reference.py on
-its /model weights.
+docs/checkpoint-format.md and every manifest line against zlib's CRC-32 of the tensor's bytes (a
+sharded run's checksums are combined from its ranks' rows); then runs the independent PyTorch
+forward of llama2c_reference.py on its /model weights.
 usage: check_checkpoint.py CKPT.h5 STEP WORLD_SIZE "ids"   prints: loss <mean cross-entropy>"""
 import os
 import sys
+import zlib
 
 import h5py
 import numpy as np
@@ -30,6 +32,15 @@ def main():
         fail("step/world_size %s/%s" % (a["step"], a["world_size"]))
     if "[train]" not in text(a["config"]):
         fail("config attribute lacks [train]")
+    listed = 0
+    for line in text(a["manifest"]).splitlines():
+        obj, crc, size = line.rsplit(" ", 2)
+        data = np.ascontiguousarray(f[obj][()]).tobytes()
+        if len(data) != int(size) or zlib.crc32(data) != int(crc):
+            fail("manifest line %r: the tensor has %d bytes, CRC-32 %d" % (line, len(data), zlib.crc32(data)))
+        listed += 1
+    if listed < 3:
+        fail("manifest lists %d tensors" % listed)
     m = f["model"]
     L, dim, hidden = int(m.attrs["n_layers"]), int(m.attrs["dim"]), int(m.attrs["hidden_dim"])
     heads, kv, vocab = int(m.attrs["n_heads"]), int(m.attrs["n_kv_heads"]), int(m.attrs["vocab_size"])

@@ -373,12 +373,13 @@ TEST(Reliability, ARankStalledDuringACheckpointWriteIsNamedWithinTheTimeout) {
     EXPECT_EQ(s.log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << s.log;
     EXPECT_LT(s.seconds, kNamedWithinSeconds) << s.log;
   }
-  // The same in a sharded run, whose ranks first wrote their parts of the optimizer state.
+  // The same in a sharded run, stalled while rank 0 lays out the one file that every rank then
+  // writes its rows into (Note [one file, every rank's rows]).
   const std::string dir = freshDir("stall_ckpt_sharded");
   const auto s = stallRank(dir, configIn(dir, "[dist]\ntimeout_s = 3\nshard = gradients\n"),
                            "--train.steps=100000 --checkpoint.every=2 --train.log_every=1 --debug.slow_checkpoint_s=40",
                            "step 2/", 1, true);
-  expectNamed(s, "ckpt/write", 1);
+  expectNamed(s, "ckpt/layout", 1);
   EXPECT_EQ(s.log.find("checkpoint: "), std::string::npos) << "the write finished before the stall was noticed\n" << s.log;
   EXPECT_LT(s.seconds, kNamedWithinSeconds) << s.log;
 }

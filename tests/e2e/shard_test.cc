@@ -99,6 +99,18 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       // ZeRO-3 builds the model without memory and each rank reads its own rows of the file.
       EXPECT_EQ(r.output.find("each rank reads only its rows") != std::string::npos, mode == "parameters") << r.output;
     }
+    // A sharded checkpoint is one file, as an unsharded one (Note [one file, every rank's rows]):
+    // no parts, no virtual datasets; h5py reads it and zlib's CRC-32 of every tensor is the
+    // manifest's, each combined from the ranks' rows (at 3 ranks, uneven ones).
+    for (const std::string mode : {"gradients", "parameters"}) {
+      const std::string ckpt = finalCheckpoint(base + "/" + mode);
+      EXPECT_FALSE(H5File::openRead(ckpt).isVirtual("/optimizer/exp_avg/tok_embeddings.weight")) << ckpt;
+      const auto files = run("ls " + base + "/" + mode + "/checkpoints");
+      EXPECT_EQ(files.output.find(".part-"), std::string::npos) << files.output;
+      const auto check = run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/check_checkpoint.py " + ckpt +
+                             " 6 " + std::to_string(np) + " '1 403 407 261 378 429 271 260 301'");
+      EXPECT_EQ(check.code, 0) << mode << " at np " << np << ": " << check.output;
+    }
     expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/parameters", np <= 2 ? 0 : 1e-6, "parameters at np " + std::to_string(np));
