@@ -6,7 +6,8 @@
 # ratios from this one run; and the training time each checkpoint costs, synchronous and
 # checkpoint.async. Prints one JSON object.
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing);
-# "parameters+prefetch" is ZeRO-3 with dist.prefetch = true (the next unit's gather started early).
+# "parameters+prefetch" is ZeRO-3 with dist.prefetch = true (the next unit's gather started early);
+# "<mode>+per_rank" writes checkpoints as one part file per rank (checkpoint.files = per_rank).
 #   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
 #                                      MODES="none optimizer gradients parameters parameters+recompute
 #                                             parameters+prefetch")
@@ -37,7 +38,8 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
     ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
     --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%%+*}" \
     --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) \
-    --dist.prefetch=$([[ $mode == *+prefetch ]] && echo true || echo auto) 2>&1)
+    --dist.prefetch=$([[ $mode == *+prefetch ]] && echo true || echo auto) \
+    --checkpoint.files=$([[ $mode == *+per_rank ]] && echo per_rank || echo one) 2>&1)
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)

@@ -98,6 +98,10 @@ class OptionTable {
     add("debug.stall_rank", c.stall_rank, "fault injection: the rank that debug.stall_at stops");
     add("checkpoint.every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
     add("checkpoint.keep_last", c.keep_last, "complete checkpoints to keep (0 = all)");
+    add("checkpoint.files", c.checkpoint_files,
+        "sharded runs (dist.shard), synchronous checkpoints: one (every rank writes its rows into the one checkpoint "
+        "file) or per_rank (each rank writes a part file beside it, which the checkpoint maps; faster where one "
+        "file's writes serialise); docs/sharding.md");
     add("checkpoint.async", c.checkpoint_async,
         "write checkpoints in the background: training pauses only to copy the state (host memory for one more "
         "copy of what this rank checkpoints), the next checkpoint and the end of the run wait for the previous");
@@ -245,6 +249,8 @@ void TrainConfig::validate(int world) const {
   need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
+  need(checkpoint_files == "one" || checkpoint_files == "per_rank", "checkpoint.files",
+       "'" + checkpoint_files + "' is not one of one, per_rank");
   need(prefetch == "auto" || prefetch == "true" || prefetch == "false", "dist.prefetch",
        "'" + prefetch + "' is not one of auto, true, false");
   need(shard == "none" || shard == "optimizer" || shard == "gradients" || shard == "parameters", "dist.shard",

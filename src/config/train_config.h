@@ -65,6 +65,7 @@ struct TrainConfig {
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;
   bool checkpoint_async = false;  // write checkpoints in the background (train/checkpointing.h)
+  std::string checkpoint_files = "one";  // sharded runs: one file every rank writes its rows into, or per_rank parts
 
   std::int64_t accumulation(int world) const { return batch_size / (micro_batch * world); }
   // Throws InputError naming the key when values do not fit `world` ranks.

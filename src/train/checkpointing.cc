@@ -324,7 +324,17 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto model_rows = modelRows(c, model, dp);
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
-  if (dp.shardsOptimizer()) {  // Note [one file, every rank's rows]
+  if (dp.shardsOptimizer() && c.checkpoint_files == "per_rank") {
+    // Every rank writes its rows into a part file first (collective); rank 0's file then maps them.
+    const PartWriters parts = writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s);
+    if (comm.rank() == 0)
+      write = [dir, model, parts, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
+        torch::NoGradGuard no_grad;  // grad mode is per thread
+        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+        *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
+        pruneCheckpoints(dir, keep, state.step);
+      };
+  } else if (dp.shardsOptimizer()) {  // Note [one file, every rank's rows]
     const auto optimizer = dp.sharedOptimizer();
     const auto writes = std::make_shared<std::vector<RowWrite>>(
         rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));

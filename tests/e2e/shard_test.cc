@@ -111,6 +111,12 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
                              " 6 " + std::to_string(np) + " '1 403 407 261 378 429 271 260 301'");
       EXPECT_EQ(check.code, 0) << mode << " at np " << np << ": " << check.output;
     }
+    if (np == 2) {  // checkpoint.files = per_rank: a part file per rank beside the checkpoint, the same bits
+      const auto r = train(2, base + "/per_rank", "parameters", "--checkpoint.files=per_rank");
+      ASSERT_EQ(r.code, 0) << r.output;
+      EXPECT_TRUE(H5File::openRead(finalCheckpoint(base + "/per_rank")).isVirtual("/optimizer/exp_avg/tok_embeddings.weight"));
+      expectSameRun(base + "/none", base + "/per_rank", 0, "parameters with checkpoint.files = per_rank");
+    }
     expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/parameters", np <= 2 ? 0 : 1e-6, "parameters at np " + std::to_string(np));
