@@ -61,7 +61,7 @@ for model in $MODELS; do
       rows+=("{\"model\": \"$model\", \"np\": $np, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
     done
     for mode in $MODES; do
-      [[ $mode == none ]] && continue
+      [[ $mode == none || " $MODES " != *" none "* ]] && continue  # ratios need none in MODES
       t="tps_${model}_${np}_${mode/+/_}" r="rss_${model}_${np}_${mode/+/_}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
       summary+=("\"${model}_np${np}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
     done

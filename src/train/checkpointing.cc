@@ -310,6 +310,85 @@ std::shared_ptr<std::vector<std::uint64_t>> sumsFromParts(const std::string& dir
   return all;
 }
 
+// Rank 0, step 1 of Note [one file, every rank's rows]: drafts the checkpoint with the tensors of
+// `writes` created where the ranks will write their rows; their offsets go to `offsets`, in order.
+CheckpointDraft layOut(const std::string& dir, Transformer model, const AdamW& optimizer, const std::vector<RowWrite>& writes,
+                       const std::vector<AdamW::Rows>* model_rows, const Schedule& schedule, const TrainingState& state,
+                       std::vector<std::uint64_t>& offsets) {
+  std::size_t made = 0;
+  auto create = [&](H5File& file, const std::string& object, const std::vector<std::int64_t>& shape) {
+    if (made >= writes.size() || writes[made].object != object)
+      throw Error("checkpoint layout: tensor " + std::to_string(made) + " is " + object + ", which the ranks do not write there");
+    offsets.at(made++) = file.createRawFloat32(object, shape);
+  };
+  GroupWriter model_layout;
+  if (model_rows)
+    model_layout.write = [&](H5File& file) {
+      for (const auto& r : *model_rows) create(file, "/model/" + r.name, r.global_shape);
+    };
+  const OptimizerWriter optimizer_layout{0, [&](H5File& file) {
+                                           optimizer.saveLayout(file, "/optimizer", [&](const std::string& object, const std::vector<std::int64_t>& shape) {
+                                             create(file, object, shape);
+                                           });
+                                         }};
+  std::uint64_t bytes = optimizer.stateBytes();  // what the finished file holds
+  for (const auto& p : model->named_parameters()) bytes += static_cast<std::uint64_t>(p.value().numel()) * 4;
+  return draftCheckpoint(dir, model, optimizer_layout, schedule, state, model_layout, bytes);
+}
+
+// Rank 0, step 3: each tensor's (crc32, bytes) from every rank's (`all`: rank after rank, two
+// numbers per tensor of `writes`), combined in row order.
+std::vector<H5File::Written> wholeSums(const std::vector<RowWrite>& writes, const std::vector<std::uint64_t>& all, int world) {
+  std::vector<H5File::Written> out;
+  const std::size_t per_rank = all.size() / static_cast<std::size_t>(world);
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    H5File::Written whole{writes[i].object, crc32(nullptr, 0), 0};
+    for (int r = 0; r < world; ++r) {  // ranks hold consecutive rows, in rank order
+      const std::size_t at = static_cast<std::size_t>(r) * per_rank + 2 * i;
+      whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>(all[at]), all[at + 1]);
+      whole.bytes += all[at + 1];
+    }
+    out.push_back(whole);
+  }
+  return out;
+}
+
+// Collective: steps 1 and 2 of Note [one file, every rank's rows], each beside a heartbeat.
+// Returns rank 0's step 3 (complete, publish and prune; it sets `path`), empty elsewhere.
+std::function<void()> writeRowsIntoOneFile(Communicator& comm, const TrainConfig& c, Transformer model,
+                                           std::shared_ptr<const AdamW> optimizer, const Schedule& schedule,
+                                           const TrainingState& state,
+                                           std::shared_ptr<const std::vector<AdamW::Rows>> model_rows,
+                                           std::shared_ptr<std::string> path) {
+  const std::string dir = c.run_dir + "/checkpoints", tmp = dir + "/" + checkpointName(state.step) + ".tmp";
+  const auto writes = std::make_shared<const std::vector<RowWrite>>(
+      rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));
+  auto draft = std::make_shared<CheckpointDraft>();
+  auto offsets = std::make_shared<std::vector<std::uint64_t>>(writes->size());
+  std::function<void()> lay_out;
+  if (comm.rank() == 0)
+    lay_out = [=, delay = c.slow_checkpoint_s] {
+      torch::NoGradGuard no_grad;  // grad mode is per thread
+      if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+      *draft = layOut(dir, model, *optimizer, *writes, model_rows.get(), schedule, state, *offsets);
+    };
+  const std::string step = std::to_string(state.step);
+  runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + step + " in " + dir,
+                   " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
+  comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
+  auto sums = std::make_shared<std::vector<std::uint64_t>>();
+  runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
+                   " (a stalled file system?); earlier checkpoints are intact",
+                   [tmp, writes, offsets, sums] { *sums = writeRows(tmp, *writes, *offsets); });
+  auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
+  comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
+  if (comm.rank() != 0) return {};
+  return [draft, writes, all, world = comm.size(), dir, keep = c.keep_last, step = state.step, path] {
+    *path = completeCheckpoint(*draft, wholeSums(*writes, *all, world));
+    pruneCheckpoints(dir, keep, step);
+  };
+}
+
 }  // namespace
 
 void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
@@ -324,87 +403,23 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto model_rows = modelRows(c, model, dp);
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
-  if (dp.shardsOptimizer() && c.checkpoint_files == "per_rank") {
-    // Every rank writes its rows into a part file first (collective); rank 0's file then maps them.
-    const PartWriters parts = writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s);
+  if (dp.shardsOptimizer() && c.checkpoint_files == "one") {
+    write = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path);
+  } else {
+    // checkpoint.files = per_rank: every rank writes its rows into a part file first (collective),
+    // and rank 0's file maps them. Unsharded: rank 0 writes every tensor itself.
+    const PartWriters parts = dp.shardsOptimizer()
+                                  ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s)
+                                  : PartWriters{wholeOptimizer(dp.sharedOptimizer()), {}};
     if (comm.rank() == 0)
+      // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
+      // caller only on the way to exiting after an error.
       write = [dir, model, parts, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
         torch::NoGradGuard no_grad;  // grad mode is per thread
         if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
         *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
         pruneCheckpoints(dir, keep, state.step);
       };
-  } else if (dp.shardsOptimizer()) {  // Note [one file, every rank's rows]
-    const auto optimizer = dp.sharedOptimizer();
-    const auto writes = std::make_shared<std::vector<RowWrite>>(
-        rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));
-    auto draft = std::make_shared<CheckpointDraft>();
-    auto offsets = std::make_shared<std::vector<std::uint64_t>>(writes->size());
-    std::function<void()> lay_out;
-    if (comm.rank() == 0)
-      lay_out = [dir, model, optimizer, writes, schedule, state, draft, offsets, model_rows,
-                 delay = c.slow_checkpoint_s]() mutable {
-        torch::NoGradGuard no_grad;  // grad mode is per thread
-        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-        std::vector<std::string> objects;
-        auto create = [&](H5File& file, const std::string& object, const std::vector<std::int64_t>& shape) {
-          if (objects.size() >= offsets->size() || (*writes)[objects.size()].object != object)
-            throw Error("checkpoint layout: tensor " + std::to_string(objects.size()) + " is " + object +
-                        ", which the ranks do not write there");
-          offsets->at(objects.size()) = file.createRawFloat32(object, shape);
-          objects.push_back(object);
-        };
-        GroupWriter model_layout;
-        if (model_rows)
-          model_layout.write = [&](H5File& file) {
-            for (const auto& r : *model_rows) create(file, "/model/" + r.name, r.global_shape);
-          };
-        const OptimizerWriter optimizer_layout{0, [&](H5File& file) {
-                                                 optimizer->saveLayout(file, "/optimizer", [&](const std::string& o, const std::vector<std::int64_t>& shape) {
-                                                   create(file, o, shape);
-                                                 });
-                                               }};
-        std::uint64_t total = optimizer->stateBytes();
-        for (const auto& p : model->named_parameters()) total += static_cast<std::uint64_t>(p.value().numel()) * 4;
-        *draft = draftCheckpoint(dir, model, optimizer_layout, schedule, state, model_layout, total);
-      };
-    runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
-                     " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
-    comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
-    const std::string tmp = dir + "/" + checkpointName(step) + ".tmp";
-    auto sums = std::make_shared<std::vector<std::uint64_t>>();
-    runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s,
-                     "this rank's rows of checkpoint " + std::to_string(step) + " in " + tmp,
-                     " (a stalled file system?); earlier checkpoints are intact",
-                     [tmp, writes, offsets, sums] { *sums = writeRows(tmp, *writes, *offsets); });
-    auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
-    comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
-    if (comm.rank() == 0)
-      write = [draft, writes, all, world = comm.size(), keep = c.keep_last, step, path] {
-        std::vector<H5File::Written> raw;
-        const std::size_t per_rank = all->size() / static_cast<std::size_t>(world);
-        for (std::size_t i = 0; i < writes->size(); ++i) {
-          H5File::Written whole{(*writes)[i].object, crc32(nullptr, 0), 0};
-          for (int r = 0; r < world; ++r) {  // ranks hold consecutive rows, in rank order
-            const std::size_t at = static_cast<std::size_t>(r) * per_rank + 2 * i;
-            whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>((*all)[at]), (*all)[at + 1]);
-            whole.bytes += (*all)[at + 1];
-          }
-          raw.push_back(whole);
-        }
-        *path = completeCheckpoint(*draft, raw);
-        pruneCheckpoints(draft->path.substr(0, draft->path.rfind('/')), keep, step);
-      };
-  } else if (comm.rank() == 0) {
-    const OptimizerWriter optimizer = wholeOptimizer(dp.sharedOptimizer());
-    // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
-    // caller only on the way to exiting after an error.
-    write = [dir, model, optimizer, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
-      torch::NoGradGuard no_grad;  // grad mode is per thread
-      if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-      *path = writeCheckpoint(dir, model, optimizer, schedule, state);
-      pruneCheckpoints(dir, keep, state.step);
-    };
   }
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));
