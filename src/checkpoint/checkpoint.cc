@@ -222,13 +222,8 @@ void readModelRows(const H5File& file, const std::vector<AdamW::Rows>& rows) {
   torch::NoGradGuard no_grad;
   for (const auto& r : rows) {
     const std::string object = "/model/" + r.name;
-    if (!file.exists(object)) {
-      if (adapter_only) continue;
-      throw InputError(file.path() + ": tensor " + r.name + " is missing");
-    }
-    if (file.shape(object) != r.global_shape || file.scalarType(object) != torch::kFloat)
-      throw InputError(file.path() + ": tensor " + r.name + " has shape " + c10::str(file.shape(object)) +
-                       ", the model expects " + c10::str(r.global_shape) + " Float");
+    if (adapter_only && !file.exists(object)) continue;
+    checkModelTensor(file, r.name, r.global_shape);
     if (r.rows.size(0) == 0) continue;
     r.rows.copy_(file.readRows(object, r.row_begin, r.row_begin + r.rows.size(0)).view(r.rows.sizes()));
   }

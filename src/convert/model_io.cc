@@ -131,15 +131,20 @@ void readModelWeights(const H5File& file, Transformer& model) {
   const bool adapter_only = file.hasAttr("/model", "adapter_only") && file.intAttr("/model", "adapter_only") != 0;
   for (auto& p : model->named_parameters()) {
     if (adapter_only && !p.value().requires_grad()) continue;
-    const std::string object = "/model/" + p.key();
-    if (!file.exists(object)) throw InputError(file.path() + ": tensor " + p.key() + " is missing");
-    auto t = file.readTensor(object);
-    if (t.sizes() != p.value().sizes() || t.scalar_type() != torch::kFloat)
-      throw InputError(file.path() + ": tensor " + p.key() + " has shape " + c10::str(t.sizes()) + " " +
-                       std::string(c10::toString(t.scalar_type())) + ", the model expects " +
-                       c10::str(p.value().sizes()) + " Float");
+    checkModelTensor(file, p.key(), p.value().sizes().vec());
+    auto t = file.readTensor("/model/" + p.key());
     p.value().copy_(t);
   }
+}
+
+void checkModelTensor(const H5File& file, const std::string& name, const std::vector<std::int64_t>& shape) {
+  const std::string object = "/model/" + name;
+  if (!file.exists(object)) throw InputError(file.path() + ": tensor " + name + " is missing");
+  const auto stored = file.shape(object);
+  if (stored != shape || file.scalarType(object) != at::kFloat)
+    throw InputError(file.path() + ": tensor " + name + " has shape " + c10::str(stored) + " " +
+                     std::string(c10::toString(file.scalarType(object))) + ", the model expects " + c10::str(shape) +
+                     " Float");
 }
 
 void writeTransferGroup(H5File& file, const TransferConfig& t, const std::string& base_model) {

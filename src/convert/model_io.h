@@ -29,6 +29,8 @@ ModelConfig readModelConfig(const H5File& file);
 // Copies /model tensors into `model`, checking names and shapes (errors name file and tensor). For an
 // adapter-only group, the model's trainable parameters (its adapters) are read.
 void readModelWeights(const H5File& file, Transformer& model);
+// InputError naming the file and tensor unless /model/<name> is a float32 dataset of `shape`.
+void checkModelTensor(const H5File& file, const std::string& name, const std::vector<std::int64_t>& shape);
 
 // /transfer: the flavour of an adapter-only checkpoint and the base model it adapts.
 void writeTransferGroup(H5File& file, const TransferConfig& transfer, const std::string& base_model);

@@ -26,15 +26,7 @@ void checkOut(const std::string& what, const std::string& name, std::int64_t beg
 class Hdf5Source final : public ModelSource {
  public:
   Hdf5Source(H5File file, ModelConfig c) : ModelSource(std::move(c), file.path()), file_(std::move(file)) {
-    for (const auto& [name, shape] : parameterShapes(config_)) {
-      const std::string object = "/model/" + name;
-      if (!file_.exists(object)) throw InputError(path_ + ": tensor " + name + " is missing");
-      const auto stored = file_.shape(object);
-      if (stored != shape || file_.scalarType(object) != at::kFloat)
-        throw InputError(path_ + ": tensor " + name + " has shape " + c10::str(stored) + " " +
-                         std::string(c10::toString(file_.scalarType(object))) + ", the model expects " + c10::str(shape) +
-                         " Float");
-    }
+    for (const auto& [name, shape] : parameterShapes(config_)) checkModelTensor(file_, name, shape);
   }
   void read(const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) const override {
     checkOut(path_, name, begin, end, out);

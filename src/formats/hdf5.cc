@@ -89,21 +89,16 @@ H5File H5File::create(const std::string& path) {
   return H5File(id, path);
 }
 
-H5File H5File::openRead(const std::string& path) {
-  const Hdf5Lock lock;
-  quiet();
-  if (!isHdf5(path)) throw InputError(path + ": not an HDF5 file (or missing)");
-  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (id < 0) throw InputError(path + ": cannot open HDF5 file (truncated or corrupt?)");
-  return H5File(id, path);
-}
+H5File H5File::openRead(const std::string& path) { return open(path, H5F_ACC_RDONLY); }
 
-H5File H5File::openReadWrite(const std::string& path) {
+H5File H5File::openReadWrite(const std::string& path) { return open(path, H5F_ACC_RDWR); }
+
+H5File H5File::open(const std::string& path, unsigned flags) {
   const Hdf5Lock lock;
   quiet();
   if (!isHdf5(path)) throw InputError(path + ": not an HDF5 file (or missing)");
-  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  if (id < 0) throw Error(path + ": cannot open HDF5 file for writing");
+  const hid_t id = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
+  if (id < 0) throw InputError(path + ": cannot open HDF5 file (truncated or corrupt?)");
   return H5File(id, path);
 }
 

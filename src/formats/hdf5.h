@@ -98,6 +98,7 @@ class H5File {
 
  private:
   H5File(hid_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  static H5File open(const std::string& path, unsigned flags);  // H5F_ACC_RDONLY or H5F_ACC_RDWR
   hid_t ensureGroup(const std::string& group);
   std::string where(const std::string& object) const;
   hid_t id_ = -1;

@@ -29,7 +29,7 @@ ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Te
     if (p.dim() == 0 || p.scalar_type() != at::kFloat)
       throw Error("dist.shard = parameters: parameter " + name + " must be a float32 tensor of at least one dimension");
     const auto& storage = *p.storage().unsafeGetStorageImpl();
-    const bool alone = storage.nbytes() == static_cast<std::size_t>(p.numel()) * p.element_size() || !hasMemory(p);
+    const bool alone = storage.nbytes() == static_cast<std::size_t>(p.numel()) * p.element_size() || storage.nbytes() == 0;
     if (!p.is_contiguous() || p.storage_offset() != 0 || !alone || !storages.insert(&storage).second)
       throw Error("dist.shard = parameters: parameter " + name +
                   " does not own its storage alone (a view or a shared tensor cannot be freed between uses)");
