@@ -17,6 +17,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace graft {
 
@@ -50,6 +51,30 @@ class Work {
 };
 using WorkPtr = std::unique_ptr<Work>;
 
+// An I/O error of a SharedFile (the file named in the message); not a failed communicator.
+class FileError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// An existing file that every rank writes its own byte ranges of at the same time: MPI-IO
+// collective writes on the MPI backend, plain pwrite where one rank is the world.
+class SharedFile {
+ public:
+  struct Piece {
+    std::uint64_t offset = 0;  // in the file
+    const void* data = nullptr;
+    std::uint64_t bytes = 0;
+  };
+  virtual ~SharedFile() = default;
+  // Collective over the ranks that opened the file, each with its own pieces (none is fine; pieces
+  // of different ranks must not overlap): writes them, flushes the file to storage and closes it.
+  // Runs on any one thread (MPI-IO has a communicator of its own: no other collective is
+  // disturbed, and the caller's thread may run the heartbeat meanwhile). Throws on an I/O error,
+  // naming the file.
+  virtual void writeAndClose(std::vector<Piece> pieces) = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -63,9 +88,14 @@ class Communicator {
   virtual int localSize() const = 0;
   virtual std::string backend() const = 0;
   // True when a started collective advances while the caller computes (NCCL on its own stream).
-  // MPI here advances only inside MPI calls (MPI_THREAD_FUNNELED, no progress thread), so work
+  // MPI here advances only inside MPI calls (the thread that called them; no progress thread), so work
   // started early gains nothing on it: dist.prefetch = auto then stays off.
   virtual bool progressesWhileComputing() const { return false; }
+
+  // Collective: opens the existing file at `path` for SharedFile writes by every rank. nullptr,
+  // with the reason in *why_not, where this communicator cannot (MPI without
+  // MPI_THREAD_MULTIPLE, no MPI-IO component, a file system that refuses): all ranks agree.
+  virtual std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) = 0;
 
   // In place: every rank ends with the reduction of all ranks' `count` elements.
   virtual WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) = 0;
@@ -109,6 +139,9 @@ class Communicator {
  private:
   std::chrono::milliseconds timeout_{60000};
 };
+
+// The SharedFile of a world of one rank: pwrite, fsync, close.
+std::unique_ptr<SharedFile> openPosixSharedFile(const std::string& path, std::string* why_not);
 
 // backend: "local" (one process; collectives are copies), "mpi" (initialises MPI if needed and
 // finalises it when destroyed), "nccl" (CUDA device buffers; needs a build with GRAFT_WITH_NCCL,

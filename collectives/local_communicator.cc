@@ -1,4 +1,8 @@
 // The world-size-1 backend: every collective is the identity (or a copy) and completes at once.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -22,6 +26,9 @@ class LocalCommunicator final : public Communicator {
   int localRank() const override { return 0; }
   int localSize() const override { return 1; }
   std::string backend() const override { return "local"; }
+  std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) override {
+    return openPosixSharedFile(path, why_not);
+  }
   WorkPtr allReduceAsync(void*, std::size_t, DType, ReduceOp, const char*) override { return done(); }
   WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp,
                              const char*) override {
@@ -46,6 +53,34 @@ class LocalCommunicator final : public Communicator {
   }
 };
 
+class PosixSharedFile final : public SharedFile {
+ public:
+  PosixSharedFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~PosixSharedFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void writeAndClose(std::vector<Piece> pieces) override {
+    for (const Piece& p : pieces) {
+      const char* data = static_cast<const char*>(p.data);
+      for (std::uint64_t done = 0; done < p.bytes;) {
+        const ssize_t n = ::pwrite(fd_, data + done, p.bytes - done, static_cast<off_t>(p.offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) fail(std::string("writing failed (") + (n < 0 ? std::strerror(errno) : "nothing written") + "; disk full?)");
+        done += static_cast<std::uint64_t>(n);
+      }
+    }
+    if (::fsync(fd_) != 0) fail(std::string("fsync failed (") + std::strerror(errno) + ")");
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail(std::string("close failed (") + std::strerror(errno) + ")");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const { throw FileError(path_ + ": " + what); }
+  std::string path_;
+  int fd_;
+};
+
 bool launchedAsSeveralRanks() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK"})
     if (const char* v = std::getenv(name); v && *v) return true;
@@ -53,6 +88,15 @@ bool launchedAsSeveralRanks() {
 }
 
 }  // namespace
+
+std::unique_ptr<SharedFile> openPosixSharedFile(const std::string& path, std::string* why_not) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *why_not = path + ": cannot open to write (" + std::strerror(errno) + ")";
+    return nullptr;
+  }
+  return std::make_unique<PosixSharedFile>(path, fd);
+}
 
 std::size_t sizeOf(DType type) {
   switch (type) {

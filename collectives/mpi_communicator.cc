@@ -85,7 +85,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Initialized(&initialised);
     if (!initialised) {
       int provided = 0;
-      if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
         throw CollectiveError("MPI_Init_thread failed (is this process started by mpirun or srun?)");
       owns_mpi_ = true;
     }
@@ -118,6 +118,7 @@ class MpiCommunicator final : public Communicator {
   int localRank() const override { return local_rank_; }
   int localSize() const override { return local_size_; }
   std::string backend() const override { return "mpi"; }
+  std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) override;
 
   // See Note [segmented all-reduce].
   WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
@@ -256,6 +257,92 @@ class MpiCommunicator final : public Communicator {
   std::uint64_t seq_ = 0;
   std::vector<Notice> outbox_;  // notices stay alive until the process ends
 };
+
+// Note [MPI-IO beside the heartbeat]: a SharedFile has its own duplicate of the communicator and
+// writes on the caller's helper thread while the main thread keeps the heartbeat's all-reduces
+// going on comm_: two threads in MPI at once, which needs MPI_THREAD_MULTIPLE (asked for at
+// MPI_Init_thread; where the library grants less, openSharedFile says so and returns nullptr).
+// All of a rank's pieces go in one collective write: a file view of its byte ranges, in file
+// order, and a memory type of the buffers' addresses, so MPI-IO (two-phase collective buffering)
+// sees the whole pattern at once.
+class MpiSharedFile final : public SharedFile {
+ public:
+  MpiSharedFile(std::string path, MPI_Comm comm, MPI_File file) : path_(std::move(path)), comm_(comm), file_(file) {}
+  ~MpiSharedFile() override {
+    // Not closed (an error on the way): the job is ending, and MPI_File_close is collective.
+    if (file_ == MPI_FILE_NULL && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  }
+
+  void writeAndClose(std::vector<Piece> pieces) override {
+    std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
+    constexpr std::uint64_t kMaxBlock = std::uint64_t{1} << 30;  // MPI block lengths are int
+    std::vector<int> lengths;
+    std::vector<MPI_Aint> at_file, at_memory;
+    for (const Piece& p : pieces)
+      for (std::uint64_t done = 0; done < p.bytes; done += kMaxBlock) {
+        lengths.push_back(static_cast<int>(std::min(kMaxBlock, p.bytes - done)));
+        at_file.push_back(static_cast<MPI_Aint>(p.offset + done));
+        MPI_Aint address = 0;
+        MPI_Get_address(static_cast<const char*>(p.data) + done, &address);
+        at_memory.push_back(address);
+      }
+    const int blocks = static_cast<int>(lengths.size());
+    MPI_Datatype in_file = MPI_DATATYPE_NULL, in_memory = MPI_DATATYPE_NULL;
+    check(MPI_Type_create_hindexed(blocks, lengths.data(), at_file.data(), MPI_BYTE, &in_file), "describing its byte ranges");
+    check(MPI_Type_create_hindexed(blocks, lengths.data(), at_memory.data(), MPI_BYTE, &in_memory), "describing its buffers");
+    MPI_Type_commit(&in_file);
+    MPI_Type_commit(&in_memory);
+    int rc = MPI_File_set_view(file_, 0, MPI_BYTE, in_file, "native", MPI_INFO_NULL);
+    if (rc == MPI_SUCCESS) rc = MPI_File_write_all(file_, MPI_BOTTOM, blocks > 0 ? 1 : 0, in_memory, MPI_STATUS_IGNORE);
+    MPI_Type_free(&in_file);
+    MPI_Type_free(&in_memory);
+    check(rc, "writing (disk full?)");
+    check(MPI_File_sync(file_), "flushing to storage");
+    check(MPI_File_close(&file_), "closing");
+    MPI_Comm_free(&comm_);
+  }
+
+ private:
+  void check(int rc, const char* what) const {
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    throw FileError(path_ + ": MPI-IO " + what + " failed: " + std::string(text, static_cast<std::size_t>(len)));
+  }
+
+  std::string path_;
+  MPI_Comm comm_;
+  MPI_File file_;
+};
+
+std::unique_ptr<SharedFile> MpiCommunicator::openSharedFile(const std::string& path, std::string* why_not) {
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  if (level < MPI_THREAD_MULTIPLE) {  // the same on every rank: one library, one request
+    *why_not = "this MPI library grants thread level " + std::to_string(level) + ", not MPI_THREAD_MULTIPLE (" +
+               std::to_string(MPI_THREAD_MULTIPLE) + "), which MPI-IO beside the heartbeat needs";
+    return nullptr;
+  }
+  MPI_Comm comm = MPI_COMM_NULL;
+  check(MPI_Comm_dup(comm_, &comm), "dup", "file/open", seq_);
+  MPI_File file = MPI_FILE_NULL;
+  const int rc = MPI_File_open(comm, path.c_str(), MPI_MODE_WRONLY, MPI_INFO_NULL, &file);
+  std::int32_t opened[2] = {rc == MPI_SUCCESS ? 1 : 0, rc == MPI_SUCCESS ? size_ : rank_};  // all opened; first that did not
+  check(MPI_Allreduce(MPI_IN_PLACE, opened, 2, MPI_INT32_T, MPI_MIN, comm), "allReduce", "file/open", seq_);
+  if (opened[0]) return std::make_unique<MpiSharedFile>(path, comm, file);
+  if (rc != MPI_SUCCESS) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    *why_not = "MPI-IO cannot open " + path + " on rank " + std::to_string(rank_) + ": " + std::string(text, static_cast<std::size_t>(len));
+  } else {
+    *why_not = "MPI-IO cannot open " + path + " on rank " + std::to_string(opened[1]);
+  }
+  // A handle opened here while another rank's open failed stays open: closing is collective.
+  if (file == MPI_FILE_NULL) MPI_Comm_free(&comm);
+  return nullptr;
+}
 
 MpiWork::~MpiWork() {
   // A non-blocking collective cannot be cancelled; finish it unless the communicator has failed.

@@ -1,5 +1,6 @@
-// MPI backend of Communicator (host buffers, non-blocking collectives). Initialises MPI
-// (MPI_THREAD_FUNNELED: call it from the thread that created it) unless the process already did,
+// MPI backend of Communicator (host buffers, non-blocking collectives). Initialises MPI (asking
+// for MPI_THREAD_MULTIPLE, for SharedFile writes on a helper thread: Note [MPI-IO beside the
+// heartbeat]; call the communicator itself from the thread that created it) unless the process already did,
 // works on duplicates of MPI_COMM_WORLD with MPI_ERRORS_RETURN so failures become
 // CollectiveError, and finalises MPI on destruction if it initialised it.
 //

@@ -78,6 +78,10 @@ class NcclCommunicator final : public Communicator {
   int localRank() const override { return bootstrap_->localRank(); }
   int localSize() const override { return bootstrap_->localSize(); }
   std::string backend() const override { return "nccl"; }
+  // Files are written from host memory: MPI-IO over the bootstrap communicator.
+  std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) override {
+    return bootstrap_->openSharedFile(path, why_not);
+  }
 
   WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
     return start("allReduce", tag, [&] { return ncclAllReduce(data, data, count, toNccl(type), toNccl(op), comm_, stream_); });

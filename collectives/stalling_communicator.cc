@@ -16,6 +16,9 @@ class StallingCommunicator final : public Communicator {
   int localRank() const override { return inner_->localRank(); }
   int localSize() const override { return inner_->localSize(); }
   std::string backend() const override { return inner_->backend(); }
+  std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) override {
+    return inner_->openSharedFile(path, why_not);
+  }
   WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
     stallAt(tag);
     return inner_->allReduceAsync(data, count, type, op, tag);

@@ -14,9 +14,9 @@
 
 namespace graft {
 
-// Starts the HDF5 library on this thread. A parallel HDF5 build makes MPI calls when it starts,
-// and MPI (initialised MPI_THREAD_FUNNELED) allows them on the main thread only: call this there
-// before helper threads touch HDF5 (parallel/heartbeat.h).
+// Starts the HDF5 library on this thread. A parallel HDF5 build makes MPI calls when it starts:
+// call this on the main thread, with the communicator's other calls, before helper threads touch
+// HDF5 (parallel/heartbeat.h).
 void initialiseHdf5();
 
 class H5File {

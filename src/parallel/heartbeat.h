@@ -24,7 +24,8 @@ namespace graft {
 // "<what> still not done after dist.slow_phase_timeout_s = N s<note>".
 //
 // Collective: every rank calls it, each with its own work (empty: nothing to do here). The work
-// must not touch the communicator (MPI is initialised MPI_THREAD_FUNNELED), and this thread does
+// must not touch the communicator (this thread is in it; a SharedFile, which has its own, may be
+// written there), and this thread does
 // nothing else until it returns. An exception from the work is rethrown at once, on this rank
 // (main() then aborts the job). The helper is joined once the work is over; only when this rank
 // gives up on it (a timeout, or a collective error meanwhile) is it left running: the process is

@@ -1,6 +1,5 @@
 #include "train/checkpointing.h"
 
-#include <fcntl.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -103,16 +102,18 @@ PartWriters indexWriters(std::shared_ptr<const std::vector<std::uint64_t>> all, 
 // rows into it, at the same time:
 //   1. rank 0 drafts the file: everything but the rows of the sharded tensors, which it creates
 //      contiguous with their space allocated (H5File::createRawFloat32), and sends their offsets;
-//   2. every rank pwrites its rows of each at offset + first row x row bytes, fsyncs, reads them
-//      back and checks their CRC-32;
+//   2. the ranks open the draft as a SharedFile (MPI-IO) and write, in one collective write each,
+//      their rows of every tensor at offset + first row x row bytes; the file is synced and closed,
+//      and every rank reads its rows back and checks their CRC-32;
 //   3. the ranks' CRCs go to rank 0, which combines them in row order into each whole tensor's
 //      (crc32_combine: the checksum an unsharded write gives), writes the manifest and complete,
 //      and publishes the file (temp + fsync + rename).
-// Plain POSIX writes, not MPI-IO: they run on a helper thread beside the heartbeat (MPI is
-// initialised MPI_THREAD_FUNNELED, so collective MPI-IO there is not allowed), so a rank that
-// stalls while writing is still named, and any file system that shares files between the nodes
-// works. checkpoint.async keeps a part file per rank with an index: step 1 needs the ranks to
-// meet, and its helpers must not.
+// Step 2 runs on a helper thread beside the heartbeat (the SharedFile has its own communicator:
+// Note [MPI-IO beside the heartbeat]), so a rank that stalls while writing is still named. Where
+// MPI-IO cannot open the file (no MPI_THREAD_MULTIPLE, no MPI-IO component, a file system that
+// refuses), the draft goes and the checkpoint is written as checkpoint.files = per_rank (a part
+// file per rank, mapped by rank 0's file), and the log says why. checkpoint.async keeps part files
+// too: step 1 needs the ranks to meet, and its helpers must not.
 struct RowWrite {
   std::string object;
   std::vector<std::int64_t> shape;  // the whole tensor's
@@ -132,46 +133,29 @@ std::vector<RowWrite> rowWrites(const AdamW& optimizer, const std::vector<AdamW:
   return out;
 }
 
-// Step 2: writes this rank's rows at their offsets in `tmp`, fsyncs, reads them back; returns
-// (crc32, bytes) per tensor. Local: no collective.
-std::vector<std::uint64_t> writeRowsOrThrow(const std::string& tmp, const std::vector<RowWrite>& writes,
+// Step 2, collective over `file`: writes this rank's rows at their offsets in `tmp` (flushed to
+// storage), reads them back; returns (crc32, bytes) per tensor.
+std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
                                             const std::vector<std::uint64_t>& offsets) {
   std::vector<std::uint64_t> sums;
   std::vector<at::Tensor> contiguous;
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(tmp + ": cannot open to write this rank's rows (" + std::strerror(errno) + ")");
-  std::vector<std::uint64_t> at(writes.size());
-  try {
-    for (std::size_t i = 0; i < writes.size(); ++i) {
-      contiguous.push_back(writes[i].rows.detach().cpu().contiguous());
-      const auto& t = contiguous.back();
-      const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * 4;
-      std::uint64_t row_bytes = 4;
-      for (std::size_t d = 1; d < writes[i].shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(writes[i].shape[d]);
-      at[i] = offsets[i] + row_bytes * static_cast<std::uint64_t>(writes[i].row_begin);
-      const char* data = static_cast<const char*>(t.data_ptr());
-      for (std::uint64_t done = 0; done < bytes;) {
-        const ssize_t n = ::pwrite(fd, data + done, bytes - done, static_cast<off_t>(at[i] + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0)
-          throw Error(tmp + ": writing the rows of " + writes[i].object + " failed (" +
-                      (n < 0 ? std::strerror(errno) : "nothing written") + "; disk full?)");
-        done += static_cast<std::uint64_t>(n);
-      }
-      sums.push_back(crc32(data, bytes));
-      sums.push_back(bytes);
-    }
-    if (::fsync(fd) != 0) throw Error(tmp + ": fsync failed (" + std::string(std::strerror(errno)) + ")");
-  } catch (...) {
-    ::close(fd);
-    throw;
+  std::vector<SharedFile::Piece> pieces;
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    contiguous.push_back(writes[i].rows.detach().cpu().contiguous());
+    const auto& t = contiguous.back();
+    std::uint64_t row_bytes = 4;
+    for (std::size_t d = 1; d < writes[i].shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(writes[i].shape[d]);
+    pieces.push_back({offsets[i] + row_bytes * static_cast<std::uint64_t>(writes[i].row_begin), t.data_ptr(),
+                      static_cast<std::uint64_t>(t.numel()) * 4});
+    sums.push_back(crc32(t.data_ptr(), pieces.back().bytes));
+    sums.push_back(pieces.back().bytes);
   }
-  ::close(fd);
+  file.writeAndClose(pieces);
   const ReadOnlyFile back = ReadOnlyFile::open(tmp);  // read back, as every checkpoint is
   std::string buffer;
   for (std::size_t i = 0; i < writes.size(); ++i) {
-    buffer.resize(static_cast<std::size_t>(sums[2 * i + 1]));
-    back.readAt(at[i], buffer.data(), buffer.size());
+    buffer.resize(static_cast<std::size_t>(pieces[i].bytes));
+    back.readAt(pieces[i].offset, buffer.data(), buffer.size());
     if (crc32(buffer.data(), buffer.size()) != sums[2 * i])
       throw Error(tmp + ": this rank's rows of " + writes[i].object + " read back differently from what was written");
   }
@@ -180,11 +164,11 @@ std::vector<std::uint64_t> writeRowsOrThrow(const std::string& tmp, const std::v
 
 // writeRowsOrThrow; on failure the temporary file goes (the checkpoint cannot complete; its space
 // is freed) and the error says that the earlier checkpoints are intact.
-std::vector<std::uint64_t> writeRows(const std::string& tmp, const std::vector<RowWrite>& writes,
+std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
                                      const std::vector<std::uint64_t>& offsets) {
   try {
-    return writeRowsOrThrow(tmp, writes, offsets);
-  } catch (const Error& e) {
+    return writeRowsOrThrow(file, tmp, writes, offsets);
+  } catch (const std::runtime_error& e) {  // Error, FileError
     ::unlink(tmp.c_str());
     throw Error(std::string(e.what()) + "; checkpoint not written, earlier checkpoints are intact");
   }
@@ -354,12 +338,14 @@ std::vector<H5File::Written> wholeSums(const std::vector<RowWrite>& writes, cons
 }
 
 // Collective: steps 1 and 2 of Note [one file, every rank's rows], each beside a heartbeat.
-// Returns rank 0's step 3 (complete, publish and prune; it sets `path`), empty elsewhere.
+// Returns rank 0's step 3 (complete, publish and prune; it sets `path`), empty elsewhere. Where
+// the ranks cannot share the file, returns empty everywhere with the reason in *why_not (the
+// draft is gone).
 std::function<void()> writeRowsIntoOneFile(Communicator& comm, const TrainConfig& c, Transformer model,
                                            std::shared_ptr<const AdamW> optimizer, const Schedule& schedule,
                                            const TrainingState& state,
                                            std::shared_ptr<const std::vector<AdamW::Rows>> model_rows,
-                                           std::shared_ptr<std::string> path) {
+                                           std::shared_ptr<std::string> path, std::string* why_not) {
   const std::string dir = c.run_dir + "/checkpoints", tmp = dir + "/" + checkpointName(state.step) + ".tmp";
   const auto writes = std::make_shared<const std::vector<RowWrite>>(
       rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));
@@ -376,10 +362,15 @@ std::function<void()> writeRowsIntoOneFile(Communicator& comm, const TrainConfig
   runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + step + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
   comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
+  std::shared_ptr<SharedFile> file = comm.openSharedFile(tmp, why_not);
+  if (!file) {
+    if (comm.rank() == 0) ::unlink(tmp.c_str());
+    return {};
+  }
   auto sums = std::make_shared<std::vector<std::uint64_t>>();
   runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
                    " (a stalled file system?); earlier checkpoints are intact",
-                   [tmp, writes, offsets, sums] { *sums = writeRows(tmp, *writes, *offsets); });
+                   [file, tmp, writes, offsets, sums] { *sums = writeRows(*file, tmp, *writes, *offsets); });
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
   comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
   if (comm.rank() != 0) return {};
@@ -403,9 +394,16 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto model_rows = modelRows(c, model, dp);
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
-  if (dp.shardsOptimizer() && c.checkpoint_files == "one") {
-    write = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path);
-  } else {
+  bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
+  std::string how;
+  if (one_file) {
+    std::string why_not;
+    write = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path, &why_not);
+    one_file = why_not.empty();
+    how = one_file ? "one file, " + std::to_string(comm.size()) + " ranks writing their rows"
+                   : "a part file per rank, since the ranks cannot write one file together: " + why_not;
+  }
+  if (!one_file) {
     // checkpoint.files = per_rank: every rank writes its rows into a part file first (collective),
     // and rank 0's file maps them. Unsharded: rank 0 writes every tensor itself.
     const PartWriters parts = dp.shardsOptimizer()
@@ -420,12 +418,13 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
         *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
         pruneCheckpoints(dir, keep, state.step);
       };
+    if (dp.shardsOptimizer() && how.empty()) how = "a part file per rank";
   }
   runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(write));
   if (comm.rank() == 0)
     log.main("checkpoint: " + *path + " (" + seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
-             " s)");
+             " s" + (how.empty() ? "" : "; " + how) + ")");
 }
 
 PendingCheckpoint::~PendingCheckpoint() = default;

@@ -98,6 +98,10 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       }
       // ZeRO-3 builds the model without memory and each rank reads its own rows of the file.
       EXPECT_EQ(r.output.find("each rank reads only its rows") != std::string::npos, mode == "parameters") << r.output;
+      // Sharded modes write one file together (MPI-IO), every rank its rows.
+      EXPECT_EQ(r.output.find("one file, " + std::to_string(np) + " ranks writing their rows") != std::string::npos,
+                mode != "none")
+          << r.output;
     }
     // A sharded checkpoint is one file, as an unsharded one (Note [one file, every rank's rows]):
     // no parts, no virtual datasets; h5py reads it and zlib's CRC-32 of every tensor is the
@@ -116,6 +120,18 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       ASSERT_EQ(r.code, 0) << r.output;
       EXPECT_TRUE(H5File::openRead(finalCheckpoint(base + "/per_rank")).isVirtual("/optimizer/exp_avg/tok_embeddings.weight"));
       expectSameRun(base + "/none", base + "/per_rank", 0, "parameters with checkpoint.files = per_rank");
+      // Without MPI-IO (Open MPI with its I/O components left out) the ranks cannot write one file
+      // together: the log says why, and the checkpoint is written as per_rank, with the same bits.
+      const std::string no_mpiio = base + "/no_mpiio";
+      std::ofstream(no_mpiio + ".ini") << config(no_mpiio);
+      const auto f = run("OMPI_MCA_io=^ompio,romio321 " + mpirun(2) + " " + graft() + " train --config " + no_mpiio +
+                         ".ini --dist.shard=parameters");
+      ASSERT_EQ(f.code, 0) << f.output;
+      EXPECT_NE(f.output.find("a part file per rank, since the ranks cannot write one file together: MPI-IO cannot open"),
+                std::string::npos)
+          << f.output;
+      EXPECT_TRUE(H5File::openRead(finalCheckpoint(no_mpiio)).isVirtual("/optimizer/exp_avg/tok_embeddings.weight"));
+      expectSameRun(base + "/none", no_mpiio, 0, "parameters without MPI-IO");
     }
     expectSameRun(base + "/none", base + "/gradients", np <= 2 ? 0 : 1e-6, "gradients at np " + std::to_string(np));
     expectSameRun(base + "/none", base + "/optimizer", 0, "optimizer at np " + std::to_string(np));

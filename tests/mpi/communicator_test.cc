@@ -76,3 +76,70 @@ TEST(Communicator, ReduceScatterGivesEachRankItsReducedBlock) {
 
 }  // namespace
 }  // namespace graft
+
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+
+namespace graft {
+namespace {
+
+// Every rank but the last writes interleaved blocks of one existing file (handed over in reverse
+// file order), on a helper thread while this thread keeps all-reducing, as a checkpoint's rows
+// are written beside the heartbeat; the file then holds each block's bytes and nothing else moved.
+TEST(Communicator, SharedFileTakesEveryRanksBlocksWhileCollectivesGoOn) {
+  const int n = comm().size(), r = comm().rank();
+  const std::size_t blocks_per_rank = 37, block = 4096 + 7, header = 16;
+  const std::size_t bytes = header + blocks_per_rank * static_cast<std::size_t>(n) * block + 5;
+  std::int64_t pid = ::getpid();
+  comm().broadcast(&pid, 1, 0, "test/pid");
+  const std::string path = "/tmp/graft_shared_file_" + std::to_string(pid);
+  if (r == 0) std::ofstream(path, std::ios::binary) << std::string(bytes, '.');
+  comm().barrier("test/created");
+
+  std::string why_not;
+  std::unique_ptr<SharedFile> file = comm().openSharedFile(path, &why_not);
+  ASSERT_TRUE(file) << why_not;
+  auto value = [&](std::size_t k, int rank) { return static_cast<char>('A' + (k * n + rank) % 26); };
+  std::vector<std::string> data;
+  std::vector<SharedFile::Piece> pieces;
+  if (r != n - 1)
+    for (std::size_t k = blocks_per_rank; k-- > 0;) data.push_back(std::string(block, value(k, r)));
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    const std::size_t k = blocks_per_rank - 1 - i;
+    pieces.push_back({header + (k * n + r) * block, data[i].data(), block});
+  }
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    file->writeAndClose(pieces);
+    done = true;
+  });
+  for (;;) {  // a heartbeat on the main communicator meanwhile
+    std::int32_t all_done = done ? 1 : 0;
+    comm().allReduce(&all_done, 1, ReduceOp::Min, "test/beat");
+    if (all_done) break;
+  }
+  writer.join();
+  comm().barrier("test/written");
+  if (r == 0) {
+    std::ifstream in(path, std::ios::binary);
+    const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_EQ(got.size(), bytes);
+    EXPECT_EQ(got.substr(0, header), std::string(header, '.'));
+    EXPECT_EQ(got.substr(bytes - 5), std::string(5, '.'));
+    for (std::size_t k = 0; k < blocks_per_rank; ++k)
+      for (int owner = 0; owner < n; ++owner) {
+        const char want = owner == n - 1 ? '.' : value(k, owner);
+        ASSERT_EQ(got.substr(header + (k * n + owner) * block, block), std::string(block, want)) << "block " << k << " of rank " << owner;
+      }
+    std::remove(path.c_str());
+  }
+  comm().barrier("test/checked");
+}
+
+}  // namespace
+}  // namespace graft
