@@ -43,7 +43,7 @@ run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpo
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)
-  ckpt=$(grep -o 'checkpoint: .* ([0-9.]* s)' <<<"$out" | grep -o '([0-9.]* s)' | tr -d '(s )')
+  ckpt=$(grep -o 'checkpoint: [^ ]* ([0-9.]* s' <<<"$out" | grep -o '([0-9.]* s' | tr -d '(s ')
   bytes=$(du -cb "$tmp/run/checkpoints/"*.h5 | tail -1 | cut -f1)
   echo "$tps $rss $ckpt $bytes"
 }

@@ -85,6 +85,10 @@ class MpiCommunicator final : public Communicator {
     MPI_Initialized(&initialised);
     if (!initialised) {
       int provided = 0;
+      // Open MPI's OMPIO ignores the hints of openSharedFile; its collective-buffering components
+      // (vulcan, the default) made a 386 MB checkpoint 2.8x slower here than each rank writing its
+      // own slabs (measured at 4 ranks). Only MPI-IO uses it; the user's setting wins.
+      setenv("OMPI_MCA_fcoll", "individual", /*overwrite=*/0);
       if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
         throw CollectiveError("MPI_Init_thread failed (is this process started by mpirun or srun?)");
       owns_mpi_ = true;
@@ -327,7 +331,14 @@ std::unique_ptr<SharedFile> MpiCommunicator::openSharedFile(const std::string& p
   MPI_Comm comm = MPI_COMM_NULL;
   check(MPI_Comm_dup(comm_, &comm), "dup", "file/open", seq_);
   MPI_File file = MPI_FILE_NULL;
-  const int rc = MPI_File_open(comm, path.c_str(), MPI_MODE_WRONLY, MPI_INFO_NULL, &file);
+  // Each rank's pieces are large row slabs: no collective buffering (aggregators would first move
+  // every byte between the ranks), each rank writes its own (Open MPI's OMPIO and ROMIO hints).
+  MPI_Info hints = MPI_INFO_NULL;
+  MPI_Info_create(&hints);
+  MPI_Info_set(hints, "collective_buffering", "false");
+  MPI_Info_set(hints, "romio_cb_write", "disable");
+  const int rc = MPI_File_open(comm, path.c_str(), MPI_MODE_WRONLY, hints, &file);
+  MPI_Info_free(&hints);
   std::int32_t opened[2] = {rc == MPI_SUCCESS ? 1 : 0, rc == MPI_SUCCESS ? size_ : rank_};  // all opened; first that did not
   check(MPI_Allreduce(MPI_IN_PLACE, opened, 2, MPI_INT32_T, MPI_MIN, comm), "allReduce", "file/open", seq_);
   if (opened[0]) return std::make_unique<MpiSharedFile>(path, comm, file);

@@ -228,14 +228,27 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
 }
 
 
-// This rank's rows of the model's tensors that the checkpoint holds (dist.shard = parameters),
-// else null: then rank 0 writes the model's tensors whole.
-std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transformer& model, DataParallel& dp) {
-  if (!dp.shardsParameters()) return nullptr;
+// This rank's rows of the model's tensors that the checkpoint holds: under dist.shard = parameters
+// the rows it holds; under optimizer or gradient sharding, for a one-file checkpoint
+// (`all_write_rows`), the same rows of its whole copy, so that the ranks share writing the model
+// as they share writing the optimizer state. Else null: rank 0 writes the model's tensors whole.
+std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transformer& model, DataParallel& dp,
+                                                    const Communicator& comm, bool all_write_rows) {
+  if (!dp.shardsParameters() && !all_write_rows) return nullptr;
   auto rows = std::make_shared<std::vector<AdamW::Rows>>();
   const bool adapter_only = c.transfer.adapterOnly();
-  for (auto& r : dp.parameterRows())
-    if (!adapter_only || model->named_parameters()[r.name].requires_grad()) rows->push_back(std::move(r));
+  if (dp.shardsParameters()) {
+    for (auto& r : dp.parameterRows())
+      if (!adapter_only || model->named_parameters()[r.name].requires_grad()) rows->push_back(std::move(r));
+    return rows;
+  }
+  for (const auto& p : model->named_parameters()) {
+    if (adapter_only && !p.value().requires_grad()) continue;
+    const at::Tensor& t = p.value();
+    if (t.dim() == 0) return nullptr;  // no rows to share out (no such parameter today)
+    const RowRange mine = shardRows(t.size(0), comm.rank(), comm.size());
+    rows->push_back({p.key(), t.detach().narrow(0, mine.begin, mine.size()), mine.begin, t.sizes().vec()});
+  }
   return rows;
 }
 
@@ -389,12 +402,12 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto start = std::chrono::steady_clock::now();
   const std::string dir = c.run_dir + "/checkpoints";
   auto path = std::make_shared<std::string>();
-  // dist.shard = parameters: each rank's rows of the model's tensors (those the checkpoint holds)
-  // go into the file beside its rows of the optimizer state; nobody gathers the whole model.
-  const auto model_rows = modelRows(c, model, dp);
+  bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
+  // Each rank's rows of the model's tensors (those the checkpoint holds) go into the file beside
+  // its rows of the optimizer state: under dist.shard = parameters nobody gathers the whole model.
+  const auto model_rows = modelRows(c, model, dp, comm, one_file);
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
-  bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
   std::string how;
   if (one_file) {
     std::string why_not;
@@ -445,7 +458,7 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   }
   const TrainingState state = snapshot(comm, c, step, counters);
   const auto optimizer = copyOf(dp.optimizer());
-  const auto rows = copyOf(modelRows(c, model, dp));
+  const auto rows = copyOf(modelRows(c, model, dp, comm, /*all_write_rows=*/false));
   const GroupWriter whole_model = !sharded && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
   path_ = std::make_shared<std::string>();
   step_ = step;

@@ -14,26 +14,36 @@ namespace graft {
 namespace {
 
 // Collective. Pooled features of every document of `data` under the frozen base: each rank pools
-// a contiguous share, micro-batch by micro-batch, beside a heartbeat (shares can take minutes and
-// differ in length), then all-gathers give every rank all of them. The helper owns what it reads.
+// a contiguous share, micro-batch by micro-batch (see prepareFeatureCache for where), then
+// all-gathers give every rank all of them. The helper owns what it reads.
 at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset> data, const TrainConfig& c,
-                           Communicator& comm, const char* pool_tag, const char* gather_tag) {
+                           Communicator& comm, const char* pool_tag, const char* gather_tag, bool collective_forward) {
   const std::int64_t n = data->numDocuments(), world = comm.size(), share = (n + world - 1) / world;
   const std::int64_t begin = std::min(n, comm.rank() * share), end = std::min(n, begin + share);
   const std::int64_t dim = model->config().dim;
   auto mine = std::make_shared<torch::Tensor>(torch::zeros({share, dim}));
   model->eval();
-  runWithHeartbeat(comm, pool_tag, c.slow_phase_timeout_s, "pooling features of " + c.data_path, "",
-                   [model, data, mine, begin, end, micro = c.micro_batch, seq_len = c.seq_len]() mutable {
-                     torch::NoGradGuard no_grad;  // grad mode is per thread
-                     for (std::int64_t at = begin; at < end; at += micro) {
-                       std::vector<std::int64_t> part;
-                       for (std::int64_t i = at; i < std::min(at + micro, end); ++i) part.push_back(i);
-                       const auto b = documentBatch(*data, part, seq_len);
-                       mine->narrow(0, at - begin, static_cast<std::int64_t>(part.size()))
-                           .copy_(model->pool(model->hidden(b.ids), b.lengths));
-                     }
-                   });
+  // Pools documents [begin + from, begin + to) of the share, micro-batch by micro-batch; a
+  // micro-batch past `end` pools document 0 instead and keeps nothing (collective forwards only).
+  auto pool = [model, data, mine, begin, end, micro = c.micro_batch, seq_len = c.seq_len](std::int64_t from, std::int64_t to) mutable {
+    torch::NoGradGuard no_grad;  // grad mode is per thread
+    for (std::int64_t at = begin + from; at < begin + to; at += micro) {
+      std::vector<std::int64_t> part;
+      for (std::int64_t i = at; i < std::min(at + micro, end); ++i) part.push_back(i);
+      if (part.empty()) {
+        model->hidden(documentBatch(*data, {0}, seq_len).ids);  // the units' gathers, as the other ranks'
+        continue;
+      }
+      const auto b = documentBatch(*data, part, seq_len);
+      mine->narrow(0, at - begin, static_cast<std::int64_t>(part.size())).copy_(model->pool(model->hidden(b.ids), b.lengths));
+    }
+  };
+  if (collective_forward) {
+    pool(0, share);  // every rank share / micro passes: each gathers the same units
+  } else {
+    runWithHeartbeat(comm, pool_tag, c.slow_phase_timeout_s, "pooling features of " + c.data_path, "",
+                     [pool, count = end - begin]() mutable { pool(0, count); });
+  }
   model->train();
   // In chunks of at most 1 GiB per rank (MPI counts are ints).
   auto all = torch::empty({world * share, dim});
@@ -52,7 +62,7 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
 
 FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenDataset> train,
                                  std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
-                                 Logger& log) {
+                                 Logger& log, bool collective_forward) {
   FeatureCache out;
   if (!c.transfer.cache_features) return out;
   const std::string path = c.run_dir + "/features.h5";
@@ -77,8 +87,8 @@ FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenD
     return out;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  out.train = computeFeatures(model, train, c, comm, "features/pool_train", "features/train");
-  out.val = computeFeatures(model, val, c, comm, "features/pool_val", "features/val");
+  out.train = computeFeatures(model, train, c, comm, "features/pool_train", "features/train", collective_forward);
+  out.val = computeFeatures(model, val, c, comm, "features/pool_val", "features/val", collective_forward);
   std::function<void()> write;
   if (comm.rank() == 0)
     write = [path, key, train = out.train, val = out.val] {

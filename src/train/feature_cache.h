@@ -20,10 +20,14 @@ struct FeatureCache {
 };
 
 // Collective. Reuses RUN_DIR/features.h5 when every rank can read it and it matches this model and
-// dataset; else each rank pools a contiguous share of the documents beside a heartbeat (Note
-// [heartbeat]), all-gathers give every rank all of them, and rank 0 writes the file (temp + rename).
+// dataset; else each rank pools a contiguous share of the documents, all-gathers give every rank
+// all of them, and rank 0 writes the file (temp + rename). `collective_forward`: the model's
+// forward is itself collective (dist.shard = parameters, each unit gathered as it runs), so the
+// ranks pool on this thread, all the same number of micro-batches (a short share pads with
+// passes whose features are dropped); otherwise the pooling runs beside a heartbeat (Note
+// [heartbeat]), as shares can take minutes and differ in length.
 FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenDataset> train,
                                  std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
-                                 Logger& log);
+                                 Logger& log, bool collective_forward);
 
 }  // namespace graft

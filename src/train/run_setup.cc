@@ -62,11 +62,10 @@ Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
 }
 
 // Under dist.shard = parameters the model is built without memory and each rank reads its own rows
-// later, so that no rank ever holds the whole base; cached features need the whole base (they
-// are computed before sharding), and an adapter-only checkpoint is its base plus adapters, so
-// those load whole.
+// later, so that no rank ever holds the whole base; an adapter-only checkpoint is its base plus
+// adapters, so it loads whole.
 Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
-  const bool by_rows = c.shard == "parameters" && !c.transfer.cache_features;
+  const bool by_rows = c.shard == "parameters";
   if (!c.model_path.empty()) {
     std::shared_ptr<const ModelSource> source = by_rows ? openModelSource(c.model_path) : nullptr;
     if (by_rows && !source) log.main("model: " + c.model_path + " is adapter-only: loaded whole on every rank, then sharded");

@@ -268,8 +268,9 @@ TrainResult Trainer::run() {
     }
     s.metrics.begin(start, c.resolved());
     if (s.comm.rank() == 0) journalStart(c, start, resumed.checkpoint, s.comm.size());
-    // The frozen base's features are computed from the whole parameters, before they are sharded.
-    s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log);
+    // The frozen base's features: through the gathered units where each rank holds only its rows,
+    // else from the whole parameters before they are sharded.
+    s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log, /*collective_forward=*/s.model_rows != nullptr);
     s.model->setRecompute(c.recompute);
     if (s.dp->shardsParameters() && !s.model_rows) {  // from here on each rank keeps only its rows between uses
       s.dp->keepOwnRows();

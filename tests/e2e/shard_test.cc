@@ -158,6 +158,17 @@ TEST(Sharding, ParameterShardingGivesTheReplicatedRunForEveryFlavour) {
     }
     expectSameRun(base + "/" + name + "_none", base + "/" + name + "_parameters", 0, name);
   }
+  // Cached features under ZeRO-3 come from the gathered units, each rank holding only its rows;
+  // at 3 ranks the shares are uneven (a short share pads with passes whose features are
+  // dropped). One document per micro-batch: the same features as the replicated 2-rank run's.
+  const std::string cached = base + "/classify_cached_features_parameters_np3";
+  const auto r = train(3, cached, "parameters", flavours.back().second);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("each rank reads only its rows"), std::string::npos) << r.output;
+  auto replicated = H5File::openRead(base + "/classify_cached_features_none/features.h5"),
+       sharded = H5File::openRead(cached + "/features.h5");
+  for (const std::string set : {"/train", "/val"})
+    EXPECT_TRUE(torch::equal(replicated.readTensor(set), sharded.readTensor(set))) << set;
 }
 
 // train.recompute runs each block's forward again in backward instead of keeping its activations:
