@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "convert/model_io.h"
+#include "formats/hdf5.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
 
@@ -62,14 +63,20 @@ Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
 }
 
 // Under dist.shard = parameters the model is built without memory and each rank reads its own rows
-// later, so that no rank ever holds the whole base; an adapter-only checkpoint is its base plus
-// adapters, so it loads whole.
+// later, so that no rank ever holds the whole base.
 Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
   const bool by_rows = c.shard == "parameters";
   if (!c.model_path.empty()) {
-    std::shared_ptr<const ModelSource> source = by_rows ? openModelSource(c.model_path) : nullptr;
-    if (by_rows && !source) log.main("model: " + c.model_path + " is adapter-only: loaded whole on every rank, then sharded");
-    auto model = source ? modelWithoutMemory(source->config()) : loadModel(c.model_path);
+    std::shared_ptr<const ModelSource> source = openModelSource(c.model_path);
+    if (!source) {  // adapters without their base: training on top of them again has no single meaning
+      std::string base;
+      const TransferConfig t = readTransferGroup(H5File::openRead(c.model_path), base);
+      throw InputError("model.path " + c.model_path + " holds only " + t.mode + " adapters of " + base +
+                       "; graft train starts from a whole model: merge them first (graft export --model " +
+                       c.model_path + " --format graft --out merged.h5, then model.path = merged.h5), or resume "
+                       "the run that wrote it by training again in its run.dir");
+    }
+    auto model = by_rows ? modelWithoutMemory(source->config()) : loadWhole(*source);
     // Hugging Face models often pad their vocabulary past the tokenizer's: fewer ids in the data is fine.
     if (model->config().vocab_size < vocab_size)
       throw InputError(c.model_path + ": model vocabulary " + std::to_string(model->config().vocab_size) +
@@ -79,8 +86,8 @@ Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
       throw InputError("train.seq_len " + std::to_string(c.seq_len) + " exceeds the model's context of " +
                        std::to_string(model->config().seq_len));
     log.main("model: " + c.model_path + " (" + model->config().describe() + ")" +
-             (source ? "; each rank reads only its rows" : ""));
-    return {model, source};
+             (by_rows ? "; each rank reads only its rows" : ""));
+    return {model, by_rows ? source : nullptr};
   }
   ModelConfig arch = c.arch;
   arch.vocab_size = vocab_size;

@@ -10,6 +10,7 @@
 #include "checkpoint/checkpoint.h"
 #include "e2e_util.h"
 #include "formats/hdf5.h"
+#include "util/files.h"
 
 namespace graft::e2e {
 namespace {
@@ -283,6 +284,31 @@ TEST(Sharding, EachRankReadsItsRowsOfAHuggingFaceModelAndOfARandomInitialisation
     }
     expectSameRun(base + "/" + name + "_none", base + "/" + name + "_parameters", 0, name);
   }
+}
+
+}  // namespace
+}  // namespace graft::e2e
+
+namespace graft::e2e {
+namespace {
+
+// An adapter-only checkpoint as model.path: graft train refuses it in one line that says how to
+// merge it, and the merged model then trains under ZeRO-3 with each rank reading its rows.
+TEST(Sharding, AnAdapterOnlyModelPathIsRefusedWithTheWayToMergeIt) {
+  const std::string base = freshDir("shard_adapter_path");
+  const auto lora = train(1, base + "/lora", "none", "--transfer.mode=lora --transfer.lora_rank=4");
+  ASSERT_EQ(lora.code, 0) << lora.output;
+  const std::string adapters = finalCheckpoint(base + "/lora");
+  const auto refused = train(2, base + "/refused", "parameters", "--model.path=" + adapters);
+  EXPECT_EQ(refused.code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("model.path " + adapters + " holds only lora adapters of "), std::string::npos) << refused.output;
+  EXPECT_FALSE(fileExists(base + "/refused/checkpoints/step-00000003.h5"));
+  const auto merged = run(graft() + " export --model " + adapters + " --format graft --out " + base + "/merged.h5");
+  ASSERT_EQ(merged.code, 0) << merged.output;
+  const auto again = train(2, base + "/merged", "parameters", "--model.path=" + base + "/merged.h5");
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("merged.h5 (llama"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("each rank reads only its rows"), std::string::npos) << again.output;
 }
 
 }  // namespace
