@@ -67,10 +67,9 @@ class SharedFile {
     std::uint64_t bytes = 0;
   };
   virtual ~SharedFile() = default;
-  // Collective over the ranks that opened the file, each with its own pieces (none is fine; pieces
-  // of different ranks must not overlap): writes them, flushes the file to storage and closes it.
-  // Runs on any one thread (MPI-IO has a communicator of its own: no other collective is
-  // disturbed, and the caller's thread may run the heartbeat meanwhile). Throws on an I/O error,
+  // Collective over the ranks that opened the file, each with its own pieces (none is fine; no two
+  // pieces, of this rank or another's, may overlap): writes them, flushes the file to storage and
+  // closes it. Runs on any one thread (see openSharedFile). Throws FileError on an I/O error,
   // naming the file.
   virtual void writeAndClose(std::vector<Piece> pieces) = 0;
 };
@@ -94,7 +93,10 @@ class Communicator {
 
   // Collective: opens the existing file at `path` for SharedFile writes by every rank. nullptr,
   // with the reason in *why_not, where this communicator cannot (MPI without
-  // MPI_THREAD_MULTIPLE, no MPI-IO component, a file system that refuses): all ranks agree.
+  // MPI_THREAD_MULTIPLE, no MPI-IO component, a file system that refuses): all ranks agree. Like
+  // the SharedFile's own calls it may run on a helper thread while this thread runs the
+  // communicator's collectives (a heartbeat): they have a communicator of their own. One
+  // SharedFile at a time.
   virtual std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) = 0;
 
   // In place: every rank ends with the reduction of all ranks' `count` elements.

@@ -85,15 +85,19 @@ class MpiCommunicator final : public Communicator {
     MPI_Initialized(&initialised);
     if (!initialised) {
       int provided = 0;
-      // Open MPI's OMPIO ignores the hints of openSharedFile; its collective-buffering components
-      // (vulcan, the default) made a 386 MB checkpoint 2.8x slower here than each rank writing its
-      // own slabs (measured at 4 ranks). Only MPI-IO uses it; the user's setting wins.
+      // SharedFile writes are large row slabs per rank: collective buffering only moves every byte
+      // between the ranks first. Open MPI's OMPIO does not take that from the hints of
+      // openSharedFile, and its default (fcoll vulcan) made a 386 MB checkpoint 2.8x slower here
+      // (measured at 4 ranks). Only MPI-IO reads this; an OMPI_MCA_fcoll or --mca fcoll of the
+      // user's comes first.
       setenv("OMPI_MCA_fcoll", "individual", /*overwrite=*/0);
-      if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
+      const char* level = std::getenv("GRAFT_MPI_THREADS");  // "funneled": no MPI-IO checkpoints (part files)
+      const int wanted = level && std::string(level) == "funneled" ? MPI_THREAD_FUNNELED : MPI_THREAD_MULTIPLE;
+      if (MPI_Init_thread(nullptr, nullptr, wanted, &provided) != MPI_SUCCESS)
         throw CollectiveError("MPI_Init_thread failed (is this process started by mpirun or srun?)");
       owns_mpi_ = true;
     }
-    for (MPI_Comm* c : {&comm_, &watch_}) {
+    for (MPI_Comm* c : {&comm_, &watch_, &files_}) {
       MPI_Comm_dup(MPI_COMM_WORLD, c);
       MPI_Comm_set_errhandler(*c, MPI_ERRORS_RETURN);
     }
@@ -110,7 +114,7 @@ class MpiCommunicator final : public Communicator {
     // for peers that are waiting in the next collective, when main() is about to abort them.
     if (failed_ || std::uncaught_exceptions() > 0) return;
     drainNotices();
-    for (MPI_Comm* c : {&node_, &watch_, &comm_})
+    for (MPI_Comm* c : {&node_, &files_, &watch_, &comm_})
       if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
     int finalised = 0;
     MPI_Finalized(&finalised);
@@ -256,57 +260,91 @@ class MpiCommunicator final : public Communicator {
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL, watch_ = MPI_COMM_NULL, node_ = MPI_COMM_NULL;
+  MPI_Comm files_ = MPI_COMM_NULL;  // SharedFile's: Note [MPI-IO beside the heartbeat]
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool owns_mpi_ = false, failed_ = false;
   std::uint64_t seq_ = 0;
   std::vector<Notice> outbox_;  // notices stay alive until the process ends
 };
 
-// Note [MPI-IO beside the heartbeat]: a SharedFile has its own duplicate of the communicator and
-// writes on the caller's helper thread while the main thread keeps the heartbeat's all-reduces
-// going on comm_: two threads in MPI at once, which needs MPI_THREAD_MULTIPLE (asked for at
-// MPI_Init_thread; where the library grants less, openSharedFile says so and returns nullptr).
-// All of a rank's pieces go in one collective write: a file view of its byte ranges, in file
-// order, and a memory type of the buffers' addresses, so MPI-IO (two-phase collective buffering)
-// sees the whole pattern at once.
+// Note [MPI-IO beside the heartbeat]: a SharedFile is opened and written on the caller's helper
+// thread while the main thread keeps the heartbeat's all-reduces going on comm_: two threads in
+// MPI at once, which needs MPI_THREAD_MULTIPLE (asked for at MPI_Init_thread; where the library
+// grants less, openSharedFile says so and returns nullptr). The file's collectives run on files_,
+// a duplicate made when the communicator was, so they never meet comm_'s; one SharedFile at a
+// time. A rank's pieces go in rounds of at most 1 GiB (one MPI_File_write_all each, every rank
+// the same number of rounds): a file view of its byte ranges in file order and a memory type of
+// the buffers' addresses. No collective buffering (the hints below, and fcoll individual in the
+// constructor) and no data sieving: the pieces are large row slabs.
+std::uint64_t shared_file_round_bytes = std::uint64_t{1} << 30;
+
 class MpiSharedFile final : public SharedFile {
  public:
   MpiSharedFile(std::string path, MPI_Comm comm, MPI_File file) : path_(std::move(path)), comm_(comm), file_(file) {}
-  ~MpiSharedFile() override {
-    // Not closed (an error on the way): the job is ending, and MPI_File_close is collective.
-    if (file_ == MPI_FILE_NULL && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
-  }
+  // A file left open (an error on the way) stays so: the job is ending, and closing is collective.
+  ~MpiSharedFile() override = default;
 
   void writeAndClose(std::vector<Piece> pieces) override {
     std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
-    constexpr std::uint64_t kMaxBlock = std::uint64_t{1} << 30;  // MPI block lengths are int
-    std::vector<int> lengths;
-    std::vector<MPI_Aint> at_file, at_memory;
+    for (std::size_t i = 1; i < pieces.size(); ++i)
+      if (pieces[i - 1].offset + pieces[i - 1].bytes > pieces[i].offset)
+        throw FileError(path_ + ": this rank's pieces overlap at byte " + std::to_string(pieces[i].offset));
+    const std::uint64_t kRound = shared_file_round_bytes;  // per rank and call (int counts)
+    std::vector<std::vector<Block>> rounds(1);
+    std::uint64_t in_round = 0;
     for (const Piece& p : pieces)
-      for (std::uint64_t done = 0; done < p.bytes; done += kMaxBlock) {
-        lengths.push_back(static_cast<int>(std::min(kMaxBlock, p.bytes - done)));
-        at_file.push_back(static_cast<MPI_Aint>(p.offset + done));
-        MPI_Aint address = 0;
-        MPI_Get_address(static_cast<const char*>(p.data) + done, &address);
-        at_memory.push_back(address);
+      for (std::uint64_t done = 0; done < p.bytes;) {
+        if (in_round == kRound) {
+          rounds.emplace_back();
+          in_round = 0;
+        }
+        const std::uint64_t n = std::min(kRound - in_round, p.bytes - done);
+        rounds.back().push_back({p.offset + done, static_cast<const char*>(p.data) + done, static_cast<int>(n)});
+        in_round += n;
+        done += n;
       }
-    const int blocks = static_cast<int>(lengths.size());
-    MPI_Datatype in_file = MPI_DATATYPE_NULL, in_memory = MPI_DATATYPE_NULL;
-    check(MPI_Type_create_hindexed(blocks, lengths.data(), at_file.data(), MPI_BYTE, &in_file), "describing its byte ranges");
-    check(MPI_Type_create_hindexed(blocks, lengths.data(), at_memory.data(), MPI_BYTE, &in_memory), "describing its buffers");
-    MPI_Type_commit(&in_file);
-    MPI_Type_commit(&in_memory);
-    int rc = MPI_File_set_view(file_, 0, MPI_BYTE, in_file, "native", MPI_INFO_NULL);
-    if (rc == MPI_SUCCESS) rc = MPI_File_write_all(file_, MPI_BOTTOM, blocks > 0 ? 1 : 0, in_memory, MPI_STATUS_IGNORE);
-    MPI_Type_free(&in_file);
-    MPI_Type_free(&in_memory);
-    check(rc, "writing (disk full?)");
+    int count = static_cast<int>(rounds.size());
+    check(MPI_Allreduce(MPI_IN_PLACE, &count, 1, MPI_INT, MPI_MAX, comm_), "agreeing on the rounds");
+    for (int r = 0; r < count; ++r) writeRound(r < static_cast<int>(rounds.size()) ? rounds[r] : std::vector<Block>{});
     check(MPI_File_sync(file_), "flushing to storage");
     check(MPI_File_close(&file_), "closing");
-    MPI_Comm_free(&comm_);
   }
 
  private:
+  struct Block {
+    std::uint64_t offset;
+    const char* data;
+    int bytes;
+  };
+
+  // Collective: one MPI_File_write_all of `blocks` (in file order; none is fine).
+  void writeRound(const std::vector<Block>& blocks) {
+    const int n = static_cast<int>(blocks.size());
+    std::vector<int> lengths;
+    std::vector<MPI_Aint> at_file, at_memory;
+    for (const Block& b : blocks) {
+      lengths.push_back(b.bytes);
+      at_file.push_back(static_cast<MPI_Aint>(b.offset));
+      MPI_Aint address = 0;
+      MPI_Get_address(b.data, &address);
+      at_memory.push_back(address);
+    }
+    MPI_Datatype in_file = MPI_BYTE, in_memory = MPI_BYTE;  // an empty round views bytes and writes none
+    if (n > 0) {
+      MPI_Type_create_hindexed(n, lengths.data(), at_file.data(), MPI_BYTE, &in_file);
+      MPI_Type_create_hindexed(n, lengths.data(), at_memory.data(), MPI_BYTE, &in_memory);
+      MPI_Type_commit(&in_file);
+      MPI_Type_commit(&in_memory);
+    }
+    int rc = MPI_File_set_view(file_, 0, MPI_BYTE, in_file, "native", MPI_INFO_NULL);
+    if (rc == MPI_SUCCESS) rc = MPI_File_write_all(file_, n > 0 ? MPI_BOTTOM : nullptr, n > 0 ? 1 : 0, in_memory, MPI_STATUS_IGNORE);
+    if (n > 0) {
+      MPI_Type_free(&in_file);
+      MPI_Type_free(&in_memory);
+    }
+    check(rc, "writing (disk full?)");
+  }
+
   void check(int rc, const char* what) const {
     if (rc == MPI_SUCCESS) return;
     char text[MPI_MAX_ERROR_STRING];
@@ -316,7 +354,7 @@ class MpiSharedFile final : public SharedFile {
   }
 
   std::string path_;
-  MPI_Comm comm_;
+  MPI_Comm comm_;  // the communicator's files_
   MPI_File file_;
 };
 
@@ -328,20 +366,21 @@ std::unique_ptr<SharedFile> MpiCommunicator::openSharedFile(const std::string& p
                std::to_string(MPI_THREAD_MULTIPLE) + "), which MPI-IO beside the heartbeat needs";
     return nullptr;
   }
-  MPI_Comm comm = MPI_COMM_NULL;
-  check(MPI_Comm_dup(comm_, &comm), "dup", "file/open", seq_);
-  MPI_File file = MPI_FILE_NULL;
-  // Each rank's pieces are large row slabs: no collective buffering (aggregators would first move
-  // every byte between the ranks), each rank writes its own (Open MPI's OMPIO and ROMIO hints).
   MPI_Info hints = MPI_INFO_NULL;
   MPI_Info_create(&hints);
-  MPI_Info_set(hints, "collective_buffering", "false");
-  MPI_Info_set(hints, "romio_cb_write", "disable");
-  const int rc = MPI_File_open(comm, path.c_str(), MPI_MODE_WRONLY, hints, &file);
+  MPI_Info_set(hints, "collective_buffering", "false");  // the standard's name
+  MPI_Info_set(hints, "romio_cb_write", "disable");      // ROMIO's (MPICH, or Open MPI's romio component)
+  MPI_Info_set(hints, "romio_ds_write", "disable");      // no read-modify-write of the gaps between slabs
+  MPI_File file = MPI_FILE_NULL;
+  const int rc = MPI_File_open(files_, path.c_str(), MPI_MODE_WRONLY, hints, &file);
   MPI_Info_free(&hints);
   std::int32_t opened[2] = {rc == MPI_SUCCESS ? 1 : 0, rc == MPI_SUCCESS ? size_ : rank_};  // all opened; first that did not
-  check(MPI_Allreduce(MPI_IN_PLACE, opened, 2, MPI_INT32_T, MPI_MIN, comm), "allReduce", "file/open", seq_);
-  if (opened[0]) return std::make_unique<MpiSharedFile>(path, comm, file);
+  const int agreed = MPI_Allreduce(MPI_IN_PLACE, opened, 2, MPI_INT32_T, MPI_MIN, files_);
+  if (agreed != MPI_SUCCESS) {
+    *why_not = "MPI-IO: the ranks could not agree whether " + path + " opened";
+    return nullptr;
+  }
+  if (opened[0]) return std::make_unique<MpiSharedFile>(path, files_, file);
   if (rc != MPI_SUCCESS) {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -350,8 +389,9 @@ std::unique_ptr<SharedFile> MpiCommunicator::openSharedFile(const std::string& p
   } else {
     *why_not = "MPI-IO cannot open " + path + " on rank " + std::to_string(opened[1]);
   }
-  // A handle opened here while another rank's open failed stays open: closing is collective.
-  if (file == MPI_FILE_NULL) MPI_Comm_free(&comm);
+  // A handle opened here while another rank's open failed stays open (closing is collective); the
+  // next open may then fail too, and every checkpoint takes the part-file way. Not seen in practice:
+  // MPI_File_open is itself collective.
   return nullptr;
 }
 
@@ -390,6 +430,8 @@ void MpiWork::wait(std::chrono::milliseconds timeout) {
 }
 
 }  // namespace
+
+void setSharedFileRoundBytesForTesting(std::uint64_t bytes) { shared_file_round_bytes = std::max<std::uint64_t>(1, bytes); }
 
 std::unique_ptr<Communicator> makeMpiCommunicator() { return std::make_unique<MpiCommunicator>(); }
 

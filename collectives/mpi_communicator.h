@@ -12,10 +12,14 @@
 // well.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "communicator.h"
 
 namespace graft {
 std::unique_ptr<Communicator> makeMpiCommunicator();
+// Tests: the most bytes a rank writes in one collective call of a SharedFile (default 1 GiB), to
+// exercise several rounds on small files.
+void setSharedFileRoundBytesForTesting(std::uint64_t bytes);
 }  // namespace graft

@@ -2,6 +2,8 @@
 // other ranks. See Note [heartbeat].
 #pragma once
 
+#include <algorithm>
+
 #include <chrono>
 #include <functional>
 #include <future>
@@ -63,5 +65,24 @@ class BackgroundWork {
 void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
                         const std::string& note, BackgroundWork& work,
                         const std::function<void(double)>& waiting = nullptr);
+
+
+// Raises the communicator's timeout to `seconds` (dist.slow_phase_timeout_s) while it lives, for
+// collectives that cannot report progress and may legitimately take long: the first barrier
+// (ranks start far apart), the broadcast of every parameter, the gathers of a ZeRO-3 feature pass
+// over a rank's share. Long local work uses runWithHeartbeat instead.
+class LongTimeout {
+ public:
+  LongTimeout(Communicator& comm, double seconds) : comm_(comm), saved_(comm.timeout()) {
+    comm_.setTimeout(std::max(saved_, std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000))));
+  }
+  ~LongTimeout() { comm_.setTimeout(saved_); }
+  LongTimeout(const LongTimeout&) = delete;
+  LongTimeout& operator=(const LongTimeout&) = delete;
+
+ private:
+  Communicator& comm_;
+  std::chrono::milliseconds saved_;
+};
 
 }  // namespace graft

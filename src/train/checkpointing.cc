@@ -8,6 +8,7 @@
 #include <cstring>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "checkpoint/manifest.h"
@@ -166,11 +167,16 @@ std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string&
 // is freed) and the error says that the earlier checkpoints are intact.
 std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
                                      const std::vector<std::uint64_t>& offsets) {
+  auto failed = [&tmp](const char* what) {
+    ::unlink(tmp.c_str());
+    return Error(std::string(what) + "; checkpoint not written, earlier checkpoints are intact");
+  };
   try {
     return writeRowsOrThrow(file, tmp, writes, offsets);
-  } catch (const std::runtime_error& e) {  // Error, FileError
-    ::unlink(tmp.c_str());
-    throw Error(std::string(e.what()) + "; checkpoint not written, earlier checkpoints are intact");
+  } catch (const Error& e) {
+    throw failed(e.what());
+  } catch (const FileError& e) {
+    throw failed(e.what());
   }
 }
 
@@ -351,10 +357,10 @@ std::vector<H5File::Written> wholeSums(const std::vector<RowWrite>& writes, cons
 }
 
 // Collective: steps 1 and 2 of Note [one file, every rank's rows], each beside a heartbeat.
-// Returns rank 0's step 3 (complete, publish and prune; it sets `path`), empty elsewhere. Where
-// the ranks cannot share the file, returns empty everywhere with the reason in *why_not (the
-// draft is gone).
-std::function<void()> writeRowsIntoOneFile(Communicator& comm, const TrainConfig& c, Transformer model,
+// Returns rank 0's step 3 (complete, publish and prune; it sets `path`), an empty function
+// elsewhere. Where the ranks cannot share the file, nullopt on every rank with the reason in
+// *why_not (the draft is gone).
+std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, const TrainConfig& c, Transformer model,
                                            std::shared_ptr<const AdamW> optimizer, const Schedule& schedule,
                                            const TrainingState& state,
                                            std::shared_ptr<const std::vector<AdamW::Rows>> model_rows,
@@ -375,18 +381,23 @@ std::function<void()> writeRowsIntoOneFile(Communicator& comm, const TrainConfig
   runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + step + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
   comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
-  std::shared_ptr<SharedFile> file = comm.openSharedFile(tmp, why_not);
-  if (!file) {
+  auto file = std::make_shared<std::shared_ptr<SharedFile>>();
+  auto reason = std::make_shared<std::string>();
+  runWithHeartbeat(comm, "ckpt/open", c.slow_phase_timeout_s, "opening " + tmp + " on every rank",
+                   " (a stalled file system?); earlier checkpoints are intact",
+                   [&comm, file, reason, tmp] { *file = comm.openSharedFile(tmp, reason.get()); });
+  if (!*file) {  // every rank
+    *why_not = reason->empty() ? "the communicator has no shared files" : *reason;
     if (comm.rank() == 0) ::unlink(tmp.c_str());
-    return {};
+    return std::nullopt;
   }
   auto sums = std::make_shared<std::vector<std::uint64_t>>();
   runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
                    " (a stalled file system?); earlier checkpoints are intact",
-                   [file, tmp, writes, offsets, sums] { *sums = writeRows(*file, tmp, *writes, *offsets); });
+                   [file = *file, tmp, writes, offsets, sums] { *sums = writeRows(*file, tmp, *writes, *offsets); });
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
   comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
-  if (comm.rank() != 0) return {};
+  if (comm.rank() != 0) return std::function<void()>();
   return [draft, writes, all, world = comm.size(), dir, keep = c.keep_last, step = state.step, path] {
     *path = completeCheckpoint(*draft, wholeSums(*writes, *all, world));
     pruneCheckpoints(dir, keep, step);
@@ -405,16 +416,21 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
   // Each rank's rows of the model's tensors (those the checkpoint holds) go into the file beside
   // its rows of the optimizer state: under dist.shard = parameters nobody gathers the whole model.
-  const auto model_rows = modelRows(c, model, dp, comm, one_file);
+  auto model_rows = modelRows(c, model, dp, comm, one_file);
   TrainingState state = snapshot(comm, c, step, counters);
   std::function<void()> write;
   std::string how;
   if (one_file) {
     std::string why_not;
-    write = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path, &why_not);
-    one_file = why_not.empty();
-    how = one_file ? "one file, " + std::to_string(comm.size()) + " ranks writing their rows"
-                   : "a part file per rank, since the ranks cannot write one file together: " + why_not;
+    auto wrote = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path, &why_not);
+    one_file = wrote.has_value();
+    if (one_file) {
+      write = std::move(*wrote);
+      how = "one file, " + std::to_string(comm.size()) + " ranks writing their rows";
+    } else {  // as checkpoint.files = per_rank
+      model_rows = modelRows(c, model, dp, comm, /*all_write_rows=*/false);
+      how = "a part file per rank, since the ranks cannot write one file together: " + why_not;
+    }
   }
   if (!one_file) {
     // checkpoint.files = per_rank: every rank writes its rows into a part file first (collective),

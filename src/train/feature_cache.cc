@@ -39,7 +39,8 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
     }
   };
   if (collective_forward) {
-    pool(0, share);  // every rank share / micro passes: each gathers the same units
+    LongTimeout slow(comm, c.slow_phase_timeout_s);  // a rank may be slow to read its documents
+    pool(0, share);  // every rank ceil(share / micro) passes: each gathers the same units
   } else {
     runWithHeartbeat(comm, pool_tag, c.slow_phase_timeout_s, "pooling features of " + c.data_path, "",
                      [pool, count = end - begin]() mutable { pool(0, count); });

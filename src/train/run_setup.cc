@@ -71,10 +71,13 @@ Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
     if (!source) {  // adapters without their base: training on top of them again has no single meaning
       std::string base;
       const TransferConfig t = readTransferGroup(H5File::openRead(c.model_path), base);
-      throw InputError("model.path " + c.model_path + " holds only " + t.mode + " adapters of " + base +
-                       "; graft train starts from a whole model: merge them first (graft export --model " +
-                       c.model_path + " --format graft --out merged.h5, then model.path = merged.h5), or resume "
-                       "the run that wrote it by training again in its run.dir");
+      const std::string what = "model.path " + c.model_path + " holds only " +
+                               (t.mode == "prompt" ? "a soft prompt" : t.mode + " adapters") + " of " +
+                               (base.empty() ? "an unnamed base model" : base) + "; graft train starts from a whole model";
+      const std::string resume = "resume the run that wrote it by training again in its run.dir";
+      if (t.mode == "prompt") throw InputError(what + " (a soft prompt does not merge into weights): " + resume);
+      throw InputError(what + ": merge them first (graft export --model " + c.model_path +
+                       " --format graft --out merged.h5, then model.path = merged.h5), or " + resume);
     }
     auto model = by_rows ? modelWithoutMemory(source->config()) : loadWhole(*source);
     // Hugging Face models often pad their vocabulary past the tokenizer's: fewer ids in the data is fine.

@@ -31,21 +31,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Raises the communicator's timeout to dist.slow_phase_timeout_s for the two collectives that
-// cannot report progress and may legitimately take long: the first barrier (ranks start far
-// apart) and the broadcast of every parameter. Long local work uses runWithHeartbeat instead.
-class LongTimeout {
- public:
-  LongTimeout(Communicator& comm, double seconds) : comm_(comm), saved_(comm.timeout()) {
-    comm_.setTimeout(std::max(saved_, std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000))));
-  }
-  ~LongTimeout() { comm_.setTimeout(saved_); }
-
- private:
-  Communicator& comm_;
-  std::chrono::milliseconds saved_;
-};
-
 // The model's uses of its units, passed on to the data-parallel strategy (dist.shard = parameters
 // gathers a unit before and frees it after; the others ignore them).
 class StrategyGate final : public UnitGate {
@@ -257,6 +242,7 @@ TrainResult Trainer::run() {
                        [dp = s.dp.get(), fill = s.model_rows->rowFill()] { dp->keepOwnRows(fill); });
       s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
     } else {
+      if (s.dp->shardsParameters()) throw Error("dist.shard = parameters: the model was built whole (a bug: run_setup gives it a row source)");
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
       s.dp->broadcastParameters();
     }
@@ -268,14 +254,10 @@ TrainResult Trainer::run() {
     }
     s.metrics.begin(start, c.resolved());
     if (s.comm.rank() == 0) journalStart(c, start, resumed.checkpoint, s.comm.size());
-    // The frozen base's features: through the gathered units where each rank holds only its rows,
-    // else from the whole parameters before they are sharded.
-    s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log, /*collective_forward=*/s.model_rows != nullptr);
+    // The frozen base's features; under dist.shard = parameters through the gathered units.
+    s.features = prepareFeatureCache(s.model, s.train_data, s.val_data, c, s.comm, s.log,
+                                     /*collective_forward=*/s.dp->shardsParameters());
     s.model->setRecompute(c.recompute);
-    if (s.dp->shardsParameters() && !s.model_rows) {  // from here on each rank keeps only its rows between uses
-      s.dp->keepOwnRows();
-      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
-    }
   }
   TrainResult result;
   s.log.main("train: " + std::to_string(c.steps) + " steps x " + std::to_string(c.batch_size) + " sequences x " +
