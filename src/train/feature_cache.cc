@@ -23,11 +23,11 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
   const std::int64_t dim = model->config().dim;
   auto mine = std::make_shared<torch::Tensor>(torch::zeros({share, dim}));
   model->eval();
-  // Pools documents [begin + from, begin + to) of the share, micro-batch by micro-batch; a
-  // micro-batch past `end` pools document 0 instead and keeps nothing (collective forwards only).
-  auto pool = [model, data, mine, begin, end, micro = c.micro_batch, seq_len = c.seq_len](std::int64_t from, std::int64_t to) mutable {
+  // Pools the first `count` documents of the share, micro-batch by micro-batch; a micro-batch past
+  // `end` runs document 0 instead and keeps nothing (collective forwards only).
+  auto pool = [model, data, mine, begin, end, micro = c.micro_batch, seq_len = c.seq_len](std::int64_t count) mutable {
     torch::NoGradGuard no_grad;  // grad mode is per thread
-    for (std::int64_t at = begin + from; at < begin + to; at += micro) {
+    for (std::int64_t at = begin; at < begin + count; at += micro) {
       std::vector<std::int64_t> part;
       for (std::int64_t i = at; i < std::min(at + micro, end); ++i) part.push_back(i);
       if (part.empty()) {
@@ -40,10 +40,10 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
   };
   if (collective_forward) {
     LongTimeout slow(comm, c.slow_phase_timeout_s);  // a rank may be slow to read its documents
-    pool(0, share);  // every rank ceil(share / micro) passes: each gathers the same units
+    pool(share);  // every rank ceil(share / micro) passes: each gathers the same units
   } else {
     runWithHeartbeat(comm, pool_tag, c.slow_phase_timeout_s, "pooling features of " + c.data_path, "",
-                     [pool, count = end - begin]() mutable { pool(0, count); });
+                     [pool, count = end - begin]() mutable { pool(count); });
   }
   model->train();
   // In chunks of at most 1 GiB per rank (MPI counts are ints).
