@@ -90,6 +90,9 @@ class Communicator {
   // MPI here advances only inside MPI calls (the thread that called them; no progress thread), so work
   // started early gains nothing on it: dist.prefetch = auto then stays off.
   virtual bool progressesWhileComputing() const { return false; }
+  // True when collectives take CUDA device buffers (NCCL). The others take host memory only, and
+  // tensor collectives stage CUDA tensors through it (parallel/tensor_collectives.h).
+  virtual bool carriesDeviceMemory() const { return false; }
 
   // Collective: opens the existing file at `path` for SharedFile writes by every rank. nullptr,
   // with the reason in *why_not, where this communicator cannot (MPI without
@@ -145,11 +148,21 @@ class Communicator {
 // The SharedFile of a world of one rank: pwrite, fsync, close.
 std::unique_ptr<SharedFile> openPosixSharedFile(const std::string& path, std::string* why_not);
 
+// dist.backend resolved. "auto": nccl when the run's tensors live on CUDA (`on_cuda`) and the
+// build has NCCL (`nccl_built`); else mpi when launched as several ranks (mpirun, srun: `launched`);
+// else local. Any other name comes back as it is. Pure, so that tests can try every case.
+std::string resolveBackend(const std::string& requested, bool on_cuda, bool nccl_built, bool launched);
+// Why `backend` cannot carry a run whose tensors live on CUDA (`on_cuda`) or on the CPU, in a
+// build with or without NCCL; empty when it can ("auto" always can: resolveBackend). MPI and local
+// carry CUDA tensors through host memory (slower, never wrong); nccl carries device memory only.
+std::string backendRefusal(const std::string& backend, bool on_cuda, bool nccl_built);
+
 // backend: "local" (one process; collectives are copies), "mpi" (initialises MPI if needed and
-// finalises it when destroyed), "nccl" (CUDA device buffers; needs a build with GRAFT_WITH_NCCL,
-// a GPU, and an MPI world to exchange the NCCL id), or "auto" (nccl when built with it and a GPU
-// is visible, else mpi when launched by mpirun/srun, else local).
-std::unique_ptr<Communicator> makeCommunicator(const std::string& backend);
+// finalises it when destroyed), "nccl" (CUDA device buffers, host buffers over MPI; needs a build
+// with GRAFT_WITH_NCCL, a GPU, and an MPI world to exchange the NCCL id), or "auto" (resolveBackend
+// with this build and this process's launcher; GRAFT_BACKEND=local|mpi|nccl in the environment
+// overrides it).
+std::unique_ptr<Communicator> makeCommunicator(const std::string& backend, bool on_cuda = false);
 // True when this build includes the NCCL backend.
 bool ncclCompiledIn();
 

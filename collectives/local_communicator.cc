@@ -123,14 +123,31 @@ const char* nameOf(DType type) {
 
 bool ncclCompiledIn() { return ncclBackendAvailable(); }
 
-std::unique_ptr<Communicator> makeCommunicator(const std::string& backend) {
+std::string resolveBackend(const std::string& requested, bool on_cuda, bool nccl_built, bool launched) {
+  if (requested != "auto") return requested;
+  if (on_cuda && nccl_built) return "nccl";
+  return launched ? "mpi" : "local";
+}
+
+std::string backendRefusal(const std::string& backend, bool on_cuda, bool nccl_built) {
+  if (backend == "nccl" && !on_cuda)
+    return "dist.backend = nccl carries CUDA tensors, and this run's tensors are on the CPU (train.device); use "
+           "auto or mpi";
+  if (backend == "nccl" && !nccl_built)
+    return "dist.backend = nccl: this build of graft has no NCCL (configure with -DGRAFT_WITH_NCCL=ON where nccl.h "
+           "and libnccl are); use auto or mpi";
+  return "";
+}
+
+std::unique_ptr<Communicator> makeCommunicator(const std::string& backend, bool on_cuda) {
+  if (backend == "auto") {
+    const char* forced = std::getenv("GRAFT_BACKEND");
+    if (forced && *forced) return makeCommunicator(forced, on_cuda);
+    return makeCommunicator(resolveBackend(backend, on_cuda, ncclBackendAvailable(), launchedAsSeveralRanks()), on_cuda);
+  }
   if (backend == "local") return std::make_unique<LocalCommunicator>();
   if (backend == "mpi") return makeMpiCommunicator();
   if (backend == "nccl") return makeNcclCommunicator();
-  if (backend == "auto") {
-    if (ncclBackendAvailable() && cudaDeviceVisible()) return makeNcclCommunicator();
-    return launchedAsSeveralRanks() ? makeMpiCommunicator() : std::make_unique<LocalCommunicator>();
-  }
   throw CollectiveError("unknown communicator backend '" + backend + "' (expected auto, local, mpi or nccl)");
 }
 

@@ -31,7 +31,57 @@ std::size_t segmentBytes() {
   return bytes;
 }
 
-MPI_Op toMpi(ReduceOp op) {
+// Note [bfloat16 over MPI]: MPI has no bfloat16. It travels as a 2-byte type of graft's own, and
+// its reductions are user operations that add (or compare) in float32 and round back to nearest
+// even, as a bfloat16 sum in PyTorch or NCCL does: each partial sum rounds to bfloat16.
+float bf16ToFloat(std::uint16_t b) {
+  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+std::uint16_t floatToBf16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(u >> 16);
+}
+
+template <typename Combine>
+void bf16Reduce(void* in, void* inout, int* len, Combine combine) {
+  const auto* a = static_cast<const std::uint16_t*>(in);
+  auto* b = static_cast<std::uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = floatToBf16(combine(bf16ToFloat(a[i]), bf16ToFloat(b[i])));
+}
+void bf16Sum(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return x + y; }); }
+void bf16Max(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return std::max(x, y); }); }
+void bf16Min(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return std::min(x, y); }); }
+
+// The bfloat16 type and its operations, made once MPI is initialised (never freed: MPI_Finalize does).
+struct Bf16 {
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_Op sum = MPI_OP_NULL, max = MPI_OP_NULL, min = MPI_OP_NULL;
+};
+const Bf16& bf16() {
+  static const Bf16 made = [] {
+    Bf16 b;
+    MPI_Type_contiguous(2, MPI_BYTE, &b.type);
+    MPI_Type_commit(&b.type);
+    MPI_Op_create(&bf16Sum, /*commute=*/1, &b.sum);
+    MPI_Op_create(&bf16Max, 1, &b.max);
+    MPI_Op_create(&bf16Min, 1, &b.min);
+    return b;
+  }();
+  return made;
+}
+
+MPI_Op toMpi(ReduceOp op, DType type) {
+  if (type == DType::BFloat16) {
+    const Bf16& b = bf16();
+    return op == ReduceOp::Max ? b.max : op == ReduceOp::Min ? b.min : b.sum;
+  }
   switch (op) {
     case ReduceOp::Sum: return MPI_SUM;
     case ReduceOp::Max: return MPI_MAX;
@@ -47,7 +97,8 @@ MPI_Datatype toMpi(DType type) {
     case DType::Int32: return MPI_INT32_T;
     case DType::Int64: return MPI_INT64_T;
     case DType::UInt8: return MPI_UINT8_T;
-    case DType::BFloat16: case DType::Float16: return MPI_DATATYPE_NULL;
+    case DType::BFloat16: return bf16().type;
+    case DType::Float16: return MPI_DATATYPE_NULL;
   }
   return MPI_DATATYPE_NULL;
 }
@@ -135,13 +186,13 @@ class MpiCommunicator final : public Communicator {
     return start("allReduce", tag, type, segments, [&](std::size_t i, MPI_Request* r) {
       const std::size_t first = i * segment, n = std::min(segment, count - first);
       return MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(data) + first * sizeOf(type), toCount(n, "allReduce", tag),
-                            toMpi(type), toMpi(op), comm_, r);
+                            toMpi(type), toMpi(op, type), comm_, r);
     });
   }
   WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
                              const char* tag) override {
     return start("reduceScatter", tag, type, 1, [&](std::size_t, MPI_Request* r) {
-      return MPI_Ireduce_scatter_block(send, recv, toCount(count, "reduceScatter", tag), toMpi(type), toMpi(op), comm_, r);
+      return MPI_Ireduce_scatter_block(send, recv, toCount(count, "reduceScatter", tag), toMpi(type), toMpi(op, type), comm_, r);
     });
   }
   WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {

@@ -65,11 +65,13 @@ class NcclCommunicator final : public Communicator {
     if (bootstrap_->rank() == 0) ncclGetUniqueId(&id);
     bootstrap_->broadcastBytes(&id, sizeof(id), 0, "nccl/unique_id");
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
   }
 
   ~NcclCommunicator() override {
     if (comm_) failed_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
+    if (produced_) cudaEventDestroy(produced_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -78,29 +80,38 @@ class NcclCommunicator final : public Communicator {
   int localRank() const override { return bootstrap_->localRank(); }
   int localSize() const override { return bootstrap_->localSize(); }
   std::string backend() const override { return "nccl"; }
+  bool progressesWhileComputing() const override { return true; }
+  bool carriesDeviceMemory() const override { return true; }
+  // Collectives are ordered after the work already queued on this stream (default: the legacy
+  // default stream, where LibTorch computes unless told otherwise).
+  void setComputeStream(cudaStream_t stream) { compute_stream_ = stream; }
   // Files are written from host memory: MPI-IO over the bootstrap communicator.
   std::unique_ptr<SharedFile> openSharedFile(const std::string& path, std::string* why_not) override {
     return bootstrap_->openSharedFile(path, why_not);
   }
 
+  // Note [NCCL for device memory, MPI for the host]: device buffers (gradient buckets, shards) go
+  // through NCCL; host buffers (plan hashes, the loss, the heartbeat, strings) through the MPI
+  // communicator that bootstrapped it, so host values never cross to the GPU and back.
   WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
+    if (!onDevice(data)) return bootstrap_->allReduceAsync(data, count, type, op, tag);
     return start("allReduce", tag, [&] { return ncclAllReduce(data, data, count, toNccl(type), toNccl(op), comm_, stream_); });
   }
   WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
                              const char* tag) override {
+    if (!onDevice(recv)) return bootstrap_->reduceScatterAsync(send, recv, count, type, op, tag);
     return start("reduceScatter", tag,
                  [&] { return ncclReduceScatter(send, recv, count, toNccl(type), toNccl(op), comm_, stream_); });
   }
   WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {
+    if (!onDevice(recv)) return bootstrap_->allGatherAsync(send, recv, count, type, tag);
     return start("allGather", tag, [&] { return ncclAllGather(send, recv, count, toNccl(type), comm_, stream_); });
   }
   WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) override {
+    if (!onDevice(data)) return bootstrap_->broadcastAsync(data, count, type, root, tag);
     return start("broadcast", tag, [&] { return ncclBroadcast(data, data, count, toNccl(type), root, comm_, stream_); });
   }
-  WorkPtr barrierAsync(const char* tag) override {
-    if (!barrier_buffer_) cudaMalloc(&barrier_buffer_, sizeof(float));
-    return start("barrier", tag, [&] { return ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_, stream_); });
-  }
+  WorkPtr barrierAsync(const char* tag) override { return bootstrap_->barrierAsync(tag); }
 
   std::string context(const char* op, const std::string& tag, std::uint64_t seq) const {
     return std::string("nccl ") + op + " '" + tag + "' #" + std::to_string(seq) + " on rank " +
@@ -128,10 +139,23 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  static bool onDevice(const void* p) {
+    cudaPointerAttributes attributes{};
+    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+      cudaGetLastError();  // plain host memory on old runtimes: clear the error it leaves
+      return false;
+    }
+    return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+  }
+
   template <typename Launch>
   WorkPtr start(const char* op, const char* tag, Launch launch) {
     if (failed_) throw CollectiveError(context(op, tag, seq_ + 1) + ": communicator already failed");
     const std::uint64_t seq = ++seq_;
+    // The collective reads what the compute stream produced: its stream waits for that first
+    // (an event, not the host).
+    cudaEventRecord(produced_, compute_stream_);
+    cudaStreamWaitEvent(stream_, produced_, 0);
     checkNccl(launch(), op, tag, seq);
     cudaEvent_t event;
     cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
@@ -142,7 +166,8 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> bootstrap_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  void* barrier_buffer_ = nullptr;
+  cudaStream_t compute_stream_ = nullptr;  // the legacy default stream
+  cudaEvent_t produced_ = nullptr;
   int device_ = 0;
   bool failed_ = false;
   std::uint64_t seq_ = 0;
@@ -170,11 +195,6 @@ void NcclWork::wait(std::chrono::milliseconds timeout) {
 }  // namespace
 
 bool ncclBackendAvailable() { return true; }
-
-bool cudaDeviceVisible() {
-  int devices = 0;
-  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-}
 
 std::unique_ptr<Communicator> makeNcclCommunicator() { return std::make_unique<NcclCommunicator>(); }
 

@@ -3,9 +3,13 @@
 // provides these functions and makeNcclCommunicator() explains what is missing.
 //
 // Bootstrap: an MPI communicator exchanges the NCCL unique id (rank 0 creates it). Each rank uses
-// CUDA device (local rank mod visible devices), which honours CUDA_VISIBLE_DEVICES. Collectives run
-// on one stream per communicator; Work::wait polls a CUDA event and, on timeout or an asynchronous
-// NCCL error, aborts the NCCL communicator (ncclCommAbort) instead of destroying it.
+// CUDA device (local rank mod visible devices), which honours CUDA_VISIBLE_DEVICES. Device buffers
+// go through NCCL, host buffers (hashes, the loss, the heartbeat) through that MPI communicator
+// (Note [NCCL for device memory, MPI for the host]). NCCL collectives run on one stream per
+// communicator, which first waits on an event recorded on the compute stream (so it reads what
+// backward wrote, without a host synchronisation); Work::wait polls a completion event, keeping
+// dist.timeout_s, and on timeout or an asynchronous NCCL error aborts the NCCL communicator
+// (ncclCommAbort) instead of destroying it.
 #pragma once
 
 #include <memory>
@@ -14,6 +18,5 @@
 
 namespace graft {
 bool ncclBackendAvailable();
-bool cudaDeviceVisible();
 std::unique_ptr<Communicator> makeNcclCommunicator();
 }  // namespace graft

@@ -3,7 +3,6 @@
 
 namespace graft {
 bool ncclBackendAvailable() { return false; }
-bool cudaDeviceVisible() { return false; }
 std::unique_ptr<Communicator> makeNcclCommunicator() {
   throw CollectiveError(
       "the nccl backend is not in this build: configure with -DGRAFT_WITH_NCCL=ON on a machine with the CUDA "

@@ -49,9 +49,7 @@ int dispatch(const std::string& command, const graft::Args& args) {
     graft::installStopSignals();
     return graft::runTrain(
         args,
-        [](const std::string& backend) {
-          return graft::makeCommunicator(backend == "auto" ? graft::detectBackend() : backend);
-        },
+        [](const std::string& backend, bool on_cuda) { return graft::makeCommunicator(backend, on_cuda); },
         graft::stopRequested);
   }
   std::fprintf(stderr, "graft: unknown command '%s'\n%s", command.c_str(), kUsage);

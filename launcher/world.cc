@@ -21,12 +21,6 @@ int worldSize() {
 int worldRank() { return envInt("OMPI_COMM_WORLD_RANK", envInt("PMIX_RANK", envInt("SLURM_PROCID", 0))); }
 }  // namespace
 
-std::string detectBackend() {
-  if (const char* forced = env("GRAFT_BACKEND")) return forced;
-  if (env("OMPI_COMM_WORLD_SIZE") || env("PMIX_RANK")) return "mpi";
-  return "local";
-}
-
 std::string rankPrefix() {
   if (worldSize() <= 1) return "";
   char host[256] = "?";

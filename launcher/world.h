@@ -6,9 +6,6 @@
 
 namespace graft {
 
-// "mpi" when started by mpirun/srun with more than one rank or under PMIx, else "local".
-// GRAFT_BACKEND=local|mpi overrides.
-std::string detectBackend();
 // "[r<rank>/<size> <host>] " when launched as several ranks, else "".
 std::string rankPrefix();
 // After an error: with several ranks, MPI_Abort so that no rank waits forever; else nothing.

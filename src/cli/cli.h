@@ -22,9 +22,9 @@ int runConvert(const Args& args);
 int runInspect(const Args& args);
 int runPlot(const Args& args);
 int runStatus(const Args& args);
-// Makes the communicator for a backend name ("auto" is resolved by the launcher from how the
-// process was started).
-using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend)>;
+// Makes the communicator for dist.backend ("auto" included; resolveBackend in communicator.h) of a
+// run that trains on CUDA (`on_cuda`) or on the CPU.
+using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(const std::string& backend, bool on_cuda)>;
 // Every rank calls it. The config is parsed before any collective, so a config error is reported
 // by each rank on its own; the communicator is made afterwards from [dist] backend.
 // `stop_requested` is polled once per step (signals); a stopped run exits with kExitRequeue.

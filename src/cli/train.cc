@@ -9,6 +9,7 @@
 #include "stalling_communicator.h"
 #include "util/error.h"
 #include "config/train_config.h"
+#include "model/device.h"
 #include "monitor/run_history.h"
 #include "train/trainer.h"
 #include "util/files.h"
@@ -26,14 +27,15 @@ int train(const TrainConfig& config, const CommunicatorFactory& make_communicato
   // Llama at 4 ranks: peak resident set with dist.shard = parameters 776 -> 613 MiB, none 928 -> 911
   // MiB, tokens/s unchanged.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  auto owned = make_communicator(config.backend);
+  // The device first: dist.backend = auto depends on it (nccl exactly when training on CUDA).
+  const bool on_cuda = chooseDeviceType(config.device) == c10::DeviceType::CUDA;
+  if (const std::string why = backendRefusal(config.backend, on_cuda, ncclCompiledIn()); !why.empty()) throw InputError(why);
+  auto owned = make_communicator(config.backend, on_cuda);
   if (!config.stall_at.empty() && owned->rank() == config.stall_rank)
     owned = stallingCommunicator(std::move(owned), config.stall_at);
   Communicator& comm = *owned;
   rank = comm.rank();
   comm.setTimeout(std::chrono::milliseconds(static_cast<std::int64_t>(config.timeout_s * 1000)));
-  if (comm.backend() == "nccl")
-    throw InputError("dist.backend = nccl needs CUDA tensors, and this build trains on the CPU; use mpi");
   Trainer trainer(config, comm, stop_requested);
   const TrainResult result = trainer.run();
   Logger log(comm.rank(), comm.size());

@@ -70,9 +70,20 @@ class OptionTable {
     add("train.recompute", c.recompute,
         "activation checkpointing: each block keeps only its input in forward and runs again in backward "
         "(less memory for activations, about one more forward pass of compute; same results)");
+    add("train.device", c.device,
+        "auto (cuda in a CUDA build of graft when a GPU is visible, else cpu) | cpu | cuda; rank r of a host "
+        "takes GPU (local rank mod visible GPUs)");
+    add("train.precision", c.precision,
+        "fp32 | bf16 (matrix products and attention in bfloat16; master weights, norms, softmax, losses, "
+        "gradients and optimizer state stay float32, so checkpoints and resume are unchanged)");
     add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
-    add("dist.backend", c.backend, "collectives: auto (mpi under mpirun/srun, else local), mpi, local, nccl");
+    add("dist.backend", c.backend,
+        "collectives: auto (nccl when training on CUDA in a build with NCCL, else mpi under mpirun/srun, else "
+        "local), mpi, local, nccl (CUDA only)");
+    add("dist.reduce_dtype", c.reduce_dtype,
+        "fp32 | bf16: the dtype gradients travel and are summed in (bf16 halves the bytes; each sum rounds to "
+        "bfloat16)");
     add("dist.timeout_s", c.timeout_s, "seconds a collective may wait before the run stops with an error naming it");
     add("dist.slow_phase_timeout_s", c.slow_phase_timeout_s,
         "longest long local work may take (loading, checkpoint verify/read/write; ranks check on each other meanwhile), "
@@ -245,6 +256,10 @@ void TrainConfig::validate(int world) const {
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");
   need(backend == "auto" || backend == "mpi" || backend == "local" || backend == "nccl", "dist.backend",
        "'" + backend + "' is not one of auto, mpi, local, nccl");
+  need(device == "auto" || device == "cpu" || device == "cuda", "train.device", "'" + device + "' is not one of auto, cpu, cuda");
+  need(precision == "fp32" || precision == "bf16", "train.precision", "'" + precision + "' is not one of fp32, bf16");
+  need(reduce_dtype == "fp32" || reduce_dtype == "bf16", "dist.reduce_dtype",
+       "'" + reduce_dtype + "' is not one of fp32, bf16");
   need(timeout_s > 0, "dist.timeout_s", "must be positive");
   need(slow_phase_timeout_s > 0, "dist.slow_phase_timeout_s", "must be positive");
   need(bucket_mb > 0 && first_bucket_mb > 0, "dist.bucket_mb", "bucket sizes must be positive");

@@ -43,6 +43,8 @@ struct TrainConfig {
   std::int64_t max_bad_steps = 5;  // consecutive non-finite steps that stop the run
   bool recompute = false;          // activation checkpointing per block (model/transformer.h)
   bool tensorboard = true;         // TensorBoard event files in RUN_DIR/tensorboard (monitor/tfevents.h)
+  std::string device = "auto";     // auto | cpu | cuda (model/device.h)
+  std::string precision = "fp32";  // fp32 | bf16: what matrix products and attention compute in
   // [eval]
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;
@@ -54,6 +56,7 @@ struct TrainConfig {
   bool overlap = true;
   std::string prefetch = "auto";  // dist.shard = parameters: start the next unit's gather early (auto | true | false)
   std::string shard = "none";  // none | optimizer | gradients | parameters (parallel/data_parallel.h)
+  std::string reduce_dtype = "fp32";  // fp32 | bf16: what gradients travel and are summed in
   // [debug] fault injection for tests: a NaN loss on one rank for `nan_count` steps from `nan_from`
   std::int64_t nan_from = 0, nan_count = 1;
   int nan_rank = 0;

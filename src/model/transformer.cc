@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "model/parameter_storage.h"
+#include "model/torch_compat.h"
 #include "util/error.h"
 
 namespace graft {
@@ -23,6 +24,21 @@ torch::Tensor newParameter(at::IntArrayRef shape, Init init) {
   return t;
 }
 
+// Note [mixed precision]
+// ~~~~~~~~~~~~~~~~~~~~~~
+// train.precision = bf16 casts the two operands of every matrix product (projections, LoRA terms,
+// the tied classifier, q k^T and p v) to bfloat16 on the fly; nothing else changes dtype. The
+// parameters stay float32 (the masters: the optimizer updates them, checkpoints hold them, so a
+// resume is as exact as in fp32), and so do their gradients (autograd casts back through the
+// casts). A block's output is bfloat16 and is added to the float32 residual stream, which type
+// promotion keeps float32; so norms read float32, the softmax runs on float32 scores, and logits
+// are cast to float32 before any loss. In fp32 every cast is a no-op: the same bits as before.
+
+// x W^T in `dtype` (W [out, in] float32, cast on the fly).
+torch::Tensor product(const torch::Tensor& x, const torch::Tensor& w, torch::ScalarType dtype) {
+  return torch::matmul(x.to(dtype), w.to(dtype).t());
+}
+
 // x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
 // terms are added per part.
 torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> parts) {
@@ -33,10 +49,11 @@ torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> pa
     if (p->bias.defined()) biases.push_back(p->bias);
     lora = lora || p->hasLora();
   }
-  auto y = torch::matmul(x, torch::cat(weights).t());
+  const auto dtype = parts.front()->compute_dtype;
+  auto y = product(x, torch::cat(weights), dtype);
   if (!biases.empty()) {
     TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
-    y = y + torch::cat(biases);
+    y = y + torch::cat(biases).to(dtype);
   }
   if (!lora) return y;
   std::vector<torch::Tensor> pieces;
@@ -109,7 +126,7 @@ torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const tor
   const auto sizes = x.sizes();
   auto pairs = x.reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
   auto a = pairs.select(-1, 0), b = pairs.select(-1, 1);
-  auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [T, 1, D/2]
+  auto c = cos.unsqueeze(1).to(x.scalar_type()), s = sin.unsqueeze(1).to(x.scalar_type());  // [T, 1, D/2]
   return torch::stack({a * c - b * s, a * s + b * c}, -1).reshape(sizes);
 }
 }  // namespace
@@ -133,13 +150,19 @@ torch::Tensor ProjectionImpl::effectiveWeight() const { return quantized() ? qua
 torch::Tensor ProjectionImpl::loraDelta(const torch::Tensor& x) {
   if (!hasLora()) return {};
   auto in = lora_dropout > 0 && is_training() ? torch::dropout(x, lora_dropout, /*train=*/true) : x;
-  return torch::matmul(torch::matmul(in, lora_A.t()), lora_B.t()) * lora_scale;
+  return product(product(in, lora_A, compute_dtype), lora_B, compute_dtype) * lora_scale;
 }
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
-  auto y = torch::matmul(x, effectiveWeight().t());
-  if (bias.defined()) y = y + bias;
+  auto y = product(x, effectiveWeight(), compute_dtype);
+  if (bias.defined()) y = y + bias.to(compute_dtype);
   return hasLora() ? y + loraDelta(x) : y;
+}
+
+void ProjectionImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  if (quantized_.codes.defined()) quantized_.codes = quantized_.codes.to(device, non_blocking);
+  if (quantized_.scales.defined()) quantized_.scales = quantized_.scales.to(device, non_blocking);
 }
 
 void ProjectionImpl::addLora(int rank, double alpha, double dropout, at::Generator& gen) {
@@ -229,12 +252,25 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = k.unsqueeze(3).expand({B, S, n_kv_heads_, group, head_dim_}).reshape({B, S, n_heads_, head_dim_});
     v = v.unsqueeze(3).expand({B, S, n_kv_heads_, group, head_dim_}).reshape({B, S, n_heads_, head_dim_});
   }
+  const auto dtype = q.scalar_type();
+  if (k.scalar_type() != dtype) k = k.to(dtype), v = v.to(dtype);  // a float32 KV cache under bf16
+  if (compat::kFusedAttention && q.is_cuda()) {
+    // One kernel (flash attention where it applies). The mask is the plain causal one exactly when
+    // there is no cache, as many keys as queries and no window cutting in (TransformerImpl::causalMask).
+    const bool causal = mask.defined() && !cache && S == T && (window_ == 0 || T <= window_);
+    const auto out = compat::fusedAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, causal);
+    return wo(out.transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
+  }
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   auto keys_t = heads(k, S).transpose(1, 2);
-  // One fused call: mask + scale * q k^T (the mask is 0 on and below the diagonal, -inf above).
-  auto scores = mask.defined() ? torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale)
-                               : torch::bmm(heads(q, T), keys_t) * scale;
-  auto out = torch::bmm(torch::softmax(scores, -1), heads(v, S));  // [B * H, T, D]
+  torch::Tensor scores;
+  if (dtype == torch::kFloat)  // one fused call: mask + scale * q k^T (mask 0 on and below the diagonal, -inf above)
+    scores = mask.defined() ? torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale)
+                            : torch::bmm(heads(q, T), keys_t) * scale;
+  else  // Note [mixed precision]: the product in q's dtype, the softmax on float32 scores
+    scores = mask.defined() ? torch::bmm(heads(q, T), keys_t).to(torch::kFloat).mul_(scale).add_(mask)
+                            : torch::bmm(heads(q, T), keys_t).to(torch::kFloat).mul_(scale);
+  auto out = torch::bmm(torch::softmax(scores, -1).to(dtype), heads(v, S));  // [B * H, T, D]
   return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
 }
 
@@ -342,8 +378,17 @@ torch::Tensor TransformerImpl::classifierWeight() const {
 }
 
 torch::Tensor TransformerImpl::classify(const torch::Tensor& h) {
-  if (config_.tied) return gated("tok_embeddings", h, true, [&] { return torch::matmul(h, tok_embeddings->weight.t()); });
-  return gated("output", h, true, [&] { return output(h); });
+  // Logits in float32 whatever the products computed in (Note [mixed precision]).
+  if (config_.tied)
+    return gated("tok_embeddings", h, true, [&] { return product(h, tok_embeddings->weight, compute_dtype_).to(torch::kFloat); });
+  return gated("output", h, true, [&] { return output(h).to(torch::kFloat); });
+}
+
+void TransformerImpl::setComputeDtype(torch::ScalarType dtype) {
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16, "setComputeDtype: float32 or bfloat16");
+  compute_dtype_ = dtype;
+  for (auto& [name, p] : projections()) p->compute_dtype = dtype;
+  if (head) head->compute_dtype = dtype;
 }
 
 torch::Tensor TransformerImpl::finalNorm(const torch::Tensor& x) {
@@ -352,7 +397,8 @@ torch::Tensor TransformerImpl::finalNorm(const torch::Tensor& x) {
 
 torch::Tensor TransformerImpl::classifyPooled(const torch::Tensor& features) {
   TORCH_CHECK(head, "classifyPooled: the model has no classification head");
-  return gated("head", features, true, [&] { return head(features); });
+  const auto x = features.to(device(), /*non_blocking=*/true);
+  return gated("head", x, true, [&] { return head(x).to(torch::kFloat); });
 }
 
 std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
@@ -377,13 +423,15 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
     throw InputError("sequence of " + std::to_string(ids.size(1)) + " tokens" +
                      (n ? " after a soft prompt of " + std::to_string(n) : std::string()) + " exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
-  auto x = blocks(embed(ids, 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
+  // Inputs follow the model: batches are made in host memory and copied to its device here.
+  auto x = blocks(embed(ids.to(device(), /*non_blocking=*/true), 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
   return n ? finalNorm(x).narrow(1, n, T - n) : finalNorm(x);  // the prompt's positions predict nothing
 }
 
 void TransformerImpl::untieClassifier() {
   if (!config_.tied) return;
   output = register_module("output", linear(config_.dim, config_.vocab_size, false));
+  output->compute_dtype = compute_dtype_;
   torch::NoGradGuard no_grad;
   output->weight.copy_(tok_embeddings->weight);
   config_.tied = false;
@@ -414,7 +462,8 @@ torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor&
 
 torch::Tensor TransformerImpl::classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths) {
   TORCH_CHECK(head, "classifySequences: the model has no classification head");
-  return classifyPooled(pool(hidden(ids), lengths));
+  const auto h = hidden(ids);
+  return classifyPooled(pool(h, lengths.to(h.device(), /*non_blocking=*/true)));
 }
 
 void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed,
@@ -427,6 +476,7 @@ void TransformerImpl::addClassifierHead(int num_classes, const std::string& pool
   c.validate("classification head");
   config_ = c;
   head = register_module("head", linear(c.dim, num_classes, false));
+  head->compute_dtype = compute_dtype_;
   torch::NoGradGuard no_grad;
   auto gen = at::detail::createCPUGenerator(seed ^ 0x4eadULL);
   head->weight.normal_(0.0, 0.02, gen);
@@ -477,7 +527,8 @@ torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix,
 
 torch::Tensor TransformerImpl::loss(const torch::Tensor& inputs, const torch::Tensor& targets) {
   auto logits = forward(inputs);
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                              targets.to(logits.device(), /*non_blocking=*/true).reshape({-1}));
 }
 
 void TransformerImpl::initialise(std::uint64_t seed) {

@@ -74,10 +74,16 @@ class ProjectionImpl : public torch::nn::Module {
   bool hasLora() const { return lora_A.defined(); }
   bool quantized() const { return quantized_.kind != QuantKind::None; }
   const QuantizedWeight& quantizedWeight() const { return quantized_; }
+  // The quantized codes are no parameters: they move with the module too.
+  using torch::nn::Module::to;
+  void to(torch::Device device, bool non_blocking = false) override;
 
   torch::Tensor weight, bias, lora_A, lora_B;
   double lora_scale = 0, lora_dropout = 0;
   int in_features, out_features;
+  // What the product computes in (train.precision): float32, or bfloat16 with the weight cast on
+  // the fly from its float32 master (then y is bfloat16; gradients reach the master as float32).
+  torch::ScalarType compute_dtype = torch::kFloat;
 
  private:
   QuantizedWeight quantized_;
@@ -187,6 +193,9 @@ class TransformerImpl : public torch::nn::Module {
   // only its input from forward and runs its forward again in backward (with the same dropout
   // draws), trading one more forward per block for the activations inside it.
   void setRecompute(bool on) { recompute_ = on; }
+  // train.precision: matrix products and attention in `dtype` (float32 or bfloat16). Parameters,
+  // the residual stream, norms, softmax and logits stay float32 (Note [mixed precision]).
+  void setComputeDtype(torch::ScalarType dtype);
 
   Embedding tok_embeddings{nullptr};
   Embedding pos_embeddings{nullptr};  // gpt2 only
@@ -222,6 +231,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor causal_mask_;
   std::shared_ptr<UnitGate> gate_;
   bool recompute_ = false;
+  torch::ScalarType compute_dtype_ = torch::kFloat;  // setComputeDtype
 };
 TORCH_MODULE(Transformer);
 

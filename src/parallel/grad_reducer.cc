@@ -7,6 +7,7 @@
 
 #include "parallel/grad_hooks.h"
 #include "parallel/plan_check.h"
+#include "parallel/tensor_collectives.h"
 #include "util/error.h"
 
 namespace graft {
@@ -21,7 +22,8 @@ GradReducer::GradReducer(const std::vector<std::pair<std::string, at::Tensor>>& 
   }
   plan_ = planBuckets(infos, options_.first_bucket_bytes, options_.bucket_bytes);
   verifyAcrossRanks();
-  for (const auto& bucket : plan_.buckets) buffers_.push_back(torch::zeros({bucket.numel}, torch::kFloat));
+  const auto on = torch::TensorOptions(torch::kFloat).device(params_.empty() ? torch::Device(torch::kCPU) : params_.front().second.device());
+  for (const auto& bucket : plan_.buckets) buffers_.push_back(torch::zeros({bucket.numel}, on));
   pending_.assign(plan_.buckets.size(), 0);
   ready_.assign(plan_.buckets.size(), false);
   works_.resize(plan_.buckets.size());
@@ -80,8 +82,7 @@ void GradReducer::launchReady() {
 void GradReducer::launch(std::size_t b) {
   torch::NoGradGuard no_grad;
   if (comm_.size() > 1) buffers_[b].mul_(1.0 / comm_.size());  // the average, folded into the bucket
-  works_[b] = comm_.allReduceAsync(buffers_[b].data_ptr<float>(), static_cast<std::size_t>(buffers_[b].numel()),
-                                   DType::Float32, ReduceOp::Sum, "grad/bucket");
+  works_[b] = allReduce(comm_, buffers_[b], ReduceOp::Sum, "grad/bucket", options_.reduce_dtype);
   ++launched_count_;
 }
 

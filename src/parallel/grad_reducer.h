@@ -32,6 +32,7 @@ struct GradReducerOptions {
   std::size_t first_bucket_bytes = 1u << 20;   // 1 MiB
   std::size_t bucket_bytes = 25u << 20;        // 25 MiB
   bool overlap = true;  // false: all buckets start in finish(), after backward (for measurements)
+  at::ScalarType reduce_dtype = at::kFloat;  // dist.reduce_dtype: what the buckets travel and are summed in
 };
 
 class GradReducer {

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "model/parameter_storage.h"
+#include "parallel/tensor_collectives.h"
 #include "util/error.h"
 
 namespace graft {
@@ -105,9 +106,7 @@ void ParameterShards::used(std::size_t u, Pass pass) {
   in_flight_ = std::make_unique<InFlight>();
   in_flight_->unit = v;
   in_flight_->all = torch::empty({comm_.size() * plan_.units[v].numel}, buffers_[v].options());
-  in_flight_->work = comm_.allGatherAsync(buffers_[v].data_ptr(), in_flight_->all.data_ptr(),
-                                          static_cast<std::size_t>(plan_.units[v].numel), DType::Float32,
-                                          tags_[v][pass].c_str());
+  in_flight_->work = allGather(comm_, buffers_[v], in_flight_->all, tags_[v][pass].c_str());
 }
 
 void ParameterShards::finishPrefetch() {
@@ -162,8 +161,7 @@ void ParameterShards::gather(std::size_t u, Pass pass) {
   ++gathers_;
   const ShardUnit& unit = plan_.units[u];
   auto all = torch::empty({comm_.size() * unit.numel}, buffers_[u].options());
-  comm_.allGatherAsync(buffers_[u].data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
-      ->wait(comm_.timeout());
+  allGather(comm_, buffers_[u], all, tag)->wait(comm_.timeout());
   for (std::size_t i = 0; i < unit.params.size(); ++i)
     unpackRows(all, unit.numel, unit.offsets[i], comm_.size(), refill(params_[unit.params[i]].second));
   whole_[u] = true;

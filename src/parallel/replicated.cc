@@ -4,20 +4,27 @@
 #include <cmath>
 
 #include "parallel/data_parallel.h"
+#include "parallel/tensor_collectives.h"
 #include "util/error.h"
 
 namespace graft {
 
 void DataParallel::broadcastParameters() {
   torch::NoGradGuard no_grad;
-  for (auto& [name, p] : params_)
-    comm_.broadcast(p.data_ptr<float>(), static_cast<std::size_t>(p.numel()), 0, "init/params");
+  for (auto& [name, p] : params_) broadcast(comm_, p, 0, "init/params")->wait(comm_.timeout());
 }
 
 void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out) {
   if (!grad.is_contiguous() || grad.scalar_type() != at::kFloat)
     throw Error("appendRowSquares: the gradient must be contiguous float32");
-  const auto cpu = grad.device().is_cpu() ? grad : grad.cpu();
+  if (!grad.device().is_cpu()) {
+    // On a GPU: the rows' sums in double there, one copy of `rows` doubles back. Deterministic on
+    // one device, so every dist.shard mode still agrees; not bit for bit with the CPU's serial sums.
+    const auto sums = grad.reshape({rows, -1}).to(at::kDouble).square().sum(1).cpu();
+    out.insert(out.end(), sums.data_ptr<double>(), sums.data_ptr<double>() + rows);
+    return;
+  }
+  const auto& cpu = grad;
   const float* data = cpu.data_ptr<float>();
   const std::int64_t row_numel = rows > 0 ? cpu.numel() / rows : 0;
   const std::size_t base = out.size();

@@ -12,6 +12,7 @@
 #include "parallel/parameter_shards.h"
 #include "parallel/plan_check.h"
 #include "parallel/shard_plan.h"
+#include "parallel/tensor_collectives.h"
 #include "util/error.h"
 
 namespace graft {
@@ -21,7 +22,11 @@ class Sharded final : public DataParallel {
  public:
   Sharded(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
           const DataParallelOptions& options)
-      : DataParallel(params, comm), shard_gradients_(options.shard != "optimizer"), prefetch_(options.prefetch) {
+      : DataParallel(params, comm),
+        shard_gradients_(options.shard != "optimizer"),
+        prefetch_(options.prefetch),
+        reduce_dtype_(options.buckets.reduce_dtype),
+        floats_(at::TensorOptions(at::kFloat).device(params.empty() ? at::Device(at::kCPU) : params.front().second.device())) {
     if (options.shard == "parameters") shards_ = std::make_unique<ParameterShards>(params, comm, options.prefetch);
     std::vector<ShardParamInfo> infos;
     for (const auto& [name, p] : params_) {
@@ -61,7 +66,7 @@ class Sharded final : public DataParallel {
     for (const auto& unit : plan_.units) tags_.push_back({"rs/grads/" + unit.name, "ag/params/" + unit.name});
     if (shard_gradients_) {
       for (std::size_t u = 0; u < plan_.units.size(); ++u) {
-        shard_grads_.push_back(torch::zeros({plan_.units[u].numel}, torch::kFloat));
+        shard_grads_.push_back(torch::zeros({plan_.units[u].numel}, floats_));
         for (const auto k : plan_.units[u].params) {
           auto& slot = optimizer_->slots()[static_cast<std::size_t>(slot_of_[k])];
           slot.grad = shard_grads_[u].narrow(0, offset_of_[k], slot.param.numel()).view(slot.param.sizes());
@@ -209,14 +214,13 @@ class Sharded final : public DataParallel {
   template <typename Part>
   at::Tensor gatherUnit(std::size_t u, Part part, const char* tag) {
     const ShardUnit& unit = plan_.units[u];
-    auto send = torch::zeros({unit.numel}, torch::kFloat);
+    auto send = torch::zeros({unit.numel}, floats_);
     for (std::size_t i = 0; i < unit.params.size(); ++i) {
       const auto& own = part(optimizer_->slots()[static_cast<std::size_t>(slot_of_[unit.params[i]])]);
       send.narrow(0, unit.offsets[i], own.numel()).copy_(own.reshape({-1}));
     }
-    auto all = torch::empty({comm_.size() * unit.numel}, torch::kFloat);
-    comm_.allGatherAsync(send.data_ptr(), all.data_ptr(), static_cast<std::size_t>(unit.numel), DType::Float32, tag)
-        ->wait(comm_.timeout());
+    auto all = torch::empty({comm_.size() * unit.numel}, floats_);
+    allGather(comm_, send, all, tag)->wait(comm_.timeout());
     return all;
   }
 
@@ -284,7 +288,7 @@ class Sharded final : public DataParallel {
     torch::NoGradGuard no_grad;
     const ShardUnit& unit = plan_.units[u];
     const int world = comm_.size();
-    auto send = torch::zeros({world * unit.numel}, torch::kFloat);  // padding and unused parameters: 0
+    auto send = torch::zeros({world * unit.numel}, floats_);  // padding and unused parameters: 0
     for (const auto k : unit.params) {
       auto& p = params_[k].second;
       if (!p.grad().defined()) continue;  // unused this step: zeros
@@ -298,8 +302,7 @@ class Sharded final : public DataParallel {
       p.mutable_grad() = at::Tensor();
     }
     if (world > 1) send.mul_(1.0 / world);  // the average, folded in as the replicated reducer does
-    works_[u] = comm_.reduceScatterAsync(send.data_ptr(), shard_grads_[u].data_ptr(), static_cast<std::size_t>(unit.numel),
-                                         DType::Float32, ReduceOp::Sum, tags_[u][0].c_str());
+    works_[u] = reduceScatter(comm_, send, shard_grads_[u], ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_);
     sends_[u] = send;
     in_flight_.push_back(u);
     // At most kInFlight packed units at a time: a packed unit is as large as its whole gradients.
@@ -316,6 +319,8 @@ class Sharded final : public DataParallel {
 
   bool shard_gradients_;
   bool prefetch_;  // dist.prefetch (parameters only)
+  at::ScalarType reduce_dtype_;  // dist.reduce_dtype: what gradients travel and are summed in
+  at::TensorOptions floats_;     // float32 where the parameters live
   ShardPlan plan_;
   std::vector<int> slot_of_;                 // per parameter: its optimizer slot, or -1 when frozen
   std::vector<std::int64_t> offset_of_;      // per parameter: element offset in its unit's buffer

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+
 namespace graft {
 namespace {
 void requireContiguous(const at::Tensor& t, const char* what, const char* tag) {
@@ -12,6 +14,45 @@ void requireSameType(const at::Tensor& a, const at::Tensor& b, const char* tag) 
   if (a.scalar_type() != b.scalar_type() || a.device() != b.device())
     throw CollectiveError(std::string("'") + tag + "': input and output differ in dtype or device");
 }
+
+// `t` as the communicator carries it: in `wire` dtype, and in host memory when t is on a device
+// the communicator cannot read. `t` itself (no copy) when it already is.
+at::Tensor onWire(const Communicator& comm, const at::Tensor& t, at::ScalarType wire) {
+  const bool host = !t.is_cpu() && !comm.carriesDeviceMemory();
+  return t.to(host ? at::Device(at::kCPU) : t.device(), wire).contiguous();
+}
+
+// A collective on copies: when `inner` completes, `then` copies the result back, once.
+class CopyBackWork final : public Work {
+ public:
+  CopyBackWork(WorkPtr inner, std::function<void()> then) : inner_(std::move(inner)), then_(std::move(then)) {}
+  bool test() override {
+    if (then_ && inner_->test()) finish();
+    return !then_;
+  }
+  void wait(std::chrono::milliseconds timeout) override {
+    if (!then_) return;
+    inner_->wait(timeout);
+    finish();
+  }
+
+ private:
+  void finish() {
+    auto then = std::move(then_);
+    then_ = nullptr;
+    then();
+  }
+  WorkPtr inner_;
+  std::function<void()> then_;
+};
+
+WorkPtr copyBackWhenDone(WorkPtr inner, const at::Tensor& wire, at::Tensor& target) {
+  if (wire.data_ptr() == target.data_ptr()) return inner;  // no copy was made
+  return std::make_unique<CopyBackWork>(std::move(inner), [wire, target]() mutable {
+    target.view(wire.sizes()).copy_(wire, /*non_blocking=*/false);
+  });
+}
+
 }  // namespace
 
 DType toDType(const at::Tensor& t) {
@@ -27,12 +68,14 @@ DType toDType(const at::Tensor& t) {
   }
 }
 
-WorkPtr allReduce(Communicator& comm, at::Tensor& t, ReduceOp op, const char* tag) {
+WorkPtr allReduce(Communicator& comm, at::Tensor& t, ReduceOp op, const char* tag, c10::optional<at::ScalarType> wire) {
   requireContiguous(t, "all-reduce", tag);
-  return comm.allReduceAsync(t.data_ptr(), static_cast<std::size_t>(t.numel()), toDType(t), op, tag);
+  auto w = onWire(comm, t, wire.value_or(t.scalar_type()));
+  return copyBackWhenDone(comm.allReduceAsync(w.data_ptr(), static_cast<std::size_t>(w.numel()), toDType(w), op, tag), w, t);
 }
 
-WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& output, ReduceOp op, const char* tag) {
+WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& output, ReduceOp op, const char* tag,
+                      c10::optional<at::ScalarType> wire) {
   requireContiguous(input, "reduce-scatter input", tag);
   requireContiguous(output, "reduce-scatter output", tag);
   requireSameType(input, output, tag);
@@ -40,8 +83,15 @@ WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& o
     throw CollectiveError(std::string("'") + tag + "': reduce-scatter input has " + std::to_string(input.numel()) +
                           " elements, expected output's " + std::to_string(output.numel()) + " x " +
                           std::to_string(comm.size()) + " ranks");
-  return comm.reduceScatterAsync(input.data_ptr(), output.data_ptr(), static_cast<std::size_t>(output.numel()),
-                                 toDType(input), op, tag);
+  const auto dtype = wire.value_or(input.scalar_type());
+  const auto send = onWire(comm, input, dtype);
+  auto recv = onWire(comm, output, dtype);
+  if (recv.data_ptr() != output.data_ptr()) recv = at::empty_like(recv);  // a buffer of its own, not a copy of output
+  auto work = comm.reduceScatterAsync(send.data_ptr(), recv.data_ptr(), static_cast<std::size_t>(output.numel()),
+                                      toDType(send), op, tag);
+  if (send.data_ptr() != input.data_ptr())  // the send copy lives until the collective ends
+    work = std::make_unique<CopyBackWork>(std::move(work), [send] {});
+  return copyBackWhenDone(std::move(work), recv, output);
 }
 
 WorkPtr allGather(Communicator& comm, const at::Tensor& input, at::Tensor& output, const char* tag) {
@@ -52,13 +102,19 @@ WorkPtr allGather(Communicator& comm, const at::Tensor& input, at::Tensor& outpu
     throw CollectiveError(std::string("'") + tag + "': all-gather output has " + std::to_string(output.numel()) +
                           " elements, expected input's " + std::to_string(input.numel()) + " x " +
                           std::to_string(comm.size()) + " ranks");
-  return comm.allGatherAsync(input.data_ptr(), output.data_ptr(), static_cast<std::size_t>(input.numel()),
-                             toDType(input), tag);
+  const auto send = onWire(comm, input, input.scalar_type());
+  auto recv = onWire(comm, output, output.scalar_type());
+  if (recv.data_ptr() != output.data_ptr()) recv = at::empty_like(recv);
+  auto work = comm.allGatherAsync(send.data_ptr(), recv.data_ptr(), static_cast<std::size_t>(input.numel()),
+                                  toDType(send), tag);
+  if (send.data_ptr() != input.data_ptr()) work = std::make_unique<CopyBackWork>(std::move(work), [send] {});
+  return copyBackWhenDone(std::move(work), recv, output);
 }
 
 WorkPtr broadcast(Communicator& comm, at::Tensor& t, int root, const char* tag) {
   requireContiguous(t, "broadcast", tag);
-  return comm.broadcastAsync(t.data_ptr(), static_cast<std::size_t>(t.numel()), toDType(t), root, tag);
+  auto w = onWire(comm, t, t.scalar_type());
+  return copyBackWhenDone(comm.broadcastAsync(w.data_ptr(), static_cast<std::size_t>(w.numel()), toDType(w), root, tag), w, t);
 }
 
 }  // namespace graft

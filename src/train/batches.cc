@@ -48,7 +48,7 @@ WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t
 TokenLoss tokenLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
   TokenLoss out;
   out.sum = torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+      logits.reshape({-1, logits.size(-1)}), targets.to(logits.device(), /*non_blocking=*/true).reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(TokenDataset::kIgnoreTarget));
   out.counted = targets.ne(TokenDataset::kIgnoreTarget).sum().item<std::int64_t>();
   return out;

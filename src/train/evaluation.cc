@@ -54,6 +54,7 @@ Validation validate(Transformer& model, const TokenDataset& val, const at::Tenso
     inMicroBatches(val.numDocuments(), comm, c.micro_batch, same_passes, [&](const std::vector<std::int64_t>& part, bool counted) {
       torch::Tensor labels;
       auto logits = classLogits(model, val, val_features, part, c.seq_len, labels);
+      labels = labels.to(logits.device(), /*non_blocking=*/true);
       if (!counted) return;
       totals[0] += torch::nn::functional::cross_entropy(
                        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))

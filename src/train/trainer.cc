@@ -11,6 +11,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "formats/hdf5.h"
+#include "model/device.h"
 #include "monitor/run_history.h"
 #include "optim/schedule.h"
 #include "parallel/data_parallel.h"
@@ -82,7 +83,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         dp(makeDataParallel(model->named_parameters().pairs(), comm_,
                             {c.shard,
                              {static_cast<std::size_t>(c.first_bucket_mb * (1 << 20)),
-                              static_cast<std::size_t>(c.bucket_mb * (1 << 20)), c.overlap},
+                              static_cast<std::size_t>(c.bucket_mb * (1 << 20)), c.overlap,
+                              c.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat},
                              {c.beta1, c.beta2, c.eps, c.weight_decay},
                              c.prefetch == "true" || (c.prefetch == "auto" && comm_.progressesWhileComputing())})),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
@@ -117,7 +119,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       if (classify) {
         for (const auto i : indices) tokens += static_cast<double>(std::min<std::int64_t>(train_data->documentLength(i), config.seq_len));
         torch::Tensor labels;
-        loss = torch::nn::functional::cross_entropy(classLogits(model, *train_data, features.train, indices, config.seq_len, labels), labels);
+        const auto logits = classLogits(model, *train_data, features.train, indices, config.seq_len, labels);
+        loss = torch::nn::functional::cross_entropy(logits, labels.to(logits.device(), /*non_blocking=*/true));
       } else {
         tokens += static_cast<double>(indices.size()) * config.seq_len;
         const auto batch = windowBatch(*train_data, indices);
@@ -217,7 +220,17 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
         log.main(what + " (" + std::to_string(static_cast<int>(seconds)) + " s so far)");
         report_at *= 2;
       });
-  s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(**loaded));
+  // Where this rank trains, and in what precision (model/device.h); the model moves there before
+  // the data-parallel strategy makes its buffers beside the parameters.
+  const torch::Device device = deviceOfRank(chooseDeviceType(config.device), comm.localRank());
+  Loaded& run = **loaded;
+  if (!device.is_cpu() && run.rows)
+    throw InputError("dist.shard = parameters builds the model without memory on the CPU and does not run on " +
+                     device.str() + " yet; use dist.shard = gradients (ZeRO-2) there");
+  run.model->to(device);
+  run.model->setComputeDtype(computeDtype(config.precision));
+  if (!device.is_cpu()) log.info("device: " + describeDevice(device) + ", precision " + config.precision);
+  s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(run));
 }
 
 Trainer::~Trainer() = default;
@@ -264,7 +277,8 @@ TrainResult Trainer::run() {
              std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) on " +
              std::to_string(s.comm.size() / std::max(1, s.comm.localSize())) + " host(s) (" + s.comm.backend() +
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
-             std::to_string(c.accumulation(s.comm.size())) + "), " + std::to_string(s.classify ? s.train_data->numDocuments() : s.train_data->numSamples()) +
+             std::to_string(c.accumulation(s.comm.size())) + ", " + s.model->tok_embeddings->weight.device().str() + " " +
+             c.precision + "), " + std::to_string(s.classify ? s.train_data->numDocuments() : s.train_data->numSamples()) +
              (s.classify ? " training documents" : " training sequences"));
   if (s.train_data->streamed())
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data->numTokens()) +

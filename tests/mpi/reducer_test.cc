@@ -138,5 +138,50 @@ TEST(TensorCollectives, ExactResultsOnIntegerTensors) {
   EXPECT_THROW(allReduce(comm(), strided, ReduceOp::Sum, "t/strided"), CollectiveError);
 }
 
+// dist.reduce_dtype = bf16: the values travel and are summed as bfloat16 (MPI has none: graft's
+// own 2-byte type and reductions, Note [bfloat16 over MPI]), and come back into the float32 tensor.
+TEST(TensorCollectives, Bfloat16WireRoundsEachSumAsTorchDoes) {
+  const int n = comm().size(), r = comm().rank();
+  const auto wait = std::chrono::milliseconds(10000);
+  std::vector<torch::Tensor> all;  // every rank's values, drawn the same way on every rank
+  for (int k = 0; k < n; ++k) all.push_back(torch::randn({1000}, at::detail::createCPUGenerator(7 + k)));
+  auto t = all[r].clone();
+  allReduce(comm(), t, ReduceOp::Sum, "t/bf16", at::kBFloat16)->wait(wait);
+  ASSERT_EQ(t.scalar_type(), at::kFloat);
+  EXPECT_TRUE(torch::equal(t, t.to(at::kBFloat16).to(at::kFloat))) << "the sum did not travel as bfloat16";
+  auto exact = torch::zeros({1000}, torch::kDouble), magnitude = torch::zeros({1000}, torch::kDouble);
+  for (const auto& x : all) exact += x.to(torch::kDouble), magnitude += x.abs().to(torch::kDouble);
+  if (n == 2) {  // one addition: torch's bfloat16 rounding of the float32 sum of the two rounded values
+    const auto want = (all[0].to(at::kBFloat16).to(at::kFloat) + all[1].to(at::kBFloat16).to(at::kFloat)).to(at::kBFloat16).to(at::kFloat);
+    EXPECT_TRUE(torch::equal(t, want));
+  }
+  // Each of the n - 1 additions and the n inputs round by at most 2^-9 of what they hold.
+  EXPECT_TRUE(((t.to(torch::kDouble) - exact).abs() <= magnitude * (2.0 * n) / 512).all().item<bool>());
+  EXPECT_FALSE(torch::equal(t, exact.to(torch::kFloat))) << "a float32 sum would match it exactly";
+
+  // Reduce-scatter, and sums that bfloat16 holds exactly (small integers): exact.
+  auto input = (torch::arange(4 * n, torch::kFloat) + 1) * static_cast<float>(r + 1);
+  auto block = torch::empty({4}, torch::kFloat);
+  reduceScatter(comm(), input, block, ReduceOp::Sum, "t/rs_bf16", at::kBFloat16)->wait(wait);
+  EXPECT_TRUE(torch::equal(block, (torch::arange(4 * r, 4 * r + 4, torch::kFloat) + 1) * static_cast<float>(n * (n + 1) / 2)));
+  auto peak = torch::full({5}, static_cast<float>(r) + 0.5f);
+  allReduce(comm(), peak, ReduceOp::Max, "t/max_bf16", at::kBFloat16)->wait(wait);
+  EXPECT_TRUE(torch::equal(peak, torch::full({5}, static_cast<float>(n - 1) + 0.5f)));
+}
+
+TEST(GradReducer, Bfloat16BucketsGiveTheExactAverageOfSmallIntegers) {
+  Toy toy;
+  GradReducerOptions options{1000, 40000, true, at::kBFloat16};
+  GradReducer reducer(toy.params, comm(), options);
+  reducer.beginStep();
+  reducer.beginMicroStep(true);
+  toy.backward(0);
+  reducer.finish();
+  for (const auto& [name, p] : toy.params) {
+    ASSERT_EQ(p.grad().scalar_type(), at::kFloat) << name;
+    EXPECT_TRUE(torch::equal(p.grad(), Toy::expected(p.numel(), 1))) << name;
+  }
+}
+
 }  // namespace
 }  // namespace graft

@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <tuple>
 
+#include "communicator.h"
 #include "config/train_config.h"
 #include "util/error.h"
 
@@ -63,6 +65,49 @@ TEST(Config, ValidationNamesTheKey) {
   c.batch_size = 8;
   EXPECT_NO_THROW(c.validate(2));
   EXPECT_NE(errorOf([&] { c.validate(4); }).find("train.batch_size"), std::string::npos);
+}
+
+TEST(Config, DevicePrecisionAndReduceDtypeTakeOnlyTheirValues) {
+  TrainConfig c;
+  c.run_dir = "r";
+  c.data_path = "d";
+  EXPECT_NO_THROW(c.validate(1));
+  for (const auto& [key, field, bad] : std::vector<std::tuple<std::string, std::string*, std::string>>{
+           {"train.device", &c.device, "gpu"}, {"train.precision", &c.precision, "fp16"},
+           {"dist.reduce_dtype", &c.reduce_dtype, "bfloat16"}}) {
+    const std::string good = *field;
+    *field = bad;
+    const std::string error = errorOf([&] { c.validate(1); });
+    EXPECT_NE(error.find(key), std::string::npos) << error;
+    EXPECT_NE(error.find("'" + bad + "'"), std::string::npos) << error;
+    *field = good;
+  }
+  TrainConfig parsed;
+  ASSERT_TRUE(parseTrainConfig({"--run.dir=r", "--data.path=d", "--train.device=cpu", "--train.precision=bf16",
+                                "--dist.reduce_dtype=bf16"}, parsed));
+  EXPECT_EQ(parsed.device, "cpu");
+  EXPECT_EQ(parsed.precision, "bf16");
+  EXPECT_EQ(parsed.reduce_dtype, "bf16");
+}
+
+// dist.backend = auto: nccl exactly when the run trains on CUDA in a build with NCCL; and whatever
+// auto picks, `graft train` accepts (the refusal it checks before making the communicator).
+TEST(Backend, AutoPicksNcclExactlyOnCudaAndNeverWhatTrainingRefuses) {
+  for (const bool on_cuda : {false, true})
+    for (const bool nccl_built : {false, true})
+      for (const bool launched : {false, true}) {
+        const std::string picked = resolveBackend("auto", on_cuda, nccl_built, launched);
+        SCOPED_TRACE("cuda " + std::to_string(on_cuda) + " nccl " + std::to_string(nccl_built) + " launched " +
+                     std::to_string(launched) + ": " + picked);
+        EXPECT_EQ(picked == "nccl", on_cuda && nccl_built);
+        if (picked != "nccl") EXPECT_EQ(picked, launched ? "mpi" : "local");
+        EXPECT_EQ(backendRefusal(picked, on_cuda, nccl_built), "");
+        EXPECT_EQ(backendRefusal("auto", on_cuda, nccl_built), "");
+      }
+  EXPECT_NE(backendRefusal("nccl", /*on_cuda=*/false, true).find("train.device"), std::string::npos);
+  EXPECT_NE(backendRefusal("nccl", /*on_cuda=*/true, false).find("GRAFT_WITH_NCCL"), std::string::npos);
+  EXPECT_EQ(backendRefusal("mpi", /*on_cuda=*/true, false), "");  // through host memory
+  EXPECT_EQ(resolveBackend("mpi", true, true, false), "mpi");    // asked for by name: kept
 }
 
 TEST(Config, ResolvedTextParsesBackToTheSameConfig) {

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "formats/llama2c.h"
+#include "model/device.h"
 #include "util/error.h"
 
 namespace graft {
@@ -109,6 +110,72 @@ TEST(Transformer, SlidingWindowLimitsHowFarBackTokensSee) {
   auto b = m->forward(torch::tensor({{1, 6, 9, 13}}, torch::kInt64));  // change position 1
   EXPECT_FALSE(torch::equal(a.select(1, 2), b.select(1, 2)));           // 2 sees 1
   EXPECT_TRUE(torch::equal(a.select(1, 3), b.select(1, 3)));            // 3 sees only 2 and 3
+}
+
+double relative(const torch::Tensor& got, const torch::Tensor& want) {
+  const auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+  return ((g - w).norm() / w.norm().clamp_min(1e-30)).item<double>();
+}
+
+// train.precision = bf16 (Note [mixed precision]): products in bfloat16, everything the optimizer
+// and the checkpoint see in float32, and results within bfloat16's rounding of float32's.
+TEST(Transformer, Bfloat16ProductsKeepFloat32MastersAndStayNearFloat32) {
+  for (const std::string arch : {"llama", "gpt2"}) {
+    ModelConfig c;
+    c.arch = arch;
+    c.n_layers = 2;
+    c.dim = 64;
+    c.hidden_dim = 96;
+    c.n_heads = 4;
+    c.n_kv_heads = arch == "gpt2" ? 4 : 2;
+    c.vocab_size = 96;
+    c.seq_len = 32;
+    c.tied = arch == "gpt2";
+    Transformer full(c), half(c);
+    full->initialise(3);
+    half->initialise(3);
+    half->setComputeDtype(torch::kBFloat16);
+    const auto ids = torch::randint(c.vocab_size, {2, c.seq_len + 1}, at::detail::createCPUGenerator(5), torch::kInt64);
+    const auto inputs = ids.narrow(1, 0, c.seq_len), targets = ids.narrow(1, 1, c.seq_len);
+    const auto logits_full = full->forward(inputs), logits_half = half->forward(inputs);
+    ASSERT_EQ(logits_half.scalar_type(), torch::kFloat) << arch;
+    const double logits_off = relative(logits_half, logits_full);
+    EXPECT_GT(logits_off, 0) << arch << ": no product ran in bfloat16";
+    EXPECT_LT(logits_off, 1e-2) << arch;
+    const auto loss_full = full->loss(inputs, targets), loss_half = half->loss(inputs, targets);
+    EXPECT_LT(relative(loss_half, loss_full), 1e-2) << arch;
+    loss_full.backward();
+    loss_half.backward();
+    const auto a = full->named_parameters(), b = half->named_parameters();
+    double total = 0;  // the whole gradient's norm: a floor for gradients that are 0 in exact arithmetic (key biases)
+    for (const auto& p : a) total += p.value().grad().to(torch::kFloat64).square().sum().item<double>();
+    for (const auto& p : a) {
+      const auto& q = b[p.key()];
+      EXPECT_EQ(q.scalar_type(), torch::kFloat) << p.key();
+      ASSERT_TRUE(q.grad().defined()) << p.key();
+      EXPECT_EQ(q.grad().scalar_type(), torch::kFloat) << p.key();
+      const double off = (q.grad().to(torch::kFloat64) - p.value().grad().to(torch::kFloat64)).norm().item<double>();
+      EXPECT_LT(off, 5e-2 * p.value().grad().norm().item<double>() + 1e-3 * std::sqrt(total)) << arch << " " << p.key();
+    }
+  }
+}
+
+TEST(Device, AutoTakesAGpuWhereThereIsOneAndCudaWithoutOneSaysWhy) {
+  EXPECT_EQ(chooseDeviceType("cpu"), c10::DeviceType::CPU);
+  EXPECT_EQ(deviceOfRank(c10::DeviceType::CPU, 3), c10::Device(c10::DeviceType::CPU));
+  EXPECT_EQ(computeDtype("bf16"), torch::kBFloat16);
+  if (torch::cuda::is_available()) {  // a GPU machine: auto takes it, and rank r its GPU r mod count
+    EXPECT_EQ(chooseDeviceType("auto"), c10::DeviceType::CUDA);
+    EXPECT_EQ(deviceOfRank(c10::DeviceType::CUDA, static_cast<int>(torch::cuda::device_count())).index(), 0);
+    return;
+  }
+  EXPECT_EQ(chooseDeviceType("auto"), c10::DeviceType::CPU);
+  try {
+    chooseDeviceType("cuda");
+    ADD_FAILURE() << "train.device = cuda accepted without a GPU";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.device = cuda"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Llama2c, SaveLoadRoundTripIsBitwise) {

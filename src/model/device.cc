@@ -1,0 +1,52 @@
+#include "model/device.h"
+
+#include <torch/cuda.h>
+
+#ifdef GRAFT_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include "util/error.h"
+
+namespace graft {
+
+c10::DeviceType chooseDeviceType(const std::string& setting) {
+  const bool cuda = torch::cuda::is_available();
+  if (setting == "cpu") return c10::DeviceType::CPU;
+  if (setting == "auto") return cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  if (setting == "cuda") {
+    if (cuda) return c10::DeviceType::CUDA;
+#ifdef GRAFT_WITH_CUDA
+    throw InputError("train.device = cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi), or "
+                     "use train.device = cpu");
+#else
+    throw InputError("train.device = cuda: this graft was built for the CPU (without -DGRAFT_WITH_CUDA=ON against a "
+                     "CUDA LibTorch: docs/building.md); use train.device = cpu or auto");
+#endif
+  }
+  throw InputError("train.device: '" + setting + "' is not one of auto, cpu, cuda");
+}
+
+c10::Device deviceOfRank(c10::DeviceType type, int local_rank) {
+  if (type != c10::DeviceType::CUDA) return c10::Device(type);
+  const auto visible = static_cast<int>(torch::cuda::device_count());
+  return c10::Device(type, static_cast<c10::DeviceIndex>(local_rank % std::max(1, visible)));
+}
+
+std::string describeDevice(const c10::Device& device) {
+#ifdef GRAFT_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto* p = at::cuda::getDeviceProperties(device.index());
+    return device.str() + " (" + p->name + ", " + std::to_string(p->totalGlobalMem >> 30) + " GiB)";
+  }
+#endif
+  return device.str();
+}
+
+c10::ScalarType computeDtype(const std::string& precision) {
+  if (precision == "fp32") return c10::kFloat;
+  if (precision == "bf16") return c10::kBFloat16;
+  throw InputError("train.precision: '" + precision + "' is not one of fp32, bf16");
+}
+
+}  // namespace graft
