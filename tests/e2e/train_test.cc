@@ -148,6 +148,38 @@ TEST(Training, TwoRanksTimesBEqualOneRankTimes2B) {
   EXPECT_NE(l1.front(), l1.back());  // the model did train
 }
 
+// train.precision = bf16 with dist.reduce_dtype = bf16 at two ranks: losses near float32's (and not
+// equal: the products did run in bfloat16), a resume bit for bit equal to the straight run, and
+// float32 masters in the checkpoint (read by h5py).
+TEST(Training, Bfloat16TracksFloat32ResumesBitwiseAndCheckpointsFloat32) {
+  const std::string fp32 = freshDir("bf16_ref"), straight = freshDir("bf16_straight"), split = freshDir("bf16_split");
+  const std::string bf16 = " --train.precision=bf16 --dist.reduce_dtype=bf16";
+  const auto a = run(mpirun(2) + " " + graft() + " train --config " + writeConfig(fp32, fineTuneConfig(fp32 + "/run", 2)));
+  ASSERT_EQ(a.code, 0) << a.output;
+  const auto b = run(mpirun(2) + " " + graft() + " train --config " +
+                     writeConfig(straight, fineTuneConfig(straight + "/run", 2)) + bf16);
+  ASSERT_EQ(b.code, 0) << b.output;
+  EXPECT_NE(b.output.find("cpu bf16)"), std::string::npos) << b.output;
+  const std::string cfg = writeConfig(split, fineTuneConfig(split + "/run", 2));
+  const auto c1 = run(mpirun(2) + " " + graft() + " train --config " + cfg + bf16 + " --train.stop_after=2");
+  ASSERT_EQ(c1.code, 0) << c1.output;
+  const auto c2 = run(mpirun(2) + " " + graft() + " train --config " + cfg + bf16);
+  ASSERT_EQ(c2.code, 0) << c2.output;
+  EXPECT_NE(c2.output.find("resuming from"), std::string::npos) << c2.output;
+  const auto reference = losses(fp32 + "/run"), half = losses(straight + "/run");
+  ASSERT_EQ(reference.size(), 5u);
+  ASSERT_EQ(half.size(), 5u);
+  EXPECT_EQ(losses(split + "/run"), half);
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_NEAR(std::stod(half[i]), std::stod(reference[i]), 2e-2 * std::stod(reference[i])) << i;
+  EXPECT_NE(half, reference);
+  const auto checkpoint = lastCheckpoint(split + "/run");
+  EXPECT_TRUE(bitwiseEqual(lastCheckpoint(straight + "/run"), checkpoint, "/model"));
+  const auto dtypes = run(GRAFT_PYTHON " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+                          "print(sorted({str(d.dtype) for d in f['model'].values()}))\" " + checkpoint);
+  ASSERT_EQ(dtypes.code, 0) << dtypes.output;
+  EXPECT_EQ(dtypes.output, "['float32']\n");
+}
+
 TEST(Training, ResumeIsBitwiseIdenticalToAStraightRun) {
   const std::string straight = freshDir("resume_straight"), split = freshDir("resume_split");
   const std::string dataset = storiesDataset();
