@@ -1,5 +1,16 @@
 #include "monitor/plot.h"
 
+#include "util/error.h"
+
+#ifdef GRAFT_NO_CAIRO
+// A GPU-machine build without cairo (CMakeLists.txt): everything but `graft plot` works.
+namespace graft {
+ChartFrame drawChart(std::vector<Series>&, const ChartOptions&, const std::string& path) {
+  throw InputError(path + ": this graft was built without cairo, so it cannot draw charts (install libcairo2-dev and "
+                   "build again, or plot on another machine: graft plot reads only the run's metrics.jsonl)");
+}
+}  // namespace graft
+#else
 #include <cairo-svg.h>
 #include <cairo.h>
 
@@ -229,3 +240,4 @@ ChartFrame drawChart(std::vector<Series>& series, const ChartOptions& options, c
 }
 
 }  // namespace graft
+#endif  // GRAFT_NO_CAIRO

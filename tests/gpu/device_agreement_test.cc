@@ -7,6 +7,8 @@
 
 #include "model/transformer.h"
 #include "optim/adamw.h"
+#include "parallel/grad_reducer.h"
+#include "parallel/tensor_collectives.h"
 
 namespace graft {
 namespace {
@@ -79,6 +81,34 @@ TEST_P(Gpu, ForwardBackwardAndAdamWAgreeWithTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Gpu, ::testing::Values("llama", "gpt2"));
+
+// The NCCL communicator at one rank (MPI bootstraps it as a singleton): device buffers through
+// NCCL, host buffers through MPI, a bfloat16 wire, and the gradient reducer on CUDA parameters.
+TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
+  if (!ncclCompiledIn()) GTEST_SKIP() << "this build has no NCCL (GRAFT_WITH_NCCL)";
+  auto comm = makeCommunicator("nccl", /*on_cuda=*/true);
+  ASSERT_EQ(comm->backend(), "nccl");
+  EXPECT_TRUE(comm->carriesDeviceMemory());
+  const auto wait = std::chrono::milliseconds(20000);
+  const auto cuda = torch::TensorOptions(torch::kFloat).device(torch::kCUDA);
+  auto t = torch::arange(1000, cuda);
+  allReduce(*comm, t, ReduceOp::Sum, "t/sum")->wait(wait);
+  EXPECT_TRUE(torch::equal(t.cpu(), torch::arange(1000, torch::kFloat)));
+  allReduce(*comm, t, ReduceOp::Sum, "t/bf16", at::kBFloat16)->wait(wait);
+  EXPECT_TRUE(torch::equal(t.cpu(), torch::arange(1000, torch::kFloat).to(at::kBFloat16).to(torch::kFloat)));
+  double host[2] = {1.5, 2.5};
+  comm->allReduce(host, 2, ReduceOp::Sum, "t/host");
+  EXPECT_EQ(host[0], 1.5);
+  auto p = torch::zeros({4096}, cuda).requires_grad_(true);
+  GradReducer reducer({{"p", p}}, *comm, {});
+  reducer.beginStep();
+  reducer.beginMicroStep(true);
+  const auto c = torch::arange(4096, cuda).remainder(7);
+  (p * c).sum().backward();
+  reducer.finish();
+  EXPECT_TRUE(torch::equal(p.grad().cpu(), c.cpu()));
+}
 
 }  // namespace
 }  // namespace graft

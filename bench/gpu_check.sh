@@ -1,0 +1,185 @@
+#!/bin/bash
+# Issue 13's GPU check: one script that, on a GPU machine with no network, sets up the carried
+# dependencies, builds graft for CUDA with ninja, and writes OUT/summary.json (and a log per step) of
+#   unit      the unit tests
+#   gpu       the gpu tests: CUDA vs CPU forward, backward and AdamW (fp32, TF32 off), the NCCL
+#             communicator and gradient reducer at one rank
+#   curves    a stories260K fine-tune, 20 steps, train.device = cpu vs cuda: the loss curves
+#   bf16      bf16 full fine-tuning of a ~100M Llama at seq_len 1024: graft's tokens/s and MFU next to
+#             the PyTorch peer (bench/llama_peer.py) on the same model shape and batch, eager and
+#             torch.compile
+#   hf        graft's Hugging Face export (of the CUDA fine-tune) and PEFT export (of a LoRA run)
+#             loaded by transformers and peft: their loss on fixed ids against graft eval's
+# Each step has a time limit; the whole stays within 8 minutes on the H200 machine.
+#
+# Here (a Debian machine with network), once:   bash bench/device/fetch-devdeps.sh
+#                                                bash bench/gpu_check.sh --prepare   (.gpudata/)
+# There (the device tool):  run(command="bash bench/gpu_check.sh $OUT", carry=[".devdeps", ".gpudata"])
+# Dry run on a CPU machine (the same steps, cpu everywhere, the existing build/):
+#                           GPU_CHECK_CPU=1 bash bench/gpu_check.sh /tmp/gpu_check
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--prepare" ]; then
+  mkdir -p .gpudata
+  grep -qx '/.gpudata/' .git/info/exclude || echo '/.gpudata/' >> .git/info/exclude
+  cp ../shared/data/llama2c/stories260K.bin .gpudata/
+  [ -f runs/demo/stories.h5 ] || bash launcher/demo.sh
+  cp runs/demo/stories.h5 .gpudata/
+  ls -la .gpudata
+  exit 0
+fi
+OUT=${1:?usage: bench/gpu_check.sh OUT_DIR | --prepare}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+W=$(mktemp -d)
+START=$(date +%s)
+: > "$OUT/steps.tsv"
+
+# step NAME SECONDS COMMAND...: runs it with a time limit, its output in OUT/NAME.log, and records
+# name, exit code and seconds in OUT/steps.tsv.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$(date +%s)
+  timeout "$limit" bash -c "$*" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" >> "$OUT/steps.tsv"
+  echo "[$(($(date +%s) - START)) s] $name: exit $rc"
+  return $rc
+}
+
+if [ -n "${GPU_CHECK_CPU:-}" ]; then
+  DEV=cpu B=build PY=/usr/bin/python3
+  source /tmp/mpienv.sh 2>/dev/null || true
+else
+  DEV=cuda B=build-cuda
+  source bench/device/device-env.sh
+  PY=$(command -v python3)
+  SITE=$($PY -c 'import site;print(site.getsitepackages()[0])')
+  step configure 120 "cmake -G Ninja -B $B -DGRAFT_WITH_CUDA=ON -DGRAFT_WITH_NCCL=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCMAKE_PREFIX_PATH='$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)');$GRAFT_DEPS_PREFIX' \
+    $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
+    -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || { cat "$OUT/configure.log" | tail -20; }
+  step build 330 "ninja -C $B -j16 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"
+fi
+$PY -c "import json,torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,
+  'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))" > "$OUT/env.json" 2>&1
+G=$B/launcher/graft
+
+step unit 60 "$B/tests/unit_tests --gtest_output=json:$OUT/unit.json"
+step gpu 90 "$B/tests/gpu_tests --gtest_output=json:$OUT/gpu.json"
+
+# Loss curves, CPU vs CUDA: stories260K fine-tuned on the demo's stories, 20 steps, fp32.
+FT="train --config configs/finetune_stories260k.ini --model.path=.gpudata/stories260K.bin --data.path=.gpudata/stories.h5 \
+  --train.steps=20 --train.log_every=5 --eval.every=0 --checkpoint.every=20 --train.tensorboard=false"
+step curve_cpu 120 "$G $FT --run.dir=$W/cpu --train.device=cpu"
+step curve_dev 60 "$G $FT --run.dir=$W/dev --train.device=$DEV"
+
+# bf16 full fine-tuning of a ~100M Llama (14 layers, dim 768, 12 heads, SwiGLU 2048) at seq_len 1024,
+# random init (the throughput does not depend on the weights), against the PyTorch peer.
+SHAPE="--dim 768 --layers 14 --heads 12 --kv-heads 12 --hidden 2048 --seq-len 1024 --micro-batch 8 --accumulation 2"
+SMALL=""
+if [ -n "${GPU_CHECK_CPU:-}" ]; then  # a dry run: the shape of the steps, not their size
+  SHAPE="--dim 64 --layers 2 --heads 4 --kv-heads 4 --hidden 128 --seq-len 128 --micro-batch 2 --accumulation 2"
+  SMALL=1
+fi
+read -r DIM LAYERS HEADS HIDDEN SEQ MICRO ACC < <(echo "$SHAPE" | awk '{print $2, $4, $6, $10, $12, $14, $16}')
+step bf16_graft 150 "$G train --run.dir=$W/bf16 --data.path=.gpudata/stories.h5 --model.dim=$DIM --model.n_layers=$LAYERS \
+  --model.n_heads=$HEADS --model.n_kv_heads=$HEADS --model.hidden_dim=$HIDDEN --model.max_seq_len=$SEQ --model.tied=false \
+  --train.seq_len=$SEQ --train.micro_batch=$MICRO --train.batch_size=$((MICRO * ACC)) --train.steps=${SMALL:+4}${SMALL:-15} \
+  --train.warmup=2 --train.lr=1e-4 --eval.every=0 --checkpoint.every=0 --train.tensorboard=false \
+  --train.precision=bf16 --train.device=$DEV --train.log_every=1"
+VOCAB=$($PY -c "import h5py,sys; f=h5py.File('.gpudata/stories.h5','r'); print(int(f.attrs.get('vocab_size', 260)))" 2>/dev/null || echo 260)
+step bf16_peer_eager 120 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps ${SMALL:+2}${SMALL:-10}"
+step bf16_peer_compile 150 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps ${SMALL:+2}${SMALL:-10} --compile"
+
+# Hugging Face and PEFT exports read by transformers and peft (where that machine has them).
+IDS="1 403 407 261 378 429 271 260 301 285 266 1 403"
+LORA="train --config configs/finetune_stories260k.ini --model.path=.gpudata/stories260K.bin --data.path=.gpudata/stories.h5 \
+  --train.steps=5 --eval.every=0 --checkpoint.every=5 --train.tensorboard=false --transfer.mode=lora --train.device=$DEV"
+step hf 120 "set -e
+  CK=\$(ls $W/dev/checkpoints/step-*.h5 | tail -1)
+  $G export --model \$CK --format hf --out $W/hf
+  $G eval --model \$CK --ids '$IDS' > $W/graft_eval.json
+  $G export --model .gpudata/stories260K.bin --format hf --out $W/base
+  $G $LORA --run.dir=$W/lora
+  LK=\$(ls $W/lora/checkpoints/step-*.h5 | tail -1)
+  $G export --model \$LK --format peft --out $W/peft
+  $G eval --model \$LK --ids '$IDS' > $W/graft_lora.json
+  $PY - <<EOF
+import json, torch
+ids = torch.tensor([[int(t) for t in '$IDS'.split()]])
+def loss(model):
+    with torch.no_grad():
+        return float(model(ids, labels=ids).loss)
+from transformers import AutoModelForCausalLM
+full = AutoModelForCausalLM.from_pretrained('$W/hf', torch_dtype=torch.float32)
+out = {'hf_loss': loss(full), 'graft_loss': json.load(open('$W/graft_eval.json'))['loss']}
+try:
+    from peft import PeftModel
+    base = AutoModelForCausalLM.from_pretrained('$W/base', torch_dtype=torch.float32)
+    out['peft_loss'] = loss(PeftModel.from_pretrained(base, '$W/peft'))
+    out['graft_lora_loss'] = json.load(open('$W/graft_lora.json'))['loss']
+except ImportError as e:
+    out['peft'] = 'not installed: ' + str(e)
+print(json.dumps(out))
+EOF"
+
+# The summary.
+LAYERS=$LAYERS SEQ=$SEQ DIM=$DIM $PY - "$OUT" "$W" <<'EOF'
+import json, os, re, statistics, sys
+out, w = sys.argv[1], sys.argv[2]
+def read_json_line(path):
+    try:
+        lines = [l for l in open(path) if l.startswith('{')]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+def losses(run):
+    try:
+        return [json.loads(l)['loss'] for l in open(os.path.join(run, 'metrics.jsonl')) if '"loss"' in l and '"step"' in l]
+    except OSError:
+        return []
+def gtest(name):
+    try:
+        j = json.load(open(os.path.join(out, name + '.json')))
+    except OSError:
+        return None
+    tests = [t for s in j['testsuites'] for t in s['testsuite']]
+    return {'tests': len(tests), 'failed': sum(1 for t in tests if t.get('failures')),
+            'skipped': sum(1 for t in tests if t.get('result') == 'SKIPPED')}
+s = {'env': read_json_line(os.path.join(out, 'env.json')),
+     'steps': [dict(zip(('step', 'exit', 'seconds'), l.split('\t'))) for l in open(os.path.join(out, 'steps.tsv')).read().split('\n') if l],
+     'unit': gtest('unit'), 'gpu': gtest('gpu')}
+cpu, dev = losses(os.path.join(w, 'cpu')), losses(os.path.join(w, 'dev'))
+s['curves'] = {'cpu': cpu, 'device': dev,
+               'max_relative_difference': max((abs(a - b) / abs(a) for a, b in zip(cpu, dev)), default=None)}
+bf = [json.loads(l) for l in open(os.path.join(w, 'bf16', 'metrics.jsonl'))] if os.path.exists(os.path.join(w, 'bf16', 'metrics.jsonl')) else []
+steps = [r for r in bf if 'step' in r and 'tokens_per_s' in r]
+eager, compiled = read_json_line(os.path.join(out, 'bf16_peer_eager.log')), read_json_line(os.path.join(out, 'bf16_peer_compile.log'))
+g = {}
+if steps and eager and 'parameters' in eager:
+    # tokens/s over the later steps (the cumulative rate after step 3 is diluted by start-up less)
+    t = [r['elapsed_s'] for r in steps]
+    tok = [r['tokens'] for r in steps]
+    later = len(t) // 3
+    g['tokens_per_s'] = (tok[-1] - tok[later]) / max(t[-1] - t[later], 1e-9)
+    P = eager['parameters']
+    L, T, D = (int(os.environ[k]) for k in ('LAYERS', 'SEQ', 'DIM'))
+    # 6 per parameter per token (forward and backward) plus causal attention's q k^T and p v:
+    # 12 L T D per token for full attention, half of it causal.
+    flops_per_token = 6 * P + 6 * L * T * D
+    g['parameters_peer'] = P
+    g['flops_per_token'] = flops_per_token
+    peak = 790e12
+    g['mfu'] = g['tokens_per_s'] * flops_per_token / peak
+    g['vs_peer_eager'] = g['tokens_per_s'] / eager['tokens_per_s']
+    if compiled and 'tokens_per_s' in compiled:
+        g['vs_peer_compile'] = g['tokens_per_s'] / compiled['tokens_per_s']
+s['bf16'] = {'graft': g, 'peer_eager': eager, 'peer_compile': compiled}
+s['hf'] = read_json_line(os.path.join(out, 'hf.log'))
+json.dump(s, open(os.path.join(out, 'summary.json'), 'w'), indent=1)
+print(json.dumps(s)[:3000])
+EOF
+echo "total $(($(date +%s) - START)) s"
+rm -rf "$W"
