@@ -59,8 +59,8 @@ else
   step configure 120 "cmake -G Ninja -B $B -DGRAFT_WITH_CUDA=ON -DGRAFT_WITH_NCCL=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCMAKE_PREFIX_PATH='$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)');$GRAFT_DEPS_PREFIX' \
     $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
-    -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || { cat "$OUT/configure.log" | tail -20; }
-  step build 330 "ninja -C $B -j16 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"
+    -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || tail -20 "$OUT/configure.log"
+  [ -f $B/build.ninja ] && { step build 330 "ninja -C $B -j16 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"; }
 fi
 $PY -c "import json,torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,
   'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))" > "$OUT/env.json" 2>&1
@@ -74,24 +74,33 @@ FT="train --config configs/finetune_stories260k.ini --model.path=.gpudata/storie
   --train.steps=20 --train.log_every=5 --eval.every=0 --checkpoint.every=20 --train.tensorboard=false"
 step curve_cpu 120 "$G $FT --run.dir=$W/cpu --train.device=cpu"
 step curve_dev 60 "$G $FT --run.dir=$W/dev --train.device=$DEV"
+# The same on the device under ZeRO-3 (each unit gathered around its use; one rank), and at two
+# ranks on the one GPU through NCCL: NCCL refuses two ranks on one GPU unless each believes it is
+# on a host of its own (NCCL_HOSTID), talking over loopback sockets (correctness, not speed).
+step curve_zero3 60 "$G $FT --run.dir=$W/zero3 --train.device=$DEV --dist.shard=parameters"
+BACKEND=nccl
+[ -n "${GPU_CHECK_CPU:-}" ] && BACKEND=mpi
+step curve_np2 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
+  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2 --train.device=$DEV \
+  --dist.backend=$BACKEND --train.threads=4"
 
 # bf16 full fine-tuning of a ~100M Llama (14 layers, dim 768, 12 heads, SwiGLU 2048) at seq_len 1024,
 # random init (the throughput does not depend on the weights), against the PyTorch peer.
 SHAPE="--dim 768 --layers 14 --heads 12 --kv-heads 12 --hidden 2048 --seq-len 1024 --micro-batch 8 --accumulation 2"
-SMALL=""
+GRAFT_STEPS=15 PEER_STEPS=10
 if [ -n "${GPU_CHECK_CPU:-}" ]; then  # a dry run: the shape of the steps, not their size
   SHAPE="--dim 64 --layers 2 --heads 4 --kv-heads 4 --hidden 128 --seq-len 128 --micro-batch 2 --accumulation 2"
-  SMALL=1
+  GRAFT_STEPS=4 PEER_STEPS=2
 fi
 read -r DIM LAYERS HEADS HIDDEN SEQ MICRO ACC < <(echo "$SHAPE" | awk '{print $2, $4, $6, $10, $12, $14, $16}')
 step bf16_graft 150 "$G train --run.dir=$W/bf16 --data.path=.gpudata/stories.h5 --model.dim=$DIM --model.n_layers=$LAYERS \
   --model.n_heads=$HEADS --model.n_kv_heads=$HEADS --model.hidden_dim=$HIDDEN --model.max_seq_len=$SEQ --model.tied=false \
-  --train.seq_len=$SEQ --train.micro_batch=$MICRO --train.batch_size=$((MICRO * ACC)) --train.steps=${SMALL:+4}${SMALL:-15} \
+  --train.seq_len=$SEQ --train.micro_batch=$MICRO --train.batch_size=$((MICRO * ACC)) --train.steps=$GRAFT_STEPS \
   --train.warmup=2 --train.lr=1e-4 --eval.every=0 --checkpoint.every=0 --train.tensorboard=false \
   --train.precision=bf16 --train.device=$DEV --train.log_every=1"
 VOCAB=$($PY -c "import h5py,sys; f=h5py.File('.gpudata/stories.h5','r'); print(int(f.attrs.get('vocab_size', 260)))" 2>/dev/null || echo 260)
-step bf16_peer_eager 120 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps ${SMALL:+2}${SMALL:-10}"
-step bf16_peer_compile 150 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps ${SMALL:+2}${SMALL:-10} --compile"
+step bf16_peer_eager 120 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps $PEER_STEPS"
+step bf16_peer_compile 150 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps $PEER_STEPS --compile"
 
 # Hugging Face and PEFT exports read by transformers and peft (where that machine has them).
 IDS="1 403 407 261 378 429 271 260 301 285 266 1 403"
@@ -151,9 +160,14 @@ def gtest(name):
 s = {'env': read_json_line(os.path.join(out, 'env.json')),
      'steps': [dict(zip(('step', 'exit', 'seconds'), l.split('\t'))) for l in open(os.path.join(out, 'steps.tsv')).read().split('\n') if l],
      'unit': gtest('unit'), 'gpu': gtest('gpu')}
-cpu, dev = losses(os.path.join(w, 'cpu')), losses(os.path.join(w, 'dev'))
-s['curves'] = {'cpu': cpu, 'device': dev,
-               'max_relative_difference': max((abs(a - b) / abs(a) for a, b in zip(cpu, dev)), default=None)}
+def apart(a, b):
+    return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=None) if len(a) == len(b) and a else None
+cpu = losses(os.path.join(w, 'cpu'))
+s['curves'] = {'cpu': cpu}
+for name in ('dev', 'zero3', 'np2'):
+    got = losses(os.path.join(w, name))
+    s['curves'][name] = got
+    s['curves'][name + '_max_relative_difference_to_cpu'] = apart(cpu, got)
 bf = [json.loads(l) for l in open(os.path.join(w, 'bf16', 'metrics.jsonl'))] if os.path.exists(os.path.join(w, 'bf16', 'metrics.jsonl')) else []
 steps = [r for r in bf if 'step' in r and 'tokens_per_s' in r]
 eager, compiled = read_json_line(os.path.join(out, 'bf16_peer_eager.log')), read_json_line(os.path.join(out, 'bf16_peer_compile.log'))
@@ -171,8 +185,10 @@ if steps and eager and 'parameters' in eager:
     flops_per_token = 6 * P + 6 * L * T * D
     g['parameters_peer'] = P
     g['flops_per_token'] = flops_per_token
-    peak = 790e12
-    g['mfu'] = g['tokens_per_s'] * flops_per_token / peak
+    # The H200's dense bf16 peak by its data sheet (989 TFLOP/s), and what PyTorch reaches on an
+    # 8192^3 bf16 matmul there (790 TFLOP/s, ../shared/device/README.md).
+    g['mfu'] = g['tokens_per_s'] * flops_per_token / 989e12
+    g['mfu_of_measured_matmul_peak'] = g['tokens_per_s'] * flops_per_token / 790e12
     g['vs_peer_eager'] = g['tokens_per_s'] / eager['tokens_per_s']
     if compiled and 'tokens_per_s' in compiled:
         g['vs_peer_compile'] = g['tokens_per_s'] / compiled['tokens_per_s']

@@ -148,9 +148,9 @@ class Communicator {
 // The SharedFile of a world of one rank: pwrite, fsync, close.
 std::unique_ptr<SharedFile> openPosixSharedFile(const std::string& path, std::string* why_not);
 
-// dist.backend resolved. "auto": nccl when the run's tensors live on CUDA (`on_cuda`) and the
-// build has NCCL (`nccl_built`); else mpi when launched as several ranks (mpirun, srun: `launched`);
-// else local. Any other name comes back as it is. Pure, so that tests can try every case.
+// dist.backend resolved. "auto": launched as several ranks (mpirun, srun: `launched`), nccl when
+// the run's tensors live on CUDA (`on_cuda`) and the build has NCCL (`nccl_built`), else mpi; one
+// process alone: local (nothing to communicate). Any other name comes back as it is. Pure, so that tests can try every case.
 std::string resolveBackend(const std::string& requested, bool on_cuda, bool nccl_built, bool launched);
 // Why `backend` cannot carry a run whose tensors live on CUDA (`on_cuda`) or on the CPU, in a
 // build with or without NCCL; empty when it can ("auto" always can: resolveBackend). MPI and local

@@ -125,7 +125,7 @@ bool ncclCompiledIn() { return ncclBackendAvailable(); }
 
 std::string resolveBackend(const std::string& requested, bool on_cuda, bool nccl_built, bool launched) {
   if (requested != "auto") return requested;
-  if (on_cuda && nccl_built) return "nccl";
+  if (on_cuda && nccl_built && launched) return "nccl";
   return launched ? "mpi" : "local";
 }
 
@@ -142,7 +142,11 @@ std::string backendRefusal(const std::string& backend, bool on_cuda, bool nccl_b
 std::unique_ptr<Communicator> makeCommunicator(const std::string& backend, bool on_cuda) {
   if (backend == "auto") {
     const char* forced = std::getenv("GRAFT_BACKEND");
-    if (forced && *forced) return makeCommunicator(forced, on_cuda);
+    if (forced && *forced) {
+      if (const std::string why = backendRefusal(forced, on_cuda, ncclBackendAvailable()); !why.empty())
+        throw CollectiveError("GRAFT_BACKEND=" + std::string(forced) + ": " + why);
+      return makeCommunicator(forced, on_cuda);
+    }
     return makeCommunicator(resolveBackend(backend, on_cuda, ncclBackendAvailable(), launchedAsSeveralRanks()), on_cuda);
   }
   if (backend == "local") return std::make_unique<LocalCommunicator>();

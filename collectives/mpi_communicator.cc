@@ -56,8 +56,13 @@ void bf16Reduce(void* in, void* inout, int* len, Combine combine) {
   for (int i = 0; i < *len; ++i) b[i] = floatToBf16(combine(bf16ToFloat(a[i]), bf16ToFloat(b[i])));
 }
 void bf16Sum(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return x + y; }); }
-void bf16Max(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return std::max(x, y); }); }
-void bf16Min(void* in, void* inout, int* len, MPI_Datatype*) { bf16Reduce(in, inout, len, [](float x, float y) { return std::min(x, y); }); }
+// NaN wins either way round, so the operations commute as MPI assumes.
+void bf16Max(void* in, void* inout, int* len, MPI_Datatype*) {
+  bf16Reduce(in, inout, len, [](float x, float y) { return x != x || y != y ? x + y : std::max(x, y); });
+}
+void bf16Min(void* in, void* inout, int* len, MPI_Datatype*) {
+  bf16Reduce(in, inout, len, [](float x, float y) { return x != x || y != y ? x + y : std::min(x, y); });
+}
 
 // The bfloat16 type and its operations, made once MPI is initialised (never freed: MPI_Finalize does).
 struct Bf16 {

@@ -124,6 +124,12 @@ class NcclCommunicator final : public Communicator {
     throw CollectiveError(context(op, tag, seq) + " failed: " + ncclGetErrorString(rc));
   }
 
+  void checkCuda(cudaError_t rc, const char* op, const std::string& tag, std::uint64_t seq) {
+    if (rc == cudaSuccess) return;
+    failed_ = true;
+    throw CollectiveError(context(op, tag, seq) + ": CUDA error " + cudaGetErrorString(rc));
+  }
+
   // Asynchronous NCCL errors (a peer died, a network failure) surface here while waiting.
   void checkAsync(const char* op, const std::string& tag, std::uint64_t seq) {
     ncclResult_t async = ncclSuccess;
@@ -154,8 +160,8 @@ class NcclCommunicator final : public Communicator {
     const std::uint64_t seq = ++seq_;
     // The collective reads what the compute stream produced: its stream waits for that first
     // (an event, not the host).
-    cudaEventRecord(produced_, compute_stream_);
-    cudaStreamWaitEvent(stream_, produced_, 0);
+    checkCuda(cudaEventRecord(produced_, compute_stream_), op, tag, seq);
+    checkCuda(cudaStreamWaitEvent(stream_, produced_, 0), op, tag, seq);
     checkNccl(launch(), op, tag, seq);
     cudaEvent_t event;
     cudaEventCreateWithFlags(&event, cudaEventDisableTiming);

@@ -165,6 +165,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
     file.writeTensor("/rng/torch_cpu", state.rng_states);
+    if (state.device_rng_states.defined()) file.writeTensor("/rng/torch_cuda", state.device_rng_states);
     draft.entries = file.written();
     file.close();
   } catch (const Error& e) {
@@ -254,6 +255,7 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
   state.seed = static_cast<std::uint64_t>(file.intAttr("/sampler", "seed"));
   state.next_batch = file.intAttr("/sampler", "next_batch");
   state.rng_states = file.readTensor("/rng/torch_cpu");
+  if (file.exists("/rng/torch_cuda")) state.device_rng_states = file.readTensor("/rng/torch_cuda");
   return state;
 }
 

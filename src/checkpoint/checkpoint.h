@@ -11,6 +11,7 @@
 //   /schedule     attrs lr, min_lr, warmup, total (optim/schedule.h)
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
+//   /rng/torch_cuda uint8 [world_size, n]: each rank's CUDA generator state (runs on CUDA only)
 //   / attr manifest: "object crc32 bytes" per tensor, written just before complete=1
 #pragma once
 
@@ -43,6 +44,7 @@ struct TrainingState {
   TransferConfig transfer;        // lora: only the adapters are written (adapter-only checkpoint)
   std::string base_model;         // model.path, recorded for adapter-only checkpoints
   at::Tensor rng_states;          // uint8 [world_size, n]
+  at::Tensor device_rng_states;   // uint8 [world_size, n]: CUDA runs only, else undefined
 };
 
 std::string checkpointName(std::int64_t step);

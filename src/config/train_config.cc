@@ -79,8 +79,8 @@ class OptionTable {
     add("eval.every", c.eval_every, "validation loss every N steps (0 = only at the end)");
     add("eval.batches", c.eval_batches, "validation batches of micro_batch sequences per rank");
     add("dist.backend", c.backend,
-        "collectives: auto (nccl when training on CUDA in a build with NCCL, else mpi under mpirun/srun, else "
-        "local), mpi, local, nccl (CUDA only)");
+        "collectives: auto (under mpirun/srun: nccl when training on CUDA in a build with NCCL, else mpi; one "
+        "process alone: local), mpi, local, nccl (CUDA only)");
     add("dist.reduce_dtype", c.reduce_dtype,
         "fp32 | bf16: the dtype gradients travel and are summed in (bf16 halves the bytes; each sum rounds to "
         "bfloat16)");

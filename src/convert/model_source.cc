@@ -73,7 +73,12 @@ class InitialisationSource final : public ModelSource {
 }  // namespace
 
 RowFill ModelSource::rowFill() const {
-  return [this](const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) { read(name, begin, end, out); };
+  return [this](const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) {
+    if (out.is_cpu()) return read(name, begin, end, out);
+    auto host = torch::empty(out.sizes(), out.options().device(torch::kCPU));  // files are read into host memory
+    read(name, begin, end, host);
+    out.copy_(host);
+  };
 }
 
 std::unique_ptr<ModelSource> openModelSource(const std::string& path) {

@@ -30,7 +30,7 @@ class ModelSource {
   // contiguous, shaped [end - begin, ...]. InputError naming the file and the tensor when the
   // source has no such parameter.
   virtual void read(const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) const = 0;
-  // read() as a RowFill (the source must outlive it).
+  // read() as a RowFill (the source must outlive it); `out` may live on any device.
   RowFill rowFill() const;
 
  protected:

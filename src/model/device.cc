@@ -2,10 +2,13 @@
 
 #include <torch/cuda.h>
 
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #ifdef GRAFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <cuda_runtime.h>
 #endif
 
+#include "model/parameter_storage.h"
 #include "util/error.h"
 
 namespace graft {
@@ -35,12 +38,30 @@ c10::Device deviceOfRank(c10::DeviceType type, int local_rank) {
 
 std::string describeDevice(const c10::Device& device) {
 #ifdef GRAFT_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto* p = at::cuda::getDeviceProperties(device.index());
-    return device.str() + " (" + p->name + ", " + std::to_string(p->totalGlobalMem >> 30) + " GiB)";
-  }
+  cudaDeviceProp p{};
+  if (device.is_cuda() && cudaGetDeviceProperties(&p, device.index()) == cudaSuccess)
+    return device.str() + " (" + p.name + ", " + std::to_string(p.totalGlobalMem >> 30) + " GiB)";
 #endif
   return device.str();
+}
+
+void useDevice(const c10::Device& device) {
+  if (!device.is_cpu()) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);
+}
+
+void moveModel(Transformer& model, const c10::Device& device) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) {
+    if (p.device() == device) continue;
+    if (hasMemory(p)) {
+      p.set_data(p.to(device));
+    } else {
+      auto empty = torch::empty(p.sizes(), p.options().device(device));
+      releaseMemory(empty);
+      p.set_data(empty);
+    }
+  }
+  model->to(device);  // the rest: every parameter is there already; the quantized codes follow
 }
 
 c10::ScalarType computeDtype(const std::string& precision) {

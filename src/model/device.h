@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "model/transformer.h"
+
 namespace graft {
 
 // train.device resolved to a kind, before ranks know their place on the host: "auto" is CUDA when
@@ -16,8 +18,14 @@ namespace graft {
 c10::DeviceType chooseDeviceType(const std::string& setting);
 // Rank `local_rank` of a host: GPU (local_rank mod visible GPUs) for CUDA, else the CPU.
 c10::Device deviceOfRank(c10::DeviceType type, int local_rank);
-// "cpu", or "cuda:1 (NVIDIA H200, 140 GB)", for a rank's start-up line.
+// Makes `device` this thread's current one (a GPU's allocations and kernels go there by default).
+void useDevice(const c10::Device& device);
+// "cpu", or "cuda:1 (NVIDIA H200, 139 GiB)", for a rank's start-up line.
 std::string describeDevice(const c10::Device& device);
+// Moves every parameter of `model` to `device`, those without memory (a model built to be filled
+// by rows, dist.shard = parameters) included: they stay without memory, now on `device`, so that
+// their rows are allocated there (Note [parameters without memory]). Quantized weights move too.
+void moveModel(Transformer& model, const c10::Device& device);
 // train.precision: "fp32" -> float32, "bf16" -> bfloat16 (model/transformer.h setComputeDtype).
 c10::ScalarType computeDtype(const std::string& precision);
 

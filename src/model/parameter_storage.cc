@@ -1,6 +1,7 @@
 #include "model/parameter_storage.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/StorageImpl.h>
 
 #include "util/error.h"
@@ -26,6 +27,7 @@ at::Tensor refill(const at::Tensor& p) {
   auto& s = storageOf(p);
   const std::size_t bytes = bytesOf(p);
   if (s.nbytes() != bytes) {
+    const c10::DeviceGuard on(p.device());  // a GPU's caching allocator serves the current device
     c10::Allocator* allocator = s.allocator() ? s.allocator() : c10::GetAllocator(p.device().type());
     s.set_data_ptr_noswap(allocator->allocate(bytes));
     s.set_nbytes(bytes);

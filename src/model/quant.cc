@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "util/error.h"
 
@@ -43,6 +45,17 @@ const torch::Tensor& nf4PairTable() {
     return torch::stack({nf4Levels().index_select(0, b.div(16, "floor")), nf4Levels().index_select(0, b.remainder(16))}, 1);
   }();
   return table;
+}
+
+// The table on `device`, copied there once (every dequantize() of every projection reads it).
+torch::Tensor nf4PairTableOn(const torch::Device& device) {
+  if (device.is_cpu()) return nf4PairTable();
+  static std::mutex mutex;
+  static std::map<std::string, torch::Tensor> copies;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& copy = copies[device.str()];
+  if (!copy.defined()) copy = nf4PairTable().to(device);
+  return copy;
 }
 
 // Half the largest gap between adjacent levels (between 0.7230 and 1): the worst nearest-level error.
@@ -127,7 +140,7 @@ torch::Tensor QuantizedWeight::dequantize() const {
     case QuantKind::Int8: return codes.to(torch::kFloat32) * scales.unsqueeze(1);
     case QuantKind::NF4: {
       const std::int64_t n = numelOf(shape);
-      auto values = nf4PairTable().to(codes.device()).index_select(0, codes.to(torch::kLong)).view(-1).narrow(0, 0, n);
+      auto values = nf4PairTableOn(codes.device()).index_select(0, codes.to(torch::kLong)).view(-1).narrow(0, 0, n);
       return (asBlocks(values, n, block) * scales.unsqueeze(1)).view(-1).narrow(0, 0, n).view(shape);
     }
   }

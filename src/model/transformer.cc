@@ -74,7 +74,7 @@ struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask, BlockImpl* block,
                                at::TensorList params) {
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    at::Generator gen = at::globalContext().defaultGenerator(x.device());  // where dropout draws
     {
       std::lock_guard<std::mutex> lock(gen.mutex());
       ctx->saved_data["rng"] = gen.get_state();
@@ -94,7 +94,7 @@ struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
     torch::Tensor y;
     {
       // The forward's dropout draws again, and the generator left where backward found it.
-      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      at::Generator gen = at::globalContext().defaultGenerator(saved[0].device());
       at::Tensor now;
       {
         std::lock_guard<std::mutex> lock(gen.mutex());
@@ -254,8 +254,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   }
   const auto dtype = q.scalar_type();
   if (k.scalar_type() != dtype) k = k.to(dtype), v = v.to(dtype);  // a float32 KV cache under bf16
-  if (compat::kFusedAttention && q.is_cuda()) {
-    // One kernel (flash attention where it applies). The mask is the plain causal one exactly when
+  if (compat::kFusedAttention && q.is_cuda() && dtype != torch::kFloat) {
+    // One kernel (flash attention where it applies) for bf16. float32 keeps the portable path
+    // below: it agrees with the CPU to rounding, and its backward is deterministic (exact resumes). The mask is the plain causal one exactly when
     // there is no cache, as many keys as queries and no window cutting in (TransformerImpl::causalMask).
     const bool causal = mask.defined() && !cache && S == T && (window_ == 0 || T <= window_);
     const auto out = compat::fusedAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, causal);
@@ -449,7 +450,8 @@ void TransformerImpl::addSoftPrompt(int tokens, std::uint64_t seed) {
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) { return classify(hidden(ids)); }
 
-torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor& lengths) const {
+torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor& lengths_anywhere) const {
+  const auto lengths = lengths_anywhere.to(h.device(), /*non_blocking=*/true);
   if (config_.pooling == "mean") {
     auto positions = torch::arange(h.size(1), h.options().dtype(torch::kInt64)).unsqueeze(0);  // [1, T]
     auto keep = positions.lt(lengths.unsqueeze(1)).to(h.scalar_type()).unsqueeze(-1);  // [B, T, 1]
@@ -463,7 +465,7 @@ torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor&
 torch::Tensor TransformerImpl::classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths) {
   TORCH_CHECK(head, "classifySequences: the model has no classification head");
   const auto h = hidden(ids);
-  return classifyPooled(pool(h, lengths.to(h.device(), /*non_blocking=*/true)));
+  return classifyPooled(pool(h, lengths));
 }
 
 void TransformerImpl::addClassifierHead(int num_classes, const std::string& pooling, std::uint64_t seed,

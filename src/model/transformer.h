@@ -204,6 +204,9 @@ class TransformerImpl : public torch::nn::Module {
   Projection output{nullptr};  // null when tied
   Projection head{nullptr};   // sequence-classification head [num_classes, dim], no bias (as transformers' score)
   torch::Tensor soft_prompt;  // prompt tuning: [tokens, dim], undefined otherwise
+  // Where the model's parameters are (the embeddings'): transient tensors (masks, positions, KV
+  // caches, ids) are made there, inputs are copied there, and the rotary tables follow the model.
+  torch::Device device() const { return tok_embeddings->weight.device(); }
   // Every projection with its module path ("layers.0.attention.wq"), for LoRA targeting and QLoRA.
   std::vector<std::pair<std::string, Projection>> projections();
 
@@ -211,9 +214,6 @@ class TransformerImpl : public torch::nn::Module {
   // The additive causal mask for T positions (0 where a query may look, -inf elsewhere), kept for
   // the last T seen: a seq_len x seq_len table would be 4 GB for a 32K-context model.
   torch::Tensor causalMask(std::int64_t T);
-  // Where the model's parameters are (the embeddings'): transient tensors (masks, positions, KV
-  // caches, ids) are made there, and the rotary tables follow the model there.
-  torch::Device device() const { return tok_embeddings->weight.device(); }
   // Embeddings of ids [B, T] at positions [pos, pos + T), after the soft prompt (at positions
   // [0, promptLength())) when `with_prompt`: the input of the blocks.
   torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt);

@@ -115,9 +115,24 @@ std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::
 std::unique_ptr<DataParallel> makeShardedDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
                                                       Communicator& comm, const DataParallelOptions& options);
 
-// Note [gradient norm]: the per-row sums of squares of a contiguous float32 tensor viewed as
-// `rows` rows, appended to `out`.
-void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out);
+// Note [gradient norm]: the per-row sums of squares of gradients, in the order appended. On the
+// CPU a row's sum is serial, in double; on a GPU it is computed there in double (deterministic on
+// one device, so every dist.shard mode still agrees, though not bit for bit with the CPU), and all
+// of them reach the host in one copy when values() is called: no synchronisation per parameter.
+class RowSquares {
+ public:
+  // A contiguous float32 gradient viewed as `rows` rows.
+  void append(const at::Tensor& grad, std::int64_t rows);
+  // Zeros until there are `n` values (no-op when there are as many already).
+  void padTo(std::size_t n);
+  std::vector<double> values();
+
+ private:
+  void flush();
+  std::vector<double> host_;
+  std::vector<at::Tensor> pending_;  // device sums after host_, not yet copied
+  std::size_t size_ = 0;
+};
 // The serial sum of `row_squares`, square-rooted.
 double normOfRowSquares(const std::vector<double>& row_squares);
 

@@ -14,19 +14,19 @@ void DataParallel::broadcastParameters() {
   for (auto& [name, p] : params_) broadcast(comm_, p, 0, "init/params")->wait(comm_.timeout());
 }
 
-void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<double>& out) {
+void RowSquares::append(const at::Tensor& grad, std::int64_t rows) {
   if (!grad.is_contiguous() || grad.scalar_type() != at::kFloat)
-    throw Error("appendRowSquares: the gradient must be contiguous float32");
+    throw Error("RowSquares: the gradient must be contiguous float32");
+  size_ += static_cast<std::size_t>(rows);
+  if (rows == 0) return;
   if (!grad.device().is_cpu()) {
-    // On a GPU: the rows' sums in double there, one copy of `rows` doubles back. Deterministic on
-    // one device, so every dist.shard mode still agrees; not bit for bit with the CPU's serial sums.
-    const auto sums = grad.reshape({rows, -1}).to(at::kDouble).square().sum(1).cpu();
-    out.insert(out.end(), sums.data_ptr<double>(), sums.data_ptr<double>() + rows);
+    pending_.push_back(grad.view({rows, grad.numel() / rows}).to(at::kDouble).square().sum(1));
     return;
   }
-  const auto& cpu = grad;
-  const float* data = cpu.data_ptr<float>();
-  const std::int64_t row_numel = rows > 0 ? cpu.numel() / rows : 0;
+  flush();
+  std::vector<double>& out = host_;
+  const float* data = grad.data_ptr<float>();
+  const std::int64_t row_numel = grad.numel() / rows;
   const std::size_t base = out.size();
   out.resize(base + static_cast<std::size_t>(rows));
   at::parallel_for(0, rows, 64, [&](std::int64_t begin, std::int64_t end) {  // rows are independent
@@ -37,6 +37,25 @@ void appendRowSquares(const at::Tensor& grad, std::int64_t rows, std::vector<dou
       out[base + static_cast<std::size_t>(r)] = sum;
     }
   });
+}
+
+void RowSquares::padTo(std::size_t n) {
+  if (n <= size_) return;
+  if (pending_.empty()) host_.resize(n, 0.0);
+  else pending_.push_back(torch::zeros({static_cast<std::int64_t>(n - size_)}, pending_.back().options()));
+  size_ = n;
+}
+
+std::vector<double> RowSquares::values() {
+  flush();
+  return host_;
+}
+
+void RowSquares::flush() {
+  if (pending_.empty()) return;
+  const auto all = torch::cat(pending_).cpu();
+  pending_.clear();
+  host_.insert(host_.end(), all.data_ptr<double>(), all.data_ptr<double>() + all.numel());
 }
 
 double normOfRowSquares(const std::vector<double>& row_squares) {
@@ -65,9 +84,9 @@ class Replicated final : public DataParallel {
   void finish() override { reducer_.finish(); }
 
   double gradNorm() override {
-    std::vector<double> rows;
-    for (const auto& s : optimizer_->slots()) appendRowSquares(s.param.grad(), rowsOf(s.param), rows);
-    return normOfRowSquares(rows);
+    RowSquares rows;
+    for (const auto& s : optimizer_->slots()) rows.append(s.param.grad(), rowsOf(s.param));
+    return normOfRowSquares(rows.values());
   }
 
   void scaleGradients(double factor) override { reducer_.scaleGradients(factor); }

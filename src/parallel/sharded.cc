@@ -131,14 +131,14 @@ class Sharded final : public DataParallel {
 
   double gradNorm() override {
     // Note [gradient norm]: this rank's rows, each parameter padded to rowsPerRank, one all-gather.
-    std::vector<double> mine;
-    mine.reserve(static_cast<std::size_t>(norm_rows_));
+    RowSquares squares;
     for (const auto& unit : plan_.units)
       for (const auto k : unit.params) {
         const auto& slot = optimizer_->slots()[static_cast<std::size_t>(slot_of_[k])];
-        appendRowSquares(slot.grad.contiguous(), slot.param.size(0), mine);
-        mine.resize(static_cast<std::size_t>(row_offset_of_[k] + rowsPerRank(params_[k].second.size(0), comm_.size())), 0.0);
+        squares.append(slot.grad.contiguous(), slot.param.size(0));
+        squares.padTo(static_cast<std::size_t>(row_offset_of_[k] + rowsPerRank(params_[k].second.size(0), comm_.size())));
       }
+    std::vector<double> mine = squares.values();
     std::vector<double> all(mine.size() * static_cast<std::size_t>(comm_.size()));
     comm_.allGatherAsync(mine.data(), all.data(), mine.size(), DType::Float64, "grad/norm")->wait(comm_.timeout());
     std::vector<double> ordered;  // (parameter, row) order, as a replicated rank has them

@@ -46,6 +46,20 @@ class CopyBackWork final : public Work {
   std::function<void()> then_;
 };
 
+// What a collective of one rank leaves: nothing to wait for.
+class DoneWork final : public Work {
+ public:
+  bool test() override { return true; }
+  void wait(std::chrono::milliseconds) override {}
+};
+
+// A buffer for what a collective writes, in the dtype and memory it travels in (no copy of `like`).
+at::Tensor receiveBuffer(const Communicator& comm, const at::Tensor& like, at::ScalarType wire) {
+  const bool host = !like.is_cpu() && !comm.carriesDeviceMemory();
+  if (!host && wire == like.scalar_type()) return like;
+  return at::empty(like.sizes(), like.options().device(host ? at::Device(at::kCPU) : like.device()).dtype(wire));
+}
+
 WorkPtr copyBackWhenDone(WorkPtr inner, const at::Tensor& wire, at::Tensor& target) {
   if (wire.data_ptr() == target.data_ptr()) return inner;  // no copy was made
   return std::make_unique<CopyBackWork>(std::move(inner), [wire, target]() mutable {
@@ -70,6 +84,7 @@ DType toDType(const at::Tensor& t) {
 
 WorkPtr allReduce(Communicator& comm, at::Tensor& t, ReduceOp op, const char* tag, c10::optional<at::ScalarType> wire) {
   requireContiguous(t, "all-reduce", tag);
+  if (comm.size() == 1) return std::make_unique<DoneWork>();  // one rank: nothing travels, nothing to round
   auto w = onWire(comm, t, wire.value_or(t.scalar_type()));
   return copyBackWhenDone(comm.allReduceAsync(w.data_ptr(), static_cast<std::size_t>(w.numel()), toDType(w), op, tag), w, t);
 }
@@ -83,10 +98,13 @@ WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& o
     throw CollectiveError(std::string("'") + tag + "': reduce-scatter input has " + std::to_string(input.numel()) +
                           " elements, expected output's " + std::to_string(output.numel()) + " x " +
                           std::to_string(comm.size()) + " ranks");
+  if (comm.size() == 1) {
+    output.copy_(input.view(output.sizes()));
+    return std::make_unique<DoneWork>();
+  }
   const auto dtype = wire.value_or(input.scalar_type());
   const auto send = onWire(comm, input, dtype);
-  auto recv = onWire(comm, output, dtype);
-  if (recv.data_ptr() != output.data_ptr()) recv = at::empty_like(recv);  // a buffer of its own, not a copy of output
+  auto recv = receiveBuffer(comm, output, dtype);
   auto work = comm.reduceScatterAsync(send.data_ptr(), recv.data_ptr(), static_cast<std::size_t>(output.numel()),
                                       toDType(send), op, tag);
   if (send.data_ptr() != input.data_ptr())  // the send copy lives until the collective ends
@@ -102,9 +120,12 @@ WorkPtr allGather(Communicator& comm, const at::Tensor& input, at::Tensor& outpu
     throw CollectiveError(std::string("'") + tag + "': all-gather output has " + std::to_string(output.numel()) +
                           " elements, expected input's " + std::to_string(input.numel()) + " x " +
                           std::to_string(comm.size()) + " ranks");
+  if (comm.size() == 1) {
+    output.copy_(input.view(output.sizes()));
+    return std::make_unique<DoneWork>();
+  }
   const auto send = onWire(comm, input, input.scalar_type());
-  auto recv = onWire(comm, output, output.scalar_type());
-  if (recv.data_ptr() != output.data_ptr()) recv = at::empty_like(recv);
+  auto recv = receiveBuffer(comm, output, output.scalar_type());
   auto work = comm.allGatherAsync(send.data_ptr(), recv.data_ptr(), static_cast<std::size_t>(input.numel()),
                                   toDType(send), tag);
   if (send.data_ptr() != input.data_ptr()) work = std::make_unique<CopyBackWork>(std::move(work), [send] {});
@@ -113,6 +134,7 @@ WorkPtr allGather(Communicator& comm, const at::Tensor& input, at::Tensor& outpu
 
 WorkPtr broadcast(Communicator& comm, at::Tensor& t, int root, const char* tag) {
   requireContiguous(t, "broadcast", tag);
+  if (comm.size() == 1) return std::make_unique<DoneWork>();
   auto w = onWire(comm, t, t.scalar_type());
   return copyBackWhenDone(comm.broadcastAsync(w.data_ptr(), static_cast<std::size_t>(w.numel()), toDType(w), root, tag), w, t);
 }

@@ -6,7 +6,8 @@
 // completes. The reductions may also travel in another dtype (`wire`, dist.reduce_dtype: bfloat16
 // halves the bytes, and every partial sum rounds to it); the result is converted back into the
 // caller's tensor on completion. Either way the returned Work owns the copies, and the caller's
-// tensor holds the result once test() said true or wait() returned. Every function is a collective.
+// tensor holds the result once test() said true or wait() returned. With one rank nothing travels:
+// the result is there at once (no host copy, no rounding). Every function is a collective.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -209,8 +209,22 @@ OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer) {
 
 namespace {
 
-// Collective (every rank's RNG state is gathered).
-TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t step, RunCounters counters) {
+// Every rank's state of the generator of `device`, rank by rank (collective).
+at::Tensor gatherGeneratorStates(Communicator& comm, const at::Generator& generator, const char* tag) {
+  at::Generator gen = generator;
+  at::Tensor mine;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    mine = gen.get_state();
+  }
+  auto all = torch::empty({comm.size(), mine.numel()}, torch::kUInt8);
+  comm.allGatherBytes(mine.data_ptr(), static_cast<std::size_t>(mine.nbytes()), all.data_ptr(), tag);
+  return all;
+}
+
+// Collective (every rank's RNG states are gathered: the CPU's, and the GPU's of a run on CUDA).
+TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t step, RunCounters counters,
+                       const torch::Device& device) {
   TrainingState state;
   state.step = step;
   state.tokens_seen = counters.tokens_seen;
@@ -221,15 +235,9 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
   state.config = c.resolved();
   state.transfer = c.transfer;
   state.base_model = c.model_path;
-  at::Tensor mine;
-  {
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    mine = gen.get_state();
-  }
-  auto all = torch::empty({comm.size(), mine.numel()}, torch::kUInt8);
-  comm.allGatherBytes(mine.data_ptr(), static_cast<std::size_t>(mine.nbytes()), all.data_ptr(), "ckpt/rng");
-  state.rng_states = all;
+  state.rng_states = gatherGeneratorStates(comm, at::detail::getDefaultCPUGenerator(), "ckpt/rng");
+  if (device.is_cuda())
+    state.device_rng_states = gatherGeneratorStates(comm, at::globalContext().defaultGenerator(device), "ckpt/rng_cuda");
   return state;
 }
 
@@ -261,12 +269,16 @@ std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transf
 std::string seconds(double s) { return std::to_string(s).substr(0, 5); }
 
 // checkpoint.async: copies of what a checkpoint holds, so that training may go on changing the
-// originals while a helper writes them.
+// originals while a helper writes them. In host memory: a GPU's memory is for training.
+at::Tensor hostCopy(const at::Tensor& t) {
+  return t.to(at::Device(at::kCPU), t.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+}
+
 std::shared_ptr<const AdamW> copyOf(const AdamW& optimizer) {
   auto copy = std::make_shared<AdamW>(optimizer);
   for (auto& s : copy->slots()) {
-    s.exp_avg = s.exp_avg.clone();
-    s.exp_avg_sq = s.exp_avg_sq.clone();
+    s.exp_avg = hostCopy(s.exp_avg);
+    s.exp_avg_sq = hostCopy(s.exp_avg_sq);
     s.grad = at::Tensor();
   }
   return copy;
@@ -275,7 +287,7 @@ std::shared_ptr<const AdamW> copyOf(const AdamW& optimizer) {
 ModelRows copyOf(const std::shared_ptr<std::vector<AdamW::Rows>>& rows) {
   auto copy = std::make_shared<std::vector<AdamW::Rows>>();
   if (rows)
-    for (const auto& r : *rows) copy->push_back({r.name, r.rows.clone(), r.row_begin, r.global_shape});
+    for (const auto& r : *rows) copy->push_back({r.name, hostCopy(r.rows), r.row_begin, r.global_shape});
   return copy;
 }
 
@@ -285,7 +297,7 @@ GroupWriter wholeModelCopy(const TrainConfig& c, Transformer& model) {
   std::uint64_t bytes = 0;
   for (const auto& p : model->named_parameters())
     if (!c.transfer.adapterOnly() || p.value().requires_grad()) {
-      tensors->emplace_back(p.key(), p.value().detach().clone());
+      tensors->emplace_back(p.key(), hostCopy(p.value().detach()));
       bytes += static_cast<std::uint64_t>(p.value().numel()) * 4;
     }
   return {bytes, [tensors](H5File& file) {
@@ -417,7 +429,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   // Each rank's rows of the model's tensors (those the checkpoint holds) go into the file beside
   // its rows of the optimizer state: under dist.shard = parameters nobody gathers the whole model.
   auto model_rows = modelRows(c, model, dp, comm, one_file);
-  TrainingState state = snapshot(comm, c, step, counters);
+  TrainingState state = snapshot(comm, c, step, counters, model->device());
   std::function<void()> write;
   std::string how;
   if (one_file) {
@@ -472,7 +484,7 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
     makeDirectories(dir);
     for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
   }
-  const TrainingState state = snapshot(comm, c, step, counters);
+  const TrainingState state = snapshot(comm, c, step, counters, model->device());
   const auto optimizer = copyOf(dp.optimizer());
   const auto rows = copyOf(modelRows(c, model, dp, comm, /*all_write_rows=*/false));
   const GroupWriter whole_model = !sharded && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
@@ -553,6 +565,13 @@ Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, D
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(state.rng_states[comm.rank()].contiguous());
+  }
+  const bool same_world = state.world_size == comm.size();
+  if (same_world && model->device().is_cuda() && state.device_rng_states.defined() &&
+      state.device_rng_states.size(0) == comm.size()) {
+    at::Generator gen = at::globalContext().defaultGenerator(model->device());
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state.device_rng_states[comm.rank()].contiguous());
   }
   log.main("resuming from " + path + " at step " + std::to_string(state.step) + " (saved with " +
            std::to_string(state.world_size) + " ranks, now " + std::to_string(comm.size()) + ")");

@@ -224,10 +224,8 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   // the data-parallel strategy makes its buffers beside the parameters.
   const torch::Device device = deviceOfRank(chooseDeviceType(config.device), comm.localRank());
   Loaded& run = **loaded;
-  if (!device.is_cpu() && run.rows)
-    throw InputError("dist.shard = parameters builds the model without memory on the CPU and does not run on " +
-                     device.str() + " yet; use dist.shard = gradients (ZeRO-2) there");
-  run.model->to(device);
+  useDevice(device);
+  moveModel(run.model, device);
   run.model->setComputeDtype(computeDtype(config.precision));
   if (!device.is_cpu()) log.info("device: " + describeDevice(device) + ", precision " + config.precision);
   s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(run));
@@ -245,6 +243,11 @@ TrainResult Trainer::run() {
       // repeats exactly and ranks draw different masks; a resume at the same world size restores
       // each rank's state from the checkpoint instead.
       at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
+    }
+    if (s.model->device().is_cuda()) {  // LoRA dropout on the GPU draws from its generator
+      at::Generator gen = at::globalContext().defaultGenerator(s.model->device());
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
     }

@@ -92,11 +92,15 @@ TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
   EXPECT_TRUE(comm->carriesDeviceMemory());
   const auto wait = std::chrono::milliseconds(20000);
   const auto cuda = torch::TensorOptions(torch::kFloat).device(torch::kCUDA);
-  auto t = torch::arange(1000, cuda);
-  allReduce(*comm, t, ReduceOp::Sum, "t/sum")->wait(wait);
+  auto t = torch::arange(1000, cuda);  // the raw API: one rank's tensor collectives would skip NCCL
+  comm->allReduceAsync(t.data_ptr(), 1000, DType::Float32, ReduceOp::Sum, "t/sum")->wait(wait);
   EXPECT_TRUE(torch::equal(t.cpu(), torch::arange(1000, torch::kFloat)));
-  allReduce(*comm, t, ReduceOp::Sum, "t/bf16", at::kBFloat16)->wait(wait);
-  EXPECT_TRUE(torch::equal(t.cpu(), torch::arange(1000, torch::kFloat).to(at::kBFloat16).to(torch::kFloat)));
+  auto half = torch::arange(1000, cuda).to(at::kBFloat16);
+  comm->allReduceAsync(half.data_ptr(), 1000, DType::BFloat16, ReduceOp::Max, "t/bf16")->wait(wait);
+  EXPECT_TRUE(torch::equal(half.cpu(), torch::arange(1000, torch::kFloat).to(at::kBFloat16)));
+  auto all = torch::empty({1000}, cuda);
+  comm->allGatherAsync(t.data_ptr(), all.data_ptr(), 1000, DType::Float32, "t/ag")->wait(wait);
+  EXPECT_TRUE(torch::equal(all.cpu(), t.cpu()));
   double host[2] = {1.5, 2.5};
   comm->allReduce(host, 2, ReduceOp::Sum, "t/host");
   EXPECT_EQ(host[0], 1.5);
