@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <fstream>
 
+#include <torch/cuda.h>
+
 #include "e2e_util.h"
 
 namespace graft::e2e {
@@ -30,6 +32,26 @@ TEST(Errors, ConfigProblemsNameKeyFileAndLine) {
   expectInputError(run(graft() + " train --config " + dir + "/ok.ini --train.steps=abc"), "train.steps");
   expectInputError(run(graft() + " train --config " + dir + "/missing.ini"), dir + "/missing.ini");
   expectInputError(run(graft() + " train --config " + dir + "/ok.ini --train.batch_size=7"), "train.batch_size");
+  EXPECT_FALSE(std::ifstream(dir + "/run/metrics.jsonl").good());
+}
+
+// Devices and backends a run cannot have are refused before anything starts, in one line; what
+// dist.backend = auto picks is never refused (tests/unit/config_test.cc tries every case).
+TEST(Errors, DevicesAndBackendsThisBuildCannotUseAreRefusedInOneLine) {
+  const std::string dir = freshDir("errors_device");
+  std::ofstream(dir + "/ok.ini") << tinyConfig(dir + "/run", storiesDataset());
+  const std::string train = graft() + " train --config " + dir + "/ok.ini";
+  auto nccl = run(train + " --dist.backend=nccl --train.device=cpu");
+  expectInputError(nccl, "dist.backend = nccl");
+  EXPECT_NE(nccl.output.find("train.device"), std::string::npos) << nccl.output;
+  EXPECT_EQ(lines(nccl.output), 1) << nccl.output;
+  expectInputError(run(train + " --train.device=tpu"), "train.device");
+  expectInputError(run(train + " --train.precision=fp16"), "train.precision");
+  if (!torch::cuda::is_available()) {  // here: cuda is refused, saying what is missing
+    auto cuda = run(train + " --train.device=cuda");
+    expectInputError(cuda, "train.device = cuda");
+    EXPECT_EQ(lines(cuda.output), 1) << cuda.output;
+  }
   EXPECT_FALSE(std::ifstream(dir + "/run/metrics.jsonl").good());
 }
 
