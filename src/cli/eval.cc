@@ -12,6 +12,7 @@
 #include "convert/peft.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
+#include "model/device.h"
 #include "convert/model_io.h"
 #include "tokenizer/tokenizer.h"
 #include "train/batches.h"
@@ -45,7 +46,7 @@ std::vector<std::int64_t> parseIds(const std::string& text, int vocab) {
 void writeLogitsCsv(const std::string& path, const torch::Tensor& logits) {
   std::ofstream out(path);
   if (!out) throw InputError(path + ": cannot create logits file");
-  auto rows = logits.contiguous();
+  auto rows = logits.cpu().contiguous();
   const auto n = rows.size(0), v = rows.size(1);
   const float* data = rows.data_ptr<float>();
   char buf[32];
@@ -98,8 +99,8 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
     std::vector<std::int64_t> part(static_cast<std::size_t>(count));
     std::iota(part.begin(), part.end(), at);
     const auto b = documentBatch(data, part, model->config().seq_len);
-    const auto& labels = b.labels;
     auto logits = model->classifySequences(b.ids, b.lengths);
+    const auto labels = b.labels.to(logits.device());
     loss += torch::nn::functional::cross_entropy(logits, labels,
                                                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
@@ -194,7 +195,7 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
       counts[l].narrow(0, 0, static_cast<std::int64_t>(v.size())).fill_(1);
     }
     const auto logp = model->continuationLogProbs(torch::tensor(stem, torch::kInt64).unsqueeze(0), rows);  // [L, longest]
-    const auto summed = (logp * counts).sum(1).to(torch::kFloat64).contiguous();
+    const auto summed = (logp * counts.to(logp.device())).sum(1).to(torch::kFloat64).cpu().contiguous();
     const std::vector<double> score(summed.data_ptr<double>(), summed.data_ptr<double>() + L);
     const auto best = std::max_element(score.begin(), score.end()) - score.begin();
     correct += best == data.label(i) ? 1 : 0;
@@ -208,7 +209,7 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
 }  // namespace
 
 int runEval(const Args& args) {
-  std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path, data_path;
+  std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path, data_path, device;
   DatasetEvalOptions dataset;
   po::options_description options("graft eval options");
   options.add_options()
@@ -230,7 +231,8 @@ int runEval(const Args& args) {
        "with a labelled --data: write one JSON line per example (example, label, predicted, score) to this file")
       ("max-examples", po::value(&dataset.max_examples)->default_value(0),
        "score at most this many examples, evenly spaced over the split (0 = all)")
-      ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses");
+      ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses")
+      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"
                               "       graft eval --model M --data LABELLED.h5 [--zero-shot ' Intent: {label}.' --tokenizer T [--shots K]]\n"
@@ -241,6 +243,7 @@ int runEval(const Args& args) {
     return 0;
   auto model = loadModel(model_path);
   if (!adapter.empty()) loadPeftAdapter(model, adapter);
+  moveModel(model, deviceOfRank(chooseDeviceType(device, "--device"), 0));
   if (!data_path.empty()) {
     torch::NoGradGuard no_grad;
     model->eval();
@@ -291,7 +294,7 @@ int runEval(const Args& args) {
   auto all = torch::tensor(ids, torch::kInt64).unsqueeze(0);
   const auto n = all.size(1) - 1;
   auto logits = model->forward(all.narrow(1, 0, n)).squeeze(0);
-  auto loss = torch::nn::functional::cross_entropy(logits, all.narrow(1, 1, n).squeeze(0));
+  auto loss = torch::nn::functional::cross_entropy(logits, all.narrow(1, 1, n).squeeze(0).to(logits.device()));
   if (!logits_path.empty()) writeLogitsCsv(logits_path, logits);
   std::printf("{\"loss\": %.9g, \"tokens\": %lld}\n", loss.item<double>(), static_cast<long long>(n));
   return 0;

@@ -9,6 +9,7 @@
 #include "convert/hf_model.h"
 #include "convert/model_io.h"
 #include "tokenizer/tokenizer.h"
+#include "model/device.h"
 #include "model/generate.h"
 #include "util/error.h"
 
@@ -16,7 +17,7 @@ namespace graft {
 namespace po = boost::program_options;
 
 int runGenerate(const Args& args) {
-  std::string model_path, tokenizer_spec, prompt;
+  std::string model_path, tokenizer_spec, prompt, device;
   SampleOptions sample;
   int threads = 1;
   po::options_description options("graft generate options");
@@ -28,7 +29,8 @@ int runGenerate(const Args& args) {
       ("temperature", po::value(&sample.temperature)->default_value(1.0f), "0 = greedy (argmax)")
       ("top-p", po::value(&sample.top_p)->default_value(0.9f), "nucleus sampling threshold (0 or 1 = off)")
       ("seed", po::value(&sample.seed)->default_value(0), "sampling seed (0 = from the clock)")
-      ("threads", po::value(&threads)->default_value(1), "intra-op threads");
+      ("threads", po::value(&threads)->default_value(1), "intra-op threads")
+      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft generate --model M --tokenizer T [--prompt TEXT] [--steps N] [--temperature 0]\n"
                               "Prints the continuation exactly as llama2.c's run.c does.", options, vm))
@@ -38,6 +40,7 @@ int runGenerate(const Args& args) {
   if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
   if (tokenizer_spec.empty()) throw InputError("--tokenizer is required (the model is not a Hugging Face folder)");
   auto model = loadModel(model_path);
+  moveModel(model, deviceOfRank(chooseDeviceType(device, "--device"), 0));
   const auto tokenizer = loadTokenizer(tokenizer_spec);
   // Hugging Face models may pad their vocabulary beyond the tokenizer's; otherwise a different size
   // means the wrong tokenizer.

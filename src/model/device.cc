@@ -13,21 +13,21 @@
 
 namespace graft {
 
-c10::DeviceType chooseDeviceType(const std::string& setting) {
+c10::DeviceType chooseDeviceType(const std::string& setting, const std::string& what) {
   const bool cuda = torch::cuda::is_available();
   if (setting == "cpu") return c10::DeviceType::CPU;
   if (setting == "auto") return cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
   if (setting == "cuda") {
     if (cuda) return c10::DeviceType::CUDA;
 #ifdef GRAFT_WITH_CUDA
-    throw InputError("train.device = cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi), or "
-                     "use train.device = cpu");
+    throw InputError(what + " = cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi), or use " +
+                     what + " = cpu");
 #else
-    throw InputError("train.device = cuda: this graft was built for the CPU (without -DGRAFT_WITH_CUDA=ON against a "
-                     "CUDA LibTorch: docs/building.md); use train.device = cpu or auto");
+    throw InputError(what + " = cuda: this graft was built for the CPU (without -DGRAFT_WITH_CUDA=ON against a CUDA "
+                     "LibTorch: docs/building.md); use " + what + " = cpu or auto");
 #endif
   }
-  throw InputError("train.device: '" + setting + "' is not one of auto, cpu, cuda");
+  throw InputError(what + ": '" + setting + "' is not one of auto, cpu, cuda");
 }
 
 c10::Device deviceOfRank(c10::DeviceType type, int local_rank) {

@@ -15,7 +15,8 @@ namespace graft {
 // train.device resolved to a kind, before ranks know their place on the host: "auto" is CUDA when
 // this LibTorch has CUDA and sees a GPU, else the CPU. "cuda" where there is none throws an
 // InputError naming the key and what is missing.
-c10::DeviceType chooseDeviceType(const std::string& setting);
+// `what` names the setting in errors ("train.device", "--device").
+c10::DeviceType chooseDeviceType(const std::string& setting, const std::string& what = "train.device");
 // Rank `local_rank` of a host: GPU (local_rank mod visible GPUs) for CUDA, else the CPU.
 c10::Device deviceOfRank(c10::DeviceType type, int local_rank);
 // Makes `device` this thread's current one (a GPU's allocations and kernels go there by default).

@@ -82,7 +82,7 @@ int generate(Transformer& model, const Tokenizer& tokenizer, const std::string& 
       if (options.temperature == 0.0f) {
         next = static_cast<int>(logits.argmax().item<std::int64_t>());
       } else {
-        auto probs_t = torch::softmax(logits / options.temperature, -1).contiguous();
+        auto probs_t = torch::softmax(logits / options.temperature, -1).cpu().contiguous();
         std::vector<float> probs(probs_t.data_ptr<float>(), probs_t.data_ptr<float>() + probs_t.numel());
         const float coin = rng.uniform();
         next = (options.top_p <= 0 || options.top_p >= 1) ? sampleMultinomial(probs, coin)

@@ -502,7 +502,8 @@ torch::Tensor TransformerImpl::forwardStep(std::int64_t token, std::int64_t pos,
   return classify(finalNorm(x)).view({-1});
 }
 
-torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix, const torch::Tensor& continuations) {
+torch::Tensor TransformerImpl::continuationLogProbs(const torch::Tensor& prefix_anywhere, const torch::Tensor& continuations_anywhere) {
+  const auto prefix = prefix_anywhere.to(device()), continuations = continuations_anywhere.to(device());
   const std::int64_t n = promptLength(), S = prefix.size(1) + n, L = continuations.size(0), C = continuations.size(1);
   TORCH_CHECK(prefix.dim() == 2 && prefix.size(0) == 1 && prefix.size(1) > 0 && C > 0, "continuationLogProbs: bad shapes");
   if (S + C > config_.seq_len)
