@@ -280,7 +280,7 @@ TrainResult Trainer::run() {
              std::to_string(c.seq_len) + " tokens on " + std::to_string(s.comm.size()) + " rank(s) on " +
              std::to_string(s.comm.size() / std::max(1, s.comm.localSize())) + " host(s) (" + s.comm.backend() +
              ", " + std::to_string(torch::get_num_threads()) + " thread(s) each, accumulation " +
-             std::to_string(c.accumulation(s.comm.size())) + ", " + s.model->tok_embeddings->weight.device().str() + " " +
+             std::to_string(c.accumulation(s.comm.size())) + ", " + s.model->device().str() + " " +
              c.precision + "), " + std::to_string(s.classify ? s.train_data->numDocuments() : s.train_data->numSamples()) +
              (s.classify ? " training documents" : " training sequences"));
   if (s.train_data->streamed())

@@ -134,6 +134,13 @@ TEST(Transformer, Bfloat16ProductsKeepFloat32MastersAndStayNearFloat32) {
     Transformer full(c), half(c);
     full->initialise(3);
     half->initialise(3);
+    if (arch == "llama")  // LoRA terms on two projections, drawn alike (B starts at 0: the base's outputs)
+      for (auto* m : {&full, &half})
+        for (auto& [name, p] : (*m)->projections())
+          if (name == "layers.0.attention.wq" || name == "layers.1.feed_forward.w2") {
+            auto gen = at::detail::createCPUGenerator(11);
+            p->addLora(4, 8.0, 0.0, gen);
+          }
     half->setComputeDtype(torch::kBFloat16);
     const auto ids = torch::randint(c.vocab_size, {2, c.seq_len + 1}, at::detail::createCPUGenerator(5), torch::kInt64);
     const auto inputs = ids.narrow(1, 0, c.seq_len), targets = ids.narrow(1, 1, c.seq_len);
