@@ -1,6 +1,7 @@
 #include <malloc.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include <chrono>
 
@@ -30,6 +31,10 @@ int train(const TrainConfig& config, const CommunicatorFactory& make_communicato
   // The device first: dist.backend = auto depends on it (nccl exactly when training on CUDA).
   const bool on_cuda = chooseDeviceType(config.device) == c10::DeviceType::CUDA;
   if (const std::string why = backendRefusal(config.backend, on_cuda, ncclCompiledIn()); !why.empty()) throw InputError(why);
+  // On CUDA, gradient hooks run on autograd's device thread and start collectives from there.
+  if (const char* threads = std::getenv("GRAFT_MPI_THREADS"); on_cuda && threads && std::string(threads) == "funneled")
+    throw InputError("GRAFT_MPI_THREADS=funneled: training on CUDA starts collectives from autograd's device thread, "
+                     "which MPI_THREAD_FUNNELED forbids; unset it");
   auto owned = make_communicator(config.backend, on_cuda);
   if (!config.stall_at.empty() && owned->rank() == config.stall_rank)
     owned = stallingCommunicator(std::move(owned), config.stall_at);
