@@ -256,8 +256,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   if (k.scalar_type() != dtype) k = k.to(dtype), v = v.to(dtype);  // a float32 KV cache under bf16
   if (compat::kFusedAttention && q.is_cuda() && dtype != torch::kFloat) {
     // One kernel (flash attention where it applies) for bf16. float32 keeps the portable path
-    // below: it agrees with the CPU to rounding, and its backward is deterministic (exact resumes). The mask is the plain causal one exactly when
-    // there is no cache, as many keys as queries and no window cutting in (TransformerImpl::causalMask).
+    // below: it agrees with the CPU to rounding, and its backward is deterministic (exact resumes).
+    // The mask is the plain causal one exactly when there is no cache, as many keys as queries and
+    // no window cutting in (TransformerImpl::causalMask).
     const bool causal = mask.defined() && !cache && S == T && (window_ == 0 || T <= window_);
     const auto out = compat::fusedAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, causal);
     return wo(out.transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
@@ -265,12 +266,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   auto keys_t = heads(k, S).transpose(1, 2);
   torch::Tensor scores;
-  if (dtype == torch::kFloat)  // one fused call: mask + scale * q k^T (mask 0 on and below the diagonal, -inf above)
-    scores = mask.defined() ? torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale)
-                            : torch::bmm(heads(q, T), keys_t) * scale;
-  else  // Note [mixed precision]: the product in q's dtype, the softmax on float32 scores
-    scores = mask.defined() ? torch::bmm(heads(q, T), keys_t).to(torch::kFloat).mul_(scale).add_(mask)
-                            : torch::bmm(heads(q, T), keys_t).to(torch::kFloat).mul_(scale);
+  if (dtype == torch::kFloat && mask.defined()) {  // one fused call: mask + scale * q k^T (0 on and below the diagonal, -inf above)
+    scores = torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale);
+  } else {  // bf16 (Note [mixed precision]): the product in q's dtype, the softmax on float32 scores
+    scores = torch::bmm(heads(q, T), keys_t).to(torch::kFloat) * scale;
+    if (mask.defined()) scores.add_(mask);
+  }
   auto out = torch::bmm(torch::softmax(scores, -1).to(dtype), heads(v, S));  // [B * H, T, D]
   return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
 }

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "model/transformer.h"
+#include "model_fixtures.h"
 #include "optim/adamw.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/tensor_collectives.h"
@@ -13,23 +14,8 @@
 namespace graft {
 namespace {
 
-double relative(const torch::Tensor& got, const torch::Tensor& want) {
-  const auto g = got.to(torch::kCPU, torch::kFloat64), w = want.to(torch::kFloat64);
-  return ((g - w).norm() / w.norm().clamp_min(1e-30)).item<double>();
-}
-
-ModelConfig smallModel(const std::string& arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.n_layers = 2;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_heads = 4;
-  c.n_kv_heads = arch == "gpt2" ? 4 : 2;
-  c.vocab_size = 128;
-  c.seq_len = 32;
-  return c;
-}
+using testing::relative;
+using testing::smallModel;
 
 class Gpu : public ::testing::TestWithParam<std::string> {
  protected:

@@ -3,6 +3,7 @@
 
 #include "formats/llama2c.h"
 #include "model/device.h"
+#include "model_fixtures.h"
 #include "util/error.h"
 
 namespace graft {
@@ -112,24 +113,11 @@ TEST(Transformer, SlidingWindowLimitsHowFarBackTokensSee) {
   EXPECT_TRUE(torch::equal(a.select(1, 3), b.select(1, 3)));            // 3 sees only 2 and 3
 }
 
-double relative(const torch::Tensor& got, const torch::Tensor& want) {
-  const auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-  return ((g - w).norm() / w.norm().clamp_min(1e-30)).item<double>();
-}
-
 // train.precision = bf16 (Note [mixed precision]): products in bfloat16, everything the optimizer
 // and the checkpoint see in float32, and results within bfloat16's rounding of float32's.
 TEST(Transformer, Bfloat16ProductsKeepFloat32MastersAndStayNearFloat32) {
   for (const std::string arch : {"llama", "gpt2"}) {
-    ModelConfig c;
-    c.arch = arch;
-    c.n_layers = 2;
-    c.dim = 64;
-    c.hidden_dim = 96;
-    c.n_heads = 4;
-    c.n_kv_heads = arch == "gpt2" ? 4 : 2;
-    c.vocab_size = 96;
-    c.seq_len = 32;
+    ModelConfig c = testing::smallModel(arch, 96);
     c.tied = arch == "gpt2";
     Transformer full(c), half(c);
     full->initialise(3);
@@ -146,11 +134,11 @@ TEST(Transformer, Bfloat16ProductsKeepFloat32MastersAndStayNearFloat32) {
     const auto inputs = ids.narrow(1, 0, c.seq_len), targets = ids.narrow(1, 1, c.seq_len);
     const auto logits_full = full->forward(inputs), logits_half = half->forward(inputs);
     ASSERT_EQ(logits_half.scalar_type(), torch::kFloat) << arch;
-    const double logits_off = relative(logits_half, logits_full);
+    const double logits_off = testing::relative(logits_half, logits_full);
     EXPECT_GT(logits_off, 0) << arch << ": no product ran in bfloat16";
     EXPECT_LT(logits_off, 1e-2) << arch;
     const auto loss_full = full->loss(inputs, targets), loss_half = half->loss(inputs, targets);
-    EXPECT_LT(relative(loss_half, loss_full), 1e-2) << arch;
+    EXPECT_LT(testing::relative(loss_half, loss_full), 1e-2) << arch;
     loss_full.backward();
     loss_half.backward();
     const auto a = full->named_parameters(), b = half->named_parameters();
