@@ -98,14 +98,15 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
     const std::int64_t count = std::min(o.micro_batch, n - at);
     std::vector<std::int64_t> part(static_cast<std::size_t>(count));
     std::iota(part.begin(), part.end(), at);
-    const auto b = documentBatch(data, part, model->config().seq_len);
+    const auto b = documentBatch(data, part, model->config().seq_len, model->device());
     auto logits = model->classifySequences(b.ids, b.lengths);
-    const auto labels = b.labels.to(logits.device());
+    const auto& labels = b.labels;
     loss += torch::nn::functional::cross_entropy(logits, labels,
                                                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
     correct += logits.argmax(1).eq(labels).sum().item<double>();
-    const auto [best_p, best] = torch::softmax(logits, 1).max(1);
+    const auto [best_p_anywhere, best_anywhere] = torch::softmax(logits, 1).max(1);
+    const auto best_p = best_p_anywhere.to(torch::kCPU, torch::kDouble), best = best_anywhere.cpu();  // one copy each
     for (std::int64_t i = 0; i < count; ++i)
       predictions.add(at + i, data.label(at + i), best[i].item<std::int64_t>(), best_p[i].item<double>());
   }
@@ -127,8 +128,8 @@ void evalLanguageModel(Transformer& model, const TokenDataset& data, const std::
     const std::int64_t count = std::min(o.micro_batch, n - at);
     std::vector<std::int64_t> part(static_cast<std::size_t>(count));
     std::iota(part.begin(), part.end(), at);
-    const auto batch = windowBatch(data, part);
-    const auto window_loss = tokenLoss(model->forward(batch.inputs), batch.targets);
+    const auto batch = windowBatch(data, part, model->device());
+    const auto window_loss = tokenLoss(model->forward(batch.inputs), batch);
     loss += window_loss.sum.item<double>();
     counted += static_cast<double>(window_loss.counted);
   }

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace graft::compat {
 
 // scaled_dot_product_attention (flash and memory-efficient kernels on CUDA; LibTorch >= 2.0).
@@ -24,6 +27,40 @@ inline at::Tensor fusedAttention(const at::Tensor& q, const at::Tensor& k, const
   (void)q, (void)k, (void)v, (void)mask, (void)causal;
   TORCH_CHECK(false, "fused attention needs LibTorch 2.x");
   return {};
+#endif
+}
+
+// AdamW in one multi-tensor kernel per call (LibTorch >= 2.1 on CUDA; the fused CPU kernel of
+// later 2.x is not used, so that CPU results stay those of the portable path).
+constexpr bool kFusedAdamW = TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1);
+
+// One AdamW step (decoupled weight decay, bias corrections for step `steps`) of every tensor in
+// `params` with its gradient and moments, in place, as a fused kernel: true when it ran, false
+// where it cannot (the tensors are not all on CUDA, or this LibTorch lacks the kernel), and the
+// caller takes the portable path. The tensors of one index must have the same shape and strides.
+inline bool fusedAdamW(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                       std::int64_t steps, double lr, double beta1, double beta2, double weight_decay, double eps) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  if (params.empty()) return true;
+  for (const auto* list : {&params, &grads, &exp_avgs, &exp_avg_sqs})
+    for (const auto& t : *list)
+      if (!t.is_cuda() || t.device() != params[0].device() || t.scalar_type() != params[0].scalar_type()) return false;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].is_non_overlapping_and_dense()) return false;
+    for (const auto* other : {&grads[i], &exp_avgs[i], &exp_avg_sqs[i]})
+      if (other->sizes() != params[i].sizes() || other->strides() != params[i].strides()) return false;
+  }
+  // The kernel reads each tensor's step count from a float32 scalar on the device (it never
+  // writes it): one scalar serves the whole group.
+  const auto step = at::scalar_tensor(static_cast<double>(steps), params[0].options().dtype(at::kFloat));
+  const std::vector<at::Tensor> state_steps(params.size(), step);
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, state_steps, lr, beta1, beta2,
+                    weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+  return true;
+#else
+  (void)params, (void)grads, (void)exp_avgs, (void)exp_avg_sqs, (void)steps, (void)lr, (void)beta1, (void)beta2,
+      (void)weight_decay, (void)eps;
+  return false;
 #endif
 }
 

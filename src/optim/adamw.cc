@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "formats/hdf5.h"
+#include "model/torch_compat.h"
 #include "util/checksum.h"
 #include "util/error.h"
 
@@ -32,10 +33,14 @@ AdamW AdamW::ofRows(const std::vector<Rows>& params, AdamWOptions options) {
 }
 
 // Note [multi-tensor step]: slots that share their hyper-parameters for this step (step count,
-// learning-rate scale, weight decay) are updated together with LibTorch's _foreach_ operations:
-// on CUDA each is one fused kernel over many tensors instead of one kernel per tensor and
-// operation; on the CPU they are the same per-tensor operations, so the result is the same bits
-// either way. A group is cut at kGroupElements, which bounds the temporary denominators.
+// learning-rate scale, weight decay) are updated together. On CUDA with LibTorch >= 2.1 a group
+// is one fused AdamW kernel (compat::fusedAdamW: it reads each element once and writes the
+// parameter and both moments). Elsewhere LibTorch's _foreach_ operations do it: on CUDA each is
+// one kernel over many tensors instead of one per tensor and operation; on the CPU they are the
+// same per-tensor operations, so the result is the same bits either way. The fused kernel does
+// the same arithmetic in float32 with the bias corrections computed on the device, so its
+// results differ from the portable path's in the last bits only. A group is cut at
+// kGroupElements, which bounds the portable path's temporary denominators.
 namespace {
 constexpr std::int64_t kGroupElements = std::int64_t{1} << 25;  // 128 MiB of float32 denominators
 }  // namespace
@@ -77,6 +82,9 @@ void AdamW::step(double lr) {
     const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(group.steps));
     const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(group.steps)));
     const double slot_lr = lr * group.lr_scale, step_size = slot_lr / bc1;
+    if (compat::fusedAdamW(group.params, group.grads, group.exp_avgs, group.exp_avg_sqs, group.steps, slot_lr,
+                           options_.beta1, options_.beta2, group.decay ? options_.weight_decay : 0.0, options_.eps))
+      continue;
     if (group.decay) at::_foreach_mul_(group.params, 1.0 - slot_lr * options_.weight_decay);
     at::_foreach_mul_(group.exp_avgs, options_.beta1);
     at::_foreach_add_(group.exp_avgs, group.grads, 1.0 - options_.beta1);

@@ -5,8 +5,23 @@
 #include <algorithm>
 
 namespace graft {
+namespace {
 
-DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, std::int64_t max_tokens) {
+// Host memory for a batch bound for `device`: page-locked when that is a GPU, so that the copy
+// there runs without blocking the host (the caching host allocator keeps the block until the
+// copy that reads it has completed).
+torch::Tensor hostTokens(at::IntArrayRef sizes, const torch::Device& device) {
+  return torch::empty(sizes, torch::TensorOptions(torch::kInt64).pinned_memory(device.is_cuda()));
+}
+
+torch::Tensor toDevice(const torch::Tensor& host, const torch::Device& device) {
+  return host.to(device, /*non_blocking=*/true);
+}
+
+}  // namespace
+
+DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, std::int64_t max_tokens,
+                            const torch::Device& device) {
   std::vector<std::vector<std::int64_t>> docs(indices.size());
   std::int64_t longest = 1;
   for (std::size_t i = 0; i < indices.size(); ++i) {
@@ -15,42 +30,47 @@ DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int
     longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(docs[i].size()));
   }
   const auto n = static_cast<std::int64_t>(indices.size());
-  DocumentBatch b{torch::zeros({n, longest}, torch::kInt64), torch::empty({n}, torch::kInt64), {}};
-  auto* lengths = b.lengths.data_ptr<std::int64_t>();
+  auto ids = hostTokens({n, longest}, device), lengths = hostTokens({n}, device);
+  ids.zero_();
   for (std::int64_t i = 0; i < n; ++i) {
     const auto& d = docs[static_cast<std::size_t>(i)];
-    std::copy(d.begin(), d.end(), b.ids.data_ptr<std::int64_t>() + i * longest);
-    lengths[i] = static_cast<std::int64_t>(d.size());
+    std::copy(d.begin(), d.end(), ids.data_ptr<std::int64_t>() + i * longest);
+    lengths.data_ptr<std::int64_t>()[i] = static_cast<std::int64_t>(d.size());
   }
-  if (data.hasLabels()) b.labels = labelsOf(data, indices);
+  DocumentBatch b{toDevice(ids, device), toDevice(lengths, device), {}};
+  if (data.hasLabels()) b.labels = labelsOf(data, indices, device);
   return b;
 }
 
-torch::Tensor labelsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
-  auto labels = torch::empty({static_cast<std::int64_t>(indices.size())}, torch::kInt64);
+torch::Tensor labelsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device) {
+  auto labels = hostTokens({static_cast<std::int64_t>(indices.size())}, device);
   auto* out = labels.data_ptr<std::int64_t>();
   for (std::size_t i = 0; i < indices.size(); ++i) out[i] = data.label(indices[i]);
-  return labels;
+  return toDevice(labels, device);
 }
 
-WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices) {
+WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device) {
   const std::int64_t n = static_cast<std::int64_t>(indices.size()), t = data.seqLen();
-  auto window = torch::empty({n, t + 1}, torch::kInt64);
+  auto window = hostTokens({n, t + 1}, device);
   for (std::int64_t i = 0; i < n; ++i) data.sample(indices[static_cast<std::size_t>(i)], window.data_ptr<std::int64_t>() + i * (t + 1));
-  WindowBatch b{window.narrow(1, 0, t), window.narrow(1, 1, t)};
+  const auto on_device = toDevice(window, device);
+  WindowBatch b{on_device.narrow(1, 0, t), on_device.narrow(1, 1, t), n * t};
   if (data.hasLossMask()) {
-    b.targets = torch::empty({n, t}, torch::kInt64);
-    for (std::int64_t i = 0; i < n; ++i) data.targets(indices[static_cast<std::size_t>(i)], b.targets.data_ptr<std::int64_t>() + i * t);
+    auto targets = hostTokens({n, t}, device);
+    for (std::int64_t i = 0; i < n; ++i) data.targets(indices[static_cast<std::size_t>(i)], targets.data_ptr<std::int64_t>() + i * t);
+    const auto* values = targets.data_ptr<std::int64_t>();
+    b.counted = std::count_if(values, values + n * t, [](std::int64_t v) { return v != TokenDataset::kIgnoreTarget; });
+    b.targets = toDevice(targets, device);
   }
   return b;
 }
 
-TokenLoss tokenLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
+TokenLoss tokenLoss(const torch::Tensor& logits, const WindowBatch& batch) {
   TokenLoss out;
   out.sum = torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), targets.to(logits.device(), /*non_blocking=*/true).reshape({-1}),
+      logits.reshape({-1, logits.size(-1)}), batch.targets.to(logits.device(), /*non_blocking=*/true).reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(TokenDataset::kIgnoreTarget));
-  out.counted = targets.ne(TokenDataset::kIgnoreTarget).sum().item<std::int64_t>();
+  out.counted = batch.counted;
   return out;
 }
 

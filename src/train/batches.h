@@ -3,6 +3,11 @@
 //   documentBatch  classification: whole documents (cut to max_tokens), right-padded
 //   windowBatch    language modelling: seq_len + 1 token windows split into inputs and targets
 //   tokenLoss      summed next-token cross-entropy over the targets that count
+//
+// Every batch lands on `device`, the model's: it is assembled in host memory (page-locked when
+// the device is a GPU) and copied without blocking the host, so reading the next micro-batch
+// overlaps the device's work on this one. What the host needs to know about a batch (how many
+// targets count) is counted before the copy, never read back from the device.
 #pragma once
 
 #include <torch/types.h>
@@ -19,24 +24,27 @@ namespace graft {
 struct DocumentBatch {
   torch::Tensor ids, lengths, labels;
 };
-DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, std::int64_t max_tokens);
+DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, std::int64_t max_tokens,
+                            const torch::Device& device);
 
-// The labels of documents `indices`, int64 [B].
-torch::Tensor labelsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices);
+// The labels of documents `indices`, int64 [B] on `device`.
+torch::Tensor labelsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device);
 
 // inputs [B, seq_len]; targets [B, seq_len]: the next tokens, with TokenDataset::kIgnoreTarget where
-// a loss mask says the token is not learned (prompt/completion data).
+// a loss mask says the token is not learned (prompt/completion data); counted: how many targets
+// are not kIgnoreTarget.
 struct WindowBatch {
   torch::Tensor inputs, targets;
+  std::int64_t counted = 0;
 };
-WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices);
+WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device);
 
-// logits [..., V] against targets [...]: the summed cross-entropy over targets that are not
-// kIgnoreTarget (a scalar tensor, differentiable) and how many there are.
+// The batch's logits [B, seq_len, V] against its targets: the summed cross-entropy over the
+// targets that count (a scalar tensor on the logits' device, differentiable) and how many count.
 struct TokenLoss {
   torch::Tensor sum;
   std::int64_t counted = 0;
 };
-TokenLoss tokenLoss(const torch::Tensor& logits, const torch::Tensor& targets);
+TokenLoss tokenLoss(const torch::Tensor& logits, const WindowBatch& batch);
 
 }  // namespace graft

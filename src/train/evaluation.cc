@@ -38,9 +38,10 @@ void inMicroBatches(std::int64_t n, const Communicator& comm, std::int64_t size,
 
 at::Tensor classLogits(Transformer& model, const TokenDataset& data, const at::Tensor& cache,
                        const std::vector<std::int64_t>& indices, int seq_len, at::Tensor& labels) {
-  labels = labelsOf(data, indices);
-  if (cache.defined()) return model->classifyPooled(cache.index_select(0, torch::tensor(indices, torch::kInt64)));
-  const auto b = documentBatch(data, indices, seq_len);
+  labels = labelsOf(data, indices, model->device());
+  if (cache.defined())
+    return model->classifyPooled(cache.index_select(0, torch::tensor(indices, torch::kInt64).to(cache.device())));
+  const auto b = documentBatch(data, indices, seq_len, model->device());
   return model->classifySequences(b.ids, b.lengths);
 }
 
@@ -54,7 +55,6 @@ Validation validate(Transformer& model, const TokenDataset& val, const at::Tenso
     inMicroBatches(val.numDocuments(), comm, c.micro_batch, same_passes, [&](const std::vector<std::int64_t>& part, bool counted) {
       torch::Tensor labels;
       auto logits = classLogits(model, val, val_features, part, c.seq_len, labels);
-      labels = labels.to(logits.device(), /*non_blocking=*/true);
       if (!counted) return;
       totals[0] += torch::nn::functional::cross_entropy(
                        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -70,8 +70,8 @@ Validation validate(Transformer& model, const TokenDataset& val, const at::Tenso
   const std::int64_t n = std::min(c.eval_batches * c.micro_batch * comm.size(), val.numSamples());
   double totals[2] = {0, 0};  // loss sum, targets counted (token-weighted)
   inMicroBatches(n, comm, c.micro_batch, same_passes, [&](const std::vector<std::int64_t>& part, bool counted) {
-    const auto batch = windowBatch(val, part);
-    const auto loss = tokenLoss(model->forward(batch.inputs), batch.targets);
+    const auto batch = windowBatch(val, part, model->device());
+    const auto loss = tokenLoss(model->forward(batch.inputs), batch);
     if (!counted) return;
     totals[0] += loss.sum.item<double>();
     totals[1] += static_cast<double>(loss.counted);

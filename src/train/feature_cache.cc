@@ -31,10 +31,10 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
       std::vector<std::int64_t> part;
       for (std::int64_t i = at; i < std::min(at + micro, end); ++i) part.push_back(i);
       if (part.empty()) {
-        model->hidden(documentBatch(*data, {0}, seq_len).ids);  // the units' gathers, as the other ranks'
+        model->hidden(documentBatch(*data, {0}, seq_len, model->device()).ids);  // the units' gathers, as the other ranks'
         continue;
       }
-      const auto b = documentBatch(*data, part, seq_len);
+      const auto b = documentBatch(*data, part, seq_len, model->device());
       mine->narrow(0, at - begin, static_cast<std::int64_t>(part.size())).copy_(model->pool(model->hidden(b.ids), b.lengths));
     }
   };
@@ -59,11 +59,10 @@ at::Tensor computeFeatures(Transformer model, std::shared_ptr<const TokenDataset
   return all.narrow(0, 0, n).clone();
 }
 
-}  // namespace
-
-FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenDataset> train,
-                                 std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
-                                 Logger& log, bool collective_forward) {
+// prepareFeatureCache's features, in host memory (where the file and the gathers read them).
+FeatureCache featuresOnHost(Transformer model, std::shared_ptr<const TokenDataset> train,
+                            std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
+                            Logger& log, bool collective_forward) {
   FeatureCache out;
   if (!c.transfer.cache_features) return out;
   const std::string path = c.run_dir + "/features.h5";
@@ -108,6 +107,17 @@ FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenD
            std::to_string(comm.size()) + " rank(s) in " +
            std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).substr(0, 5) +
            " s, cached in " + path);
+  return out;
+}
+
+}  // namespace
+
+FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenDataset> train,
+                                 std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
+                                 Logger& log, bool collective_forward) {
+  FeatureCache out = featuresOnHost(model, std::move(train), std::move(val), c, comm, log, collective_forward);
+  // Kept where the head reads them: one copy now instead of one per micro-batch.
+  if (out.train.defined()) out.train = out.train.to(model->device()), out.val = out.val.to(model->device());
   return out;
 }
 

@@ -120,13 +120,13 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         for (const auto i : indices) tokens += static_cast<double>(std::min<std::int64_t>(train_data->documentLength(i), config.seq_len));
         torch::Tensor labels;
         const auto logits = classLogits(model, *train_data, features.train, indices, config.seq_len, labels);
-        loss = torch::nn::functional::cross_entropy(logits, labels.to(logits.device(), /*non_blocking=*/true));
+        loss = torch::nn::functional::cross_entropy(logits, labels);
       } else {
         tokens += static_cast<double>(indices.size()) * config.seq_len;
-        const auto batch = windowBatch(*train_data, indices);
+        const auto batch = windowBatch(*train_data, indices, model->device());
         if (train_data->hasLossMask()) {
           // Mean over the targets that count; a micro-batch of prompt tokens only contributes 0.
-          const auto masked = tokenLoss(model->forward(batch.inputs), batch.targets);
+          const auto masked = tokenLoss(model->forward(batch.inputs), batch);
           loss = masked.sum / static_cast<double>(std::max<std::int64_t>(1, masked.counted));
         } else {
           loss = model->loss(batch.inputs, batch.targets);

@@ -5,9 +5,19 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "data/dataset.h"
+#include "model/torch_compat.h"
 #include "model/transformer.h"
 #include "model_fixtures.h"
 #include "optim/adamw.h"
+#include "tokenizer/tokenizer.h"
+#include "train/batches.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/tensor_collectives.h"
 
@@ -67,6 +77,82 @@ TEST_P(Gpu, ForwardBackwardAndAdamWAgreeWithTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Gpu, ::testing::Values("llama", "gpt2"));
+
+// LibTorch 2.x's fused AdamW kernel (what AdamW::step runs on CUDA there) against graft's
+// portable step on the CPU: five steps, with and without weight decay, tensors of odd sizes.
+TEST(FusedAdamW, RunsOnCudaAndMatchesThePortableStep) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
+  if (!compat::kFusedAdamW) GTEST_SKIP() << "this LibTorch has no fused AdamW kernel";
+  torch::manual_seed(11);
+  const std::vector<std::vector<std::int64_t>> shapes = {{33, 7}, {5}, {1, 1000}};
+  for (const double decay : {0.0, 0.1}) {
+    std::vector<std::pair<std::string, at::Tensor>> cpu_params;
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      auto p = torch::randn(shapes[i]);
+      cpu_params.emplace_back("p" + std::to_string(i), p.clone());
+      params.push_back(p.cuda());
+      exp_avgs.push_back(torch::zeros_like(params.back()));
+      exp_avg_sqs.push_back(torch::zeros_like(params.back()));
+    }
+    AdamWOptions options;
+    options.weight_decay = decay;
+    AdamW portable(cpu_params, options);
+    for (std::int64_t step = 1; step <= 5; ++step) {
+      grads.clear();
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const auto g = torch::randn(shapes[i]);
+        cpu_params[i].second.mutable_grad() = g;
+        grads.push_back(g.cuda());
+      }
+      // Dims >= 2 decay (AdamW's rule): the 1-D tensor is its own call without decay.
+      const auto with = [&](const std::vector<std::size_t>& which, double wd) {
+        std::vector<at::Tensor> p, g, m, v;
+        for (const auto i : which) p.push_back(params[i]), g.push_back(grads[i]), m.push_back(exp_avgs[i]), v.push_back(exp_avg_sqs[i]);
+        return compat::fusedAdamW(p, g, m, v, step, 2e-3, options.beta1, options.beta2, wd, options.eps);
+      };
+      ASSERT_TRUE(with({0, 2}, decay));
+      ASSERT_TRUE(with({1}, 0.0));
+      portable.step(2e-3);
+    }
+    for (std::size_t i = 0; i < shapes.size(); ++i)
+      EXPECT_LT(relative(params[i].cpu(), cpu_params[i].second), 1e-5) << "tensor " << i << ", weight decay " << decay;
+  }
+}
+
+// Batches land on the GPU (assembled in page-locked memory, copied without blocking) and equal
+// the CPU's batches of the same samples and documents, loss-mask counts and labels included.
+TEST(Batches, LandOnTheGpuAndEqualTheCpuBatches) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
+  const auto dir = std::filesystem::temp_directory_path() / ("graft_gpu_batches_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream out(dir / "sft.jsonl");
+    for (int i = 0; i < 12; ++i)
+      out << "{\"prompt\": \"question " << i << "?\", \"completion\": \" answer number " << i * 7
+          << "\", \"label\": \"" << (i % 3 ? "yes" : "no") << "\"}\n";
+  }
+  const auto bytes = loadTokenizer("bytes");
+  PrepareOptions prepare;
+  prepare.val_fraction = 0;
+  prepareDataset((dir / "sft.jsonl").string(), *bytes, (dir / "sft.h5").string(), prepare, [](std::int64_t, std::int64_t) {});
+  TokenDataset data((dir / "sft.h5").string(), "train", 16);
+  ASSERT_TRUE(data.hasLossMask());
+  ASSERT_TRUE(data.hasLabels());
+  const std::vector<std::int64_t> samples = {0, 2, 1}, documents = {3, 0, 5, 11};
+  const auto on_cpu = windowBatch(data, samples, torch::kCPU), on_gpu = windowBatch(data, samples, torch::kCUDA);
+  EXPECT_TRUE(on_gpu.inputs.is_cuda() && on_gpu.targets.is_cuda());
+  EXPECT_TRUE(torch::equal(on_gpu.inputs.cpu(), on_cpu.inputs));
+  EXPECT_TRUE(torch::equal(on_gpu.targets.cpu(), on_cpu.targets));
+  EXPECT_EQ(on_gpu.counted, on_cpu.counted);
+  EXPECT_EQ(on_cpu.counted, on_cpu.targets.ne(TokenDataset::kIgnoreTarget).sum().item<std::int64_t>());
+  const auto docs_cpu = documentBatch(data, documents, 32, torch::kCPU), docs_gpu = documentBatch(data, documents, 32, torch::kCUDA);
+  EXPECT_TRUE(docs_gpu.ids.is_cuda() && docs_gpu.lengths.is_cuda() && docs_gpu.labels.is_cuda());
+  EXPECT_TRUE(torch::equal(docs_gpu.ids.cpu(), docs_cpu.ids));
+  EXPECT_TRUE(torch::equal(docs_gpu.lengths.cpu(), docs_cpu.lengths));
+  EXPECT_TRUE(torch::equal(docs_gpu.labels.cpu(), docs_cpu.labels));
+  std::filesystem::remove_all(dir);
+}
 
 // The NCCL communicator at one rank (MPI bootstraps it as a singleton): device buffers through
 // NCCL, host buffers through MPI, a bfloat16 wire, and the gradient reducer on CUDA parameters.
