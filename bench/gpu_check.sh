@@ -4,7 +4,9 @@
 #   unit      the unit tests
 #   gpu       the gpu tests: CUDA vs CPU forward, backward and AdamW (fp32, TF32 off), the NCCL
 #             communicator and gradient reducer at one rank
-#   curves    a stories260K fine-tune, 20 steps, train.device = cpu vs cuda: the loss curves
+#   curves    a stories260K fine-tune, 20 steps, train.device = cpu vs cuda: the loss curves (also
+#             under ZeRO-3, and at two ranks through NCCL with the compute stream or the host
+#             waiting for collectives)
 #   bf16      bf16 full fine-tuning of a ~100M Llama at seq_len 1024: graft's tokens/s and MFU next to
 #             the PyTorch peer (bench/llama_peer.py) on the same model shape and batch, eager and
 #             torch.compile
@@ -68,7 +70,8 @@ else
     -DCMAKE_PREFIX_PATH='$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)');$GRAFT_DEPS_PREFIX' \
     $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
     -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || tail -20 "$OUT/configure.log"
-  [ -f $B/build.ninja ] && { step build 330 "ninja -C $B -j16 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"; }
+  # -k 0: a compile error does not hide the others (one run on the device shows them all).
+  [ -f $B/build.ninja ] && { step build 330 "ninja -C $B -j16 -k 0 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"; }
 fi
 $PY -c "import json,torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,
   'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))" > "$OUT/env.json" 2>&1
@@ -142,6 +145,13 @@ except ImportError as e:
 print(json.dumps(out))
 EOF"
 
+# Last, as the least needed: the two-rank curve again with the host waiting for each NCCL
+# collective (GRAFT_NCCL_WAIT=host) instead of the compute stream (Note [completion on the device]):
+# the same losses, bit for bit, or the stream ordering is wrong.
+step curve_np2_host 90 "mpirun -np 2 --oversubscribe -x GRAFT_NCCL_WAIT=host -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
+  -x NCCL_SOCKET_IFNAME=lo bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2_host \
+  --train.device=$DEV --dist.backend=$BACKEND --train.threads=4"
+
 # The summary.
 LAYERS=$LAYERS SEQ=$SEQ DIM=$DIM $PY - "$OUT" "$W" <<'EOF'
 import json, os, re, statistics, sys
@@ -172,10 +182,11 @@ def apart(a, b):
     return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=None) if len(a) == len(b) and a else None
 cpu = losses(os.path.join(w, 'cpu'))
 s['curves'] = {'cpu': cpu}
-for name in ('dev', 'zero3', 'np2'):
+for name in ('dev', 'zero3', 'np2', 'np2_host'):
     got = losses(os.path.join(w, name))
     s['curves'][name] = got
     s['curves'][name + '_max_relative_difference_to_cpu'] = apart(cpu, got)
+s['curves']['np2_stream_wait_equals_host_wait'] = bool(s['curves']['np2']) and s['curves']['np2'] == s['curves']['np2_host']
 bf = [json.loads(l) for l in open(os.path.join(w, 'bf16', 'metrics.jsonl'))] if os.path.exists(os.path.join(w, 'bf16', 'metrics.jsonl')) else []
 steps = [r for r in bf if 'step' in r and 'tokens_per_s' in r]
 eager, compiled = read_json_line(os.path.join(out, 'bf16_peer_eager.log')), read_json_line(os.path.join(out, 'bf16_peer_compile.log'))

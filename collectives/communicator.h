@@ -47,6 +47,9 @@ class Work {
   // Blocks until completion. After `timeout` with no completion it throws a CollectiveError that
   // names the operation, tag, sequence number, this rank, and the ranks that did not arrive.
   // A Work whose wait timed out may be waited on again (for example with a longer timeout).
+  // Device buffers (NCCL): returns once the result is ordered before all later work of the
+  // compute stream, without blocking the host; the timeout is kept by the communicator, whose
+  // next use throws when the collective did not complete in time (nccl_communicator.h).
   virtual void wait(std::chrono::milliseconds timeout) = 0;
 };
 using WorkPtr = std::unique_ptr<Work>;

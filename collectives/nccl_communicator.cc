@@ -3,6 +3,12 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include "mpi_communicator.h"
@@ -34,28 +40,63 @@ ncclRedOp_t toNccl(ReduceOp op) {
   return ncclSum;
 }
 
+// A CUDA event, destroyed with its last owner: the Work, or the watchdog still watching it.
+class Event {
+ public:
+  Event() = default;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() {
+    if (event_) cudaEventDestroy(event_);
+  }
+  cudaError_t create() { return cudaEventCreateWithFlags(&event_, cudaEventDisableTiming); }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 class NcclCommunicator;
 
 class NcclWork final : public Work {
  public:
-  NcclWork(NcclCommunicator& comm, cudaEvent_t event, const char* op, const char* tag, std::uint64_t seq)
-      : comm_(comm), event_(event), op_(op), tag_(tag), seq_(seq) {}
-  ~NcclWork() override { cudaEventDestroy(event_); }
+  NcclWork(NcclCommunicator& comm, std::shared_ptr<Event> done, const char* op, const char* tag, std::uint64_t seq)
+      : comm_(comm), done_event_(std::move(done)), op_(op), tag_(tag), seq_(seq) {}
   bool test() override;
   void wait(std::chrono::milliseconds timeout) override;
 
  private:
   NcclCommunicator& comm_;
-  cudaEvent_t event_;
+  std::shared_ptr<Event> done_event_;  // recorded on the NCCL stream after the collective
   const char* op_;
   std::string tag_;
   std::uint64_t seq_;
   bool done_ = false;
 };
 
+// Note [completion on the device]: Work::wait on a device collective does not block the host. It
+// makes the compute stream wait for the collective's completion event (cudaStreamWaitEvent), so
+// the kernels that read the result are queued at once and run as soon as it is there, and the
+// host runs ahead (the next unit's kernels of a ZeRO-3 forward while its gather is in flight).
+// Buffers a Work kept alive may be freed when wait returns: the caching allocator gives their
+// memory only to later work on the compute stream, which runs after the collective.
+//
+// dist.timeout_s keeps its guarantee through a watchdog thread: it polls the completion events
+// of the collectives that were waited on, and when one is not complete by its deadline (the wait's
+// timeout), or NCCL reports an asynchronous error, it aborts the NCCL communicator
+// (ncclCommAbort, which also ends the kernels of a collective whose peers never come) and records
+// why. The host, blocked in whatever read the result (a copy to the host), resumes; its next use
+// of this communicator, device or host buffers alike, throws that error, naming the collective,
+// its tag and sequence number. GRAFT_NCCL_WAIT=host restores the blocking wait (the host polls
+// the event), for diagnosis.
+bool hostWaitsFromEnvironment() {
+  const char* v = std::getenv("GRAFT_NCCL_WAIT");
+  return v && std::string(v) == "host";
+}
+
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator() : bootstrap_(makeMpiCommunicator()) {
+  NcclCommunicator() : bootstrap_(makeMpiCommunicator()), host_waits_(hostWaitsFromEnvironment()) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
       throw CollectiveError("nccl backend: no CUDA device visible on rank " + std::to_string(bootstrap_->rank()));
@@ -67,9 +108,18 @@ class NcclCommunicator final : public Communicator {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
+    if (!host_waits_) watchdog_ = std::thread([this] { watch(); });
   }
 
   ~NcclCommunicator() override {
+    if (watchdog_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+      }
+      wake_.notify_all();
+      watchdog_.join();
+    }
     if (comm_) failed_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
     if (produced_) cudaEventDestroy(produced_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -94,24 +144,31 @@ class NcclCommunicator final : public Communicator {
   // through NCCL; host buffers (plan hashes, the loss, the heartbeat, strings) through the MPI
   // communicator that bootstrapped it, so host values never cross to the GPU and back.
   WorkPtr allReduceAsync(void* data, std::size_t count, DType type, ReduceOp op, const char* tag) override {
+    throwIfFailed("allReduce", tag);
     if (!onDevice(data)) return bootstrap_->allReduceAsync(data, count, type, op, tag);
     return start("allReduce", tag, [&] { return ncclAllReduce(data, data, count, toNccl(type), toNccl(op), comm_, stream_); });
   }
   WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
                              const char* tag) override {
+    throwIfFailed("reduceScatter", tag);
     if (!onDevice(recv)) return bootstrap_->reduceScatterAsync(send, recv, count, type, op, tag);
     return start("reduceScatter", tag,
                  [&] { return ncclReduceScatter(send, recv, count, toNccl(type), toNccl(op), comm_, stream_); });
   }
   WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {
+    throwIfFailed("allGather", tag);
     if (!onDevice(recv)) return bootstrap_->allGatherAsync(send, recv, count, type, tag);
     return start("allGather", tag, [&] { return ncclAllGather(send, recv, count, toNccl(type), comm_, stream_); });
   }
   WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) override {
+    throwIfFailed("broadcast", tag);
     if (!onDevice(data)) return bootstrap_->broadcastAsync(data, count, type, root, tag);
     return start("broadcast", tag, [&] { return ncclBroadcast(data, data, count, toNccl(type), root, comm_, stream_); });
   }
-  WorkPtr barrierAsync(const char* tag) override { return bootstrap_->barrierAsync(tag); }
+  WorkPtr barrierAsync(const char* tag) override {
+    throwIfFailed("barrier", tag);
+    return bootstrap_->barrierAsync(tag);
+  }
 
   std::string context(const char* op, const std::string& tag, std::uint64_t seq) const {
     return std::string("nccl ") + op + " '" + tag + "' #" + std::to_string(seq) + " on rank " +
@@ -133,15 +190,44 @@ class NcclCommunicator final : public Communicator {
   // Asynchronous NCCL errors (a peer died, a network failure) surface here while waiting.
   void checkAsync(const char* op, const std::string& tag, std::uint64_t seq) {
     ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(comm_, &async);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (comm_) ncclCommGetAsyncError(comm_, &async);
+    }
     checkNccl(async, op, tag, seq);
+  }
+
+  // Throws the error that failed this communicator (the watchdog's, or an earlier throw's).
+  void throwIfFailed(const char* op, const std::string& tag) {
+    if (!failed_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    throw CollectiveError(error_.empty() ? context(op, tag, seq_ + 1) + ": communicator already failed"
+                                         : error_ + " (seen at " + op + " '" + tag + "')");
+  }
+
+  bool hostWaits() const { return host_waits_; }
+
+  // Note [completion on the device]: the compute stream waits for `done`; the watchdog makes
+  // sure it completes within `timeout`.
+  void completeOnDevice(const std::shared_ptr<Event>& done, std::chrono::milliseconds timeout, const char* op,
+                        const std::string& tag, std::uint64_t seq) {
+    checkCuda(cudaStreamWaitEvent(compute_stream_, done->get(), 0), op, tag, seq);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      watched_.push_back({done, Clock::now() + timeout, std::chrono::duration<double>(timeout).count(),
+                          context(op, tag, seq)});
+    }
+    wake_.notify_one();
+  }
+
+  static std::string timedOutAfter(double seconds) {
+    return " timed out after " + std::to_string(seconds).substr(0, 5) +
+           " s; NCCL cannot tell which ranks did not arrive: compare the sequence numbers in the other ranks' errors";
   }
 
   [[noreturn]] void timedOut(const char* op, const std::string& tag, std::uint64_t seq, double seconds) {
     failed_ = true;
-    throw CollectiveError(context(op, tag, seq) + " timed out after " + std::to_string(seconds).substr(0, 5) +
-                          " s; NCCL cannot tell which ranks did not arrive: compare the sequence numbers in the other "
-                          "ranks' errors");
+    throw CollectiveError(context(op, tag, seq) + timedOutAfter(seconds));
   }
 
  private:
@@ -156,18 +242,71 @@ class NcclCommunicator final : public Communicator {
 
   template <typename Launch>
   WorkPtr start(const char* op, const char* tag, Launch launch) {
-    if (failed_) throw CollectiveError(context(op, tag, seq_ + 1) + ": communicator already failed");
+    throwIfFailed(op, tag);
     const std::uint64_t seq = ++seq_;
+    auto done = std::make_shared<Event>();
+    checkCuda(done->create(), op, tag, seq);
     // The collective reads what the compute stream produced: its stream waits for that first
     // (an event, not the host).
     checkCuda(cudaEventRecord(produced_, compute_stream_), op, tag, seq);
     checkCuda(cudaStreamWaitEvent(stream_, produced_, 0), op, tag, seq);
-    checkNccl(launch(), op, tag, seq);
-    cudaEvent_t event;
-    cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
-    cudaEventRecord(event, stream_);
-    return std::make_unique<NcclWork>(*this, event, op, tag, seq);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);  // the watchdog may abort comm_ meanwhile
+      if (!comm_) throw CollectiveError(error_ + " (seen at " + op + " '" + tag + "')");
+      checkNccl(launch(), op, tag, seq);
+    }
+    checkCuda(cudaEventRecord(done->get(), stream_), op, tag, seq);
+    return std::make_unique<NcclWork>(*this, std::move(done), op, tag, seq);
   }
+
+  // The watchdog thread (Note [completion on the device]).
+  void watch() {
+    cudaSetDevice(device_);  // the current device is per thread
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stopping_) {
+      for (auto it = watched_.begin(); it != watched_.end();) {
+        const cudaError_t rc = cudaEventQuery(it->done->get());
+        if (rc == cudaSuccess) {
+          it = watched_.erase(it);
+          continue;
+        }
+        ncclResult_t async = ncclSuccess;
+        if (comm_) ncclCommGetAsyncError(comm_, &async);
+        std::string why;
+        if (rc != cudaErrorNotReady) why = std::string(": CUDA error ") + cudaGetErrorString(rc);
+        else if (async != ncclSuccess && async != ncclInProgress) why = std::string(" failed: ") + ncclGetErrorString(async);
+        else if (Clock::now() >= it->deadline) why = timedOutAfter(it->seconds);
+        if (!why.empty()) {
+          const ncclComm_t doomed = failOnWatch(it->what + why);
+          lock.unlock();  // the abort can take a while; nothing launches on a failed communicator
+          if (doomed) ncclCommAbort(doomed);
+          lock.lock();
+          break;
+        }
+        ++it;
+      }
+      if (watched_.empty()) wake_.wait(lock, [this] { return stopping_ || !watched_.empty(); });
+      else wake_.wait_for(lock, std::chrono::microseconds(200));
+    }
+  }
+
+  // With mutex_ held: records the error and takes the NCCL communicator away from every other
+  // use, for the caller to abort (which ends its kernels).
+  ncclComm_t failOnWatch(const std::string& error) {
+    error_ = error;
+    failed_ = true;
+    watched_.clear();
+    const ncclComm_t doomed = comm_;
+    comm_ = nullptr;
+    return doomed;
+  }
+
+  struct Watched {
+    std::shared_ptr<Event> done;
+    Clock::time_point deadline;
+    double seconds;
+    std::string what;
+  };
 
   std::unique_ptr<Communicator> bootstrap_;
   ncclComm_t comm_ = nullptr;
@@ -175,13 +314,22 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t compute_stream_ = nullptr;  // the legacy default stream
   cudaEvent_t produced_ = nullptr;
   int device_ = 0;
-  bool failed_ = false;
+  std::atomic<bool> failed_{false};
   std::uint64_t seq_ = 0;
+  const bool host_waits_;  // GRAFT_NCCL_WAIT=host: Work::wait blocks the host
+  // Shared with the watchdog thread: comm_ (launches, the abort), watched_, error_, stopping_.
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::list<Watched> watched_;
+  std::string error_;
+  bool stopping_ = false;
+  std::thread watchdog_;
 };
 
 bool NcclWork::test() {
   if (done_) return true;
-  const cudaError_t rc = cudaEventQuery(event_);
+  comm_.throwIfFailed(op_, tag_);
+  const cudaError_t rc = cudaEventQuery(done_event_->get());
   if (rc == cudaSuccess) return done_ = true;
   if (rc != cudaErrorNotReady)
     throw CollectiveError(comm_.context(op_, tag_, seq_) + ": CUDA error " + cudaGetErrorString(rc));
@@ -190,6 +338,13 @@ bool NcclWork::test() {
 }
 
 void NcclWork::wait(std::chrono::milliseconds timeout) {
+  if (done_) return;
+  comm_.throwIfFailed(op_, tag_);
+  if (!comm_.hostWaits()) {
+    comm_.completeOnDevice(done_event_, timeout, op_, tag_, seq_);
+    done_ = true;
+    return;
+  }
   const auto start = Clock::now();
   while (!test()) {
     const double waited = std::chrono::duration<double>(Clock::now() - start).count();

@@ -7,9 +7,12 @@
 // go through NCCL, host buffers (hashes, the loss, the heartbeat) through that MPI communicator
 // (Note [NCCL for device memory, MPI for the host]). NCCL collectives run on one stream per
 // communicator, which first waits on an event recorded on the compute stream (so it reads what
-// backward wrote, without a host synchronisation); Work::wait polls a completion event, keeping
-// dist.timeout_s, and on timeout or an asynchronous NCCL error aborts the NCCL communicator
-// (ncclCommAbort) instead of destroying it.
+// backward wrote, without a host synchronisation). Work::wait makes the compute stream wait for
+// the collective's completion event and returns without blocking the host; a watchdog thread
+// keeps dist.timeout_s, and on a timeout or an asynchronous NCCL error aborts the NCCL
+// communicator (ncclCommAbort, never destroy) and fails it, so that its next use throws (Note
+// [completion on the device] in nccl_communicator.cc). GRAFT_NCCL_WAIT=host makes Work::wait poll
+// the event from the host instead.
 #pragma once
 
 #include <memory>

@@ -7,9 +7,15 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
+#ifdef GRAFT_WITH_CUDA
+#include <ATen/cuda/Sleep.h>
+#endif
 
 #include "data/dataset.h"
 #include "model/torch_compat.h"
@@ -184,6 +190,41 @@ TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
   (p * c).sum().backward();
   reducer.finish();
   EXPECT_TRUE(torch::equal(p.grad().cpu(), c.cpu()));
+}
+
+// dist.timeout_s under NCCL, where Work::wait does not block the host (Note [completion on the
+// device]): a collective queued behind ~10 s of compute-stream work, waited on with a 0.3 s
+// timeout. wait returns at once; the watchdog aborts the communicator after 0.3 s; the next use
+// of the communicator (here with a host buffer) throws, naming the late collective. In a child
+// process (a threadsafe death test runs this binary again), since the aborted communicator and
+// the sleeping kernel are not for the tests after it.
+TEST(Nccl, ACollectiveLateForItsTimeoutIsNamedByTheNextUseWithoutBlockingTheWait) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
+  if (!ncclCompiledIn()) GTEST_SKIP() << "this build has no NCCL (GRAFT_WITH_NCCL)";
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  const auto child = [] {
+    auto comm = makeCommunicator("nccl", /*on_cuda=*/true);
+    auto t = torch::ones({256}, torch::TensorOptions(torch::kFloat).device(torch::kCUDA));
+    torch::cuda::synchronize();
+#ifdef GRAFT_WITH_CUDA
+    at::cuda::sleep(std::int64_t{20'000'000'000});  // ~10 s of the compute stream at 2 GHz
+#endif
+    const auto t0 = std::chrono::steady_clock::now();
+    comm->allReduceAsync(t.data_ptr(), 256, DType::Float32, ReduceOp::Sum, "t/late")->wait(std::chrono::milliseconds(300));
+    const double returned = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "wait returned after %.3f s\n", returned);
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    try {
+      double host = 1;
+      comm->allReduce(&host, 1, ReduceOp::Sum, "t/after");
+    } catch (const CollectiveError& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::_Exit(returned < 0.2 ? 0 : 3);
+    }
+    std::fprintf(stderr, "no error after the late collective\n");
+    std::_Exit(4);
+  };
+  EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "nccl allReduce 't/late' #1 .*timed out after 0.3");
 }
 
 }  // namespace
