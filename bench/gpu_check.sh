@@ -66,7 +66,10 @@ else
   source bench/device/device-env.sh
   PY=$(command -v python3)
   SITE=$($PY -c 'import site;print(site.getsitepackages()[0])')
+  # LibTorch's CMake enables the CUDA language: name nvcc in case PATH lacks it.
+  NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
   step configure 120 "cmake -G Ninja -B $B -DGRAFT_WITH_CUDA=ON -DGRAFT_WITH_NCCL=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    ${NVCC:+-DCMAKE_CUDA_COMPILER=$NVCC} \
     -DCMAKE_PREFIX_PATH='$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)');$GRAFT_DEPS_PREFIX' \
     $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
     -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || tail -20 "$OUT/configure.log"

@@ -38,7 +38,8 @@ class CollectiveError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// One in-flight collective. Owned by the caller; buffers must stay alive until it completes.
+// One in-flight collective. Owned by the caller; buffers must stay alive until it completes, and
+// the Work must not outlive its communicator.
 class Work {
  public:
   virtual ~Work() = default;

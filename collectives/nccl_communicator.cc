@@ -62,6 +62,9 @@ class NcclWork final : public Work {
  public:
   NcclWork(NcclCommunicator& comm, std::shared_ptr<Event> done, const char* op, const char* tag, std::uint64_t seq)
       : comm_(comm), done_event_(std::move(done)), op_(op), tag_(tag), seq_(seq) {}
+  // A collective dropped without a wait still orders the compute stream after it, so that the
+  // memory of its buffers is not reused under it.
+  ~NcclWork() override;
   bool test() override;
   void wait(std::chrono::milliseconds timeout) override;
 
@@ -83,7 +86,9 @@ class NcclWork final : public Work {
 //
 // dist.timeout_s keeps its guarantee through a watchdog thread: it polls the completion events
 // of the collectives that were waited on, and when one is not complete by its deadline (the wait's
-// timeout), or NCCL reports an asynchronous error, it aborts the NCCL communicator
+// timeout, counted from the wait: a collective still queued behind the compute stream's work
+// counts too, as it did when the host waited), or NCCL reports an asynchronous error, it aborts
+// the NCCL communicator
 // (ncclCommAbort, which also ends the kernels of a collective whose peers never come) and records
 // why. The host, blocked in whatever read the result (a copy to the host), resumes; its next use
 // of this communicator, device or host buffers alike, throws that error, naming the collective,
@@ -107,6 +112,11 @@ class NcclCommunicator final : public Communicator {
     bootstrap_->broadcastBytes(&id, sizeof(id), 0, "nccl/unique_id");
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming);
+    // Connections at init, not inside the first collective of each algorithm (NCCL >= 2.22 makes
+    // them lazily, waiting for the peers within the launch): a launch then never waits for a
+    // peer, so start() may hold mutex_ across it without locking the watchdog out. The user's
+    // own NCCL_RUNTIME_CONNECT wins.
+    setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
     if (!host_waits_) watchdog_ = std::thread([this] { watch(); });
   }
@@ -206,6 +216,9 @@ class NcclCommunicator final : public Communicator {
   }
 
   bool hostWaits() const { return host_waits_; }
+  bool failed() const { return failed_; }
+
+  void orderComputeAfter(const Event& done) noexcept { cudaStreamWaitEvent(compute_stream_, done.get(), 0); }
 
   // Note [completion on the device]: the compute stream waits for `done`; the watchdog makes
   // sure it completes within `timeout`.
@@ -325,6 +338,12 @@ class NcclCommunicator final : public Communicator {
   bool stopping_ = false;
   std::thread watchdog_;
 };
+
+NcclWork::~NcclWork() {
+  // Not on a failed communicator: its collectives may never complete (a host wait that timed
+  // out), and the error path must not hang on them.
+  if (!done_ && !comm_.failed()) comm_.orderComputeAfter(*done_event_);
+}
 
 bool NcclWork::test() {
   if (done_) return true;

@@ -1,6 +1,18 @@
 #include "monitor/plot.h"
 
+#include <cmath>
+
 #include "util/error.h"
+
+namespace graft {
+
+double ChartFrame::px(double x) const { return left + (x - x_min) / (x_max - x_min) * (right - left); }
+double ChartFrame::py(double y) const {
+  const auto f = [this](double v) { return log_y ? std::log10(v) : v; };
+  return bottom - (f(y) - f(y_min)) / (f(y_max) - f(y_min)) * (bottom - top);
+}
+
+}  // namespace graft
 
 #ifdef GRAFT_NO_CAIRO
 // A GPU-machine build without cairo (CMakeLists.txt): everything but `graft plot` works.
@@ -188,12 +200,6 @@ ChartFrame frameFor(const std::vector<Series>& series, const ChartOptions& o) {
 }
 
 }  // namespace
-
-double ChartFrame::px(double x) const { return left + (x - x_min) / (x_max - x_min) * (right - left); }
-double ChartFrame::py(double y) const {
-  const auto f = [this](double v) { return log_y ? std::log10(v) : v; };
-  return bottom - (f(y) - f(y_min)) / (f(y_max) - f(y_min)) * (bottom - top);
-}
 
 ChartFrame drawChart(std::vector<Series>& series, const ChartOptions& options, const std::string& path) {
   const bool svg = endsWith(path, ".svg"), png = endsWith(path, ".png");

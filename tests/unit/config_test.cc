@@ -100,7 +100,9 @@ TEST(Backend, AutoPicksNcclExactlyOnCudaAndNeverWhatTrainingRefuses) {
         SCOPED_TRACE("cuda " + std::to_string(on_cuda) + " nccl " + std::to_string(nccl_built) + " launched " +
                      std::to_string(launched) + ": " + picked);
         EXPECT_EQ(picked == "nccl", on_cuda && nccl_built && launched);
-        if (picked != "nccl") EXPECT_EQ(picked, launched ? "mpi" : "local");
+        if (picked != "nccl") {
+          EXPECT_EQ(picked, launched ? "mpi" : "local");
+        }
         EXPECT_EQ(backendRefusal(picked, on_cuda, nccl_built), "");
         EXPECT_EQ(backendRefusal("auto", on_cuda, nccl_built), "");
       }
