@@ -26,6 +26,7 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .gpudata
   grep -qx '/.gpudata/' .git/info/exclude || echo '/.gpudata/' >> .git/info/exclude
   cp ../shared/data/llama2c/stories260K.bin .gpudata/
+  mkdir -p .gpudata/data && cp -r ../shared/data/. .gpudata/data/  # the unit tests' data (5 MiB)
   [ -f runs/demo/stories.h5 ] || bash launcher/demo.sh
   cp runs/demo/stories.h5 .gpudata/
   ls -la .gpudata
@@ -71,7 +72,7 @@ else
   step configure 120 "cmake -G Ninja -B $B -DGRAFT_WITH_CUDA=ON -DGRAFT_WITH_NCCL=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     ${NVCC:+-DCMAKE_CUDA_COMPILER=$NVCC} \
     -DCMAKE_PREFIX_PATH='$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)');$GRAFT_DEPS_PREFIX' \
-    $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
+    $GRAFT_DEPS_CMAKE -DGRAFT_PYTHON=$PY -DGRAFT_SHARED_DATA=$PWD/.gpudata/data -DNCCL_INCLUDE_DIR=$SITE/nvidia/nccl/include \
     -DNCCL_LIBRARY=$SITE/nvidia/nccl/lib/libnccl.so.2" || tail -20 "$OUT/configure.log"
   # -k 0: a compile error does not hide the others (one run on the device shows them all).
   [ -f $B/build.ninja ] && { step build 330 "ninja -C $B -j16 -k 0 graft unit_tests gpu_tests" || tail -30 "$OUT/build.log"; }
