@@ -3,8 +3,19 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/files.h"
 
 namespace graft {
+namespace {
+
+// True for .svg, false for .png; anything else is the user's mistake, in any build.
+bool svgOrPng(const std::string& path) {
+  if (endsWith(path, ".svg")) return true;
+  if (endsWith(path, ".png")) return false;
+  throw InputError(path + ": the plot's file name must end in .svg or .png");
+}
+
+}  // namespace
 
 double ChartFrame::px(double x) const { return left + (x - x_min) / (x_max - x_min) * (right - left); }
 double ChartFrame::py(double y) const {
@@ -15,9 +26,11 @@ double ChartFrame::py(double y) const {
 }  // namespace graft
 
 #ifdef GRAFT_NO_CAIRO
-// A GPU-machine build without cairo (CMakeLists.txt): everything but `graft plot` works.
+// A build without cairo (-DGRAFT_WITH_CAIRO=OFF, or a GPU machine without it: CMakeLists.txt):
+// everything but `graft plot` works.
 namespace graft {
 ChartFrame drawChart(std::vector<Series>&, const ChartOptions&, const std::string& path) {
+  svgOrPng(path);
   throw InputError(path + ": this graft was built without cairo, so it cannot draw charts (install libcairo2-dev and "
                    "build again, or plot on another machine: graft plot reads only the run's metrics.jsonl)");
 }
@@ -202,8 +215,7 @@ ChartFrame frameFor(const std::vector<Series>& series, const ChartOptions& o) {
 }  // namespace
 
 ChartFrame drawChart(std::vector<Series>& series, const ChartOptions& options, const std::string& path) {
-  const bool svg = endsWith(path, ".svg"), png = endsWith(path, ".png");
-  if (!svg && !png) throw InputError(path + ": the plot's file name must end in .svg or .png");
+  const bool svg = svgOrPng(path);
   std::size_t points = 0;
   for (auto& s : series) {
     std::vector<double> x, y;
@@ -233,7 +245,7 @@ ChartFrame drawChart(std::vector<Series>& series, const ChartOptions& options, c
   drawLegend(cr, frame, series);
   cairo_status_t status = cairo_status(cr);
   cairo_destroy(cr);
-  if (png && status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png(surface, tmp.c_str());
+  if (!svg && status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png(surface, tmp.c_str());
   cairo_surface_finish(surface);
   if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_status(surface);
   cairo_surface_destroy(surface);
