@@ -59,7 +59,7 @@ class HfSource final : public ModelSource {
       add(graft, hf, n.layout, n.part, weight, headsOf(config_, n));
     });
     if (config_.tied) {  // some files store the tied copy too
-      for (const std::string name : {a.prefix + std::string("lm_head.weight"), std::string("lm_head.weight")})
+      for (const std::string& name : {a.prefix + std::string("lm_head.weight"), std::string("lm_head.weight")})
         if (names_.count(name)) used_.insert(name);
     } else {
       add("output.weight", "lm_head.weight", Layout::kSame, 0, true, 0);
