@@ -5,8 +5,8 @@
 #   gpu       the gpu tests: CUDA vs CPU forward, backward and AdamW (fp32, TF32 off), the NCCL
 #             communicator and gradient reducer at one rank
 #   curves    a stories260K fine-tune, 20 steps, train.device = cpu vs cuda: the loss curves (also
-#             under ZeRO-3, and at two ranks through NCCL with the compute stream or the host
-#             waiting for collectives)
+#             under ZeRO-3, and at two ranks through NCCL, replicated and ZeRO-3, with the compute
+#             stream or the host waiting for collectives)
 #   bf16      bf16 full fine-tuning of a ~100M Llama at seq_len 1024: graft's tokens/s and MFU next to
 #             the PyTorch peer (bench/llama_peer.py) on the same model shape and batch, eager and
 #             torch.compile
@@ -98,6 +98,11 @@ BACKEND=nccl
 step curve_np2 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
   bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2 --train.device=$DEV \
   --dist.backend=$BACKEND --train.threads=4"
+# ZeRO-3 at two ranks through NCCL: the gathers, releases and refills of every unit, waited on by
+# the compute stream (Note [completion on the device]), where ordering mistakes would show.
+step curve_np2_zero3 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
+  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2_zero3 --train.device=$DEV \
+  --dist.backend=$BACKEND --train.threads=4 --dist.shard=parameters"
 
 # bf16 full fine-tuning of a ~100M Llama (14 layers, dim 768, 12 heads, SwiGLU 2048) at seq_len 1024,
 # random init (the throughput does not depend on the weights), against the PyTorch peer.
@@ -186,7 +191,7 @@ def apart(a, b):
     return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=None) if len(a) == len(b) and a else None
 cpu = losses(os.path.join(w, 'cpu'))
 s['curves'] = {'cpu': cpu}
-for name in ('dev', 'zero3', 'np2', 'np2_host'):
+for name in ('dev', 'zero3', 'np2', 'np2_zero3', 'np2_host'):
     got = losses(os.path.join(w, name))
     s['curves'][name] = got
     s['curves'][name + '_max_relative_difference_to_cpu'] = apart(cpu, got)

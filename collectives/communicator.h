@@ -47,7 +47,8 @@ class Work {
   virtual bool test() = 0;
   // Blocks until completion. After `timeout` with no completion it throws a CollectiveError that
   // names the operation, tag, sequence number, this rank, and the ranks that did not arrive.
-  // A Work whose wait timed out may be waited on again (for example with a longer timeout).
+  // A Work whose wait timed out may be waited on again (for example with a longer timeout), on
+  // MPI; on NCCL a timeout fails the communicator, and its Works then throw.
   // Device buffers (NCCL): returns once the result is ordered before all later work of the
   // compute stream, without blocking the host; the timeout is kept by the communicator, whose
   // next use throws when the collective did not complete in time (nccl_communicator.h).

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -113,24 +114,26 @@ class NcclCommunicator final : public Communicator {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming);
     // Connections at init, not inside the first collective of each algorithm (NCCL >= 2.22 makes
-    // them lazily, waiting for the peers within the launch): a launch then never waits for a
-    // peer, so start() may hold mutex_ across it without locking the watchdog out. The user's
-    // own NCCL_RUNTIME_CONNECT wins.
+    // them lazily, waiting for the peers within the launch): a launch then does not wait for a
+    // peer. The user's own NCCL_RUNTIME_CONNECT wins.
     setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
-    if (!host_waits_) watchdog_ = std::thread([this] { watch(); });
+    if (!host_waits_) watchdog_ = std::thread([this] { watchdog(); });
   }
 
   ~NcclCommunicator() override {
     if (watchdog_.joinable()) {
       {
-        std::lock_guard<std::mutex> lock(mutex_);
+        // The collectives in flight end first, or time out and the watchdog aborts: destroying
+        // a communicator with pending work would wait for it without a timeout.
+        std::unique_lock<std::mutex> lock(mutex_);
+        settled_.wait(lock, [this] { return watched_.empty() || failed_; });
         stopping_ = true;
       }
       wake_.notify_all();
       watchdog_.join();
     }
-    if (comm_) failed_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
+    if (comm_ && !aborted_) failed_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
     if (produced_) cudaEventDestroy(produced_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -201,8 +204,8 @@ class NcclCommunicator final : public Communicator {
   void checkAsync(const char* op, const std::string& tag, std::uint64_t seq) {
     ncclResult_t async = ncclSuccess;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (comm_) ncclCommGetAsyncError(comm_, &async);
+      std::lock_guard<std::timed_mutex> lock(launch_mutex_);
+      if (!aborted_) ncclCommGetAsyncError(comm_, &async);
     }
     checkNccl(async, op, tag, seq);
   }
@@ -218,19 +221,24 @@ class NcclCommunicator final : public Communicator {
   bool hostWaits() const { return host_waits_; }
   bool failed() const { return failed_; }
 
-  void orderComputeAfter(const Event& done) noexcept { cudaStreamWaitEvent(compute_stream_, done.get(), 0); }
-
   // Note [completion on the device]: the compute stream waits for `done`; the watchdog makes
   // sure it completes within `timeout`.
   void completeOnDevice(const std::shared_ptr<Event>& done, std::chrono::milliseconds timeout, const char* op,
                         const std::string& tag, std::uint64_t seq) {
     checkCuda(cudaStreamWaitEvent(compute_stream_, done->get(), 0), op, tag, seq);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      watched_.push_back({done, Clock::now() + timeout, std::chrono::duration<double>(timeout).count(),
-                          context(op, tag, seq)});
+    watch(done, timeout, op, tag, seq);
+  }
+
+  // A collective dropped without a wait: ordered and watched all the same (with the
+  // communicator's timeout), so that its buffers are not reused under it and a communicator
+  // is not destroyed with it pending. Never throws (a destructor calls it).
+  void completeDropped(const std::shared_ptr<Event>& done, const char* op, const std::string& tag,
+                       std::uint64_t seq) noexcept {
+    if (failed_ || cudaStreamWaitEvent(compute_stream_, done->get(), 0) != cudaSuccess) return;
+    try {
+      if (!host_waits_) watch(done, timeout(), op, tag, seq);
+    } catch (...) {  // out of memory for the list entry: unwatched, still ordered
     }
-    wake_.notify_one();
   }
 
   static std::string timedOutAfter(double seconds) {
@@ -264,54 +272,73 @@ class NcclCommunicator final : public Communicator {
     checkCuda(cudaEventRecord(produced_, compute_stream_), op, tag, seq);
     checkCuda(cudaStreamWaitEvent(stream_, produced_, 0), op, tag, seq);
     {
-      std::lock_guard<std::mutex> lock(mutex_);  // the watchdog may abort comm_ meanwhile
-      if (!comm_) throw CollectiveError(error_ + " (seen at " + op + " '" + tag + "')");
+      std::lock_guard<std::timed_mutex> lock(launch_mutex_);  // the watchdog aborts under it when it can
+      throwIfFailed(op, tag);
       checkNccl(launch(), op, tag, seq);
     }
     checkCuda(cudaEventRecord(done->get(), stream_), op, tag, seq);
     return std::make_unique<NcclWork>(*this, std::move(done), op, tag, seq);
   }
 
+  void watch(const std::shared_ptr<Event>& done, std::chrono::milliseconds timeout, const char* op,
+             const std::string& tag, std::uint64_t seq) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (failed_) return;
+      watched_.push_back({done, Clock::now() + timeout, std::chrono::duration<double>(timeout).count(),
+                          context(op, tag, seq)});
+    }
+    wake_.notify_one();
+  }
+
   // The watchdog thread (Note [completion on the device]).
-  void watch() {
+  void watchdog() {
     cudaSetDevice(device_);  // the current device is per thread
     std::unique_lock<std::mutex> lock(mutex_);
     while (!stopping_) {
-      for (auto it = watched_.begin(); it != watched_.end();) {
+      std::string error;
+      for (auto it = watched_.begin(); it != watched_.end() && error.empty();) {
         const cudaError_t rc = cudaEventQuery(it->done->get());
         if (rc == cudaSuccess) {
           it = watched_.erase(it);
           continue;
         }
         ncclResult_t async = ncclSuccess;
-        if (comm_) ncclCommGetAsyncError(comm_, &async);
-        std::string why;
-        if (rc != cudaErrorNotReady) why = std::string(": CUDA error ") + cudaGetErrorString(rc);
-        else if (async != ncclSuccess && async != ncclInProgress) why = std::string(" failed: ") + ncclGetErrorString(async);
-        else if (Clock::now() >= it->deadline) why = timedOutAfter(it->seconds);
-        if (!why.empty()) {
-          const ncclComm_t doomed = failOnWatch(it->what + why);
-          lock.unlock();  // the abort can take a while; nothing launches on a failed communicator
-          if (doomed) ncclCommAbort(doomed);
-          lock.lock();
-          break;
-        }
+        if (!aborted_) ncclCommGetAsyncError(comm_, &async);  // thread-safe; only this thread aborts
+        if (rc != cudaErrorNotReady) error = it->what + ": CUDA error " + cudaGetErrorString(rc);
+        else if (async != ncclSuccess && async != ncclInProgress) error = it->what + " failed: " + ncclGetErrorString(async);
+        else if (Clock::now() >= it->deadline) error = it->what + timedOutAfter(it->seconds);
         ++it;
       }
-      if (watched_.empty()) wake_.wait(lock, [this] { return stopping_ || !watched_.empty(); });
-      else wake_.wait_for(lock, std::chrono::microseconds(200));
+      if (!error.empty()) {
+        error_ = error;
+        failed_ = true;
+        watched_.clear();
+        lock.unlock();
+        settled_.notify_all();
+        abortFromWatchdog(error);
+        lock.lock();
+        continue;
+      }
+      if (watched_.empty()) {
+        settled_.notify_all();
+        wake_.wait(lock, [this] { return stopping_ || !watched_.empty(); });
+      } else {
+        wake_.wait_for(lock, std::chrono::microseconds(200));
+      }
     }
   }
 
-  // With mutex_ held: records the error and takes the NCCL communicator away from every other
-  // use, for the caller to abort (which ends its kernels).
-  ncclComm_t failOnWatch(const std::string& error) {
-    error_ = error;
-    failed_ = true;
-    watched_.clear();
-    const ncclComm_t doomed = comm_;
-    comm_ = nullptr;
-    return doomed;
+  // Aborts the NCCL communicator, which ends its kernels, and says why on stderr at once (the
+  // thread that will throw the error may be blocked until the abort frees it). Under the launch
+  // lock when it can be had within a second, so that no launch or query uses the communicator
+  // meanwhile; a launch that holds it longer is stuck inside NCCL (a full queue behind a
+  // collective whose peer is gone), and aborting is what ends it.
+  void abortFromWatchdog(const std::string& error) {
+    std::fprintf(stderr, "graft: %s; aborting the NCCL communicator\n", error.c_str());
+    const bool locked = launch_mutex_.try_lock_for(std::chrono::seconds(1));
+    if (!aborted_.exchange(true)) ncclCommAbort(comm_);
+    if (locked) launch_mutex_.unlock();
   }
 
   struct Watched {
@@ -328,11 +355,14 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t produced_ = nullptr;
   int device_ = 0;
   std::atomic<bool> failed_{false};
+  std::atomic<bool> aborted_{false};  // ncclCommAbort was called (by the watchdog, once)
   std::uint64_t seq_ = 0;
   const bool host_waits_;  // GRAFT_NCCL_WAIT=host: Work::wait blocks the host
-  // Shared with the watchdog thread: comm_ (launches, the abort), watched_, error_, stopping_.
+  std::timed_mutex launch_mutex_;  // held by a launch or a query of comm_ on the calling thread
+  // Shared with the watchdog thread: watched_, error_, stopping_.
   std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable wake_;     // the watchdog: something to watch, or stop
+  std::condition_variable settled_;  // the destructor: nothing left in flight, or failed
   std::list<Watched> watched_;
   std::string error_;
   bool stopping_ = false;
@@ -340,9 +370,9 @@ class NcclCommunicator final : public Communicator {
 };
 
 NcclWork::~NcclWork() {
-  // Not on a failed communicator: its collectives may never complete (a host wait that timed
-  // out), and the error path must not hang on them.
-  if (!done_ && !comm_.failed()) comm_.orderComputeAfter(*done_event_);
+  // Not on a failed communicator (in completeDropped): its collectives may never complete (a
+  // host wait that timed out), and the error path must not hang on them.
+  if (!done_) comm_.completeDropped(done_event_, op_, tag_, seq_);
 }
 
 bool NcclWork::test() {

@@ -13,6 +13,9 @@
 namespace graft {
 namespace {
 
+// Cached features up to this size live on the model's device.
+constexpr std::int64_t kDeviceFeatureBytes = std::int64_t{4} << 30;
+
 // Collective. Pooled features of every document of `data` under the frozen base: each rank pools
 // a contiguous share, micro-batch by micro-batch (see prepareFeatureCache for where), then
 // all-gathers give every rank all of them. The helper owns what it reads.
@@ -116,8 +119,17 @@ FeatureCache prepareFeatureCache(Transformer model, std::shared_ptr<const TokenD
                                  std::shared_ptr<const TokenDataset> val, const TrainConfig& c, Communicator& comm,
                                  Logger& log, bool collective_forward) {
   FeatureCache out = featuresOnHost(model, std::move(train), std::move(val), c, comm, log, collective_forward);
-  // Kept where the head reads them: one copy now instead of one per micro-batch.
-  if (out.train.defined()) out.train = out.train.to(model->device()), out.val = out.val.to(model->device());
+  if (!out.train.defined() || model->device().is_cpu()) return out;
+  // Kept where the head reads them (one copy now instead of one per micro-batch) unless they
+  // would crowd the device: then each micro-batch's rows are copied as the head needs them.
+  const std::int64_t bytes = (out.train.numel() + out.val.numel()) * out.train.element_size();
+  if (bytes <= kDeviceFeatureBytes) {
+    out.train = out.train.to(model->device()), out.val = out.val.to(model->device());
+  } else {
+    log.main("features: " + std::to_string(bytes >> 20) + " MiB stay in host memory (more than " +
+             std::to_string(kDeviceFeatureBytes >> 30) + " GiB for " + model->device().str() +
+             "); each micro-batch's rows are copied there");
+  }
   return out;
 }
 

@@ -16,7 +16,9 @@
 namespace graft {
 
 struct FeatureCache {
-  at::Tensor train, val;  // [documents, dim] on the model's device; undefined when transfer.cache_features is off
+  // [documents, dim] on the model's device (in host memory beyond 4 GiB); undefined when
+  // transfer.cache_features is off.
+  at::Tensor train, val;
 };
 
 // Collective. Reuses RUN_DIR/features.h5 when every rank can read it and it matches this model and

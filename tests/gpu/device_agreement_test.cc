@@ -161,7 +161,9 @@ TEST(Batches, LandOnTheGpuAndEqualTheCpuBatches) {
 }
 
 // The NCCL communicator at one rank (MPI bootstraps it as a singleton): device buffers through
-// NCCL, host buffers through MPI, a bfloat16 wire, and the gradient reducer on CUDA parameters.
+// NCCL (an all-gather and a reduce-scatter into buffers filled with a sentinel first, so that a
+// collective that did not run shows), host buffers through MPI, a bfloat16 wire; and the gradient
+// reducer on CUDA parameters (at one rank it sums nothing: it runs no NCCL collective).
 TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
   if (!ncclCompiledIn()) GTEST_SKIP() << "this build has no NCCL (GRAFT_WITH_NCCL)";
@@ -176,9 +178,12 @@ TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
   auto half = torch::arange(1000, cuda).to(at::kBFloat16);
   comm->allReduceAsync(half.data_ptr(), 1000, DType::BFloat16, ReduceOp::Max, "t/bf16")->wait(wait);
   EXPECT_TRUE(torch::equal(half.cpu(), torch::arange(1000, torch::kFloat).to(at::kBFloat16)));
-  auto all = torch::empty({1000}, cuda);
+  auto all = torch::full({1000}, -1.0, cuda);
   comm->allGatherAsync(t.data_ptr(), all.data_ptr(), 1000, DType::Float32, "t/ag")->wait(wait);
   EXPECT_TRUE(torch::equal(all.cpu(), t.cpu()));
+  auto part = torch::full({1000}, -1.0, cuda);
+  comm->reduceScatterAsync(t.data_ptr(), part.data_ptr(), 1000, DType::Float32, ReduceOp::Sum, "t/rs")->wait(wait);
+  EXPECT_TRUE(torch::equal(part.cpu(), t.cpu()));
   double host[2] = {1.5, 2.5};
   comm->allReduce(host, 2, ReduceOp::Sum, "t/host");
   EXPECT_EQ(host[0], 1.5);
@@ -197,8 +202,9 @@ TEST(Nccl, DeviceAndHostBuffersAndTheReducerAtOneRank) {
 // timeout. wait returns at once; the watchdog aborts the communicator after 0.3 s; the next use
 // of the communicator (here with a host buffer) throws, naming the late collective. In a child
 // process (a threadsafe death test runs this binary again), since the aborted communicator and
-// the sleeping kernel are not for the tests after it.
-TEST(Nccl, ACollectiveLateForItsTimeoutIsNamedByTheNextUseWithoutBlockingTheWait) {
+// the sleeping kernel are not for the tests after it; a *DeathTest suite runs before the others,
+// so the child starts before this process has started MPI.
+TEST(NcclDeathTest, ACollectiveLateForItsTimeoutIsNamedByTheNextUseWithoutBlockingTheWait) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
   if (!ncclCompiledIn()) GTEST_SKIP() << "this build has no NCCL (GRAFT_WITH_NCCL)";
   ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
