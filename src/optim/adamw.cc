@@ -78,13 +78,16 @@ void AdamW::step(double lr) {
     group->exp_avgs.push_back(s.exp_avg);
     group->exp_avg_sqs.push_back(s.exp_avg_sq);
   }
+  fused_groups_ = 0, groups_ = static_cast<int>(groups.size());
   for (auto& group : groups) {
     const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(group.steps));
     const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(group.steps)));
     const double slot_lr = lr * group.lr_scale, step_size = slot_lr / bc1;
     if (compat::fusedAdamW(group.params, group.grads, group.exp_avgs, group.exp_avg_sqs, group.steps, slot_lr,
-                           options_.beta1, options_.beta2, group.decay ? options_.weight_decay : 0.0, options_.eps))
+                           options_.beta1, options_.beta2, group.decay ? options_.weight_decay : 0.0, options_.eps)) {
+      ++fused_groups_;
       continue;
+    }
     if (group.decay) at::_foreach_mul_(group.params, 1.0 - slot_lr * options_.weight_decay);
     at::_foreach_mul_(group.exp_avgs, options_.beta1);
     at::_foreach_add_(group.exp_avgs, group.grads, 1.0 - options_.beta1);

@@ -56,6 +56,10 @@ class AdamW {
   // Optimizer steps taken (every slot's `steps` is at most this).
   std::int64_t stepCount() const { return step_count_; }
   void setStepCount(std::int64_t n) { step_count_ = n; }
+  // Groups of slots the last step updated with the fused kernel (Note [multi-tensor step]; 0 on
+  // the CPU and on LibTorch 1.13), and in all.
+  int fusedGroups() const { return fused_groups_; }
+  int groups() const { return groups_; }
   std::vector<Slot>& slots() { return slots_; }
   const std::vector<Slot>& slots() const { return slots_; }
   const AdamWOptions& options() const { return options_; }
@@ -97,6 +101,7 @@ class AdamW {
   std::vector<Slot> slots_;
   AdamWOptions options_;
   std::int64_t step_count_ = 0;
+  int fused_groups_ = 0, groups_ = 0;
 };
 
 // Writes `object` of `global_shape` into `file` as a virtual dataset over the rows that `parts`

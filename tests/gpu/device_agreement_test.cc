@@ -80,6 +80,10 @@ TEST_P(Gpu, ForwardBackwardAndAdamWAgreeWithTheCpu) {
     cuda_opt.step(1e-3);
   }
   for (const auto& p : cpu_params) EXPECT_LT(relative(cuda_params[p.key()], p.value()), 1e-5) << p.key();
+  // On LibTorch 2.x every group of the CUDA step ran the fused kernel; the CPU never does.
+  EXPECT_GT(cuda_opt.groups(), 0);
+  EXPECT_EQ(cuda_opt.fusedGroups(), compat::kFusedAdamW ? cuda_opt.groups() : 0);
+  EXPECT_EQ(cpu_opt.fusedGroups(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Gpu, ::testing::Values("llama", "gpt2"));

@@ -25,6 +25,8 @@ TEST(AdamW, MatchesTorchOptimAdamW) {
   }
   EXPECT_EQ(mine.stepCount(), 20);
   EXPECT_TRUE(torch::allclose(w, w_ref, 1e-6, 1e-7)) << (w - w_ref).abs().max().item<float>();
+  EXPECT_EQ(mine.groups(), 1);
+  EXPECT_EQ(mine.fusedGroups(), 0);  // the CPU takes the portable path (Note [multi-tensor step])
 }
 
 // A parameter that gets no gradient for the first steps (frozen, then unfrozen: lr_scale 0 here,
