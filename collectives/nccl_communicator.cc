@@ -94,7 +94,8 @@ class NcclWork final : public Work {
 // why. The host, blocked in whatever read the result (a copy to the host), resumes; its next use
 // of this communicator, device or host buffers alike, throws that error, naming the collective,
 // its tag and sequence number. GRAFT_NCCL_WAIT=host restores the blocking wait (the host polls
-// the event), for diagnosis.
+// the event), for diagnosis; the watchdog then still watches collectives dropped without a wait,
+// so that destroying the communicator never waits for one forever.
 bool hostWaitsFromEnvironment() {
   const char* v = std::getenv("GRAFT_NCCL_WAIT");
   return v && std::string(v) == "host";
@@ -118,7 +119,7 @@ class NcclCommunicator final : public Communicator {
     // peer. The user's own NCCL_RUNTIME_CONNECT wins.
     setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
     checkNccl(ncclCommInitRank(&comm_, bootstrap_->size(), id, bootstrap_->rank()), "init", "nccl/init", 0);
-    if (!host_waits_) watchdog_ = std::thread([this] { watchdog(); });
+    watchdog_ = std::thread([this] { watchdog(); });
   }
 
   ~NcclCommunicator() override {
@@ -236,7 +237,7 @@ class NcclCommunicator final : public Communicator {
                        std::uint64_t seq) noexcept {
     if (failed_ || cudaStreamWaitEvent(compute_stream_, done->get(), 0) != cudaSuccess) return;
     try {
-      if (!host_waits_) watch(done, timeout(), op, tag, seq);
+      watch(done, timeout(), op, tag, seq);
     } catch (...) {  // out of memory for the list entry: unwatched, still ordered
     }
   }
@@ -331,14 +332,19 @@ class NcclCommunicator final : public Communicator {
 
   // Aborts the NCCL communicator, which ends its kernels, and says why on stderr at once (the
   // thread that will throw the error may be blocked until the abort frees it). Under the launch
-  // lock when it can be had within a second, so that no launch or query uses the communicator
-  // meanwhile; a launch that holds it longer is stuck inside NCCL (a full queue behind a
-  // collective whose peer is gone), and aborting is what ends it.
+  // lock, so that no launch or query uses the communicator meanwhile (NCCL frees it). A launch
+  // that holds the lock for more than a second is stuck inside NCCL (a full queue behind the
+  // collective whose peer is gone): aborting under it would free what it uses, so this process
+  // ends instead, and mpirun or srun ends the job; checkpoints already written are complete.
   void abortFromWatchdog(const std::string& error) {
     std::fprintf(stderr, "graft: %s; aborting the NCCL communicator\n", error.c_str());
-    const bool locked = launch_mutex_.try_lock_for(std::chrono::seconds(1));
+    if (!launch_mutex_.try_lock_for(std::chrono::seconds(1))) {
+      std::fprintf(stderr, "graft: rank %d: a collective launch is stuck inside NCCL; ending this process\n", rank());
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
     if (!aborted_.exchange(true)) ncclCommAbort(comm_);
-    if (locked) launch_mutex_.unlock();
+    launch_mutex_.unlock();
   }
 
   struct Watched {

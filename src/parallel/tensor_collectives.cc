@@ -25,7 +25,7 @@ at::Tensor onWire(const Communicator& comm, const at::Tensor& t, at::ScalarType 
 // A collective on copies: when `inner` completes, `then` copies the result back, once.
 class CopyBackWork final : public Work {
  public:
-  CopyBackWork(WorkPtr inner, std::function<void()> then) : inner_(std::move(inner)), then_(std::move(then)) {}
+  CopyBackWork(WorkPtr inner, std::function<void()> then) : then_(std::move(then)), inner_(std::move(inner)) {}
   bool test() override {
     if (then_ && inner_->test()) finish();
     return !then_;
@@ -42,8 +42,10 @@ class CopyBackWork final : public Work {
     then_ = nullptr;
     then();
   }
-  WorkPtr inner_;
+  // Declared before inner_, so destroyed after it: the copies then_ holds outlive inner_, whose
+  // destructor may still have to order later device work after the collective that uses them.
   std::function<void()> then_;
+  WorkPtr inner_;
 };
 
 // What a collective of one rank leaves: nothing to wait for.
