@@ -84,25 +84,12 @@ G=$B/launcher/graft
 step unit 60 "$B/tests/unit_tests --gtest_output=json:$OUT/unit.json"
 step gpu 90 "$B/tests/gpu_tests --gtest_output=json:$OUT/gpu.json"
 
+# The steps run in the order of what matters most, in case the budget runs out: the device
+# curve and the bf16 throughput next to PyTorch eager first, then the CPU curve and NCCL.
 # Loss curves, CPU vs CUDA: stories260K fine-tuned on the demo's stories, 20 steps, fp32.
 FT="train --config configs/finetune_stories260k.ini --model.path=.gpudata/stories260K.bin --data.path=.gpudata/stories.h5 \
   --train.steps=20 --train.log_every=5 --eval.every=0 --checkpoint.every=20 --train.tensorboard=false"
-step curve_cpu 120 "$G $FT --run.dir=$W/cpu --train.device=cpu"
 step curve_dev 60 "$G $FT --run.dir=$W/dev --train.device=$DEV"
-# The same on the device under ZeRO-3 (each unit gathered around its use; one rank), and at two
-# ranks on the one GPU through NCCL: NCCL refuses two ranks on one GPU unless each believes it is
-# on a host of its own (NCCL_HOSTID), talking over loopback sockets (correctness, not speed).
-step curve_zero3 60 "$G $FT --run.dir=$W/zero3 --train.device=$DEV --dist.shard=parameters"
-BACKEND=nccl
-[ -n "${GPU_CHECK_CPU:-}" ] && BACKEND=mpi
-step curve_np2 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
-  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2 --train.device=$DEV \
-  --dist.backend=$BACKEND --train.threads=4"
-# ZeRO-3 at two ranks through NCCL: the gathers, releases and refills of every unit, waited on by
-# the compute stream (Note [completion on the device]), where ordering mistakes would show.
-step curve_np2_zero3 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
-  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2_zero3 --train.device=$DEV \
-  --dist.backend=$BACKEND --train.threads=4 --dist.shard=parameters"
 
 # bf16 full fine-tuning of a ~100M Llama (14 layers, dim 768, 12 heads, SwiGLU 2048) at seq_len 1024,
 # random init (the throughput does not depend on the weights), against the PyTorch peer.
@@ -120,6 +107,24 @@ step bf16_graft 150 "$G train --run.dir=$W/bf16 --data.path=.gpudata/stories.h5 
   --train.precision=bf16 --train.device=$DEV --train.log_every=1"
 VOCAB=$($PY -c "import h5py,sys; f=h5py.File('.gpudata/stories.h5','r'); print(int(f.attrs.get('vocab_size', 260)))" 2>/dev/null || echo 260)
 step bf16_peer_eager 120 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps $PEER_STEPS"
+
+# The CPU curve the device curves are compared with.
+step curve_cpu 120 "$G $FT --run.dir=$W/cpu --train.device=cpu"
+# The same on the device under ZeRO-3 (each unit gathered around its use; one rank), and at two
+# ranks on the one GPU through NCCL: NCCL refuses two ranks on one GPU unless each believes it is
+# on a host of its own (NCCL_HOSTID), talking over loopback sockets (correctness, not speed).
+step curve_zero3 60 "$G $FT --run.dir=$W/zero3 --train.device=$DEV --dist.shard=parameters"
+BACKEND=nccl
+[ -n "${GPU_CHECK_CPU:-}" ] && BACKEND=mpi
+step curve_np2 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
+  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2 --train.device=$DEV \
+  --dist.backend=$BACKEND --train.threads=4"
+# ZeRO-3 at two ranks through NCCL: the gathers, releases and refills of every unit, waited on by
+# the compute stream (Note [completion on the device]), where ordering mistakes would show.
+step curve_np2_zero3 90 "mpirun -np 2 --oversubscribe -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo \
+  bash -c 'NCCL_HOSTID=graft\$OMPI_COMM_WORLD_RANK exec \"\$@\"' rank $G $FT --run.dir=$W/np2_zero3 --train.device=$DEV \
+  --dist.backend=$BACKEND --train.threads=4 --dist.shard=parameters"
+
 step bf16_peer_compile 150 "$PY bench/llama_peer.py $SHAPE --vocab $VOCAB --device $DEV --steps $PEER_STEPS --compile"
 
 # Hugging Face and PEFT exports read by transformers and peft (where that machine has them).
