@@ -15,11 +15,16 @@ void requireSameType(const at::Tensor& a, const at::Tensor& b, const char* tag) 
     throw CollectiveError(std::string("'") + tag + "': input and output differ in dtype or device");
 }
 
-// `t` as the communicator carries it: in `wire` dtype, and in host memory when t is on a device
-// the communicator cannot read. `t` itself (no copy) when it already is.
+// Where `t`'s data travels: its own memory, or host memory when it is on a device the
+// communicator cannot read (MPI and local carry host memory only).
+at::Device wireDevice(const Communicator& comm, const at::Tensor& t) {
+  return t.is_cpu() || comm.carriesDeviceMemory() ? t.device() : at::Device(at::kCPU);
+}
+
+// `t` as the communicator carries it: in `wire` dtype, on wireDevice. `t` itself (no copy) when
+// it already is.
 at::Tensor onWire(const Communicator& comm, const at::Tensor& t, at::ScalarType wire) {
-  const bool host = !t.is_cpu() && !comm.carriesDeviceMemory();
-  return t.to(host ? at::Device(at::kCPU) : t.device(), wire).contiguous();
+  return t.to(wireDevice(comm, t), wire).contiguous();
 }
 
 // A collective on copies: when `inner` completes, `then` copies the result back, once.
@@ -57,9 +62,9 @@ class DoneWork final : public Work {
 
 // A buffer for what a collective writes, in the dtype and memory it travels in (no copy of `like`).
 at::Tensor receiveBuffer(const Communicator& comm, const at::Tensor& like, at::ScalarType wire) {
-  const bool host = !like.is_cpu() && !comm.carriesDeviceMemory();
-  if (!host && wire == like.scalar_type()) return like;
-  return at::empty(like.sizes(), like.options().device(host ? at::Device(at::kCPU) : like.device()).dtype(wire));
+  const at::Device device = wireDevice(comm, like);
+  if (device == like.device() && wire == like.scalar_type()) return like;
+  return at::empty(like.sizes(), like.options().device(device).dtype(wire));
 }
 
 WorkPtr copyBackWhenDone(WorkPtr inner, const at::Tensor& wire, at::Tensor& target) {
