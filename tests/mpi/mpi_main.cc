@@ -4,6 +4,7 @@
 
 #include "communicator.h"
 #include "mpi_world.h"
+#include "test_verdict.h"
 
 namespace graft::testing {
 Communicator* g_comm = nullptr;
@@ -17,9 +18,11 @@ int main(int argc, char** argv) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
   }
-  const int rc = RUN_ALL_TESTS();
-  // A failure on any rank fails the job on every rank.
-  std::int64_t worst = rc;
+  graft::testing::reportSkips(comm->rank() == 0);
+  const int rc = graft::testing::verdict(RUN_ALL_TESTS(), comm->rank() == 0);
+  // A failure on any rank fails the job on every rank; the job skips only when every rank skipped
+  // everything. Every rank returns the same code, so mpirun's is that code too.
+  std::int64_t worst = graft::testing::verdictRank(rc);
   comm->allReduce(&worst, 1, graft::ReduceOp::Max, "test/result");
-  return static_cast<int>(worst);
+  return graft::testing::exitFromRank(static_cast<int>(worst));
 }
