@@ -91,6 +91,22 @@ void verifyTensors(const H5File& file, const std::string& manifest, const std::s
 
 }  // namespace
 
+std::string readManifest(const H5File& file) {
+  if (file.exists("/manifest")) {
+    const at::Tensor bytes = file.readTensor("/manifest").contiguous();
+    if (bytes.scalar_type() != at::kByte || bytes.dim() != 1)
+      throw InputError(file.path() + ": /manifest is not a 1-D uint8 dataset");
+    return std::string(static_cast<const char*>(bytes.data_ptr()), static_cast<std::size_t>(bytes.numel()));
+  }
+  if (file.hasAttr("/", "manifest")) return file.stringAttr("/", "manifest");  // format version 1
+  throw InputError(file.path() + ": no manifest; not a complete graft checkpoint");
+}
+
+void writeManifest(H5File& file, const std::string& manifest) {
+  std::string copy = manifest;  // from_blob wants a mutable pointer; writeTensor only reads it
+  file.writeTensor("/manifest", torch::from_blob(copy.data(), {static_cast<std::int64_t>(copy.size())}, torch::kUInt8));
+}
+
 std::string checkpointName(std::int64_t step) {
   char name[32];
   std::snprintf(name, sizeof(name), "step-%08lld.h5", static_cast<long long>(step));
@@ -117,7 +133,7 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
     file.setAttr("/", "world_size", std::int64_t{world});
     write(file);
     std::string manifest = manifestOf(file);
-    file.setAttr("/", "manifest", manifest);
+    writeManifest(file, manifest);
     file.close();
     publishFile(tmp, path);
     verifyTensors(H5File::openRead(path), manifest, path, false);  // read back, as the checkpoint file is
@@ -186,7 +202,7 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
       manifest += formatManifestLine({entry.object, entry.crc32, entry.bytes});
       if (it == raw.end() && !file.isVirtual(entry.object)) own += formatManifestLine({entry.object, entry.crc32, entry.bytes});
     }
-    file.setAttr("/", "manifest", manifest);
+    writeManifest(file, manifest);
     file.setAttr("/", "complete", std::int64_t{1});
     file.close();
     publishFile(draft.tmp, draft.path);
@@ -210,8 +226,7 @@ std::vector<std::string> completeCheckpoints(const std::string& dir) {
 
 void verifyCheckpoint(const std::string& path, bool parts_too) {
   H5File file = H5File::openRead(path);
-  if (!file.hasAttr("/", "manifest")) throw InputError(path + ": no manifest; not a complete graft checkpoint");
-  verifyTensors(file, file.stringAttr("/", "manifest"), path, !parts_too);
+  verifyTensors(file, readManifest(file), path, !parts_too);
 }
 
 namespace {
@@ -236,8 +251,8 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
                              const std::vector<AdamW::Rows>& model_rows) {
   H5File file = H5File::openRead(path);
   const auto version = file.intAttr("/", "version");
-  if (version != kCheckpointVersion)
-    throw InputError(path + ": checkpoint format version " + std::to_string(version) + " is not supported (expected " +
+  if (version < 1 || version > kCheckpointVersion)
+    throw InputError(path + ": checkpoint format version " + std::to_string(version) + " is not supported (this graft reads 1 to " +
                      std::to_string(kCheckpointVersion) + ")");
   const ModelConfig stored = readModelConfig(file);
   if (!(stored == model->config()))

@@ -1,6 +1,6 @@
 // Training checkpoints: one HDF5 file per checkpoint under RUN_DIR/checkpoints/, named
 // step-<8 digits>.h5, written by rank 0 as step-XXXXXXXX.h5.tmp, fsynced, renamed, and its
-// directory fsynced. Layout (format version 1) in docs/checkpoint-format.md:
+// directory fsynced. Layout (format version 2) in docs/checkpoint-format.md:
 //   /             attrs format="graft-checkpoint", version, step, world_size, tokens_seen, skipped_steps,
 //                 config (resolved INI text), created_unix, complete=1 (written last)
 //   /model        see convert/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
@@ -12,7 +12,9 @@
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
 //   /rng/torch_cuda uint8 [world_size, n]: each rank's CUDA generator state (runs on CUDA only)
-//   / attr manifest: "object crc32 bytes" per tensor, written just before complete=1
+//   /manifest     uint8 text, "object crc32 bytes" per tensor, written just before complete=1 (a
+//                 dataset: an attribute holds at most 64 KiB, less than an 80-layer model's
+//                 manifest; version 1 files hold it in the root attribute `manifest`)
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -31,7 +33,12 @@
 
 namespace graft {
 
-constexpr std::int64_t kCheckpointVersion = 1;
+constexpr std::int64_t kCheckpointVersion = 2;  // reads 1 and 2
+
+// The manifest of a checkpoint or part file, wherever its version keeps it (InputError naming the
+// file when it has none); and where version 2 writes it.
+std::string readManifest(const H5File& file);
+void writeManifest(H5File& file, const std::string& manifest);
 
 struct TrainingState {
   std::int64_t step = 0;          // optimizer steps completed
@@ -62,7 +69,7 @@ using OptimizerWriter = GroupWriter;  // group /optimizer
 // Any rank, before the checkpoint file of `step` is written: writes this rank's part file
 // (checkpointPartName) in `dir` with `write`, by temp + fsync + rename, reads it back and checks
 // every tensor; returns the part's manifest ("object crc32 bytes" per tensor, also stored in the
-// part as attribute `manifest`). On failure the temporary file is removed.
+// part as dataset /manifest). On failure the temporary file is removed.
 std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int rank, int world, std::uint64_t bytes,
                                 const std::function<void(H5File&)>& write);
 

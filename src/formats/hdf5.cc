@@ -407,6 +407,17 @@ void H5File::setAttr(const std::string& object, const std::string& key, double v
 void H5File::setAttr(const std::string& object, const std::string& key, const std::string& value) {
   const Hdf5Lock lock;
   ensureGroup(attrTarget(object));
+  if (value.size() > kFixedStringAttrMax) {
+    // A fixed-length string lives in the object header, which holds at most 64 KiB of attributes;
+    // a variable-length one keeps only a reference there (its bytes go to the global heap).
+    Handle type(H5Tcopy(H5T_C_S1));
+    H5Tset_size(type.get(), H5T_VARIABLE);
+    Handle space(H5Screate(H5S_SCALAR));
+    const char* text = value.c_str();
+    putAttr(id_, where(object), object, key, type.get(), space.get(),
+            [&](hid_t a) { return H5Awrite(a, type.get(), &text); });
+    return;
+  }
   Handle type(H5Tcopy(H5T_C_S1));
   H5Tset_size(type.get(), value.empty() ? 1 : value.size());
   H5Tset_strpad(type.get(), H5T_STR_NULLPAD);

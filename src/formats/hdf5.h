@@ -87,7 +87,10 @@ class H5File {
   void readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::int32_t* out) const;
   void readSlice(const std::string& object, std::int64_t offset, std::int64_t count, std::uint8_t* out) const;
 
-  // Scalar attributes on an object ("/" for the file); parents created on write.
+  // Scalar attributes on an object ("/" for the file); parents created on write. Strings up to
+  // kFixedStringAttrMax bytes are fixed-length, longer ones variable-length (no size limit: an
+  // object header holds at most 64 KiB of fixed-length attributes); both read back alike.
+  static constexpr std::size_t kFixedStringAttrMax = 16 << 10;
   void setAttr(const std::string& object, const std::string& key, std::int64_t value);
   void setAttr(const std::string& object, const std::string& key, double value);
   void setAttr(const std::string& object, const std::string& key, const std::string& value);

@@ -319,7 +319,7 @@ std::shared_ptr<std::vector<std::uint64_t>> sumsFromParts(const std::string& dir
         throw Error(path + ": part of checkpoint " + std::to_string(step) + " not written within dist.slow_phase_timeout_s");
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    const auto sums = partSums(H5File::openRead(path).stringAttr("/", "manifest"), name, optimizer, rows);
+    const auto sums = partSums(readManifest(H5File::openRead(path)), name, optimizer, rows);
     all->insert(all->end(), sums.begin(), sums.end());
   }
   return all;
@@ -486,7 +486,10 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   }
   const TrainingState state = snapshot(comm, c, step, counters, model->device());
   const auto optimizer = copyOf(dp.optimizer());
-  const auto rows = copyOf(modelRows(c, model, dp, comm, /*all_write_rows=*/false));
+  // A sharded optimizer's ranks each copy their rows of the model too and write them into their
+  // parts: the helper must never read the live model, which training updates in place while it
+  // writes (that once gave a checkpoint with a later step's weights beside step `step`'s moments).
+  const auto rows = copyOf(modelRows(c, model, dp, comm, /*all_write_rows=*/sharded));
   const GroupWriter whole_model = !sharded && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
   path_ = std::make_shared<std::string>();
   step_ = step;

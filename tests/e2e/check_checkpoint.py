@@ -26,14 +26,16 @@ def main():
     a = f.attrs
     def text(v):
         return v.decode() if isinstance(v, bytes) else str(v)
-    if text(a["format"]) != "graft-checkpoint" or int(a["version"]) != 1 or int(a["complete"]) != 1:
+    if text(a["format"]) != "graft-checkpoint" or int(a["version"]) != 2 or int(a["complete"]) != 1:
         fail("bad root attributes %r" % dict(a))
     if int(a["step"]) != step or int(a["world_size"]) != world:
         fail("step/world_size %s/%s" % (a["step"], a["world_size"]))
     if "[train]" not in text(a["config"]):
         fail("config attribute lacks [train]")
     listed = 0
-    for line in text(a["manifest"]).splitlines():
+    if "manifest" in a:
+        fail("format 2 keeps the manifest in dataset /manifest, not in a root attribute")
+    for line in np.asarray(f["manifest"][()], dtype=np.uint8).tobytes().decode().splitlines():
         obj, crc, size = line.rsplit(" ", 2)
         data = np.ascontiguousarray(f[obj][()]).tobytes()
         if len(data) != int(size) or zlib.crc32(data) != int(crc):

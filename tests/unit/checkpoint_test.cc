@@ -51,6 +51,37 @@ TEST(Hdf5, TensorsAndAttributesRoundTrip) {
   EXPECT_THROW(f.intAttr("/", "missing"), InputError);
 }
 
+// An object header holds at most 64 KiB of fixed-length attributes: a longer string (a manifest of
+// an 80-layer model once, a classifier's label names, a long config) must still round-trip, beside
+// a short one on the same object, and h5py must read it back (it is read by Python tools too).
+TEST(Hdf5, StringAttributesOfAnyLengthRoundTrip) {
+  const std::string path = ::testing::TempDir() + "/long_attr.h5";
+  std::string long_text;
+  for (int i = 0; long_text.size() < (3u << 20); ++i) long_text += "/model/layers." + std::to_string(i) + ".w 123 456\n";
+  {
+    auto f = H5File::create(path);
+    f.setAttr("/", "short", std::string("hello"));
+    f.setAttr("/", "long", long_text);
+    f.setAttr("/", "edge", std::string(H5File::kFixedStringAttrMax, 'x'));
+    f.setAttr("/", "edge_plus_one", std::string(H5File::kFixedStringAttrMax + 1, 'y'));
+    f.close();
+  }
+  auto f = H5File::openRead(path);
+  EXPECT_EQ(f.stringAttr("/", "short"), "hello");
+  EXPECT_EQ(f.stringAttr("/", "long"), long_text);
+  EXPECT_EQ(f.stringAttr("/", "edge"), std::string(H5File::kFixedStringAttrMax, 'x'));
+  EXPECT_EQ(f.stringAttr("/", "edge_plus_one"), std::string(H5File::kFixedStringAttrMax + 1, 'y'));
+  const std::string py = std::string(GRAFT_PYTHON) + " -c \"import h5py,sys; a=h5py.File(sys.argv[1],'r').attrs['long']; "
+                         "a=a.decode() if isinstance(a,bytes) else a; print(len(a))\" " + path;
+  FILE* pipe = ::popen(py.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[64] = {0};
+  const bool read = std::fgets(buffer, sizeof(buffer), pipe) != nullptr;
+  ::pclose(pipe);
+  ASSERT_TRUE(read) << py;
+  EXPECT_EQ(std::stoull(buffer), long_text.size());
+}
+
 TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   const std::string dir = ::testing::TempDir() + "/ckpt_rt";
   Transformer model(tiny());
