@@ -4,7 +4,8 @@
 # and on stories260K, TinyStories sample, seq 64, global batch 4 x np (accumulation 1); plus the
 # checkpoint write time against dd and against write(2) from memory of the same bytes (with fsync). Medians of REPEATS runs (default 3),
 # ratios from this one run; and the training time each checkpoint costs, synchronous and
-# checkpoint.async. Prints one JSON object.
+# checkpoint.async; and resume's verification shared by 4 ranks against one process reading the
+# checkpoint whole (bench/verify_resume.sh). Prints one JSON object.
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing);
 # "parameters+prefetch" is ZeRO-3 with dist.prefetch = true (the next unit's gather started early);
 # "<mode>+per_rank" writes checkpoints as one part file per rank (checkpoint.files = per_rank).
@@ -112,7 +113,10 @@ for i in range(repeats):
 PY
 )
 rm -f "$tmp"/mem*.bin
-IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s, "write_from_memory_seconds": %s, "graft_over_write_from_memory_throughput": %s}, "training_time_lost": %s}\n' \
+# Resume verification of a ~340 MB checkpoint at 4 ranks, each its rows, against one process
+# reading it whole (bench/verify_resume.sh).
+verify_json=$(REPEATS="$REPEATS" NP=4 bash bench/verify_resume.sh "$GRAFT")
+IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "runs": [%s], "ratios": {%s}, "checkpoint": {"bytes": %s, "graft_seconds": %s, "dd_seconds": %s, "graft_over_dd_throughput": %s, "write_from_memory_seconds": %s, "graft_over_write_from_memory_throughput": %s}, "training_time_lost": %s, "resume_verification": %s}\n' \
   "$STEPS" "$REPEATS" "${rows[*]}" "${summary[*]}" "$big_bytes" "$big_ckpt" "$dd_s" \
   "$(awk -v a="$dd_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$memwrite_s" \
-  "$(awk -v a="$memwrite_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$lost_json"
+  "$(awk -v a="$memwrite_s" -v b="$big_ckpt" 'BEGIN {printf "%.3f", a / b}')" "$lost_json" "$verify_json"

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <sstream>
 
 #include "checkpoint/manifest.h"
@@ -60,9 +61,33 @@ void requireSpace(const std::string& dir, std::uint64_t bytes) {
   struct statvfs fs {};
   if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
   const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
-  if (free_bytes < bytes + bytes / 10)
+  if (free_bytes < bytes + bytes / 10) {
+    // Checkpoints that resume found damaged are set aside, never deleted by graft: say what they hold.
+    std::uint64_t damaged = 0;
+    int count = 0;
+    for (const auto& name : listDir(dir))
+      if (endsWith(name, ".damaged")) damaged += static_cast<std::uint64_t>(fileBytes(dir + "/" + name)), ++count;
+    const std::string aside = count == 0 ? std::string()
+                                         : "; " + std::to_string(count) + " damaged checkpoint(s) set aside as *.damaged hold " +
+                                               std::to_string(damaged >> 10) + " KiB: delete them to make room";
     throw Error(dir + ": not enough disk space for a checkpoint (needs about " + std::to_string(bytes >> 10) +
-                " KiB, " + std::to_string(free_bytes >> 10) + " KiB free; disk full?); earlier checkpoints are intact");
+                " KiB, " + std::to_string(free_bytes >> 10) + " KiB free; disk full?" + aside +
+                "); earlier checkpoints are intact");
+  }
+}
+
+// debug.damage_checkpoint: flips one byte of `object`'s data in the draft `path`, after it was
+// written and before it is verified (a write the disk got wrong).
+void damageForTests(const std::string& path, const std::string& object) {
+  const std::uint64_t offset = H5File::openRead(path).dataOffset(object);
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  char byte = 0;
+  f.seekg(static_cast<std::streamoff>(offset));
+  f.read(&byte, 1);
+  byte = static_cast<char>(byte ^ 0x5a);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&byte, 1);
+  if (!f.flush()) throw Error(path + ": debug.damage_checkpoint could not flip a byte");
 }
 
 // The manifest of what `file` has written: "object crc32 bytes" per tensor, in order.
@@ -85,7 +110,8 @@ void verifyTensors(const H5File& file, const std::string& manifest, const std::s
     }
     const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
     if (have != bytes || crc32(t.data_ptr(), have) != crc)
-      throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest)");
+      throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest" +
+                       (file.isVirtual(object) ? "; its rows live in part files beside it: is one missing?" : "") + ")");
   }
 }
 
@@ -105,6 +131,10 @@ std::string readManifest(const H5File& file) {
 void writeManifest(H5File& file, const std::string& manifest) {
   std::string copy = manifest;  // from_blob wants a mutable pointer; writeTensor only reads it
   file.writeTensor("/manifest", torch::from_blob(copy.data(), {static_cast<std::int64_t>(copy.size())}, torch::kUInt8));
+  // A copy where version 1 kept it (a variable-length string when long: no size limit), so that a
+  // graft of before version 2, run on this run directory, verifies the checkpoint and then refuses
+  // its version in one line, instead of taking it for damaged and setting it aside.
+  file.setAttr("/", "manifest", manifest);
 }
 
 std::string checkpointName(std::int64_t step) {
@@ -135,8 +165,8 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
     std::string manifest = manifestOf(file);
     writeManifest(file, manifest);
     file.close();
+    verifyTensors(H5File::openRead(tmp), manifest, tmp, false);  // read back, then publish what verified
     publishFile(tmp, path);
-    verifyTensors(H5File::openRead(path), manifest, path, false);  // read back, as the checkpoint file is
     return manifest;
   } catch (const Error& e) {
     ::unlink(tmp.c_str());
@@ -162,6 +192,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
   draft.path = dir + "/" + checkpointName(state.step);
   draft.tmp = draft.path + ".tmp";
   draft.step = state.step;
+  draft.damage_for_tests = state.damage_for_tests;
   const bool model_parts = static_cast<bool>(model_tensors.write);
   try {
     H5File file = H5File::create(draft.tmp);
@@ -172,6 +203,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
     file.setAttr("/", "tokens_seen", state.tokens_seen);
     file.setAttr("/", "skipped_steps", state.skipped_steps);
     file.setAttr("/", "config", state.config);
+    if (!state.data_fingerprint.empty()) file.setAttr("/", "data_fingerprint", state.data_fingerprint);
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
     writeModelGroup(file, model, state.transfer.adapterOnly(), /*tensors=*/!model_parts);
     if (model_parts) model_tensors.write(file);
@@ -205,14 +237,16 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
     writeManifest(file, manifest);
     file.setAttr("/", "complete", std::int64_t{1});
     file.close();
+    if (draft.damage_for_tests && !own.empty()) damageForTests(draft.tmp, parseManifest(own, draft.tmp).front().object);
+    // Read back what was written here, before it is published: a draft that does not verify never
+    // gets a checkpoint's name. Parts and raw rows were verified by the ranks that wrote them.
+    verifyTensors(H5File::openRead(draft.tmp), own, draft.tmp, /*skip_virtual=*/false);
     publishFile(draft.tmp, draft.path);
   } catch (const Error& e) {
     ::unlink(draft.tmp.c_str());
     throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(draft.step) +
                 " not written, earlier checkpoints are intact");
   }
-  // Read back what was written here; parts and raw rows were verified by the ranks that wrote them.
-  verifyTensors(H5File::openRead(draft.path), own, draft.path, /*skip_virtual=*/false);
   return draft.path;
 }
 
@@ -222,6 +256,134 @@ std::vector<std::string> completeCheckpoints(const std::string& dir) {
   for (auto it = names.rbegin(); it != names.rend(); ++it)
     if (isCheckpointName(*it) && isComplete(dir + "/" + *it)) found.push_back(dir + "/" + *it);
   return found;
+}
+
+namespace {
+std::vector<ManifestEntry> entriesUnder(const H5File& file, const std::string& path, const std::string& prefix) {
+  std::vector<ManifestEntry> entries;
+  for (auto& e : parseManifest(readManifest(file), path))
+    if (e.object.rfind(prefix, 0) == 0) entries.push_back(std::move(e));
+  return entries;
+}
+}  // namespace
+
+std::size_t manifestEntries(const std::string& path, const std::string& prefix) {
+  return entriesUnder(H5File::openRead(path), path, prefix).size();
+}
+
+std::vector<std::uint64_t> checkpointRowSums(const std::string& path, const std::string& prefix, std::size_t count,
+                                             int part, int parts, std::string* error) {
+  std::vector<std::uint64_t> sums(2 * count, 0);
+  for (std::size_t i = 0; i < count; ++i) sums[2 * i + 1] = kUnreadableRows;
+  auto fail = [error](const std::string& why) {
+    if (error && error->empty()) *error = why;
+  };
+  std::vector<ManifestEntry> entries;
+  std::optional<H5File> file;
+  try {
+    file.emplace(H5File::openRead(path));
+    entries = entriesUnder(*file, path, prefix);
+  } catch (const Error& e) {
+    fail(e.what());
+    return sums;
+  }
+  if (entries.size() != count) fail(path + ": the manifest lists " + std::to_string(entries.size()) + " tensors here, " +
+                                    std::to_string(count) + " on rank 0");
+  constexpr std::uint64_t kBlockBytes = 64u << 20;
+  for (std::size_t i = 0; i < std::min(count, entries.size()); ++i) {
+    const std::string& object = entries[i].object;
+    try {
+      const auto shape = file->shape(object);
+      const std::int64_t rows = shape.empty() ? 1 : shape[0];
+      std::uint64_t row_bytes = c10::elementSize(file->scalarType(object));
+      for (std::size_t d = 1; d < shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(shape[d]);
+      const std::int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
+      const std::int64_t block = std::max<std::int64_t>(1, static_cast<std::int64_t>(kBlockBytes / std::max<std::uint64_t>(row_bytes, 1)));
+      std::uint32_t crc = crc32(nullptr, 0);
+      std::uint64_t bytes = 0;
+      for (std::int64_t r = begin; r < end; r += block) {
+        const at::Tensor t = file->readRows(object, r, std::min(end, r + block)).contiguous();
+        const std::size_t n = static_cast<std::size_t>(t.numel()) * t.element_size();
+        crc = crc32Combine(crc, crc32(t.data_ptr(), n), n);
+        bytes += n;
+      }
+      sums[2 * i] = crc;
+      sums[2 * i + 1] = bytes;
+    } catch (const Error& e) {
+      fail(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
+    }
+  }
+  return sums;
+}
+
+void checkRowSums(const std::string& path, const std::string& prefix, const std::vector<std::uint64_t>& all, int parts) {
+  const auto entries = entriesUnder(H5File::openRead(path), path, prefix);
+  const std::size_t per_part = all.size() / static_cast<std::size_t>(parts);
+  if (per_part != 2 * entries.size()) throw InputError(path + ": the ranks verified another number of tensors than the manifest lists");
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    std::uint32_t crc = crc32(nullptr, 0);
+    std::uint64_t bytes = 0;
+    for (int p = 0; p < parts; ++p) {
+      const std::size_t at = static_cast<std::size_t>(p) * per_part + 2 * i;
+      if (all[at + 1] == kUnreadableRows)
+        throw InputError(path + ": tensor " + entries[i].object + " cannot be read by rank " + std::to_string(p) +
+                         " (its error is in that rank's log)");
+      crc = crc32Combine(crc, static_cast<std::uint32_t>(all[at]), all[at + 1]);
+      bytes += all[at + 1];
+    }
+    if (bytes != entries[i].bytes || crc != entries[i].crc32)
+      throw InputError(path + ": tensor " + entries[i].object + " is damaged (checksum or size differs from the manifest" +
+                       (H5File::openRead(path).isVirtual(entries[i].object)
+                            ? "; its rows live in part files beside it: is one missing?"
+                            : "") +
+                       ")");
+  }
+}
+
+std::vector<std::string> modelFilesToVerify(const std::string& path) {
+  std::vector<std::string> files;
+  if (!isCheckpointFile(path)) return files;
+  files.push_back(path);
+  const H5File file = H5File::openRead(path);
+  if (hasTransferGroup(file)) {
+    std::string base;
+    readTransferGroup(file, base);
+    if (!base.empty() && fileExists(base))
+      for (auto& f : modelFilesToVerify(base)) files.push_back(std::move(f));
+  }
+  return files;
+}
+
+bool isCheckpointFile(const std::string& path) {
+  if (!H5File::isHdf5(path)) return false;
+  const H5File file = H5File::openRead(path);
+  return file.hasAttr("/", "format") && file.stringAttr("/", "format") == "graft-checkpoint";
+}
+
+int verifyModelFile(const std::string& path) {
+  int verified = 0;
+  for (const auto& file : modelFilesToVerify(path)) {
+    const H5File h5 = H5File::openRead(file);
+    if (!h5.hasAttr("/", "complete") || h5.intAttr("/", "complete") != 1)
+      throw InputError(file + ": an incomplete checkpoint (its write never finished); use a complete one");
+    const std::size_t count = manifestEntries(file, "/model/");
+    std::string error;
+    const auto sums = checkpointRowSums(file, "/model/", count, 0, 1, &error);
+    if (!error.empty()) throw InputError(error);
+    checkRowSums(file, "/model/", sums, 1);
+    verified += static_cast<int>(count);
+  }
+  return verified;
+}
+
+void checkModelFile(const std::string& path, bool verify) {
+  if (!verify) {
+    if (isCheckpointFile(path)) std::fprintf(stderr, "model: %s is not verified against its manifest (--no-verify)\n", path.c_str());
+    return;
+  }
+  const int verified = verifyModelFile(path);
+  if (verified > 0)
+    std::fprintf(stderr, "model: %s verified against its manifest (%d tensors; --no-verify skips this)\n", path.c_str(), verified);
 }
 
 void verifyCheckpoint(const std::string& path, bool parts_too) {
@@ -267,11 +429,19 @@ TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW&
   state.tokens_seen = file.intAttr("/", "tokens_seen");
   state.skipped_steps = file.intAttr("/", "skipped_steps");
   state.config = file.stringAttr("/", "config");
+  if (file.hasAttr("/", "data_fingerprint")) state.data_fingerprint = file.stringAttr("/", "data_fingerprint");
   state.seed = static_cast<std::uint64_t>(file.intAttr("/sampler", "seed"));
   state.next_batch = file.intAttr("/sampler", "next_batch");
   state.rng_states = file.readTensor("/rng/torch_cpu");
   if (file.exists("/rng/torch_cuda")) state.device_rng_states = file.readTensor("/rng/torch_cuda");
   return state;
+}
+
+std::vector<std::string> removeStaleDrafts(const std::string& dir) {
+  std::vector<std::string> removed;
+  for (const auto& name : listDir(dir))
+    if (endsWith(name, ".tmp") && ::unlink((dir + "/" + name).c_str()) == 0) removed.push_back(name);
+  return removed;
 }
 
 void pruneCheckpoints(const std::string& dir, std::int64_t keep, std::int64_t written) {

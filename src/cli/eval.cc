@@ -6,6 +6,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "checkpoint/checkpoint.h"
 #include "cli/cli.h"
 #include "config/command_line.h"
 #include "convert/hf_model.h"
@@ -212,6 +213,7 @@ void evalZeroShot(Transformer& model, const Tokenizer& tokenizer, const TokenDat
 int runEval(const Args& args) {
   std::string model_path, adapter, tokenizer_spec, text, ids_text, logits_path, data_path, device;
   DatasetEvalOptions dataset;
+  bool no_verify = false;
   po::options_description options("graft eval options");
   options.add_options()
       ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
@@ -233,7 +235,8 @@ int runEval(const Args& args) {
       ("max-examples", po::value(&dataset.max_examples)->default_value(0),
        "score at most this many examples, evenly spaced over the split (0 = all)")
       ("seed", po::value(&dataset.seed)->default_value(1234), "which training examples --shots uses")
-      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda");
+      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda")
+      ("no-verify", po::bool_switch(&no_verify), "do not check a graft checkpoint given as --model against its manifest first (for very large ones; the log says so)");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"
                               "       graft eval --model M --data LABELLED.h5 [--zero-shot ' Intent: {label}.' --tokenizer T [--shots K]]\n"
@@ -242,6 +245,7 @@ int runEval(const Args& args) {
                               "a labelled dataset {\"accuracy\": ...}.",
                         options, vm))
     return 0;
+  checkModelFile(model_path, !no_verify);
   auto model = loadModel(model_path);
   if (!adapter.empty()) loadPeftAdapter(model, adapter);
   moveModel(model, deviceOfRank(chooseDeviceType(device, "--device"), 0));

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "checkpoint/checkpoint.h"
 #include "cli/cli.h"
 #include "config/command_line.h"
 #include "formats/hdf5.h"
@@ -39,9 +40,10 @@ std::string baseOf(const std::string& model_path) {
 }
 
 int convert(const std::string& model_path, const std::string& adapter, const std::string& format, const std::string& out,
-            const std::string& dtype, bool force) {
+            const std::string& dtype, bool force, bool verify) {
   if (out.empty()) throw InputError("--out is required");
   refuseToOverwrite(format, out, force);
+  checkModelFile(model_path, verify);
   auto model = loadModel(model_path);
   if (!adapter.empty()) loadPeftAdapter(model, adapter);
   if (format == "peft") {
@@ -64,7 +66,7 @@ int convert(const std::string& model_path, const std::string& adapter, const std
 
 int runExport(const Args& args) {
   std::string model_path, adapter, format, out, dtype;
-  bool force = false;
+  bool force = false, no_verify = false;
   po::options_description options("graft export options");
   options.add_options()
       ("model", po::value(&model_path)->required(),
@@ -75,25 +77,27 @@ int runExport(const Args& args) {
        "adapters are merged into the weights except for peft")
       ("out", po::value(&out)->required(), "output folder (hf) or file (llama2c: a folder gets model.bin)")
       ("dtype", po::value(&dtype)->default_value("f32"), "hf storage type: f32 | f16 | bf16")
-      ("force", po::bool_switch(&force), "replace an existing output");
+      ("force", po::bool_switch(&force), "replace an existing output")
+      ("no-verify", po::bool_switch(&no_verify), "do not check a graft checkpoint given as --model against its manifest first (for very large ones; the log says so)");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft export --model M --format hf|llama2c|graft --out DIR [--dtype bf16]\n"
                               "Writes the model in a format other tools load (Hugging Face transformers, llama2.c's run.c).",
                         options, vm))
     return 0;
-  return convert(model_path, adapter, format, out, dtype, force);
+  return convert(model_path, adapter, format, out, dtype, force, !no_verify);
 }
 
 int runConvert(const Args& args) {
   std::string in, out, format, dtype;
-  bool force = false;
+  bool force = false, no_verify = false;
   po::options_description options("graft convert options");
   options.add_options()
       ("in", po::value(&in)->required(), "model in any format graft reads")
       ("out", po::value(&out)->required(), "where to write it")
       ("format", po::value(&format), "hf | llama2c | graft (default: from --out: .bin llama2c, .h5 graft, else hf)")
       ("dtype", po::value(&dtype)->default_value("f32"), "hf storage type: f32 | f16 | bf16")
-      ("force", po::bool_switch(&force), "replace an existing output");
+      ("force", po::bool_switch(&force), "replace an existing output")
+      ("no-verify", po::bool_switch(&no_verify), "do not check a graft checkpoint given as IN against its manifest first");
   po::positional_options_description positional;
   positional.add("in", 1).add("out", 1);
   po::variables_map vm;
@@ -101,7 +105,7 @@ int runConvert(const Args& args) {
                               "Converts a model between formats; the output format follows OUT's extension.",
                         options, vm, &positional))
     return 0;
-  return convert(in, "", format.empty() ? formatForPath(out) : format, out, dtype, force);
+  return convert(in, "", format.empty() ? formatForPath(out) : format, out, dtype, force, !no_verify);
 }
 
 }  // namespace graft

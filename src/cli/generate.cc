@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "checkpoint/checkpoint.h"
 #include "cli/cli.h"
 #include "config/command_line.h"
 #include "convert/hf_model.h"
@@ -20,6 +21,7 @@ int runGenerate(const Args& args) {
   std::string model_path, tokenizer_spec, prompt, device;
   SampleOptions sample;
   int threads = 1;
+  bool no_verify = false;
   po::options_description options("graft generate options");
   options.add_options()
       ("model", po::value(&model_path)->required(), "model: llama2.c .bin, graft .h5, or Hugging Face folder")
@@ -30,7 +32,8 @@ int runGenerate(const Args& args) {
       ("top-p", po::value(&sample.top_p)->default_value(0.9f), "nucleus sampling threshold (0 or 1 = off)")
       ("seed", po::value(&sample.seed)->default_value(0), "sampling seed (0 = from the clock)")
       ("threads", po::value(&threads)->default_value(1), "intra-op threads")
-      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda");
+      ("device", po::value(&device)->default_value("auto"), "auto (a GPU when this build and machine have one) | cpu | cuda")
+      ("no-verify", po::bool_switch(&no_verify), "do not check a graft checkpoint given as --model against its manifest first (for very large ones; the log says so)");
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft generate --model M --tokenizer T [--prompt TEXT] [--steps N] [--temperature 0]\n"
                               "Prints the continuation exactly as llama2.c's run.c does.", options, vm))
@@ -39,6 +42,7 @@ int runGenerate(const Args& args) {
   torch::set_num_threads(threads);
   if (tokenizer_spec.empty() && isHfModel(model_path)) tokenizer_spec = hfModelFolder(model_path);
   if (tokenizer_spec.empty()) throw InputError("--tokenizer is required (the model is not a Hugging Face folder)");
+  checkModelFile(model_path, !no_verify);
   auto model = loadModel(model_path);
   moveModel(model, deviceOfRank(chooseDeviceType(device, "--device"), 0));
   const auto tokenizer = loadTokenizer(tokenizer_spec);

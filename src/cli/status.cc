@@ -24,11 +24,6 @@ namespace graft {
 namespace po = boost::program_options;
 namespace {
 
-std::int64_t fileBytes(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<std::int64_t>(st.st_size) : 0;
-}
-
 // The checkpoint file and its part files (dist.shard = parameters): step-N.h5, step-N.part-*.h5.
 std::int64_t checkpointBytes(const std::string& path) {
   const std::string dir = parentDirectory(path), stem = path.substr(dir.size() + 1, 13);  // "step-00000010"

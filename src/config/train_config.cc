@@ -21,6 +21,9 @@ class OptionTable {
   explicit OptionTable(TrainConfig& c) : desc_("graft train options (INI [section] key, or --section.key=value)") {
     add("run.dir", c.run_dir, "run directory: checkpoints/, metrics.jsonl; an existing one is resumed");
     add("model.path", c.model_path, "pretrained model: llama2.c .bin, graft .h5, or Hugging Face folder / .safetensors; empty = random init");
+    add("model.verify", c.model_verify,
+        "a graft checkpoint as model.path is checked against its manifest before training starts, each rank a share "
+        "of its tensors (false: not checked, for very large ones; the log says so)");
     add("model.arch", c.arch.arch, "llama or gpt2 (random init only)");
     add("model.dim", c.arch.dim, "width (random init only)");
     add("model.hidden_dim", c.arch.hidden_dim, "feed-forward width (random init only)");
@@ -103,6 +106,9 @@ class OptionTable {
     add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
     add("debug.slow_checkpoint_s", c.slow_checkpoint_s, "fault injection: rank 0 sleeps this long before each checkpoint write");
+    add("debug.damage_checkpoint", c.damage_checkpoint,
+        "fault injection: rank 0 flips one byte of the checkpoint of this step after writing it and before "
+        "verifying it (0 = off)");
     add("debug.slow_load_s", c.slow_load_s, "fault injection: every rank sleeps this long before loading the data and model");
     add("debug.stall_at", c.stall_at,
         "fault injection: rank debug.stall_rank stops for good before the collective with this tag (ag/bwd/layers.1)");
@@ -116,6 +122,10 @@ class OptionTable {
     add("checkpoint.async", c.checkpoint_async,
         "write checkpoints in the background: training pauses only to copy the state (host memory for one more "
         "copy of what this rank checkpoints), the next checkpoint and the end of the run wait for the previous");
+    add("resume.allow", c.resume_allow,
+        "what may differ from the checkpoint a run resumes, comma-separated: seed, batch_size, seq_len, data (the "
+        "training data's size or document offsets), transfer (transfer.*), base (model.path of an adapter "
+        "checkpoint); anything else that differs is refused in one line naming it (empty: nothing may differ)");
   }
 
   po::options_description& description() { return desc_; }
@@ -251,6 +261,7 @@ void TrainConfig::validate(int world) const {
   need(nan_from >= 0 && nan_count >= 0 && nan_rank >= 0, "debug.nan_from", "fault injection values must be >= 0");
   need(slow_checkpoint_s >= 0, "debug.slow_checkpoint_s", "must be >= 0");
   need(slow_load_s >= 0, "debug.slow_load_s", "must be >= 0");
+  need(damage_checkpoint >= 0, "debug.damage_checkpoint", "must be >= 0");
   need(eval_every >= 0, "eval.every", "must be >= 0");
   need(eval_batches > 0, "eval.batches", "must be positive");
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");
@@ -266,6 +277,15 @@ void TrainConfig::validate(int world) const {
   need(keep_last >= 0, "checkpoint.keep_last", "must be >= 0");
   need(checkpoint_files == "one" || checkpoint_files == "per_rank", "checkpoint.files",
        "'" + checkpoint_files + "' is not one of one, per_rank");
+  for (std::size_t start = 0; start < resume_allow.size();) {
+    std::size_t end = resume_allow.find(',', start);
+    if (end == std::string::npos) end = resume_allow.size();
+    const std::string name = resume_allow.substr(start, end - start);
+    need(name == "seed" || name == "batch_size" || name == "seq_len" || name == "data" || name == "transfer" ||
+             name == "base",
+         "resume.allow", "'" + name + "' is not one of seed, batch_size, seq_len, data, transfer, base");
+    start = end + 1;
+  }
   need(prefetch == "auto" || prefetch == "true" || prefetch == "false", "dist.prefetch",
        "'" + prefetch + "' is not one of auto, true, false");
   need(shard == "none" || shard == "optimizer" || shard == "gradients" || shard == "parameters", "dist.shard",

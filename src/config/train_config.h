@@ -20,6 +20,7 @@ struct TrainConfig {
   // [model]
   std::string model_path;  // llama2.c .bin or graft .h5; empty = random init with `arch`
   ModelConfig arch;        // used when model_path is empty (vocab_size comes from the dataset)
+  bool model_verify = true;  // a graft checkpoint as model_path is checked against its manifest first
   // [transfer]
   TransferConfig transfer;
   // [task]
@@ -61,6 +62,7 @@ struct TrainConfig {
   std::int64_t nan_from = 0, nan_count = 1;
   int nan_rank = 0;
   double slow_checkpoint_s = 0;  // rank 0 sleeps this long before each checkpoint write (a slow disk)
+  std::int64_t damage_checkpoint = 0;  // rank 0 flips a byte of this step's checkpoint before verifying it
   double slow_load_s = 0;        // every rank sleeps this long before loading the data and model
   std::string stall_at;          // rank stall_rank stops for good before the collective with this tag
   int stall_rank = 1;
@@ -68,7 +70,10 @@ struct TrainConfig {
   std::int64_t checkpoint_every = 50;
   std::int64_t keep_last = 3;
   bool checkpoint_async = false;  // write checkpoints in the background (train/checkpointing.h)
-  std::string checkpoint_files = "one";  // sharded runs: one file every rank writes its rows into, or per_rank parts
+  std::string checkpoint_files = "one";
+  // [resume] what may differ from the checkpoint a run resumes (seed, batch_size, seq_len, data,
+  // transfer, base), comma-separated; anything else that differs is refused (train/checkpointing.h)
+  std::string resume_allow;  // sharded runs: one file every rank writes its rows into, or per_rank parts
 
   std::int64_t accumulation(int world) const { return batch_size / (micro_batch * world); }
   // Throws InputError naming the key when values do not fit `world` ranks.

@@ -9,6 +9,7 @@
 
 #include "data/sampler.h"
 #include "formats/hdf5.h"
+#include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
@@ -320,6 +321,19 @@ void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
   readTokens(start, seq_len_, tokens.data());
   if (has_mask_) readMask(start, seq_len_, mask.data());
   for (std::size_t i = 0; i < tokens.size(); ++i) out[i] = mask[i] ? tokens[i] : kIgnoreTarget;
+}
+
+std::string datasetFingerprint(const std::string& path) {
+  const H5File file = H5File::openRead(path);
+  std::uint32_t crc = crc32(nullptr, 0);
+  for (const auto& split : file.list("/")) {
+    const std::string object = "/" + split + "/doc_offsets";
+    if (!file.exists(object)) continue;
+    const at::Tensor offsets = file.readTensor(object).contiguous();
+    const std::size_t bytes = static_cast<std::size_t>(offsets.numel()) * offsets.element_size();
+    crc = crc32Combine(crc, crc32(offsets.data_ptr(), bytes), bytes);
+  }
+  return "bytes=" + std::to_string(fileBytes(path)) + " offsets_crc32=" + std::to_string(crc);
 }
 
 }  // namespace graft

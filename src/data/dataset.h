@@ -48,6 +48,12 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
 
 class H5File;
 
+// What identifies a dataset's samples without reading its tokens: "bytes=<file size>
+// offsets_crc32=<CRC-32 of every split's doc_offsets, splits in name order>". A checkpoint records
+// it; resume refuses a different one (the data a run continues on would not be the data it began
+// with). Cheap: offsets are a few bytes per document.
+std::string datasetFingerprint(const std::string& path);
+
 // Where a split's tokens (and loss mask) live while a run reads them. Memory: read once at open
 // (every token checked against the vocabulary then). Stream: read from the file sample by sample
 // (HDF5 hyperslabs; tokens checked as they are read), so a split far larger than RAM trains in

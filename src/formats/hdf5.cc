@@ -226,6 +226,15 @@ std::uint64_t H5File::createRawFloat32(const std::string& object, const std::vec
   return static_cast<std::uint64_t>(offset);
 }
 
+std::uint64_t H5File::dataOffset(const std::string& object) const {
+  const Hdf5Lock lock;
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw InputError(where(object) + ": no such dataset");
+  const haddr_t offset = H5Dget_offset(ds.get());
+  if (offset == HADDR_UNDEF) throw Error(where(object) + ": not stored contiguously in this file");
+  return static_cast<std::uint64_t>(offset);
+}
+
 void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
                               const std::vector<RowSource>& sources, std::uint32_t crc, std::uint64_t bytes) {
   const Hdf5Lock lock;

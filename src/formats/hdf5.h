@@ -72,6 +72,8 @@ class H5File {
   // crc32 and bytes 0: the writers know them. Returns 0 for a dataset without elements.
   std::uint64_t createRawFloat32(const std::string& object, const std::vector<std::int64_t>& shape);
   at::Tensor readTensor(const std::string& object) const;
+  // Where a contiguous dataset's bytes start in the file (fault injection in tests flips one).
+  std::uint64_t dataOffset(const std::string& object) const;
   // Rows [begin, end) of a dataset (dim 0; a 0-d dataset is one row): a sharded run's rank reads
   // only its own rows (parallel/shard_plan.h). InputError when the range is outside the dataset.
   at::Tensor readRows(const std::string& object, std::int64_t begin, std::int64_t end) const;

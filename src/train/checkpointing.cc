@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "checkpoint/manifest.h"
+#include "data/dataset.h"
 #include "util/checksum.h"
 #include "formats/hdf5.h"
 #include "parallel/heartbeat.h"
@@ -222,6 +223,16 @@ at::Tensor gatherGeneratorStates(Communicator& comm, const at::Generator& genera
   return all;
 }
 
+// datasetFingerprint of the run's data, read once per process, while the run loads
+// (rememberDataFingerprint, beside a heartbeat): a checkpoint then records it without reading the
+// file again, even if it has moved since. Only ever touched by one thread at a time (the load's
+// helper, joined before training starts; then the training thread).
+const std::string& fingerprintOf(const std::string& data_path) {
+  static std::string path, fingerprint;
+  if (path != data_path) fingerprint = datasetFingerprint(data_path), path = data_path;
+  return fingerprint;
+}
+
 // Collective (every rank's RNG states are gathered: the CPU's, and the GPU's of a run on CUDA).
 TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t step, RunCounters counters,
                        const torch::Device& device) {
@@ -233,8 +244,10 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
   state.seed = c.seed;
   state.next_batch = step;
   state.config = c.resolved();
+  state.data_fingerprint = fingerprintOf(c.data_path);
   state.transfer = c.transfer;
   state.base_model = c.model_path;
+  state.damage_for_tests = c.damage_checkpoint == step;
   state.rng_states = gatherGeneratorStates(comm, at::detail::getDefaultCPUGenerator(), "ckpt/rng");
   if (device.is_cuda())
     state.device_rng_states = gatherGeneratorStates(comm, at::globalContext().defaultGenerator(device), "ckpt/rng_cuda");
@@ -267,6 +280,27 @@ std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transf
 }
 
 std::string seconds(double s) { return std::to_string(s).substr(0, 5); }
+
+// Collective, before a checkpoint: rank 0 deletes the drafts an interrupted write left before
+// anything is written or any free space is counted (after a crash under a tight quota they would
+// fail every next checkpoint), and what `also` deletes, beside a heartbeat (deleting a file of
+// hundreds of GB takes a while on some file systems). No rank writes in `dir` meanwhile: the
+// checkpoint before is complete (PendingCheckpoint waited for it), and every rank starts writing
+// only after this returns.
+void clearStaleDrafts(Communicator& comm, const TrainConfig& c, const std::string& dir, Logger& log,
+                      std::function<void()> also = nullptr) {
+  std::function<void()> work;
+  if (comm.rank() == 0)
+    work = [dir, log, also] {
+      const auto removed = removeStaleDrafts(dir);
+      if (also) also();
+      if (removed.empty()) return;
+      std::string names;
+      for (const auto& name : removed) names += (names.empty() ? "" : ", ") + name;
+      log.info("checkpoint: removed " + std::to_string(removed.size()) + " draft(s) that an interrupted write left: " + names);
+    };
+  runWithHeartbeat(comm, "ckpt/drafts", c.slow_phase_timeout_s, "removing stale drafts in " + dir, "", std::move(work));
+}
 
 // checkpoint.async: copies of what a checkpoint holds, so that training may go on changing the
 // originals while a helper writes them. In host memory: a GPU's memory is for training.
@@ -425,6 +459,7 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
   const auto start = std::chrono::steady_clock::now();
   const std::string dir = c.run_dir + "/checkpoints";
   auto path = std::make_shared<std::string>();
+  clearStaleDrafts(comm, c, dir, log);
   bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
   // Each rank's rows of the model's tensors (those the checkpoint holds) go into the file beside
   // its rows of the optimizer state: under dist.shard = parameters nobody gathers the whole model.
@@ -478,19 +513,20 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   const int rank = comm.rank(), world = comm.size();
   const bool sharded = dp.shardsOptimizer();
   // Parts of this step left by an earlier attempt (a run that died after writing them) must not be
-  // mistaken for this one's: rank 0 removes them before any rank starts (snapshot() below is a
-  // collective every rank passes only after this).
-  if (sharded && rank == 0) {
-    makeDirectories(dir);
-    for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
-  }
+  // mistaken for this one's: rank 0 removes them before any rank starts.
+  clearStaleDrafts(comm, c, dir, log, [dir, step, world, sharded] {
+    if (sharded)
+      for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
+  });
   const TrainingState state = snapshot(comm, c, step, counters, model->device());
   const auto optimizer = copyOf(dp.optimizer());
   // A sharded optimizer's ranks each copy their rows of the model too and write them into their
   // parts: the helper must never read the live model, which training updates in place while it
   // writes (that once gave a checkpoint with a later step's weights beside step `step`'s moments).
-  const auto rows = copyOf(modelRows(c, model, dp, comm, /*all_write_rows=*/sharded));
-  const GroupWriter whole_model = !sharded && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
+  const auto own_rows = modelRows(c, model, dp, comm, /*all_write_rows=*/sharded);
+  const auto rows = copyOf(own_rows);
+  // Unsharded, or no rows to share out (a 0-d parameter): rank 0 copies the model whole instead.
+  const GroupWriter whole_model = (!sharded || !own_rows) && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
   path_ = std::make_shared<std::string>();
   step_ = step;
   started_ = std::chrono::steady_clock::now();
@@ -501,9 +537,10 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
     if (delay > 0 && rank == 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
     if (sharded) writePart(dir, step, rank, world, *optimizer, *rows);
     if (rank != 0) return;
-    const PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit), step,
-                                                     world, optimizer, rows)
-                                      : PartWriters{wholeOptimizer(optimizer), whole_model};
+    PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit), step,
+                                               world, optimizer, rows)
+                                : PartWriters{wholeOptimizer(optimizer), whole_model};
+    if (!parts.model.write) parts.model = whole_model;  // never the live model: training changes it meanwhile
     *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
     pruneCheckpoints(dir, keep, state.step);
   });
@@ -524,37 +561,210 @@ void PendingCheckpoint::wait(Communicator& comm, const TrainConfig& c, Logger& l
   work_.reset();
 }
 
+void rememberDataFingerprint(const std::string& data_path) { fingerprintOf(data_path); }
+
+namespace {
+
+// Note [a resume continues the same run]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A checkpoint resumes bit for bit only when the run around it is the run that wrote it. A seed,
+// global batch, sequence length, data file, transfer setup or (for adapters) base model that
+// changed in between would make the resumed run follow another trajectory with nothing to show
+// for it (the model's shape is checked when the checkpoint is read). Each is compared with what
+// the checkpoint recorded, before anything is read into the model: the keys as text in its
+// resolved config (written by TrainConfig::resolved(), as this run's is, so a key that another
+// graft version added or dropped is simply absent on one side, never a parse error that would
+// switch the comparison off) and the data's fingerprint when it has one (version 2). A difference
+// is refused in one line that names the key, unless resume.allow lists its name.
+
+// "section.key" -> value of a resolved INI text ("[section]" lines, then "key = value" lines).
+std::map<std::string, std::string> iniValues(const std::string& text) {
+  std::map<std::string, std::string> values;
+  std::string section;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.size() > 2 && line.front() == '[' && line.back() == ']') {
+      section = line.substr(1, line.size() - 2);
+      continue;
+    }
+    const auto eq = line.find(" = ");
+    if (eq != std::string::npos) values[section + "." + line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return values;
+}
+
+void refuseAnotherRun(const TrainConfig& c, const TrainingState& saved, const std::string& path, Logger& log) {
+  auto allowed = [&](const std::string& name) { return ("," + c.resume_allow + ",").find("," + name + ",") != std::string::npos; };
+  std::vector<std::string> allowed_differences;
+  auto check = [&](const std::string& name, const std::string& key, const std::string& then, const std::string& now) {
+    if (then == now) return;
+    if (allowed(name)) {
+      allowed_differences.push_back(key + " " + then + " -> " + now);
+      return;
+    }
+    throw InputError(path + " was saved with " + key + " = " + then + ", this run has " + now +
+                     ": resuming would continue another run; use a new run.dir, or allow it with --resume.allow=" + name);
+  };
+  if (!saved.data_fingerprint.empty())
+    check("data", "data (" + c.data_path + ")", saved.data_fingerprint, fingerprintOf(c.data_path));
+  const auto then = iniValues(saved.config), now = iniValues(c.resolved());
+  auto compare = [&](const std::string& name, const std::string& key) {
+    const auto a = then.find(key), b = now.find(key);
+    if (a != then.end() && b != now.end()) check(name, key, a->second, b->second);
+  };
+  compare("seed", "train.seed");
+  compare("batch_size", "train.batch_size");
+  compare("seq_len", "train.seq_len");
+  for (const auto& [key, value] : now)
+    if (key.rfind("transfer.", 0) == 0) compare("transfer", key);
+  // An adapter-only checkpoint holds the adapters, not the base they adapt.
+  const auto mode = then.find("transfer.mode");
+  if (mode != then.end() && mode->second != "full") compare("base", "model.path");
+  for (const auto& d : allowed_differences) log.main("resume: " + d + " (allowed by resume.allow)");
+}
+
+}  // namespace
+
+namespace {
+
+// Note [verification shared by the ranks]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// Resume reads back every byte of the checkpoint it picks (840 GB for a 70B full fine-tune) before
+// trusting it. Rank 0 alone took that long while the others waited; instead every rank reads its
+// share of the rows of every tensor (1/N of the bytes, in 64 MiB blocks), the ranks' (crc32,
+// bytes) are gathered, and rank 0 combines them in row order into each whole tensor's checksum
+// (crc32_combine), which the manifest holds: the same check, the reading spread over N ranks and
+// their file-system clients. Candidates go newest first; a damaged one is named, renamed to
+// .damaged (pruning never counts it) and the next is tried. Every rank sends the same number of
+// sums whatever it could read (the count comes from rank 0), so no rank is left in a collective.
+// Broadcasts rank 0's `text` to every rank.
+void broadcastString(Communicator& comm, std::string& text, const char* tag) {
+  std::int64_t size = static_cast<std::int64_t>(text.size());
+  comm.broadcastBytes(&size, sizeof(size), 0, tag);
+  text.resize(static_cast<std::size_t>(size));
+  if (size > 0) comm.broadcastBytes(text.data(), text.size(), 0, tag);
+}
+
+// Collective: every rank reads its rows of the tensors of `path` under `prefix` and rank 0 checks
+// the combined sums (Note [verification shared by the ranks]). Returns on every rank "" when the
+// file verifies, else rank 0's reason (naming the file and the tensor); `*tensors`: how many.
+std::string verifySharedByRanks(Communicator& comm, const TrainConfig& c, const std::string& path, const std::string& prefix,
+                                Logger& log, std::int64_t* tensors) {
+  const int rank = comm.rank(), world = comm.size();
+  std::string damage;
+  std::int64_t count = 0;
+  if (rank == 0) {
+    try {
+      count = static_cast<std::int64_t>(manifestEntries(path, prefix));
+    } catch (const Error& e) {
+      damage = e.what();
+    }
+  }
+  comm.broadcastBytes(&count, sizeof(count), 0, "verify/manifest_size");
+  if (count > 0) {
+    auto sums = std::make_shared<std::vector<std::uint64_t>>();
+    auto error = std::make_shared<std::string>();
+    runWithHeartbeat(comm, "verify/rows", c.slow_phase_timeout_s, "verifying this rank's rows of " + path, "",
+                     [path, prefix, count, rank, world, sums, error] {
+                       *sums = checkpointRowSums(path, prefix, static_cast<std::size_t>(count), rank, world, error.get());
+                     });
+    if (!error->empty()) log.info("verifying " + path + ": " + *error);
+    std::vector<std::uint64_t> all(sums->size() * static_cast<std::size_t>(world));
+    comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all.data(), "verify/row_sums");
+    if (rank == 0) {
+      try {
+        checkRowSums(path, prefix, all, world);
+      } catch (const Error& e) {
+        damage = e.what();
+      }
+    }
+  } else if (rank == 0 && damage.empty()) {
+    damage = path + ": the manifest lists no tensor under " + prefix;
+  }
+  broadcastString(comm, damage, "verify/verdict");
+  if (tensors) *tensors = count;
+  return damage;
+}
+
+std::int64_t newestVerifiedCheckpoint(Communicator& comm, const TrainConfig& c, const std::string& dir, Logger& log) {
+  std::vector<std::int64_t> steps;
+  if (comm.rank() == 0)
+    for (const auto& path : completeCheckpoints(dir)) steps.push_back(std::stoll(path.substr(path.size() - 11, 8)));
+  std::int64_t candidates = static_cast<std::int64_t>(steps.size());
+  comm.broadcastBytes(&candidates, sizeof(candidates), 0, "resume/candidates");
+  steps.resize(static_cast<std::size_t>(candidates));
+  if (candidates > 0) comm.broadcastBytes(steps.data(), steps.size() * sizeof(std::int64_t), 0, "resume/steps");
+  for (const std::int64_t step : steps) {
+    const std::string path = dir + "/" + checkpointName(step);
+    const auto start = std::chrono::steady_clock::now();
+    std::int64_t count = 0;
+    const std::string damage = verifySharedByRanks(comm, c, path, "/", log, &count);
+    if (damage.empty()) {
+      log.main("resume: " + path + " verified (" + std::to_string(count) + " tensors, each rank its rows, " +
+               seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) + " s)");
+      return step;
+    }
+    if (comm.rank() == 0) {  // set aside, so that pruning never counts it as one of the checkpoints it keeps
+      const bool moved = ::rename(path.c_str(), (path + ".damaged").c_str()) == 0;
+      log.info("skipping damaged checkpoint: " + damage + (moved ? "; renamed to " + path + ".damaged" : std::string()));
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
+  std::string listed, error;
+  if (comm.rank() == 0) {
+    try {
+      for (const auto& f : modelFilesToVerify(c.model_path)) listed += f + "\n";
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  broadcastString(comm, error, "verify/model_error");
+  if (!error.empty()) throw InputError(error);
+  broadcastString(comm, listed, "verify/model_files");
+  std::vector<std::string> files;
+  for (std::size_t start = 0, end; (end = listed.find('\n', start)) != std::string::npos; start = end + 1)
+    files.push_back(listed.substr(start, end - start));
+  if (files.empty()) return;
+  if (!c.model_verify) {
+    log.main("model: " + c.model_path + " is not verified against its manifest (model.verify = false)");
+    return;
+  }
+  for (const auto& file : files) {
+    const auto start = std::chrono::steady_clock::now();
+    std::int64_t count = 0;
+    const std::string damage = verifySharedByRanks(comm, c, file, "/model/", log, &count);
+    if (!damage.empty()) throw InputError("model.path: " + damage);
+    log.main("model: " + file + " verified against its manifest (" + std::to_string(count) + " tensors, each rank its rows, " +
+             seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
+             " s; model.verify = false skips this)");
+  }
+}
+
 Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log,
                   bool own_rows) {
   const std::string dir = c.run_dir + "/checkpoints";
-  // Rank 0 picks the newest complete checkpoint whose tensors match their manifest (damaged ones
-  // are skipped); reading every byte of a big one takes a while, so the others keep a heartbeat.
-  auto found = std::make_shared<std::int64_t>(-1);
-  std::function<void()> verify;
-  if (comm.rank() == 0)
-    verify = [dir, log, found] {
-      for (const auto& candidate : completeCheckpoints(dir)) {
-        try {
-          verifyCheckpoint(candidate);
-        } catch (const InputError& e) {
-          // Set aside, so that pruning never counts it as one of the checkpoints it keeps.
-          const bool moved = ::rename(candidate.c_str(), (candidate + ".damaged").c_str()) == 0;
-          log.info(std::string("skipping damaged checkpoint: ") + e.what() +
-                   (moved ? "; renamed to " + candidate + ".damaged" : std::string()));
-          continue;
-        }
-        *found = std::stoll(candidate.substr(candidate.size() - 11, 8));
-        return;
-      }
-    };
-  runWithHeartbeat(comm, "resume/verify", c.slow_phase_timeout_s, "verifying the checkpoints in " + dir, "",
-                   std::move(verify));
-  std::int64_t step[1] = {*found};
-  comm.allReduce(step, 1, ReduceOp::Max, "resume/step");
+  const std::int64_t found = newestVerifiedCheckpoint(comm, c, dir, log);
+  std::int64_t step[1] = {found};
   if (step[0] < 0) return {};
   // Every rank reads it (at its own file-system speed), again with a heartbeat. The reader works
   // on handles that share this run's tensors; the step counts are copied back after.
   const std::string path = dir + "/" + checkpointName(step[0]);
+  {  // every rank the same verdict from the same file, before anything is read into the model
+    const H5File file = H5File::openRead(path);
+    TrainingState saved;
+    saved.config = file.stringAttr("/", "config");
+    if (file.hasAttr("/", "data_fingerprint")) saved.data_fingerprint = file.stringAttr("/", "data_fingerprint");
+    refuseAnotherRun(c, saved, path, log);
+  }
   auto read = std::make_shared<TrainingState>();
   AdamW& optimizer = dp.optimizer();
   auto into = std::make_shared<AdamW>(optimizer);

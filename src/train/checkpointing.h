@@ -76,6 +76,17 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
                        const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log,
                        PendingCheckpoint* pending = nullptr);
 
+// Reads the training data's fingerprint (datasetFingerprint) while the run loads, so that
+// checkpoints record it and resume compares it without reading the data file again.
+void rememberDataFingerprint(const std::string& data_path);
+
+// Collective, before the run loads its model: when model.path is a graft checkpoint (or an adapter
+// checkpoint whose base is one), every rank reads its rows of each /model tensor and rank 0 checks
+// the combined checksums against the manifest (Note [verification shared by the ranks]), so a
+// damaged one, or one whose part file is missing, stops the run on every rank in one line naming
+// the tensor (InputError) before anything reads it. model.verify = false skips it and says so.
+void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log);
+
 struct Resumed {
   std::int64_t step = 0;  // 0: nothing to resume
   RunCounters counters;

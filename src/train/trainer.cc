@@ -206,6 +206,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   // Loading the data and the model can take minutes on some ranks: a heartbeat keeps the others
   // in touch meanwhile (Note [heartbeat]).
   Logger log(comm.rank(), comm.size());
+  if (!config.model_path.empty()) verifyModelPath(comm, config, log);
   const std::string what = "loading " + config.data_path + " and " + (config.model_path.empty() ? "a fresh model" : config.model_path);
   auto loaded = std::make_shared<std::unique_ptr<Loaded>>();
   double report_at = 2;  // a line at 2, 4, 8, ... s when loading is slow
@@ -214,6 +215,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
       [config, loaded, log]() mutable {
         if (config.slow_load_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(config.slow_load_s));
         *loaded = loadRun(config, log);
+        rememberDataFingerprint(config.data_path);
       },
       [&](double seconds) {
         if (seconds < report_at) return;

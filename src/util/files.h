@@ -13,6 +13,8 @@ namespace graft {
 std::string readFile(const std::string& path);
 bool fileExists(const std::string& path);
 bool isDirectory(const std::string& path);
+// Size of a file in bytes; 0 when it does not exist.
+std::int64_t fileBytes(const std::string& path);
 // mkdir -p; throws Error naming the path.
 void makeDirectories(const std::string& path);
 // fsync a file or a directory by path; throws Error naming the path.

@@ -7,7 +7,7 @@
 
 namespace graft {
 
-Logger::Logger(int rank, int size) : rank_(rank) {
+Logger::Logger(int rank, int size) : rank_(rank), size_(size) {
   char host[256] = "?";
   gethostname(host, sizeof(host) - 1);
   prefix_ = "[r" + std::to_string(rank) + "/" + std::to_string(size) + " " + host + "] ";

@@ -14,9 +14,11 @@ class Logger {
   // Rank 0 only, to stdout, unprefixed (progress lines, results).
   void main(const std::string& message) const;
   bool isMain() const { return rank_ == 0; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
 
  private:
-  int rank_;
+  int rank_, size_;
   std::string prefix_;
 };
 

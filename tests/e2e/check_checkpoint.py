@@ -33,9 +33,10 @@ def main():
     if "[train]" not in text(a["config"]):
         fail("config attribute lacks [train]")
     listed = 0
-    if "manifest" in a:
-        fail("format 2 keeps the manifest in dataset /manifest, not in a root attribute")
-    for line in np.asarray(f["manifest"][()], dtype=np.uint8).tobytes().decode().splitlines():
+    manifest = np.asarray(f["manifest"][()], dtype=np.uint8).tobytes().decode()
+    if text(a["manifest"]) != manifest:
+        fail("the root attribute manifest (the copy for version-1 readers) differs from dataset /manifest")
+    for line in manifest.splitlines():
         obj, crc, size = line.rsplit(" ", 2)
         data = np.ascontiguousarray(f[obj][()]).tobytes()
         if len(data) != int(size) or zlib.crc32(data) != int(crc):

@@ -97,7 +97,7 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   double ref_loss = 0, our_loss = 0;
   long long ref_counted = 0, our_counted = 0;
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lld", &ref_loss, &ref_counted), 2) << ref.output;
-  ASSERT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld", &our_loss, &our_counted), 2) << ours.output;
+  ASSERT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf, \"tokens\": %lld", &our_loss, &our_counted), 2) << ours.output;
   EXPECT_EQ(our_counted, ref_counted);
   EXPECT_NEAR(our_loss, ref_loss, 1e-5 * ref_loss);
 

@@ -54,6 +54,11 @@ std::vector<std::string> losses(const std::string& run_dir) {
   return out;
 }
 
+const char* resultOf(const std::string& output) {
+  const auto at = output.find('{');
+  return output.c_str() + (at == std::string::npos ? output.size() : at);
+}
+
 std::string tinyConfig(const std::string& run_dir, const std::string& data_path) {
   return "[run]\ndir = " + run_dir + "\n[model]\ndim = 32\nhidden_dim = 64\nn_layers = 2\nn_heads = 4\n"
          "n_kv_heads = 2\nmax_seq_len = 32\n[data]\npath = " + data_path + "\n[train]\nsteps = 20\n"

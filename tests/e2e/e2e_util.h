@@ -29,6 +29,9 @@ Result checkTensorboard(const std::string& run_dir, bool classify = false);
 Json statusOf(const std::string& run_dir);
 // The "loss" field of every line of RUN_DIR/metrics.jsonl, as printed (17 significant digits).
 std::vector<std::string> losses(const std::string& run_dir);
+// The JSON result line of `graft eval` in `output` (stdout and stderr together; a checkpoint read
+// as a model adds a line on stderr saying it was verified): from the first '{' on.
+const char* resultOf(const std::string& output);
 // A tiny random-init training config (stories tokenizer dataset) as INI text.
 std::string tinyConfig(const std::string& run_dir, const std::string& data_path);
 // Prepares the TinyStories sample with tok512 once per test binary run; returns the .h5 path.

@@ -26,7 +26,7 @@ std::vector<double> compareLogits(const std::string& model, const std::string& h
   EXPECT_EQ(ref.code, 0) << ref.output;
   double our_loss = 0, ref_loss = 0, diff = 1, scale = 0;
   long long tokens = 0;
-  EXPECT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
+  EXPECT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
   EXPECT_EQ(sscanf(ref.output.c_str(), "%lf %lf %lf", &ref_loss, &diff, &scale), 3) << ref.output;
   return {our_loss, ref_loss, diff, scale};
 }
@@ -179,8 +179,8 @@ TEST(Formats, Gpt2LoraOnQAndVExportsAsOneFusedCAttnPeftAdapter) {
   double base_loss = 0, base_diff = 0;
   ASSERT_EQ(sscanf(base.output.c_str(), "%lf %lf", &base_loss, &base_diff), 2) << base.output;
   EXPECT_GT(base_diff, 1e-3);
-  EXPECT_EQ(run(graft() + " eval --model " + kGpt2 + " --adapter " + dir + "/peft --ids '" + ids + "'").output,
-            ours.output);
+  EXPECT_EQ(std::string(resultOf(run(graft() + " eval --model " + kGpt2 + " --adapter " + dir + "/peft --ids '" + ids + "'").output)),
+            std::string(resultOf(ours.output)));
 }
 
 // Hostile files: one line naming the file and the tensor or field, exit code 2, never a crash.

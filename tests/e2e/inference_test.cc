@@ -62,7 +62,7 @@ TEST(Inference, EvalLossMatchesAnIndependentPyTorchForward) {
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &max_diff), 2) << ref.output;
   double our_loss = 0;
   long long tokens = 0;
-  ASSERT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
+  ASSERT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf, \"tokens\": %lld}", &our_loss, &tokens), 2) << ours.output;
   EXPECT_NEAR(our_loss, ref_loss, 1e-4 * ref_loss);
   EXPECT_LT(max_diff, 1e-3);
   EXPECT_GT(tokens, 10);

@@ -233,7 +233,7 @@ TEST(Training, ResumeIsBitwiseIdenticalToAStraightRun) {
                          " 20 2 '1 403 407 261 378 429 271 260 301'");
   ASSERT_EQ(check.code, 0) << check.output;
   double our_loss = 0, ref_loss = -1;
-  ASSERT_EQ(sscanf(ours.output.c_str(), "{\"loss\": %lf", &our_loss), 1) << ours.output;
+  ASSERT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf", &our_loss), 1) << ours.output;
   ASSERT_EQ(sscanf(check.output.c_str(), "loss %lf", &ref_loss), 1) << check.output;
   EXPECT_NEAR(our_loss, ref_loss, 1e-4 * ref_loss);
 }
@@ -274,6 +274,54 @@ TEST(Training, AFormatVersionOneCheckpointStillVerifiesAndResumes) {
   EXPECT_EQ(losses(dir + "/run").size(), 20u);
   // What it writes from then on is version 2.
   EXPECT_EQ(H5File::openRead(lastCheckpoint(dir + "/run")).intAttr("/", "version"), kCheckpointVersion);
+}
+
+// Resume refuses a run that is not the one the checkpoint belongs to (Note [a resume continues the
+// same run]): one key changed between the first half and the second, the second refuses in one
+// line naming it and changes nothing; allowed with resume.allow, it resumes and says so.
+void expectResumeRefused(const std::string& name, const std::string& key, const std::string& change,
+                         const std::string& ini_extra = "") {
+  const std::string dir = freshDir("refuse_" + name);
+  const std::string cfg = writeConfig(dir, tinyConfig(dir + "/run", storiesDataset()) + ini_extra);
+  const auto first = run(graft() + " train --config " + cfg + " --train.stop_after=5");
+  ASSERT_EQ(first.code, 0) << first.output;
+  const auto refused = run(graft() + " train --config " + cfg + " " + change);
+  EXPECT_EQ(refused.code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("step-00000005.h5 was saved with " + key + " = "), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find("use a new run.dir, or allow it with --resume.allow=" + name), std::string::npos) << refused.output;
+  EXPECT_EQ(losses(dir + "/run").size(), 5u);  // nothing trained, nothing logged
+  const auto allowed = run(graft() + " train --config " + cfg + " " + change + " --resume.allow=" + name);
+  EXPECT_EQ(allowed.code, 0) << allowed.output;
+  EXPECT_NE(allowed.output.find("resuming from " + dir + "/run/checkpoints/step-00000005.h5"), std::string::npos) << allowed.output;
+  EXPECT_NE(allowed.output.find("resume: " + key), std::string::npos) << allowed.output;
+  EXPECT_NE(allowed.output.find("(allowed by resume.allow)"), std::string::npos) << allowed.output;
+}
+
+TEST(Training, ResumeRefusesAnotherSeed) { expectResumeRefused("seed", "train.seed", "--train.seed=12"); }
+TEST(Training, ResumeRefusesAnotherGlobalBatch) {
+  expectResumeRefused("batch_size", "train.batch_size", "--train.batch_size=16");
+}
+TEST(Training, ResumeRefusesAnotherSequenceLength) { expectResumeRefused("seq_len", "train.seq_len", "--train.seq_len=16"); }
+TEST(Training, ResumeRefusesAnotherTransferSetup) {
+  // A LoRA run continued with another dropout draws other masks from then on: another run.
+  expectResumeRefused("transfer", "transfer.lora_dropout", "--transfer.lora_dropout=0.2",
+                      "[transfer]\nmode = lora\nlora_dropout = 0.1\n");
+}
+TEST(Training, ResumeRefusesOtherData) {
+  // The same file, the same size, the same tokens, but one document boundary moved by a token:
+  // other samples from then on. (A file of another size is refused the same way.)
+  const std::string other = freshDir("refuse_data_file") + "/stories_moved_boundary.h5";
+  run("cp " + storiesDataset() + " " + other);
+  const auto moved = run(GRAFT_PYTHON " -c \"import h5py, sys\n"
+                         "f = h5py.File(sys.argv[1], 'r+')\n"
+                         "f['train/doc_offsets'][1] += 1\n"
+                         "f.close()\" " + other + " && stat -c %s " + storiesDataset() + " " + other);
+  ASSERT_EQ(moved.code, 0) << moved.output;
+  std::istringstream sizes(moved.output);
+  std::string before, after;
+  sizes >> before >> after;
+  ASSERT_EQ(before, after) << "the edited copy changed size, so its offsets would not be what is tested";
+  expectResumeRefused("data", "data (" + other + ")", "--data.path=" + other);
 }
 
 TEST(Training, LossGoesDownOnTinyStories) {

@@ -64,8 +64,8 @@ TEST(Transfer, LoraOnTwoRanksWritesAdaptersOnlyAndExportsMergedAndPeft) {
   const auto peft = run(graft() + " export --model " + ckpt + " --format peft --out " + dir + "/peft");
   ASSERT_EQ(peft.code, 0) << peft.output;
   EXPECT_NE(readText(dir + "/peft/adapter_config.json").find("model.layers.4.self_attn.q_proj"), std::string::npos);
-  EXPECT_EQ(run(graft() + " eval --model " + kBase + " --adapter " + dir + "/peft --ids '" + ids + "'").output,
-            run(graft() + " eval --model " + ckpt + " --ids '" + ids + "'").output);
+  EXPECT_EQ(std::string(resultOf(run(graft() + " eval --model " + kBase + " --adapter " + dir + "/peft --ids '" + ids + "'").output)),
+            std::string(resultOf(run(graft() + " eval --model " + ckpt + " --ids '" + ids + "'").output)));
   // ... and read as PEFT defines it (W + alpha/r B A on the HF base) by the reference.
   ASSERT_EQ(run(graft() + " export --model " + kBase + " --format hf --out " + dir + "/base_hf").code, 0);
   const auto peft_ref = run(hfReference() + " peft " + dir + "/base_hf " + dir + "/peft '" + ids + "' " + dir + "/adapter.csv");
@@ -116,8 +116,10 @@ TEST(Transfer, PromptTuningCheckpointsThePromptResumesAndExportsToPeft) {
   EXPECT_NE(readText(straight + "/peft/adapter_config.json").find("PROMPT_TUNING"), std::string::npos);
   const std::string ids = "1 403 407 9 35 270 300 12 55";
   const auto from_ckpt = run(graft() + " eval --model " + ckpt + " --ids '" + ids + "'");
-  EXPECT_EQ(run(graft() + " eval --model " + kBase + " --adapter " + straight + "/peft --ids '" + ids + "'").output, from_ckpt.output);
-  EXPECT_NE(run(graft() + " eval --model " + kBase + " --ids '" + ids + "'").output, from_ckpt.output);  // the prompt matters
+  EXPECT_EQ(std::string(resultOf(run(graft() + " eval --model " + kBase + " --adapter " + straight + "/peft --ids '" + ids + "'").output)),
+            std::string(resultOf(from_ckpt.output)));
+  EXPECT_NE(std::string(resultOf(run(graft() + " eval --model " + kBase + " --ids '" + ids + "'").output)),
+            std::string(resultOf(from_ckpt.output)));  // the prompt matters
   const auto merged = run(graft() + " export --model " + ckpt + " --format hf --out " + straight + "/hf");
   EXPECT_EQ(merged.code, 2) << merged.output;
   EXPECT_NE(merged.output.find("--format peft"), std::string::npos) << merged.output;
@@ -144,7 +146,7 @@ TEST(Transfer, LmHeadAloneAndEvalOnAnUnlabelledSplit) {
   const auto eval = run(graft() + " eval --model " + ckpt + " --data " + storiesDataset() + " --seq-len 64 --max-examples 4");
   ASSERT_EQ(eval.code, 0) << eval.output;
   double loss = 0;
-  ASSERT_EQ(sscanf(eval.output.c_str(), "{\"loss\": %lf", &loss), 1) << eval.output;
+  ASSERT_EQ(sscanf(resultOf(eval.output), "{\"loss\": %lf", &loss), 1) << eval.output;
   EXPECT_NEAR(loss, val, 1e-5 * val) << eval.output;
 }
 
@@ -207,7 +209,7 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
                         " --predictions " + dir + "/predictions.jsonl");
   ASSERT_EQ(eval.code, 0) << eval.output;
   double eval_accuracy = -1;
-  ASSERT_EQ(sscanf(eval.output.c_str(), "{\"accuracy\": %lf", &eval_accuracy), 1) << eval.output;
+  ASSERT_EQ(sscanf(resultOf(eval.output), "{\"accuracy\": %lf", &eval_accuracy), 1) << eval.output;
   EXPECT_NEAR(eval_accuracy, accuracy, 1e-6);
   EXPECT_EQ(python("import json; rows = [json.loads(l) for l in open('" + dir + "/predictions.jsonl')]; "
                    "print('%.6f' % (sum(r['label'] == r['predicted'] for r in rows) / len(rows)), all(0 < r['score'] <= 1 for r in rows))"),
@@ -221,7 +223,7 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf %lld", &ref_accuracy, &ref_loss, &ref_documents), 3) << ref.output;
   const auto back = run(graft() + " eval --model " + dir + "/hf --data " + banking77FewShot());
   double back_accuracy = -1, back_loss = -1;
-  ASSERT_EQ(sscanf(back.output.c_str(), "{\"accuracy\": %lf, \"loss\": %lf", &back_accuracy, &back_loss), 2) << back.output;
+  ASSERT_EQ(sscanf(resultOf(back.output), "{\"accuracy\": %lf, \"loss\": %lf", &back_accuracy, &back_loss), 2) << back.output;
   EXPECT_NEAR(back_accuracy, ref_accuracy, 1e-9);
   EXPECT_NEAR(back_accuracy, eval_accuracy, 1e-9);
   EXPECT_NEAR(back_loss, ref_loss, 1e-5 * ref_loss);
@@ -259,7 +261,7 @@ TEST(Transfer, ZeroAndFewShotScoringOfLabelVerbalisations) {
                        " --predictions " + file);
     ASSERT_EQ(r.code, 0) << r.output;
     double accuracy = -1;
-    ASSERT_EQ(sscanf(r.output.c_str(), "{\"accuracy\": %lf", &accuracy), 1) << r.output;
+    ASSERT_EQ(sscanf(resultOf(r.output), "{\"accuracy\": %lf", &accuracy), 1) << r.output;
     EXPECT_NE(r.output.find("\"mode\": \"" + std::to_string(shots) + "-shot\""), std::string::npos) << r.output;
     // The predictions file: 8 examples spread over the split, each true label the dataset's own (h5py),
     // each prediction a known label with a finite log-probability, and the accuracy theirs.

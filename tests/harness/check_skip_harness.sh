@@ -6,12 +6,15 @@
 #   skip_and_fail  -> Failed,  ctest exits non-zero (a skip must never hide a failure)
 #   skip_and_pass  -> Passed,  ctest exits 0, and the output names the skipped test with its reason
 #   none_selected  -> Failed   (a filter that matches nothing is a suite that dropped out)
-#   check_skip_harness.sh HARNESS_SOURCE_DIR SKIP_SHAPES_BINARY WORK_DIR
+# and, given MPIEXEC and the multi-rank binary (mpi/mpi_main.cc), the same four under mpirun -np 2.
+#   check_skip_harness.sh HARNESS_SOURCE_DIR SKIP_SHAPES_BINARY WORK_DIR [MPIEXEC MPI_SKIP_SHAPES_BINARY]
 set -uo pipefail
 src=$(realpath "$1") shapes=$(realpath "$2") work=$(realpath -m "$3")
+mpi_args=()
+if (($# >= 5)); then mpi_args=(-DMPIEXEC="$4" -DMPI_SKIP_SHAPES="$(realpath "$5")"); fi
 rm -rf "$work"
 mkdir -p "$work"
-if ! cmake -S "$src" -B "$work" -DSKIP_SHAPES="$shapes" >"$work/configure.log" 2>&1; then
+if ! cmake -S "$src" -B "$work" -DSKIP_SHAPES="$shapes" "${mpi_args[@]}" >"$work/configure.log" 2>&1; then
   echo "skip_harness: configuring the harness project failed:"; cat "$work/configure.log"; exit 1
 fi
 failures=0
@@ -41,6 +44,12 @@ check all_skip Skipped yes "graft-test: skipped Shape.SkipsToo: a second planted
 check skip_and_fail Failed no
 check skip_and_pass Passed yes "graft-test: skipped Shape.Skips: the harness's planted skip"
 check none_selected Failed no
+if ((${#mpi_args[@]})); then
+  check mpi_all_skip Skipped yes "graft-test: skipped Shape.SkipsToo: a second planted skip"
+  check mpi_skip_and_fail Failed no
+  check mpi_skip_and_pass Passed yes "graft-test: skipped Shape.Skips: the harness's planted skip"
+  check mpi_none_selected Failed no
+fi
 if ((failures)); then
   echo "skip_harness: ${failures} shape(s) reported wrongly"
   exit 1
