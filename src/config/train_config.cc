@@ -124,8 +124,8 @@ class OptionTable {
         "copy of what this rank checkpoints), the next checkpoint and the end of the run wait for the previous");
     add("resume.allow", c.resume_allow,
         "what may differ from the checkpoint a run resumes, comma-separated: seed, batch_size, seq_len, data (the "
-        "training data's size or document offsets), transfer (transfer.*), base (model.path of an adapter "
-        "checkpoint); anything else that differs is refused in one line naming it (empty: nothing may differ)");
+        "training data's size or document offsets), transfer (transfer.* but cache_features); anything else "
+        "that differs is refused in one line naming it (empty: nothing may differ)");
   }
 
   po::options_description& description() { return desc_; }
@@ -281,9 +281,8 @@ void TrainConfig::validate(int world) const {
     std::size_t end = resume_allow.find(',', start);
     if (end == std::string::npos) end = resume_allow.size();
     const std::string name = resume_allow.substr(start, end - start);
-    need(name == "seed" || name == "batch_size" || name == "seq_len" || name == "data" || name == "transfer" ||
-             name == "base",
-         "resume.allow", "'" + name + "' is not one of seed, batch_size, seq_len, data, transfer, base");
+    need(name == "seed" || name == "batch_size" || name == "seq_len" || name == "data" || name == "transfer",
+         "resume.allow", "'" + name + "' is not one of seed, batch_size, seq_len, data, transfer");
     start = end + 1;
   }
   need(prefetch == "auto" || prefetch == "true" || prefetch == "false", "dist.prefetch",

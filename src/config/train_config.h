@@ -72,7 +72,7 @@ struct TrainConfig {
   bool checkpoint_async = false;  // write checkpoints in the background (train/checkpointing.h)
   std::string checkpoint_files = "one";
   // [resume] what may differ from the checkpoint a run resumes (seed, batch_size, seq_len, data,
-  // transfer, base), comma-separated; anything else that differs is refused (train/checkpointing.h)
+  // transfer), comma-separated; anything else that differs is refused (train/checkpointing.h)
   std::string resume_allow;  // sharded runs: one file every rank writes its rows into, or per_rank parts
 
   std::int64_t accumulation(int world) const { return batch_size / (micro_batch * world); }

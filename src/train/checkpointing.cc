@@ -8,6 +8,7 @@
 #include <cstring>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -225,10 +226,11 @@ at::Tensor gatherGeneratorStates(Communicator& comm, const at::Generator& genera
 
 // datasetFingerprint of the run's data, read once per process, while the run loads
 // (rememberDataFingerprint, beside a heartbeat): a checkpoint then records it without reading the
-// file again, even if it has moved since. Only ever touched by one thread at a time (the load's
-// helper, joined before training starts; then the training thread).
-const std::string& fingerprintOf(const std::string& data_path) {
+// file again, even if it has moved since.
+std::string fingerprintOf(const std::string& data_path) {
+  static std::mutex mutex;
   static std::string path, fingerprint;
+  std::lock_guard<std::mutex> lock(mutex);
   if (path != data_path) fingerprint = datasetFingerprint(data_path), path = data_path;
   return fingerprint;
 }
@@ -568,14 +570,15 @@ namespace {
 // Note [a resume continues the same run]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // A checkpoint resumes bit for bit only when the run around it is the run that wrote it. A seed,
-// global batch, sequence length, data file, transfer setup or (for adapters) base model that
-// changed in between would make the resumed run follow another trajectory with nothing to show
-// for it (the model's shape is checked when the checkpoint is read). Each is compared with what
-// the checkpoint recorded, before anything is read into the model: the keys as text in its
+// global batch, sequence length, data file or transfer setup that changed in between would make
+// the resumed run follow another trajectory with nothing to show for it (the model's shape is
+// checked when the checkpoint is read). Rank 0 compares each with what the checkpoint recorded,
+// before its tensors are verified or read, and every rank gets its verdict: the keys as text in its
 // resolved config (written by TrainConfig::resolved(), as this run's is, so a key that another
 // graft version added or dropped is simply absent on one side, never a parse error that would
 // switch the comparison off) and the data's fingerprint when it has one (version 2). A difference
-// is refused in one line that names the key, unless resume.allow lists its name.
+// is refused in one line that names the key, unless resume.allow lists its name. (A base model
+// given by another path is not compared: the same file is often reached by several.)
 
 // "section.key" -> value of a resolved INI text ("[section]" lines, then "key = value" lines).
 std::map<std::string, std::string> iniValues(const std::string& text) {
@@ -619,12 +622,29 @@ void refuseAnotherRun(const TrainConfig& c, const TrainingState& saved, const st
   compare("seed", "train.seed");
   compare("batch_size", "train.batch_size");
   compare("seq_len", "train.seq_len");
+  // Every transfer.* key but cache_features, which changes how fast the head trains, not what.
   for (const auto& [key, value] : now)
-    if (key.rfind("transfer.", 0) == 0) compare("transfer", key);
-  // An adapter-only checkpoint holds the adapters, not the base they adapt.
-  const auto mode = then.find("transfer.mode");
-  if (mode != then.end() && mode->second != "full") compare("base", "model.path");
+    if (key.rfind("transfer.", 0) == 0 && key != "transfer.cache_features") compare("transfer", key);
   for (const auto& d : allowed_differences) log.main("resume: " + d + " (allowed by resume.allow)");
+}
+
+// Rank 0: "" when the checkpoint `path` belongs to this run (allowed differences are logged), else
+// the one-line refusal. Reads the checkpoint's attributes only.
+std::string refusalOf(const TrainConfig& c, const std::string& path, Logger& log) {
+  TrainingState saved;
+  try {
+    const H5File file = H5File::openRead(path);
+    saved.config = file.stringAttr("/", "config");
+    if (file.hasAttr("/", "data_fingerprint")) saved.data_fingerprint = file.stringAttr("/", "data_fingerprint");
+  } catch (const Error&) {
+    return "";  // unreadable: verification names what is wrong with it
+  }
+  try {
+    refuseAnotherRun(c, saved, path, log);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace
@@ -649,68 +669,96 @@ void broadcastString(Communicator& comm, std::string& text, const char* tag) {
   if (size > 0) comm.broadcastBytes(text.data(), text.size(), 0, tag);
 }
 
+// What the ranks found reading a checkpoint: "" when it verifies; `damaged` when a tensor's checksum
+// or size differs from the manifest, or the manifest itself is missing or malformed (the file is
+// bad); otherwise some rank could not read it (an I/O error, a node's file-system client: the file
+// may be fine, so it is never set aside for that).
+struct Verdict {
+  std::string problem;
+  bool damaged = false;
+};
+
 // Collective: every rank reads its rows of the tensors of `path` under `prefix` and rank 0 checks
-// the combined sums (Note [verification shared by the ranks]). Returns on every rank "" when the
-// file verifies, else rank 0's reason (naming the file and the tensor); `*tensors`: how many.
-std::string verifySharedByRanks(Communicator& comm, const TrainConfig& c, const std::string& path, const std::string& prefix,
-                                Logger& log, std::int64_t* tensors) {
+// the combined sums (Note [verification shared by the ranks]); rank 0's reads of the manifest and
+// its checks run beside heartbeats too. Returns the same Verdict on every rank; `*tensors`: how
+// many it covered.
+Verdict verifySharedByRanks(Communicator& comm, const TrainConfig& c, const std::string& path, const std::string& prefix,
+                            Logger& log, std::int64_t* tensors) {
   const int rank = comm.rank(), world = comm.size();
-  std::string damage;
-  std::int64_t count = 0;
-  if (rank == 0) {
+  auto verdict = std::make_shared<Verdict>();
+  auto count = std::make_shared<std::int64_t>(0);
+  auto judge = [verdict](const std::function<void()>& check) {
     try {
-      count = static_cast<std::int64_t>(manifestEntries(path, prefix));
+      check();
+    } catch (const InputError& e) {
+      *verdict = {e.what(), true};
     } catch (const Error& e) {
-      damage = e.what();
+      *verdict = {e.what(), false};
     }
-  }
-  comm.broadcastBytes(&count, sizeof(count), 0, "verify/manifest_size");
-  if (count > 0) {
+  };
+  std::function<void()> count_work;
+  if (rank == 0)
+    count_work = [=] { judge([&] { *count = static_cast<std::int64_t>(manifestEntries(path, prefix)); }); };
+  runWithHeartbeat(comm, "verify/manifest", c.slow_phase_timeout_s, "reading the manifest of " + path, "", count_work);
+  comm.broadcastBytes(count.get(), sizeof(std::int64_t), 0, "verify/manifest_size");
+  if (*count > 0) {
     auto sums = std::make_shared<std::vector<std::uint64_t>>();
     auto error = std::make_shared<std::string>();
     runWithHeartbeat(comm, "verify/rows", c.slow_phase_timeout_s, "verifying this rank's rows of " + path, "",
                      [path, prefix, count, rank, world, sums, error] {
-                       *sums = checkpointRowSums(path, prefix, static_cast<std::size_t>(count), rank, world, error.get());
+                       *sums = checkpointRowSums(path, prefix, static_cast<std::size_t>(*count), rank, world, error.get());
                      });
     if (!error->empty()) log.info("verifying " + path + ": " + *error);
-    std::vector<std::uint64_t> all(sums->size() * static_cast<std::size_t>(world));
-    comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all.data(), "verify/row_sums");
-    if (rank == 0) {
-      try {
-        checkRowSums(path, prefix, all, world);
-      } catch (const Error& e) {
-        damage = e.what();
-      }
-    }
-  } else if (rank == 0 && damage.empty()) {
-    damage = path + ": the manifest lists no tensor under " + prefix;
+    auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(world));
+    comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "verify/row_sums");
+    std::function<void()> check_work;
+    if (rank == 0) check_work = [=] { judge([&] { checkRowSums(path, prefix, *all, world); }); };
+    runWithHeartbeat(comm, "verify/check", c.slow_phase_timeout_s, "checking the checksums of " + path, "", check_work);
+  } else if (rank == 0 && verdict->problem.empty()) {
+    *verdict = {path + ": the manifest lists no tensor under " + prefix, true};
   }
-  broadcastString(comm, damage, "verify/verdict");
-  if (tensors) *tensors = count;
-  return damage;
+  broadcastString(comm, verdict->problem, "verify/verdict");
+  std::int64_t damaged = verdict->damaged ? 1 : 0;
+  comm.broadcastBytes(&damaged, sizeof(damaged), 0, "verify/damaged");
+  verdict->damaged = damaged != 0;
+  if (tensors) *tensors = *count;
+  return *verdict;
 }
 
 std::int64_t newestVerifiedCheckpoint(Communicator& comm, const TrainConfig& c, const std::string& dir, Logger& log) {
-  std::vector<std::int64_t> steps;
+  auto steps = std::make_shared<std::vector<std::int64_t>>();
+  std::function<void()> list;
   if (comm.rank() == 0)
-    for (const auto& path : completeCheckpoints(dir)) steps.push_back(std::stoll(path.substr(path.size() - 11, 8)));
-  std::int64_t candidates = static_cast<std::int64_t>(steps.size());
+    list = [dir, steps] {
+      for (const auto& path : completeCheckpoints(dir)) steps->push_back(std::stoll(path.substr(path.size() - 11, 8)));
+    };
+  runWithHeartbeat(comm, "resume/list", c.slow_phase_timeout_s, "listing the checkpoints in " + dir, "", list);
+  std::int64_t candidates = static_cast<std::int64_t>(steps->size());
   comm.broadcastBytes(&candidates, sizeof(candidates), 0, "resume/candidates");
-  steps.resize(static_cast<std::size_t>(candidates));
-  if (candidates > 0) comm.broadcastBytes(steps.data(), steps.size() * sizeof(std::int64_t), 0, "resume/steps");
-  for (const std::int64_t step : steps) {
+  steps->resize(static_cast<std::size_t>(candidates));
+  if (candidates > 0) comm.broadcastBytes(steps->data(), steps->size() * sizeof(std::int64_t), 0, "resume/steps");
+  for (const std::int64_t step : *steps) {
     const std::string path = dir + "/" + checkpointName(step);
+    // Before reading its tensors: does it belong to this run? (Note [a resume continues the same run])
+    auto refusal = std::make_shared<std::string>();
+    std::function<void()> compare;
+    if (comm.rank() == 0) compare = [c, path, refusal, log]() mutable { *refusal = refusalOf(c, path, log); };
+    runWithHeartbeat(comm, "resume/compare", c.slow_phase_timeout_s, "comparing this run with " + path, "", compare);
+    broadcastString(comm, *refusal, "resume/refusal");
+    if (!refusal->empty()) throw InputError(*refusal);
     const auto start = std::chrono::steady_clock::now();
     std::int64_t count = 0;
-    const std::string damage = verifySharedByRanks(comm, c, path, "/", log, &count);
-    if (damage.empty()) {
+    const Verdict verdict = verifySharedByRanks(comm, c, path, "/", log, &count);
+    if (verdict.problem.empty()) {
       log.main("resume: " + path + " verified (" + std::to_string(count) + " tensors, each rank its rows, " +
                seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) + " s)");
       return step;
     }
+    if (!verdict.damaged)  // the file may be fine: stop, naming what could not be read, and touch nothing
+      throw Error("resume: " + verdict.problem + "; the checkpoint is left as it is (run again once it reads)");
     if (comm.rank() == 0) {  // set aside, so that pruning never counts it as one of the checkpoints it keeps
       const bool moved = ::rename(path.c_str(), (path + ".damaged").c_str()) == 0;
-      log.info("skipping damaged checkpoint: " + damage + (moved ? "; renamed to " + path + ".damaged" : std::string()));
+      log.info("skipping damaged checkpoint: " + verdict.problem + (moved ? "; renamed to " + path + ".damaged" : std::string()));
     }
   }
   return -1;
@@ -719,20 +767,29 @@ std::int64_t newestVerifiedCheckpoint(Communicator& comm, const TrainConfig& c, 
 }  // namespace
 
 void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
-  std::string listed, error;
-  if (comm.rank() == 0) {
-    try {
-      for (const auto& f : modelFilesToVerify(c.model_path)) listed += f + "\n";
-    } catch (const Error& e) {
-      error = e.what();
-    }
-  }
-  broadcastString(comm, error, "verify/model_error");
-  if (!error.empty()) throw InputError(error);
-  broadcastString(comm, listed, "verify/model_files");
+  // Rank 0 lists what to verify: nothing when a full fine-tune resumes (its checkpoint holds every
+  // weight and is verified itself); an adapter run's base is read again, so it is verified.
+  auto listed = std::make_shared<std::string>();
+  auto error = std::make_shared<std::string>();
+  auto resumes = std::make_shared<bool>(false);
+  std::function<void()> list;
+  if (comm.rank() == 0)
+    list = [c, listed, error, resumes] {
+      try {
+        *resumes = !c.transfer.adapterOnly() && !completeCheckpoints(c.run_dir + "/checkpoints").empty();
+        if (!*resumes)
+          for (const auto& f : modelFilesToVerify(c.model_path)) *listed += f + "\n";
+      } catch (const Error& e) {
+        *error = e.what();
+      }
+    };
+  runWithHeartbeat(comm, "verify/model_files", c.slow_phase_timeout_s, "looking at " + c.model_path, "", list);
+  broadcastString(comm, *error, "verify/model_error");
+  if (!error->empty()) throw InputError(*error);
+  broadcastString(comm, *listed, "verify/model_files");
   std::vector<std::string> files;
-  for (std::size_t start = 0, end; (end = listed.find('\n', start)) != std::string::npos; start = end + 1)
-    files.push_back(listed.substr(start, end - start));
+  for (std::size_t start = 0, end; (end = listed->find('\n', start)) != std::string::npos; start = end + 1)
+    files.push_back(listed->substr(start, end - start));
   if (files.empty()) return;
   if (!c.model_verify) {
     log.main("model: " + c.model_path + " is not verified against its manifest (model.verify = false)");
@@ -741,8 +798,9 @@ void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
   for (const auto& file : files) {
     const auto start = std::chrono::steady_clock::now();
     std::int64_t count = 0;
-    const std::string damage = verifySharedByRanks(comm, c, file, "/model/", log, &count);
-    if (!damage.empty()) throw InputError("model.path: " + damage);
+    const Verdict verdict = verifySharedByRanks(comm, c, file, "/model/", log, &count);
+    if (!verdict.problem.empty())
+      throw InputError("model.path: " + verdict.problem + (verdict.damaged ? "" : " (model.verify = false skips this check)"));
     log.main("model: " + file + " verified against its manifest (" + std::to_string(count) + " tensors, each rank its rows, " +
              seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
              " s; model.verify = false skips this)");
@@ -758,13 +816,6 @@ Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, D
   // Every rank reads it (at its own file-system speed), again with a heartbeat. The reader works
   // on handles that share this run's tensors; the step counts are copied back after.
   const std::string path = dir + "/" + checkpointName(step[0]);
-  {  // every rank the same verdict from the same file, before anything is read into the model
-    const H5File file = H5File::openRead(path);
-    TrainingState saved;
-    saved.config = file.stringAttr("/", "config");
-    if (file.hasAttr("/", "data_fingerprint")) saved.data_fingerprint = file.stringAttr("/", "data_fingerprint");
-    refuseAnotherRun(c, saved, path, log);
-  }
   auto read = std::make_shared<TrainingState>();
   AdamW& optimizer = dp.optimizer();
   auto into = std::make_shared<AdamW>(optimizer);

@@ -96,6 +96,26 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     return graft::validate(model, *val_data, features.val, classify, config, comm, dp->shardsParameters());
   }
 
+  // Note [dropout that does not depend on the number of ranks]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // LoRA dropout draws from the generator of the model's device. Before each micro-batch that
+  // generator is seeded from (train.seed, the global batch, the micro-batch's slice of it): slice
+  // m x world + r, which micro-step m of rank r reads, holds the same samples at any number of ranks
+  // (data/sampler.h), so every sample gets the same masks at any world size and after a resume at
+  // another one, with no generator state to carry over (a rank's generator, seeded once from its
+  // rank, made a resume at N' ranks replay the masks of step 1). train.recompute replays from the
+  // state the block's forward found, as before.
+  void seedDropout(std::int64_t batch, std::int64_t slice) const {
+    const std::uint64_t seed =
+        mix64(config.seed ^ mix64(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(slice)));
+    auto reseed = [seed](at::Generator gen) {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_current_seed(seed);
+    };
+    reseed(at::detail::getDefaultCPUGenerator());
+    if (model->device().is_cuda()) reseed(at::globalContext().defaultGenerator(model->device()));
+  }
+
   // Collective. One optimizer step over global batch `step - 1`. The step's loss and the stop flag
   // travel in one all-reduce; a non-finite loss or gradient norm (on any rank, so on every rank
   // after the average) skips the update everywhere.
@@ -115,6 +135,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       dp->beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
                                               static_cast<int>(config.micro_batch));
+      seedDropout(step_number - 1, m * comm.size() + comm.rank());
       torch::Tensor loss;
       if (classify) {
         for (const auto i : indices) tokens += static_cast<double>(std::min<std::int64_t>(train_data->documentLength(i), config.seq_len));
@@ -241,9 +262,10 @@ TrainResult Trainer::run() {
   std::int64_t start = 0;
   {
     {
-      // Dropout draws from the default CPU generator: seeded from (train.seed, rank) so that a run
-      // repeats exactly and ranks draw different masks; a resume at the same world size restores
-      // each rank's state from the checkpoint instead.
+      // The generators start from (train.seed, rank), and a resume at the same world size restores
+      // each rank's state from the checkpoint, so that anything drawn outside a micro-batch repeats
+      // exactly; dropout is seeded per micro-batch (Note [dropout that does not depend on the
+      // number of ranks]).
       at::Generator gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
