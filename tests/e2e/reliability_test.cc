@@ -225,6 +225,16 @@ TEST(Reliability, DamagedNewestCheckpointFallsBackToThePreviousOne) {
   EXPECT_NE(damaged.at("error", "").asString("").find("/optimizer/exp_avg/tok_embeddings.weight"), std::string::npos);
 }
 
+// "yes" when the newest of `complete` verifies (or there is none), else why not.
+std::string verifiedOrWhyNot(const std::vector<std::string>& complete) {
+  try {
+    if (!complete.empty()) verifyCheckpoint(complete.front());
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "yes";
+}
+
 TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a size-limited tmpfs";
   const std::string dir = freshDir("diskfull");
@@ -234,12 +244,7 @@ TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
   const auto r = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1");
   const auto complete = completeCheckpoints(run_dir + "/checkpoints");
   const auto leftovers = run("ls " + run_dir + "/checkpoints");
-  std::string verified = "yes";
-  try {
-    if (!complete.empty()) verifyCheckpoint(complete.front());
-  } catch (const std::exception& e) {
-    verified = e.what();
-  }
+  const std::string verified = verifiedOrWhyNot(complete);
   run("umount " + run_dir);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("disk full?"), std::string::npos) << r.output;
@@ -267,12 +272,7 @@ TEST(Reliability, DiskFullOfAStaleDraftIsClearedBeforeTheNextCheckpoint) {
   const auto second = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1");
   const auto complete = completeCheckpoints(run_dir + "/checkpoints");
   const auto leftovers = run("ls " + run_dir + "/checkpoints");
-  std::string verified = "yes";
-  try {
-    if (!complete.empty()) verifyCheckpoint(complete.front());
-  } catch (const std::exception& e) {
-    verified = e.what();
-  }
+  const std::string verified = verifiedOrWhyNot(complete);
   run("umount " + run_dir);
   ASSERT_EQ(first.code, 0) << first.output;
   EXPECT_LT(std::stoll(fill.output), 250000) << fill.output;
@@ -389,13 +389,7 @@ void killNineTrials(const std::string& name, const std::string& options, int tri
     const auto complete = completeCheckpoints(dir + "/run/checkpoints");
     if (complete.empty()) continue;  // killed before the first checkpoint
     ++with_checkpoint;
-    std::string verified = "yes";
-    try {
-      verifyCheckpoint(complete.front());
-    } catch (const std::exception& e) {
-      verified = e.what();
-    }
-    EXPECT_EQ(verified, "yes") << "trial " << trial;
+    EXPECT_EQ(verifiedOrWhyNot(complete), "yes") << "trial " << trial;
   }
   std::printf("%s: %d of %d kills landed while the run was going, %d left a checkpoint\n", name.c_str(), landed, trials,
               with_checkpoint);

@@ -324,6 +324,68 @@ TEST(Training, ResumeRefusesOtherData) {
   expectResumeRefused("data", "data (" + other + ")", "--data.path=" + other);
 }
 
+// (loss, grad_norm) of every step in RUN_DIR/metrics.jsonl.
+std::vector<std::pair<double, double>> lossAndNorm(const std::string& run_dir) {
+  std::vector<std::pair<double, double>> out;
+  std::istringstream in(readText(run_dir + "/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const Json j = parseJson(line, run_dir + "/metrics.jsonl");
+    out.emplace_back(j.at("loss", "").asNumber(""), j.at("grad_norm", "").asNumber(""));
+  }
+  return out;
+}
+
+// Gradient accumulation is how a global batch is split, not what it computes: the same global
+// batch of 8 windows at accumulation 1, 2 and 8 on one rank, and 4 on two, gives the same loss and
+// gradient norm at every step within 1e-6. The train split holds exactly those 8 windows, so the
+// first step averages all of them whatever the order: its loss and gradient norm (before clipping)
+// must equal an independent float64 PyTorch autograd of stories260K over the 8 windows
+// (tests/e2e/grad_reference.py). A gradient A times too large passed every test once (AdamW hides
+// a constant scale): not this one.
+TEST(Training, AccumulationFactorsGiveTheSameStepsAndTheReferenceGradientNorm) {
+  const std::string dir = freshDir("accumulation");
+  const std::string data_path = dir + "/eight_windows.h5";
+  const auto made = run(GRAFT_PYTHON " -c \"import h5py, numpy as np, sys\n"
+                        "src = h5py.File(sys.argv[1], 'r'); dst = h5py.File(sys.argv[2], 'w')\n"
+                        "for k, v in src.attrs.items(): dst.attrs[k] = v\n"
+                        "t = src['train/tokens'][:8 * 32 + 1]\n"
+                        "dst['train/tokens'] = t; dst['train/doc_offsets'] = np.array([0, len(t)], dtype=np.int64)\n"
+                        "src.copy('val', dst)\n"
+                        "dst.close()\" " + storiesDataset() + " " + data_path);
+  ASSERT_EQ(made.code, 0) << made.output;
+  const std::string model = data("llama2c/stories260K.bin");
+  auto train = [&](int np, int micro_batch) {
+    const std::string run_dir = dir + "/np" + std::to_string(np) + "_mb" + std::to_string(micro_batch);
+    const std::string cfg = writeConfig(dir, "[run]\ndir = " + run_dir + "\n[model]\npath = " + model + "\n[data]\npath = " +
+                                                 data_path + "\n[train]\nsteps = 3\nbatch_size = 8\nmicro_batch = " +
+                                                 std::to_string(micro_batch) + "\nseq_len = 32\nlr = 1e-3\nwarmup = 1\n"
+                                                 "grad_clip = 0.5\nthreads = 1\nseed = 3\n[eval]\nevery = 0\n"
+                                                 "[checkpoint]\nevery = 0\n");
+    const auto r = run(mpirun(np) + " " + graft() + " train --config " + cfg);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return lossAndNorm(run_dir);
+  };
+  const auto one = train(1, 8);
+  ASSERT_EQ(one.size(), 3u);
+  for (const auto& [np, micro_batch] : std::vector<std::pair<int, int>>{{1, 4}, {1, 1}, {2, 1}}) {
+    const auto other = train(np, micro_batch);
+    const std::string what = "np " + std::to_string(np) + ", accumulation " + std::to_string(8 / (np * micro_batch));
+    ASSERT_EQ(other.size(), one.size()) << what;
+    for (std::size_t i = 0; i < one.size(); ++i) {
+      EXPECT_NEAR(other[i].first, one[i].first, 1e-6 * one[i].first) << what << ", step " << i + 1 << " loss";
+      EXPECT_NEAR(other[i].second, one[i].second, 1e-6 * one[i].second) << what << ", step " << i + 1 << " grad_norm";
+    }
+  }
+  const auto ref = run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/e2e/grad_reference.py " + model + " " +
+                       data_path + " 32");
+  ASSERT_EQ(ref.code, 0) << ref.output;
+  double ref_loss = 0, ref_norm = 0;
+  ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &ref_norm), 2) << ref.output;
+  EXPECT_NEAR(one[0].first, ref_loss, 1e-5 * ref_loss);
+  EXPECT_NEAR(one[0].second, ref_norm, 1e-4 * ref_norm);
+  EXPECT_GT(one[0].second, 0.5) << "the first step must clip (grad_clip = 0.5), so that the later steps test it too";
+}
+
 TEST(Training, LossGoesDownOnTinyStories) {
   const std::string dir = freshDir("loss_down");
   const auto r = run(graft() + " train --config " + writeConfig(dir, tinyConfig(dir + "/run", storiesDataset())) +
