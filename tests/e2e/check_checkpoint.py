@@ -44,6 +44,14 @@ def main():
         listed += 1
     if listed < 3:
         fail("manifest lists %d tensors" % listed)
+    # Every dataset of the file but the manifest itself is listed: one it leaves out would never be
+    # verified.
+    objects = {line.rsplit(" ", 2)[0] for line in manifest.splitlines()}
+    datasets = []
+    f.visititems(lambda name, item: datasets.append("/" + name) if isinstance(item, h5py.Dataset) else None)
+    unlisted = sorted(set(datasets) - objects - {"/manifest"})
+    if unlisted:
+        fail("datasets the manifest does not list: %s" % unlisted)
     m = f["model"]
     L, dim, hidden = int(m.attrs["n_layers"]), int(m.attrs["dim"]), int(m.attrs["hidden_dim"])
     heads, kv, vocab = int(m.attrs["n_heads"]), int(m.attrs["n_kv_heads"]), int(m.attrs["vocab_size"])
