@@ -54,6 +54,18 @@ std::vector<std::string> losses(const std::string& run_dir) {
   return out;
 }
 
+void expectResumedFrom(const std::string& output, const std::string& run_dir, long long step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08lld.h5", step);
+  EXPECT_NE(output.find("resuming from " + run_dir + "/checkpoints/" + name + " at step " + std::to_string(step) + " "),
+            std::string::npos)
+      << output;
+  const Json status = statusOf(run_dir);
+  const Json* resumes = status.find("resumes");
+  ASSERT_NE(resumes, nullptr) << status.dump(2);
+  EXPECT_GE(resumes->asInt("resumes"), 1) << status.dump(2);
+}
+
 const char* resultOf(const std::string& output) {
   const auto at = output.find('{');
   return output.c_str() + (at == std::string::npos ? output.size() : at);

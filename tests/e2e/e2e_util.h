@@ -32,6 +32,11 @@ std::vector<std::string> losses(const std::string& run_dir);
 // The JSON result line of `graft eval` in `output` (stdout and stderr together; a checkpoint read
 // as a model adds a line on stderr saying it was verified): from the first '{' on.
 const char* resultOf(const std::string& output);
+// A resume really happened: `output` (of the second half of a split run) says it resumed from
+// RUN_DIR/checkpoints/step-<step>.h5 at that step, and graft status counts one resume or more. A
+// resume that silently started afresh can end bit for bit where the straight run did (same
+// seed): without this, such a test passes either way.
+void expectResumedFrom(const std::string& output, const std::string& run_dir, long long step);
 // A tiny random-init training config (stories tokenizer dataset) as INI text.
 std::string tinyConfig(const std::string& run_dir, const std::string& data_path);
 // Prepares the TinyStories sample with tok512 once per test binary run; returns the .h5 path.

@@ -567,6 +567,7 @@ TEST(Reliability, ResumeIsBitwiseAtWorldSizes124AcrossEpochs) {
     ASSERT_EQ(b.code, 0) << b.output;
     b = run(launcher + graft() + common + " --run.dir=" + base + "/split");
     ASSERT_EQ(b.code, 0) << b.output;
+    expectResumedFrom(b.output, base + "/split", 7);
     EXPECT_EQ(losses(base + "/straight"), losses(base + "/split")) << "world " << world;
     auto x = H5File::openRead(completeCheckpoints(base + "/straight/checkpoints").front());
     auto y = H5File::openRead(completeCheckpoints(base + "/split/checkpoints").front());

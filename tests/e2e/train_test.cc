@@ -209,7 +209,7 @@ TEST(Training, ResumeIsBitwiseIdenticalToAStraightRun) {
   EXPECT_EQ(losses(split + "/run").size(), 10u);
   const auto b2 = run(mpirun(2) + " " + graft() + " train --config " + cfg);
   ASSERT_EQ(b2.code, 0) << b2.output;
-  EXPECT_NE(b2.output.find("resuming from " + split + "/run/checkpoints/step-00000010.h5"), std::string::npos) << b2.output;
+  expectResumedFrom(b2.output, split + "/run", 10);
   EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
   ASSERT_EQ(losses(split + "/run").size(), 20u);
   const auto ca = lastCheckpoint(straight + "/run"), cb = lastCheckpoint(split + "/run");

@@ -108,7 +108,7 @@ TEST(Transfer, PromptTuningCheckpointsThePromptResumesAndExportsToPeft) {
   const auto out = train(straight, config);
   EXPECT_NE(out.find("8 soft-prompt vectors, 512 of"), std::string::npos) << out;  // 8 x 64
   train(split, split_config, "--train.stop_after=5");
-  train(split, split_config);
+  expectResumedFrom(train(split, split_config), split + "/run", 5);
   EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
   const std::string ckpt = straight + "/run/checkpoints/step-00000008.h5";
   EXPECT_EQ(python("import h5py; print(list(h5py.File('" + ckpt + "', 'r')['model']))"), "['soft_prompt']\n");
@@ -156,7 +156,7 @@ TEST(Transfer, QloraResumesBitwise) {
     const auto out = train(straight, loraConfig(straight + "/run", quantize, "wq,wv,w2"));
     EXPECT_NE(out.find("base " + std::string(quantize)), std::string::npos) << out;
     train(split, loraConfig(split + "/run", quantize, "wq,wv,w2"), "--train.stop_after=5");
-    train(split, loraConfig(split + "/run", quantize, "wq,wv,w2"));
+    expectResumedFrom(train(split, loraConfig(split + "/run", quantize, "wq,wv,w2")), split + "/run", 5);
     EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
     EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + straight + "/run/checkpoints/step-00000008.h5', 'r'); b = h5py.File('" +
                      split + "/run/checkpoints/step-00000008.h5', 'r'); "
@@ -232,7 +232,7 @@ TEST(Transfer, Banking77FeatureExtractionFromCachedFeatures) {
   run("mkdir -p " + split + "/run && cp " + dir + "/run/features.h5 " + split + "/run/");
   const auto first = train(split, classifyConfig(split + "/run", "mode = feature\ncache_features = true"), "--train.stop_after=20");
   EXPECT_NE(first.find("features: reused"), std::string::npos) << first;
-  train(split, classifyConfig(split + "/run", "mode = feature\ncache_features = true"));
+  expectResumedFrom(train(split, classifyConfig(split + "/run", "mode = feature\ncache_features = true")), split + "/run", 20);
   EXPECT_EQ(losses(split + "/run"), losses(dir + "/run"));
 }
 
@@ -242,7 +242,8 @@ TEST(Transfer, Banking77LoraClassifierResumesBitwise) {
   const auto out = train(straight, classifyConfig(straight + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20");
   EXPECT_NE(out.find("elements per step"), std::string::npos) << out;
   train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20 --train.stop_after=10");
-  train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20");
+  expectResumedFrom(train(split, classifyConfig(split + "/run", transfer), "--train.steps=20 --checkpoint.every=10 --eval.every=20"),
+                    split + "/run", 10);
   EXPECT_EQ(losses(straight + "/run"), losses(split + "/run"));
   const auto events = checkTensorboard(split + "/run", true);  // val/accuracy too
   EXPECT_EQ(events.code, 0) << events.output;
@@ -320,10 +321,11 @@ TEST(Transfer, EveryFlavourResumesBitwiseAtOneAndFourRanks) {
         std::ofstream(dir + "/c.ini") << config(dir);
         const auto r = run(mpirun(np) + " " + graft() + " train --config " + dir + "/c.ini " + args + " " + extra);
         EXPECT_EQ(r.code, 0) << tag << "\n" << r.output;
+        return r.output;
       };
       go(straight, "");
       go(split, "--train.stop_after=3");
-      go(split, "");
+      expectResumedFrom(go(split, ""), split + "/run", 3);
       EXPECT_EQ(losses(straight + "/run"), losses(split + "/run")) << tag;
       EXPECT_EQ(python("import h5py, numpy as np; a = h5py.File('" + straight + "/run/checkpoints/step-00000006.h5', 'r'); b = h5py.File('" +
                        split + "/run/checkpoints/step-00000006.h5', 'r'); "
