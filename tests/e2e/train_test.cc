@@ -173,7 +173,7 @@ TEST(Training, Bfloat16TracksFloat32ResumesBitwiseAndCheckpointsFloat32) {
   ASSERT_EQ(c1.code, 0) << c1.output;
   const auto c2 = run(mpirun(2) + " " + graft() + " train --config " + cfg + bf16);
   ASSERT_EQ(c2.code, 0) << c2.output;
-  EXPECT_NE(c2.output.find("resuming from"), std::string::npos) << c2.output;
+  expectResumedFrom(c2.output, split + "/run", 2);
   const auto reference = losses(fp32 + "/run"), half = losses(straight + "/run");
   ASSERT_EQ(reference.size(), 5u);
   ASSERT_EQ(half.size(), 5u);
@@ -181,14 +181,16 @@ TEST(Training, Bfloat16TracksFloat32ResumesBitwiseAndCheckpointsFloat32) {
   for (std::size_t i = 0; i < 5; ++i) EXPECT_NEAR(std::stod(half[i]), std::stod(reference[i]), 2e-2 * std::stod(reference[i])) << i;
   EXPECT_NE(half, reference);
   // The same under ZeRO-3 with recomputed blocks: bf16 products inside gathered units, gradients
-  // reduce-scattered in bf16 (partial sums in another order: near, not equal).
+  // reduce-scattered in bf16. At two ranks every element's sum has two terms, whose order cannot
+  // matter: the same bits as the replicated bf16 run (measured so; a tolerance of 1e-2 once hid
+  // any difference below that).
   const std::string zero3 = freshDir("bf16_zero3");
   const auto z = run(mpirun(2) + " " + graft() + " train --config " + writeConfig(zero3, fineTuneConfig(zero3 + "/run", 2)) +
                      bf16 + " --dist.shard=parameters --train.recompute=true");
   ASSERT_EQ(z.code, 0) << z.output;
   const auto sharded = losses(zero3 + "/run");
   ASSERT_EQ(sharded.size(), 5u);
-  for (std::size_t i = 0; i < 5; ++i) EXPECT_NEAR(std::stod(sharded[i]), std::stod(half[i]), 1e-2 * std::stod(half[i])) << i;
+  EXPECT_EQ(sharded, half);
   const auto checkpoint = lastCheckpoint(split + "/run");
   EXPECT_TRUE(bitwiseEqual(lastCheckpoint(straight + "/run"), checkpoint, "/model"));
   const auto dtypes = run(GRAFT_PYTHON " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
