@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
@@ -80,6 +82,34 @@ void expectSameRun(const std::string& a, const std::string& b, double tolerance,
   if (tolerance == 0) {
     EXPECT_EQ(tensorManifest(ca), tensorManifest(cb)) << what;
   }
+}
+
+// ||a - b|| / ||a|| over all the tensors of `group` in two checkpoints.
+double normDifference(const std::string& a_path, const std::string& b_path, const std::string& group) {
+  auto a = H5File::openRead(a_path), b = H5File::openRead(b_path);
+  double diff = 0, norm = 0;
+  for (const auto& name : a.list(group)) {
+    const auto x = a.readTensor(group + "/" + name).to(torch::kFloat64), y = b.readTensor(group + "/" + name).to(torch::kFloat64);
+    if (x.sizes() != y.sizes()) return 1e30;
+    diff += (x - y).pow(2).sum().item<double>();
+    norm += x.pow(2).sum().item<double>();
+  }
+  return std::sqrt(diff / std::max(norm, 1e-300));
+}
+
+// Two runs that summed in different orders for some steps (another number of ranks): every step's
+// loss within 1e-6 relative, the weights within 1e-6 and the AdamW moments within 1e-5 (relative
+// 2-norms of each group: the moments of nearly-zero gradient elements carry the rounding most).
+void expectNearRun(const std::string& a, const std::string& b, const std::string& what) {
+  const auto la = losses(a), lb = losses(b);
+  ASSERT_EQ(la.size(), 6u) << what;
+  ASSERT_EQ(lb.size(), la.size()) << what;
+  for (std::size_t i = 0; i < la.size(); ++i)
+    EXPECT_NEAR(std::stod(lb[i]), std::stod(la[i]), 1e-6 * std::stod(la[i])) << what << ", step " << i + 1;
+  const auto ca = finalCheckpoint(a), cb = finalCheckpoint(b);
+  EXPECT_LE(normDifference(ca, cb, "/model"), 1e-6) << what;
+  for (const std::string group : {"/optimizer/exp_avg", "/optimizer/exp_avg_sq"})
+    EXPECT_LE(normDifference(ca, cb, group), 1e-5) << what << ": " << group;
 }
 
 // At 1 and 2 ranks, and at any number for optimizer sharding (the same all-reduce as replicated,
@@ -220,8 +250,8 @@ TEST(Sharding, AsynchronousCheckpointsHoldTheSameBits) {
   }
 }
 
-// A checkpoint written at N ranks in one mode resumes at N' ranks in another: the run continued
-// sharded equals the same checkpoint continued replicated at N' (both read it with no conversion).
+// A checkpoint written at N ranks in one mode resumes at N' ranks in another, with no conversion:
+// the run continued equals the run that was never interrupted.
 TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
   const std::string base = freshDir("shard_resume");
   struct Source { int np; std::string mode; };
@@ -230,9 +260,9 @@ TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
     const auto r = train(s.np, base + "/src" + std::to_string(s.np), s.mode, "--train.stop_after=3");
     ASSERT_EQ(r.code, 0) << r.output;
   }
-  struct Case { int from, to; std::string mode, reference; };
-  const std::vector<Case> cases = {{2, 4, "optimizer", "none"},  {4, 2, "parameters", "none"}, {4, 3, "gradients", "none"},
-                                   {3, 4, "optimizer", "none"},  {1, 3, "parameters", "none"}, {4, 1, "none", "optimizer"}};
+  struct Case { int from, to; std::string mode; };
+  const std::vector<Case> cases = {{2, 4, "optimizer"}, {4, 2, "parameters"}, {4, 3, "gradients"},
+                                   {3, 4, "optimizer"}, {1, 3, "parameters"}, {4, 1, "none"}};
   // At the same number of ranks, a sharded resume equals the run that was never interrupted.
   const std::string straight = base + "/straight2";
   ASSERT_EQ(train(2, straight, "none").code, 0);
@@ -243,29 +273,30 @@ TEST(Sharding, ResumesAtAnotherWorldSizeAndMode) {
     ASSERT_EQ(r.code, 0) << r.output;
     expectSameRun(straight, resumed, 0, "2 -> 2 ranks, " + mode + ", against the straight run");
   }
+  // Every N -> N' case against a run that was never interrupted at N' ranks (replicated): the first
+  // three steps ran at N, so float rounding of another order of summation separates them
+  // (expectNearRun; measured: losses within 2.4e-7, weights 3.3e-7, moments 3.5e-6). Compared with another resume of the same checkpoint instead, as it once
+  // was, a bug common to both (AdamW's step counts reset when the world size changes: 5.6e-3 off
+  // the straight run) passed.
+  std::map<int, std::string> uninterrupted = {{2, straight}};
   for (const auto& c : cases) {
     const std::string what = std::to_string(c.from) + " -> " + std::to_string(c.to) + " ranks, " + c.mode;
-    std::string dirs[2];
-    for (int i = 0; i < 2; ++i) {
-      const std::string& mode = i == 0 ? c.mode : c.reference;
-      dirs[i] = base + "/" + std::to_string(c.from) + "to" + std::to_string(c.to) + "_" + mode;
-      run("cp -r '" + base + "/src" + std::to_string(c.from) + "' '" + dirs[i] + "'");
-      const auto r = train(c.to, dirs[i], mode);
-      ASSERT_EQ(r.code, 0) << what << "\n" << r.output;
-      EXPECT_NE(r.output.find("resuming from " + dirs[i] + "/checkpoints/step-00000003.h5 at step 3 (saved with " +
-                              std::to_string(c.from) + " ranks, now " + std::to_string(c.to) + ")"),
-                std::string::npos)
-          << what << "\n" << r.output;
+    if (!uninterrupted.count(c.to)) {
+      uninterrupted[c.to] = base + "/straight" + std::to_string(c.to);
+      ASSERT_EQ(train(c.to, uninterrupted[c.to], "none").code, 0) << c.to;
     }
-    const bool exact = c.to <= 2 || ((c.mode == "none" || c.mode == "optimizer") && (c.reference == "none" || c.reference == "optimizer"));
-    expectSameRun(dirs[1], dirs[0], exact ? 0 : 1e-6, what);
+    const std::string resumed = base + "/" + std::to_string(c.from) + "to" + std::to_string(c.to) + "_" + c.mode;
+    run("cp -r '" + base + "/src" + std::to_string(c.from) + "' '" + resumed + "'");
+    const auto r = train(c.to, resumed, c.mode);
+    ASSERT_EQ(r.code, 0) << what << "\n" << r.output;
+    EXPECT_NE(r.output.find("resuming from " + resumed + "/checkpoints/step-00000003.h5 at step 3 (saved with " +
+                            std::to_string(c.from) + " ranks, now " + std::to_string(c.to) + ")"),
+              std::string::npos)
+        << what << "\n" << r.output;
+    expectNearRun(uninterrupted[c.to], resumed, what + ", against the uninterrupted run at " + std::to_string(c.to));
   }
 }
 
-// ZeRO-3 reads each rank's rows from every kind of model, not only llama2.c files: a Hugging Face
-// GPT-2 (Conv1D weights and fused q|k|v, converted tensor by tensor) and a random initialisation
-// (each rank draws its rows of each parameter). The replicated run, which loads whole, gives the
-// same bits at 2 ranks.
 // LoRA with dropout, stopped at step 3 at 2 ranks and resumed at 4, 3 (another mode too) and 1:
 // every sample draws the same dropout masks as in the run that was never interrupted at 2 ranks
 // (each micro-batch's masks come from the seed and its slice of the global batch, not from a
@@ -298,6 +329,10 @@ TEST(Sharding, LoraDropoutMasksDoNotDependOnTheNumberOfRanks) {
   }
 }
 
+// ZeRO-3 reads each rank's rows from every kind of model, not only llama2.c files: a Hugging Face
+// GPT-2 (Conv1D weights and fused q|k|v, converted tensor by tensor) and a random initialisation
+// (each rank draws its rows of each parameter). The replicated run, which loads whole, gives the
+// same bits at 2 ranks.
 TEST(Sharding, EachRankReadsItsRowsOfAHuggingFaceModelAndOfARandomInitialisation) {
   const std::string base = freshDir("shard_sources");
   const std::string gpt2 = data("hf/tiny-random-gpt2");
