@@ -54,9 +54,13 @@ TEST_F(Slurm, RequeuedJobResumesAndEndsLikeAnUninterruptedOne) {
   const auto submitted = slurm(sbatch(dir, cfg, dir + "/requeued", false));
   ASSERT_EQ(submitted.code, 0) << submitted.output;
   const std::string job = submitted.output.substr(0, submitted.output.find_first_of(";\n"));
-  const auto requeue = slurm("for i in $(seq 1 600); do [ -e " + dir + "/requeued/checkpoints/" + checkpointName(20) +
-                             " ] && break; sleep 0.1; done; scontrol requeue " + job);
+  // Requeued once it has a checkpoint, while it runs: a requeue of a finished job would leave every
+  // other assertion true without SIGTERM -> checkpoint -> exit 75 -> requeue ever happening. (It
+  // once waited for step 20's checkpoint, which keep_last = 2 deletes by step 30: a missed window.)
+  const auto requeue = slurm("for i in $(seq 1 600); do ls " + dir + "/requeued/checkpoints/step-*.h5 >/dev/null 2>&1 && break; "
+                             "sleep 0.1; done; scontrol show job " + job + " | grep -o 'JobState=[A-Z]*'; scontrol requeue " + job);
   ASSERT_EQ(requeue.code, 0) << requeue.output;
+  ASSERT_NE(requeue.output.find("JobState=RUNNING"), std::string::npos) << "requeued a job that was not running\n" << requeue.output;
   const auto finished = slurm("for i in $(seq 1 240); do scontrol show job " + job +
                               " | grep -q JobState=COMPLETED && break; sleep 1; done; scontrol show job " + job);
   const std::string log = readText(dir + "/job-" + job + ".out");
@@ -67,6 +71,9 @@ TEST_F(Slurm, RequeuedJobResumesAndEndsLikeAnUninterruptedOne) {
   // graft status counts the requeue (SLURM_RESTART_COUNT reached rank 0) and the completed end.
   const Json status = statusOf(dir + "/requeued");
   EXPECT_EQ(status.at("requeues", "").asInt(""), 1) << status.dump(2);
+  // The first run stopped on the signal: it checkpointed and exited 75 ("requeue me"), which the
+  // run's journal records as a preemption.
+  EXPECT_EQ(status.at("preemptions", "").asInt(""), 1) << status.dump(2);
   EXPECT_EQ(status.at("state", "").asString(""), "completed") << status.dump(2);
 
   auto a = H5File::openRead(completeCheckpoints(dir + "/straight/checkpoints").front());
