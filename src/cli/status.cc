@@ -75,6 +75,8 @@ Json status(const std::string& run_dir, bool verify) {
     return v && v->isInteger() ? v->asInt(key) : std::int64_t{0};
   };
   std::string state = journal.empty() ? "unknown" : "running";
+  std::string host;  // rank 0's host and pid at the last start
+  std::int64_t pid = 0;
   for (const auto& e : journal) {
     const std::string event = e.at("event", "journal").asString("journal: event");
     if (event == "start") {
@@ -84,6 +86,9 @@ Json status(const std::string& run_dir, bool verify) {
       if (attempt_start > 0) ++resumes;
       if (integer(e, "slurm_restart_count") > 0) ++requeues;
       state = "running";
+      const Json* h = e.find("host");
+      host = h && h->isString() ? h->asString("host") : "";
+      pid = integer(e, "pid");
       first_error = nullptr;
       errors = 0;
     } else if (event == "end") {
@@ -96,6 +101,9 @@ Json status(const std::string& run_dir, bool verify) {
       state = "failed";
     }
   }
+  // A run killed with -9 (or by the kernel's OOM killer) writes no end: on rank 0's host, a
+  // process that is gone says so. Elsewhere only since_last_step_s can tell.
+  if (state == "running" && pid > 0 && host == hostName() && !graftProcessAlive(pid)) state = "died";
   doc.set("state", state);
   doc.set("steps", total);
   if (!metrics.empty()) {

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -53,6 +54,8 @@ void journalStart(const TrainConfig& c, std::int64_t start, const std::string& c
   fields.set("step", start);
   fields.set("steps", c.steps);
   fields.set("ranks", ranks);
+  fields.set("host", hostName());  // rank 0's, so that graft status can tell a run that died without a word
+  fields.set("pid", static_cast<std::int64_t>(::getpid()));
   if (!checkpoint.empty()) fields.set("checkpoint", checkpoint);
   if (const char* job = std::getenv("SLURM_JOB_ID")) fields.set("slurm_job_id", job);
   if (const char* restarts = std::getenv("SLURM_RESTART_COUNT")) fields.set("slurm_restart_count", static_cast<std::int64_t>(std::atoll(restarts)));

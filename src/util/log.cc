@@ -1,16 +1,36 @@
 #include "util/log.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <string>
 
 #include <algorithm>
 #include <cstdio>
 
 namespace graft {
 
-Logger::Logger(int rank, int size) : rank_(rank), size_(size) {
+std::string hostName() {
   char host[256] = "?";
   gethostname(host, sizeof(host) - 1);
-  prefix_ = "[r" + std::to_string(rank) + "/" + std::to_string(size) + " " + host + "] ";
+  host[sizeof(host) - 1] = '\0';
+  return host;
+}
+
+bool graftProcessAlive(long pid) {
+  if (pid <= 0) return false;
+  if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/cmdline").c_str(), "rb");
+  if (!f) return true;  // no /proc: the process exists, whatever it runs
+  char buffer[4096];
+  const std::size_t n = std::fread(buffer, 1, sizeof(buffer), f);
+  std::fclose(f);
+  return std::string(buffer, n).find("graft") != std::string::npos;
+}
+
+Logger::Logger(int rank, int size) : rank_(rank), size_(size) {
+  prefix_ = "[r" + std::to_string(rank) + "/" + std::to_string(size) + " " + hostName() + "] ";
 }
 
 void Logger::info(const std::string& message) const {

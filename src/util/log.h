@@ -22,6 +22,12 @@ class Logger {
   std::string prefix_;
 };
 
+// This machine's host name ("?" when it has none).
+std::string hostName();
+// True when process `pid` on this machine exists and runs graft (its command line names it): a
+// pid reused by another program since does not count.
+bool graftProcessAlive(long pid);
+
 // A duration for people: "3m07s", "2h05m", "1d04h" (negative counts as 0).
 std::string formatDuration(double seconds);
 

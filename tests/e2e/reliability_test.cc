@@ -404,6 +404,25 @@ void killNineTrials(const std::string& name, const std::string& options, int tri
   expectSameAsUninterrupted(cfg, dir + "/run", options);
 }
 
+// A run killed with -9 writes no end to its journal; graft status on its host sees that rank 0's
+// process is gone and says `died` (it said `running` forever), and says `running` again while the
+// run that resumes it goes on.
+TEST(Reliability, StatusOfARunKilledWithSignalNineSaysItDied) {
+  const std::string dir = freshDir("status_died");
+  const auto cfg = configIn(dir, "");
+  const auto r = run(graft() + " train --config " + cfg + " --train.steps=100000 --checkpoint.every=5 > " + dir +
+                     "/log 2>&1 & P=$!; for i in $(seq 1 1500); do grep -q 'checkpoint: ' " + dir +
+                     "/log 2>/dev/null && break; sleep 0.02; done; kill -9 $P && echo killed; wait $P; echo rc=$?");
+  ASSERT_NE(r.output.find("killed"), std::string::npos) << r.output << readText(dir + "/log");
+  const Json died = statusOf(dir + "/run");
+  EXPECT_EQ(died.at("state", "").asString(""), "died") << died.dump(2);
+  const auto again = run(graft() + " train --config " + cfg + " --train.steps=100000 --checkpoint.every=5 > " + dir +
+                         "/log2 2>&1 & P=$!; for i in $(seq 1 1500); do grep -q 'step ' " + dir +
+                         "/log2 2>/dev/null && break; sleep 0.02; done; " + graft() + " status " + dir +
+                         "/run --json --no-verify; kill -9 $P; wait $P");
+  EXPECT_NE(again.output.find("\"state\": \"running\""), std::string::npos) << again.output;
+}
+
 TEST(Reliability, KillNineAtRandomMomentsAlwaysLeavesAVerifiedCheckpoint) { killNineTrials("kill9", "", 12); }
 
 // Sharded: every rank writes its rows into the checkpoint file (MPI-IO) before rank 0 completes
