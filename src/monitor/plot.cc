@@ -151,7 +151,9 @@ void drawSeries(cairo_t* cr, const ChartFrame& f, const Series& s) {
   }
   cairo_stroke(cr);
   cairo_set_dash(cr, dash, 0, 0);
-  if (!s.dashed) return;
+  // Validation points always get markers; a training curve of one point (a run of one step) has
+  // no length to stroke, so it gets one too.
+  if (!s.dashed && s.x.size() != 1) return;
   for (std::size_t i = 0; i < s.x.size(); ++i) {
     cairo_new_sub_path(cr);
     cairo_arc(cr, f.px(s.x[i]), f.py(s.y[i]), 3, 0, 2 * M_PI);

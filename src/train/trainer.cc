@@ -104,8 +104,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   // LoRA dropout draws from the generator of the model's device. Before each micro-batch that
   // generator is seeded from (train.seed, the global batch, the micro-batch's slice of it): slice
   // m x world + r, which micro-step m of rank r reads, holds the same samples at any number of ranks
-  // (data/sampler.h), so every sample gets the same masks at any world size and after a resume at
-  // another one, with no generator state to carry over (a rank's generator, seeded once from its
+  // for a given micro_batch (data/sampler.h), so every sample gets the same masks at any world size
+  // and after a resume at another one (with the same micro_batch), with no generator state to carry over (a rank's generator, seeded once from its
   // rank, made a resume at N' ranks replay the masks of step 1). train.recompute replays from the
   // state the block's forward found, as before.
   void seedDropout(std::int64_t batch, std::int64_t slice) const {

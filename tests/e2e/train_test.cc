@@ -385,7 +385,7 @@ TEST(Training, AccumulationFactorsGiveTheSameStepsAndTheReferenceGradientNorm) {
   ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lf", &ref_loss, &ref_norm), 2) << ref.output;
   EXPECT_NEAR(one[0].first, ref_loss, 1e-5 * ref_loss);
   EXPECT_NEAR(one[0].second, ref_norm, 1e-4 * ref_norm);
-  EXPECT_GT(one[0].second, 0.5) << "the first step must clip (grad_clip = 0.5), so that the later steps test it too";
+  EXPECT_GT(one[0].second, 0.5) << "grad_clip = 0.5 must act in the first step, so that clipping is compared too";
 }
 
 TEST(Training, LossGoesDownOnTinyStories) {

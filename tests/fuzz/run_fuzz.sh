@@ -56,7 +56,7 @@ if [[ $# -eq 0 ]]; then
   for source in "$root"/tests/fuzz/*_fuzz.cc; do
     name=$(basename "$source" _fuzz.cc)
     if ! grep -q "^$name " "$build/fuzz_targets.txt"; then
-      echo "fuzz $name: FAILED, not built (its sources are missing, or tests/fuzz/CMakeLists.txt lacks graft_fuzz($name ...))"
+      echo "fuzz $name: FAILED, not built: CMake skipped it (a source or library it needs is missing: see the 'skipped' line above) or tests/fuzz/CMakeLists.txt lacks graft_fuzz($name ...)"
       failed+=("$name")
     fi
   done

@@ -5,8 +5,13 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
+
+#ifndef GRAFT_NO_CAIRO
+#include <cairo.h>
+#endif
 
 #include "monitor/plot.h"
 #include "monitor/run_history.h"
@@ -170,6 +175,30 @@ TEST_F(MonitorTest, ChartLeavesOutWhatCannotBeDrawn) {
   std::vector<Series> none = {{"b", {1}, {std::nan("")}, 0, false}};
   EXPECT_THROW(drawChart(none, o, dir + "/d.svg"), InputError);
   EXPECT_THROW(drawChart(series, o, dir + "/c.jpg"), InputError);
+}
+
+// A training curve of a single point (a run of one step) is drawn: a line through one point has no
+// length, so it gets a marker; the pixel where it sits is the series' colour, not the background
+// nor a grid line.
+TEST_F(MonitorTest, AOneStepRunIsDrawnAsAPoint) {
+#ifdef GRAFT_NO_CAIRO
+  GTEST_SKIP() << "this build has no cairo (GRAFT_NO_CAIRO): graft plot cannot draw";
+#else
+  const std::string dir = tempDir("one_point");
+  std::vector<Series> series = {{"one step", {1}, {2.5}, 0, false}};
+  const ChartFrame f = drawChart(series, ChartOptions{}, dir + "/p.png");
+  cairo_surface_t* png = cairo_image_surface_create_from_png((dir + "/p.png").c_str());
+  ASSERT_EQ(cairo_surface_status(png), CAIRO_STATUS_SUCCESS);
+  cairo_surface_flush(png);
+  const int stride = cairo_image_surface_get_stride(png);
+  const unsigned char* data = cairo_image_surface_get_data(png);
+  const int x = static_cast<int>(f.px(1)), y = static_cast<int>(f.py(2.5));
+  // The first colour of the palette, (31, 119, 180): blue well above red (grid lines are grey).
+  const auto* pixel = reinterpret_cast<const std::uint32_t*>(data + y * stride + x * 4);
+  const int red = (*pixel >> 16) & 0xFF, blue = *pixel & 0xFF;
+  cairo_surface_destroy(png);
+  EXPECT_GT(blue - red, 80) << "no point of the series' colour where it is (" << x << ", " << y << "): rgb " << std::hex << *pixel;
+#endif
 }
 
 TEST_F(MonitorTest, MetricsBeingWrittenAreReadUpToTheLastCompleteLine) {
