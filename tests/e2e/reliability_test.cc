@@ -167,6 +167,40 @@ void signalOneRank(const std::string& signal) {
 }
 
 TEST(Reliability, SigtermOnOneRankCheckpointsAllAndExitsWithTheRequeueCode) { signalOneRank("TERM"); }
+
+// SIGTERM to one rank while the checkpoint of step 2 is being written (made slow: rank 0 waits 2 s
+// before writing), synchronous and checkpoint.async: that write completes, every rank checkpoints
+// at the next step boundary and the job exits 75; every checkpoint verifies, and the run resumed
+// from the newest equals one never stopped.
+TEST(Reliability, SigtermDuringACheckpointWriteCompletesItThenStops) {
+  for (const std::string async : {"false", "true"}) {
+    const std::string dir = freshDir("sigterm_during_write_" + async);
+    const auto cfg = configIn(dir, "");
+    const auto r = run(mpirun(2) + " " + graft() + " train --config " + cfg + " --train.steps=100000 --checkpoint.every=2 " +
+                       "--train.log_every=1 --checkpoint.keep_last=0 --debug.slow_checkpoint_s=2 --checkpoint.async=" + async + " > " + dir +
+                       "/log 2>&1 & M=$!; for i in $(seq 1 1500); do grep -q 'step 2/' " + dir +
+                       "/log 2>/dev/null && break; sleep 0.02; done; sleep 0.5; kill -TERM $(pgrep -P $M | tail -1) && echo delivered; "
+                       "wait $M; echo rc=$?");
+    const std::string log = readText(dir + "/log");
+    ASSERT_NE(r.output.find("delivered"), std::string::npos) << r.output << log;
+    EXPECT_NE(r.output.find("rc=75"), std::string::npos) << async << "\n" << r.output << log;
+    const std::string said = "stop requested (signal): checkpointed at step ";
+    const auto at = log.find(said);
+    ASSERT_NE(at, std::string::npos) << log;
+    const std::int64_t stopped = std::stoll(log.substr(at + said.size()));
+    EXPECT_GT(stopped, 2) << log;
+    const auto complete = completeCheckpoints(dir + "/run/checkpoints");
+    ASSERT_GE(complete.size(), 2u) << log;
+    EXPECT_EQ(stepOf(complete.front()), stopped) << log;
+    EXPECT_TRUE(fileExists(dir + "/run/checkpoints/" + checkpointName(2))) << "the write the signal interrupted" << log;
+    for (const auto& path : complete) EXPECT_NO_THROW(verifyCheckpoint(path)) << path;
+    const auto again = run(mpirun(2) + " " + graft() + " train --config " + cfg + " --train.steps=100000 --train.stop_after=" +
+                           std::to_string(stopped + 1) + " --checkpoint.every=2 --checkpoint.async=" + async);
+    ASSERT_EQ(again.code, 0) << again.output;
+    expectResumedFrom(again.output, dir + "/run", stopped);
+    expectSameAsUninterrupted(cfg, dir + "/run", "--checkpoint.every=2");
+  }
+}
 TEST(Reliability, Sigusr1OnOneRankCheckpointsAllAndExitsWithTheRequeueCode) { signalOneRank("USR1"); }
 
 }  // namespace
