@@ -771,13 +771,12 @@ void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
   // weight and is verified itself); an adapter run's base is read again, so it is verified.
   auto listed = std::make_shared<std::string>();
   auto error = std::make_shared<std::string>();
-  auto resumes = std::make_shared<bool>(false);
   std::function<void()> list;
   if (comm.rank() == 0)
-    list = [c, listed, error, resumes] {
+    list = [c, listed, error] {
       try {
-        *resumes = !c.transfer.adapterOnly() && !completeCheckpoints(c.run_dir + "/checkpoints").empty();
-        if (!*resumes)
+        const bool resumes = !c.transfer.adapterOnly() && !completeCheckpoints(c.run_dir + "/checkpoints").empty();
+        if (!resumes)
           for (const auto& f : modelFilesToVerify(c.model_path)) *listed += f + "\n";
       } catch (const Error& e) {
         *error = e.what();

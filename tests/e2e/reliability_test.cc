@@ -270,24 +270,51 @@ std::string verifiedOrWhyNot(const std::vector<std::string>& complete) {
   return "yes";
 }
 
+// DIR/run on a size-limited tmpfs of its own (root only). `collect` reads what its checkpoints
+// folder holds, verifies the newest and unmounts it, before a test's assertions; the destructor
+// unmounts it when an assertion stopped the test first.
+class TmpfsRunDir {
+ public:
+  TmpfsRunDir(const std::string& dir, const std::string& size) : path(dir + "/run") {
+    mounted_ = run("mkdir -p " + path + " && mount -t tmpfs -o size=" + size + " graft-test " + path).code == 0;
+  }
+  ~TmpfsRunDir() {
+    if (mounted_) run("umount " + path);
+  }
+  bool mounted() const { return mounted_; }
+  struct Left {
+    std::vector<std::string> complete;  // complete checkpoints, newest first
+    std::string listing;                // `ls` of the checkpoints folder
+    std::string verified;               // verifiedOrWhyNot(complete)
+  };
+  Left collect() {
+    Left left{completeCheckpoints(path + "/checkpoints"), run("ls " + path + "/checkpoints").output, ""};
+    left.verified = verifiedOrWhyNot(left.complete);
+    run("umount " + path);
+    mounted_ = false;
+    return left;
+  }
+  const std::string path;
+
+ private:
+  bool mounted_ = false;
+};
+
 TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a size-limited tmpfs";
   const std::string dir = freshDir("diskfull");
-  const std::string run_dir = dir + "/run";
-  ASSERT_EQ(run("mkdir -p " + run_dir + " && mount -t tmpfs -o size=700k graft-test " + run_dir).code, 0);
+  TmpfsRunDir tmpfs(dir, "700k");
+  ASSERT_TRUE(tmpfs.mounted());
   const auto cfg = configIn(dir, "");
   const auto r = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1");
-  const auto complete = completeCheckpoints(run_dir + "/checkpoints");
-  const auto leftovers = run("ls " + run_dir + "/checkpoints");
-  const std::string verified = verifiedOrWhyNot(complete);
-  run("umount " + run_dir);
+  const auto [complete, leftovers, verified] = tmpfs.collect();
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("disk full?"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("earlier checkpoints are intact"), std::string::npos) << r.output;
-  ASSERT_EQ(complete.size(), 1u) << leftovers.output;
+  ASSERT_EQ(complete.size(), 1u) << leftovers;
   EXPECT_NE(complete.front().find(checkpointName(5)), std::string::npos);
   EXPECT_EQ(verified, "yes");
-  EXPECT_EQ(leftovers.output.find(".tmp"), std::string::npos) << leftovers.output;
+  EXPECT_EQ(leftovers.find(".tmp"), std::string::npos) << leftovers;
 }
 
 // A crash left a draft (a .tmp file) that fills the disk: the next checkpoint clears it before it
@@ -296,8 +323,9 @@ TEST(Reliability, DiskFullDuringACheckpointKeepsTheLastOne) {
 TEST(Reliability, DiskFullOfAStaleDraftIsClearedBeforeTheNextCheckpoint) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a size-limited tmpfs";
   const std::string dir = freshDir("diskfull_draft");
-  const std::string run_dir = dir + "/run";
-  ASSERT_EQ(run("mkdir -p " + run_dir + " && mount -t tmpfs -o size=1500k graft-test " + run_dir).code, 0);
+  TmpfsRunDir tmpfs(dir, "1500k");
+  ASSERT_TRUE(tmpfs.mounted());
+  const std::string& run_dir = tmpfs.path;
   const auto cfg = configIn(dir, "");
   const auto first = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1 --train.stop_after=5");
   // The draft a killed write of step 10 left, as large as the free space allows but 200 KB.
@@ -305,19 +333,16 @@ TEST(Reliability, DiskFullOfAStaleDraftIsClearedBeforeTheNextCheckpoint) {
   const auto fill = run("A=$(df --output=avail -B1 " + run_dir + " | tail -1); head -c $((A - 200000)) /dev/zero > " + draft +
                         "; df --output=avail -B1 " + run_dir + " | tail -1");
   const auto second = run(graft() + " train --config " + cfg + " --train.steps=10 --checkpoint.keep_last=1");
-  const auto complete = completeCheckpoints(run_dir + "/checkpoints");
-  const auto leftovers = run("ls " + run_dir + "/checkpoints");
-  const std::string verified = verifiedOrWhyNot(complete);
-  run("umount " + run_dir);
+  const auto [complete, leftovers, verified] = tmpfs.collect();
   ASSERT_EQ(first.code, 0) << first.output;
   EXPECT_LT(std::stoll(fill.output), 250000) << fill.output;
   EXPECT_EQ(second.code, 0) << second.output;
   EXPECT_NE(second.output.find("removed 1 draft(s) that an interrupted write left: step-00000010.h5.tmp"), std::string::npos)
       << second.output;
-  ASSERT_EQ(complete.size(), 1u) << leftovers.output;
+  ASSERT_EQ(complete.size(), 1u) << leftovers;
   EXPECT_NE(complete.front().find(checkpointName(10)), std::string::npos);
   EXPECT_EQ(verified, "yes");
-  EXPECT_EQ(leftovers.output.find(".tmp"), std::string::npos) << leftovers.output;
+  EXPECT_EQ(leftovers.find(".tmp"), std::string::npos) << leftovers;
 }
 
 // A checkpoint whose read-back fails (debug.damage_checkpoint flips a byte of the draft between
