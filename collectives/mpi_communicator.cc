@@ -361,9 +361,23 @@ class MpiSharedFile final : public SharedFile {
       }
     int count = static_cast<int>(rounds.size());
     check(MPI_Allreduce(MPI_IN_PLACE, &count, 1, MPI_INT, MPI_MAX, comm_), "agreeing on the rounds");
-    for (int r = 0; r < count; ++r) writeRound(r < static_cast<int>(rounds.size()) ? rounds[r] : std::vector<Block>{});
-    check(MPI_File_sync(file_), "flushing to storage");
-    check(MPI_File_close(&file_), "closing");
+    // Note [a write error on one rank]: every call below is collective, so a rank whose write
+    // failed (its disk full, its quota spent) still takes part in every one that follows, writing
+    // nothing more, and reports its first error only once the file is closed: the other ranks
+    // return and learn of it where they next meet (runWithHeartbeat agrees on it), instead of
+    // waiting in MPI_File_sync for a rank that has left.
+    std::string first_error;
+    auto note = [&first_error, this](int rc, const char* what) {
+      if (first_error.empty() && rc != MPI_SUCCESS) first_error = describe(rc, what);
+    };
+    // (Open MPI 4.1's ompio reports a failed write(2), ENOSPC or EFBIG, on stderr only and returns
+    // success: the rows' read-back finds it, writeRows.)
+    for (int r = 0; r < count; ++r)
+      note(writeRound(r < static_cast<int>(rounds.size()) && first_error.empty() ? rounds[r] : std::vector<Block>{}),
+           "writing (disk full?)");
+    note(MPI_File_sync(file_), "flushing to storage");
+    note(MPI_File_close(&file_), "closing");
+    if (!first_error.empty()) throw FileError(first_error);
   }
 
  private:
@@ -373,8 +387,8 @@ class MpiSharedFile final : public SharedFile {
     int bytes;
   };
 
-  // Collective: one MPI_File_write_all of `blocks` (in file order; none is fine).
-  void writeRound(const std::vector<Block>& blocks) {
+  // Collective: one MPI_File_write_all of `blocks` (in file order; none is fine); its MPI status.
+  int writeRound(const std::vector<Block>& blocks) {
     const int n = static_cast<int>(blocks.size());
     std::vector<int> lengths;
     std::vector<MPI_Aint> at_file, at_memory;
@@ -392,21 +406,26 @@ class MpiSharedFile final : public SharedFile {
       MPI_Type_commit(&in_file);
       MPI_Type_commit(&in_memory);
     }
-    int rc = MPI_File_set_view(file_, 0, MPI_BYTE, in_file, "native", MPI_INFO_NULL);
-    if (rc == MPI_SUCCESS) rc = MPI_File_write_all(file_, n > 0 ? MPI_BOTTOM : nullptr, n > 0 ? 1 : 0, in_memory, MPI_STATUS_IGNORE);
+    // Both calls are collective: the write is called even where the view failed (writing nothing).
+    const int viewed = MPI_File_set_view(file_, 0, MPI_BYTE, in_file, "native", MPI_INFO_NULL);
+    const bool any = n > 0 && viewed == MPI_SUCCESS;
+    const int rc = MPI_File_write_all(file_, any ? MPI_BOTTOM : nullptr, any ? 1 : 0, in_memory, MPI_STATUS_IGNORE);
     if (n > 0) {
       MPI_Type_free(&in_file);
       MPI_Type_free(&in_memory);
     }
-    check(rc, "writing (disk full?)");
+    return viewed != MPI_SUCCESS ? viewed : rc;
   }
 
-  void check(int rc, const char* what) const {
-    if (rc == MPI_SUCCESS) return;
+  std::string describe(int rc, const char* what) const {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, text, &len);
-    throw FileError(path_ + ": MPI-IO " + what + " failed: " + std::string(text, static_cast<std::size_t>(len)));
+    return path_ + ": MPI-IO " + what + " failed: " + std::string(text, static_cast<std::size_t>(len));
+  }
+
+  void check(int rc, const char* what) const {
+    if (rc != MPI_SUCCESS) throw FileError(describe(rc, what));
   }
 
   std::string path_;

@@ -83,6 +83,14 @@ int main(int argc, char** argv) {
   const graft::Args args(argv + 2, argv + argc);
   try {
     return dispatch(command, args);
+  } catch (const graft::AgreedError& e) {
+    // Every rank has the same error (Note [heartbeat]): rank 0 prints it, and the ranks leave
+    // together with its exit code, no MPI_Abort. Not through MPI_Finalize: it ends HDF5 too, which
+    // crashes on the objects of a file whose write failed (Note [exit after an error]).
+    if (graft::worldRank() == 0) std::fprintf(stderr, "graft %s: error: %s\n", command.c_str(), e.what());
+    std::fflush(stderr);
+    graft::leaveTogether();
+    std::_Exit(e.exitCode());
   } catch (const graft::InputError& e) {
     std::fprintf(stderr, "%sgraft %s: error: %s\n", graft::rankPrefix().c_str(), command.c_str(), e.what());
     graft::abortWorld(graft::kExitBadInput);

@@ -18,14 +18,22 @@ int envInt(const char* name, int fallback) {
 int worldSize() {
   return envInt("OMPI_COMM_WORLD_SIZE", envInt("PMIX_SIZE", envInt("SLURM_NTASKS", 1)));
 }
-int worldRank() { return envInt("OMPI_COMM_WORLD_RANK", envInt("PMIX_RANK", envInt("SLURM_PROCID", 0))); }
 }  // namespace
+
+int worldRank() { return envInt("OMPI_COMM_WORLD_RANK", envInt("PMIX_RANK", envInt("SLURM_PROCID", 0))); }
 
 std::string rankPrefix() {
   if (worldSize() <= 1) return "";
   char host[256] = "?";
   gethostname(host, sizeof(host) - 1);
   return "[r" + std::to_string(worldRank()) + "/" + std::to_string(worldSize()) + " " + host + "] ";
+}
+
+void leaveTogether() {
+  int initialised = 0, finalised = 0;
+  MPI_Initialized(&initialised);
+  MPI_Finalized(&finalised);
+  if (initialised && !finalised && worldSize() > 1) MPI_Barrier(MPI_COMM_WORLD);
 }
 
 void abortWorld(int code) {

@@ -1,7 +1,6 @@
 #include "checkpoint/checkpoint.h"
 
 #include <dirent.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <torch/torch.h>
@@ -58,9 +57,9 @@ std::uint64_t modelBytes(Transformer& model, bool adapter_only) {
 
 void requireSpace(const std::string& dir, std::uint64_t bytes) {
   bytes += 64u << 10;  // metadata, attributes, RNG states
-  struct statvfs fs {};
-  if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: let the write itself report
-  const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
+  const std::int64_t free_at = freeBytesAt(dir);
+  if (free_at < 0) return;  // unknown: let the write itself report
+  const auto free_bytes = static_cast<std::uint64_t>(free_at);
   if (free_bytes < bytes + bytes / 10) {
     // Checkpoints that resume found damaged are set aside, never deleted by graft: say what they hold.
     std::uint64_t damaged = 0;

@@ -70,8 +70,10 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator, con
   try {
     return train(config, make_communicator, stop_requested, rank);
   } catch (const std::exception& e) {
-    // Each failing rank leaves its error in the run's journal, for `graft status`.
-    if (isDirectory(config.run_dir)) {
+    // Each failing rank leaves its error in the run's journal, for `graft status`; an error that
+    // every rank raised together, rank 0 alone.
+    const bool agreed = dynamic_cast<const AgreedError*>(&e) != nullptr;
+    if (isDirectory(config.run_dir) && (!agreed || rank <= 0)) {
       try {
         Json fields = Json::object();
         fields.set("rank", rank);

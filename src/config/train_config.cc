@@ -106,6 +106,8 @@ class OptionTable {
     add("debug.nan_count", c.nan_count, "fault injection: for this many steps");
     add("debug.nan_rank", c.nan_rank, "fault injection: on this rank");
     add("debug.slow_checkpoint_s", c.slow_checkpoint_s, "fault injection: rank 0 sleeps this long before each checkpoint write");
+    add("debug.slow_rows_s", c.slow_rows_s,
+        "fault injection: rank r sleeps (r + 1) x this long before writing its rows or part of each checkpoint");
     add("debug.damage_checkpoint", c.damage_checkpoint,
         "fault injection: rank 0 flips one byte of the checkpoint of this step after writing it and before "
         "verifying it (0 = off)");
@@ -260,6 +262,7 @@ void TrainConfig::validate(int world) const {
   need(max_bad_steps > 0, "train.max_bad_steps", "must be positive");
   need(nan_from >= 0 && nan_count >= 0 && nan_rank >= 0, "debug.nan_from", "fault injection values must be >= 0");
   need(slow_checkpoint_s >= 0, "debug.slow_checkpoint_s", "must be >= 0");
+  need(slow_rows_s >= 0, "debug.slow_rows_s", "must be >= 0");
   need(slow_load_s >= 0, "debug.slow_load_s", "must be >= 0");
   need(damage_checkpoint >= 0, "debug.damage_checkpoint", "must be >= 0");
   need(eval_every >= 0, "eval.every", "must be >= 0");

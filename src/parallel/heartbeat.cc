@@ -13,7 +13,7 @@
 
 namespace graft {
 
-BackgroundWork::BackgroundWork(std::function<void()> work) {
+BackgroundWork::BackgroundWork(std::function<void()> work, CancelToken cancel) : cancel_(std::move(cancel)) {
   if (!work) return;
   std::promise<void> promise;
   done_ = promise.get_future();
@@ -36,17 +36,58 @@ BackgroundWork::~BackgroundWork() {
 }
 
 bool BackgroundWork::waitFor(std::chrono::milliseconds for_at_most) {
-  if (!done_.valid()) return true;
+  if (!done_.valid() || finished_) return true;
   if (done_.wait_for(for_at_most) != std::future_status::ready) return false;
   finished_ = true;
   helper_.join();
-  done_.get();  // rethrows the work's exception
+  try {
+    done_.get();
+  } catch (...) {
+    error_ = std::current_exception();
+  }
   return true;
+}
+
+bool BackgroundWork::failed() {
+  if (!waitFor(std::chrono::milliseconds(0)) || !error_) return false;
+  try {
+    std::rethrow_exception(error_);
+  } catch (const WorkCancelled&) {
+    return false;  // another rank's work failed: that rank is the one named
+  } catch (...) {
+    return true;
+  }
 }
 
 double BackgroundWork::secondsSinceStart() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
+
+namespace {
+
+// The failing rank's error, as every rank rethrows it: its message and its exit code.
+struct Failure {
+  std::int32_t exit_code = kExitFailure;
+  char message[4000] = {};
+};
+
+Failure describeFailure(const std::exception_ptr& error) {
+  Failure f;
+  std::string text = "unknown error";
+  try {
+    std::rethrow_exception(error);
+  } catch (const InputError& e) {
+    f.exit_code = kExitBadInput;
+    text = e.what();
+  } catch (const std::exception& e) {
+    text = e.what();
+  } catch (...) {
+  }
+  std::snprintf(f.message, sizeof(f.message), "%s", text.c_str());
+  return f;
+}
+
+}  // namespace
 
 void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
                         const std::string& note, BackgroundWork& work, const std::function<void(double)>& waiting) {
@@ -63,9 +104,20 @@ void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, con
       }
     }  // a rank with nothing left to do waits in the all-reduce itself, for at most one beat
     if (waiting) waiting(work.secondsSinceStart());
-    std::int32_t all_done[1] = {mine_done ? 1 : 0};
-    comm.allReduce(all_done, 1, ReduceOp::Min, tag);
-    if (all_done[0]) return;
+    // Everyone's work done?, and the lowest rank whose work failed (size(): none).
+    std::int32_t beat_state[2] = {mine_done ? 1 : 0, mine_done && work.failed() ? comm.rank() : comm.size()};
+    comm.allReduce(beat_state, 2, ReduceOp::Min, tag);
+    const int failed = beat_state[1];
+    if (failed < comm.size()) work.cancel();  // the others need not finish what is abandoned
+    if (!beat_state[0]) continue;
+    if (failed == comm.size()) return;
+    // Every rank's work has ended and one failed: every rank rethrows its error (Note [heartbeat]).
+    Failure f = failed == comm.rank() ? describeFailure(work.error()) : Failure{};
+    comm.broadcastBytes(&f, sizeof(f), failed, "heartbeat/failure");
+    f.message[sizeof(f.message) - 1] = 0;
+    if (comm.size() == 1) std::rethrow_exception(work.error());
+    throw AgreedError("rank " + std::to_string(failed) + " of " + std::to_string(comm.size()) + ": " + f.message,
+                      f.exit_code);
   }
 }
 

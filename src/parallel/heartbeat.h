@@ -3,8 +3,11 @@
 #pragma once
 
 #include <algorithm>
-
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <memory>
+#include <stdexcept>
 #include <functional>
 #include <future>
 #include <string>
@@ -27,37 +30,65 @@ namespace graft {
 //
 // Collective: every rank calls it, each with its own work (empty: nothing to do here). The work
 // must not touch the communicator (this thread is in it; a SharedFile, which has its own, may be
-// written there), and this thread does
-// nothing else until it returns. An exception from the work is rethrown at once, on this rank
-// (main() then aborts the job). The helper is joined once the work is over; only when this rank
-// gives up on it (a timeout, or a collective error meanwhile) is it left running: the process is
-// about to exit.
+// written there), and this thread does nothing else until it returns.
+//
+// A work that throws (a disk full on one rank) does not end the job from that rank alone: the
+// beat says so, the others cancel their own work (BackgroundWork's token) and let it end, and
+// then every rank throws the same AgreedError, "rank R of N: <R's error>" (the lowest failing
+// rank's; an InputError keeps its exit code), so the job stops with every rank's exit code and
+// MPI finalised, and no collective is left half done (a SharedFile's are finished by the rank that
+// failed: Note [a write error on one rank]). The helper is joined once the work is over; only
+// when this rank gives up on it (a timeout, or a collective error meanwhile) is it left running:
+// the process is about to exit.
 // `waiting` (optional) is called on this thread once per beat with the seconds since the start, for
 // progress lines.
 void runWithHeartbeat(Communicator& comm, const char* tag, double limit_s, const std::string& what,
                       const std::string& note, std::function<void()> work,
                       const std::function<void(double)>& waiting = nullptr);
 
+// Set once another rank's work failed: a work that waits for the others (rank 0 waiting for the
+// ranks' part files) stops waiting when it is.
+using CancelToken = std::shared_ptr<std::atomic<bool>>;
+inline CancelToken makeCancelToken() { return std::make_shared<std::atomic<bool>>(false); }
+// What a cancelled work throws: its rank ends without failing (the rank that failed is named).
+class WorkCancelled : public std::runtime_error {
+ public:
+  WorkCancelled() : std::runtime_error("cancelled: another rank's work failed") {}
+};
+inline void throwIfCancelled(const CancelToken& cancel) {
+  if (cancel && *cancel) throw WorkCancelled();
+}
+
 // Work started on a helper thread now and awaited later (checkpoint.async: a checkpoint written
 // while training goes on). Empty work: nothing runs, and it counts as done.
 class BackgroundWork {
  public:
   BackgroundWork() = default;
-  explicit BackgroundWork(std::function<void()> work);
+  // `cancel` (optional): the token `work` watches, set by cancel().
+  explicit BackgroundWork(std::function<void()> work, CancelToken cancel = nullptr);
   BackgroundWork(const BackgroundWork&) = delete;
   BackgroundWork& operator=(const BackgroundWork&) = delete;
   // Joins a helper whose work is over; detaches one still running (only on the way out after an
   // error: the process is about to exit).
   ~BackgroundWork();
-  bool running() const { return done_.valid(); }
-  // Waits up to `for_at_most` for the work to end; true once it has (rethrows its exception).
+  bool running() const { return done_.valid() && !finished_; }
+  // Waits up to `for_at_most` for the work to end; true once it has (its exception, if it threw,
+  // is then error()).
   bool waitFor(std::chrono::milliseconds for_at_most);
+  // True when the work has ended with an exception other than WorkCancelled (does not wait).
+  bool failed();
+  std::exception_ptr error() const { return error_; }
+  void cancel() {
+    if (cancel_) *cancel_ = true;
+  }
   double secondsSinceStart() const;
 
  private:
   std::future<void> done_;
   std::thread helper_;
   bool finished_ = false;
+  std::exception_ptr error_;
+  CancelToken cancel_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 

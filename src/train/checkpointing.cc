@@ -160,7 +160,9 @@ std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string&
     buffer.resize(static_cast<std::size_t>(pieces[i].bytes));
     back.readAt(pieces[i].offset, buffer.data(), buffer.size());
     if (crc32(buffer.data(), buffer.size()) != sums[2 * i])
-      throw Error(tmp + ": this rank's rows of " + writes[i].object + " read back differently from what was written");
+      throw Error(tmp + ": this rank's rows of " + writes[i].object +
+                  " read back differently from what was written (a write that failed: disk full, a quota or a file size "
+                  "limit? " + (freeBytesAt(tmp) < 0 ? std::string("free space unknown") : std::to_string(freeBytesAt(tmp) >> 10) + " KiB free there") + ")");
   }
   return sums;
 }
@@ -185,14 +187,21 @@ std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, c
 }  // namespace
 
 PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
-                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s) {
+                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s, double delay_s) {
   const int rank = comm.rank(), world = comm.size();
   if (!model_rows) model_rows = std::make_shared<const std::vector<AdamW::Rows>>();
   auto manifest = std::make_shared<std::string>();
-  runWithHeartbeat(comm, "ckpt/part", limit_s,
-                   "part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) + " in " + dir,
-                   " (a stalled file system?); earlier checkpoints are intact",
-                   [=] { *manifest = writePart(dir, step, rank, world, *optimizer, *model_rows); });
+  try {
+    runWithHeartbeat(comm, "ckpt/part", limit_s,
+                     "part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) + " in " + dir,
+                     " (a stalled file system?); earlier checkpoints are intact", [=] {
+                       if (delay_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_s * (rank + 1)));
+                       *manifest = writePart(dir, step, rank, world, *optimizer, *model_rows);
+                     });
+  } catch (const AgreedError&) {  // another rank's part failed: this one is of no use, and takes space
+    ::unlink((dir + "/" + checkpointPartName(step, rank, world)).c_str());
+    throw;
+  }
   const auto sums = partSums(*manifest, checkpointPartName(step, rank, world), *optimizer, *model_rows);
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums.size() * static_cast<std::size_t>(world));
   comm.allGatherBytes(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
@@ -342,15 +351,17 @@ GroupWriter wholeModelCopy(const TrainConfig& c, Transformer& model) {
 }
 
 // Rank 0, checkpoint.async: every rank's partSums, read from the parts' manifests as each part
-// appears (its writer publishes it by rename), waiting at most `limit_s` for the last.
+// appears (its writer publishes it by rename), waiting at most `limit_s` for the last, and no
+// longer once `cancel` says that another rank's part failed.
 std::shared_ptr<std::vector<std::uint64_t>> sumsFromParts(const std::string& dir, std::int64_t step, int world,
                                                           const AdamW& optimizer, const std::vector<AdamW::Rows>& rows,
-                                                          double limit_s) {
+                                                          double limit_s, const CancelToken& cancel) {
   const auto start = std::chrono::steady_clock::now();
   auto all = std::make_shared<std::vector<std::uint64_t>>();
   for (int r = 0; r < world; ++r) {
     const std::string name = checkpointPartName(step, r, world), path = dir + "/" + name;
     while (!fileExists(path)) {
+      throwIfCancelled(cancel);
       if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s)
         throw Error(path + ": part of checkpoint " + std::to_string(step) + " not written within dist.slow_phase_timeout_s");
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -440,9 +451,17 @@ std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, co
     return std::nullopt;
   }
   auto sums = std::make_shared<std::vector<std::uint64_t>>();
-  runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
-                   " (a stalled file system?); earlier checkpoints are intact",
-                   [file = *file, tmp, writes, offsets, sums] { *sums = writeRows(*file, tmp, *writes, *offsets); });
+  try {
+    runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
+                     " (a stalled file system?); earlier checkpoints are intact",
+                     [file = *file, tmp, writes, offsets, sums, delay = c.slow_rows_s * (comm.rank() + 1)] {
+                       if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+                       *sums = writeRows(*file, tmp, *writes, *offsets);
+                     });
+  } catch (const AgreedError&) {  // a rank could not write its rows (it removed the draft too)
+    if (comm.rank() == 0) ::unlink(tmp.c_str());
+    throw;
+  }
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
   comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
   if (comm.rank() != 0) return std::function<void()>();
@@ -485,7 +504,8 @@ void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer mod
     // checkpoint.files = per_rank: every rank writes its rows into a part file first (collective),
     // and rank 0's file maps them. Unsharded: rank 0 writes every tensor itself.
     const PartWriters parts = dp.shardsOptimizer()
-                                  ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s)
+                                  ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s,
+                                               c.slow_rows_s)
                                   : PartWriters{wholeOptimizer(dp.sharedOptimizer()), {}};
     if (comm.rank() == 0)
       // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
@@ -531,30 +551,38 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   const GroupWriter whole_model = (!sharded || !own_rows) && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
   path_ = std::make_shared<std::string>();
   step_ = step;
+  world_ = world;
+  const CancelToken cancel = makeCancelToken();
   started_ = std::chrono::steady_clock::now();
   snapshot_s_ = std::chrono::duration<double>(started_ - begin).count();
   work_ = std::make_unique<BackgroundWork>([=, path = path_, keep = c.keep_last, delay = c.slow_checkpoint_s,
-                                            limit = c.slow_phase_timeout_s]() mutable {
+                                            limit = c.slow_phase_timeout_s, part_delay = c.slow_rows_s * (rank + 1)]() mutable {
     torch::NoGradGuard no_grad;  // grad mode is per thread
     if (delay > 0 && rank == 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+    if (part_delay > 0 && sharded) std::this_thread::sleep_for(std::chrono::duration<double>(part_delay));
     if (sharded) writePart(dir, step, rank, world, *optimizer, *rows);
     if (rank != 0) return;
-    PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit), step,
+    PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit, cancel), step,
                                                world, optimizer, rows)
                                 : PartWriters{wholeOptimizer(optimizer), whole_model};
     if (!parts.model.write) parts.model = whole_model;  // never the live model: training changes it meanwhile
     *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
     pruneCheckpoints(dir, keep, state.step);
-  });
+  }, cancel);
 }
 
 void PendingCheckpoint::wait(Communicator& comm, const TrainConfig& c, Logger& log) {
   if (!work_) return;
   const std::string dir = c.run_dir + "/checkpoints";
   const auto waited = std::chrono::steady_clock::now();
-  awaitWithHeartbeat(comm, "ckpt/async", c.slow_phase_timeout_s,
-                     "checkpoint of step " + std::to_string(step_) + " in " + dir + " (written in the background)",
-                     " (a stalled file system?); earlier checkpoints are intact", *work_);
+  try {
+    awaitWithHeartbeat(comm, "ckpt/async", c.slow_phase_timeout_s,
+                       "checkpoint of step " + std::to_string(step_) + " in " + dir + " (written in the background)",
+                       " (a stalled file system?); earlier checkpoints are intact", *work_);
+  } catch (const AgreedError&) {  // a rank's part failed: the others' parts are of no use, and take space
+    ::unlink((dir + "/" + checkpointPartName(step_, comm.rank(), world_)).c_str());
+    throw;
+  }
   const auto now = std::chrono::steady_clock::now();
   if (comm.rank() == 0)
     log.main("checkpoint: " + *path_ + " (" + seconds(std::chrono::duration<double>(now - started_).count()) +

@@ -21,7 +21,9 @@ namespace graft {
 // rows, parallel/data_parallel.h): every rank writes its rows of the state of checkpoint `step`
 // into its own part file in `dir`, at the same time, then the parts' checksums go to rank 0. Returns
 // on rank 0 the writer of the checkpoint's /optimizer group, an index that maps every part (empty
-// elsewhere). No rank ever holds another rank's rows. `limit_s`: how long a part may take.
+// elsewhere). No rank ever holds another rank's rows. `limit_s`: how long a part may take. A part
+// that one rank cannot write abandons the checkpoint on every rank (AgreedError naming the rank),
+// and the parts the others wrote go.
 OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, std::int64_t step,
                                     std::shared_ptr<const AdamW> optimizer, double limit_s);
 
@@ -32,7 +34,8 @@ struct PartWriters {
   GroupWriter model;  // no writer: the model's tensors are written whole
 };
 PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
-                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s);
+                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s,
+                       double delay_s = 0);  // debug.slow_rows_s
 
 // The writer of a whole (replicated) optimizer: rank 0 writes every tensor itself.
 OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer);
@@ -56,11 +59,16 @@ class PendingCheckpoint {
   void start(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, const Schedule& schedule,
              std::int64_t step, RunCounters counters, Logger& log);
   // Collective. Waits beside a heartbeat for the checkpoint in flight (if any) and logs it; an
-  // error in writing it is rethrown here.
+  // error in writing it, on any rank, is rethrown here on every rank (AgreedError), and this rank's
+  // part of the abandoned checkpoint goes.
   void wait(Communicator& comm, const TrainConfig& c, Logger& log);
+  // True when this rank's part of the checkpoint in flight failed (does not wait): the ranks check
+  // every step (Trainer), so that a failed write stops the run at once, not one checkpoint later.
+  bool failedHere() { return work_ && work_->failed(); }
 
  private:
   std::unique_ptr<BackgroundWork> work_;
+  int world_ = 1;
   std::shared_ptr<std::string> path_;
   std::int64_t step_ = 0;
   std::chrono::steady_clock::time_point started_;

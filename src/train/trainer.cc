@@ -68,6 +68,7 @@ struct StepOutcome {
   double loss = 0, grad_norm = 0;
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
   bool stop_requested = false;  // some rank asked to stop (signal)
+  bool checkpoint_failed = false;  // some rank's part of the checkpoint in flight (checkpoint.async) failed
   std::int64_t tokens = 0;      // tokens the step read on all ranks (whole documents, cut to seq_len, when classifying)
 };
 
@@ -163,12 +164,14 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       loss_sum = loss_sum.defined() ? loss_sum + exact : exact;
     }
     dp->finish();
-    double reduced[3] = {loss_sum.item<double>(), stop_requested && stop_requested() ? 1.0 : 0.0, tokens};
-    comm.allReduce(reduced, 3, ReduceOp::Sum, "train/loss+stop");
+    double reduced[4] = {loss_sum.item<double>(), stop_requested && stop_requested() ? 1.0 : 0.0, tokens,
+                         pending.failedHere() ? 1.0 : 0.0};
+    comm.allReduce(reduced, 4, ReduceOp::Sum, "train/loss+stop");
     StepOutcome out;
     out.loss = reduced[0] / comm.size();
     out.stop_requested = reduced[1] > 0;
     out.tokens = static_cast<std::int64_t>(reduced[2]);
+    out.checkpoint_failed = reduced[3] > 0;
     out.grad_norm = dp->gradNorm();
     out.applied = std::isfinite(out.loss) && std::isfinite(out.grad_norm);
     if (!out.applied) return out;
@@ -322,6 +325,9 @@ TrainResult Trainer::run() {
   std::int64_t run_tokens = 0;  // read by this run (since the start or the resume)
   for (std::int64_t step = start + 1; step <= last; ++step) {
     const StepOutcome out = s.step(step);
+    // A rank's part of the checkpoint written in the background failed: every rank stops here with
+    // its error (the wait rethrows it), not one checkpoint later.
+    if (out.checkpoint_failed) s.pending.wait(s.comm, c, s.log);
     s.tokens_seen += out.tokens;
     run_tokens += out.tokens;
     if (out.applied) s.bad_in_a_row = 0;

@@ -20,6 +20,19 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A failure that every rank raises at the same point, after the ranks agreed on it (a
+// checkpoint one rank could not write: Note [heartbeat]): the communicator is sound, so the job
+// ends with every rank's exit code and MPI finalised, not with MPI_Abort.
+class AgreedError : public Error {
+ public:
+  // `exit_code`: the failing rank's (kExitBadInput for its InputError).
+  AgreedError(const std::string& message, int exit_code) : Error(message), exit_code_(exit_code) {}
+  int exitCode() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
 // Bad user input: config key or value, missing or malformed file. Exit code 2.
 class InputError : public Error {
  public:

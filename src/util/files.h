@@ -15,6 +15,9 @@ bool fileExists(const std::string& path);
 bool isDirectory(const std::string& path);
 // Size of a file in bytes; 0 when it does not exist.
 std::int64_t fileBytes(const std::string& path);
+// Bytes free to this user on the file system that holds `path` (its folder, when `path` does not
+// exist); -1 when unknown.
+std::int64_t freeBytesAt(const std::string& path);
 // mkdir -p; throws Error naming the path.
 void makeDirectories(const std::string& path);
 // fsync a file or a directory by path; throws Error naming the path.
