@@ -14,6 +14,15 @@
 
 namespace graft {
 
+std::unique_ptr<ModelSource> openModelSource(const std::string& path) {
+  if (path.empty()) throw InputError("no model given");
+  if (!fileExists(path)) throw InputError(path + ": model file not found");
+  if (isHfModel(path)) return openHfSource(path);
+  if (isDirectory(path))
+    throw InputError(path + ": a folder without config.json; expected a Hugging Face model folder");
+  return openFileSource(path);
+}
+
 Transformer loadModel(const std::string& path) {
   if (auto source = openModelSource(path)) return loadWhole(*source);
   // An adapter-only checkpoint: the base it adapts, the transfer, then the adapters.

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "convert/model_source.h"
 #include "formats/hdf5.h"
 #include "model/transfer.h"
 #include "model/transformer.h"
@@ -12,6 +13,10 @@
 namespace graft {
 
 Transformer loadModel(const std::string& path);
+// The same formats read row range by row range (convert/model_source.h): every tensor is checked
+// (present, shape, type) before anything is read. nullptr for an adapter-only checkpoint: it is
+// loaded whole (its base, then the transfer, then the adapters).
+std::unique_ptr<ModelSource> openModelSource(const std::string& path);
 
 // "hf" (a folder: config.json + model.safetensors), "llama2c" (a .bin file) or "graft" (an .h5
 // file holding /model). Formats that cannot hold the model (llama2.c for gpt2) are InputErrors.

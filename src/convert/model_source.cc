@@ -4,7 +4,6 @@
 
 #include <map>
 
-#include "convert/hf_model.h"
 #include "convert/model_io.h"
 #include "formats/hdf5.h"
 #include "formats/llama2c.h"
@@ -81,12 +80,7 @@ RowFill ModelSource::rowFill() const {
   };
 }
 
-std::unique_ptr<ModelSource> openModelSource(const std::string& path) {
-  if (path.empty()) throw InputError("no model given");
-  if (!fileExists(path)) throw InputError(path + ": model file not found");
-  if (isHfModel(path)) return openHfSource(path);
-  if (isDirectory(path))
-    throw InputError(path + ": a folder without config.json; expected a Hugging Face model folder");
+std::unique_ptr<ModelSource> openFileSource(const std::string& path) {
   if (!H5File::isHdf5(path)) return std::make_unique<Llama2cSource>(Llama2cFile::open(path));
   H5File file = H5File::openRead(path);
   if (hasTransferGroup(file)) return nullptr;

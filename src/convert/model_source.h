@@ -39,10 +39,11 @@ class ModelSource {
   std::string path_;
 };
 
-// A llama2.c .bin, a graft .h5 model or checkpoint, or a Hugging Face folder (or .safetensors
-// file). Every tensor is checked (present, shape, type) before anything is read. nullptr for an
-// adapter-only checkpoint: it is loaded whole (its base, then the transfer, then the adapters).
-std::unique_ptr<ModelSource> openModelSource(const std::string& path);
+// A llama2.c .bin or a graft .h5 model or checkpoint (an existing file; any format, a Hugging Face
+// folder too: openModelSource in convert/model_io.h). Every tensor is checked (present, shape,
+// type) before anything is read. nullptr for an adapter-only checkpoint: it is loaded whole (its
+// base, then the transfer, then the adapters).
+std::unique_ptr<ModelSource> openFileSource(const std::string& path);
 // The values Transformer::initialise(seed) gives a model of `c`, one parameter at a time.
 std::unique_ptr<ModelSource> initialisationSource(const ModelConfig& c, std::uint64_t seed);
 

@@ -260,6 +260,12 @@ TEST(Reliability, DamagedNewestCheckpointFallsBackToThePreviousOne) {
   EXPECT_NE(damaged.at("error", "").asString("").find("/optimizer/exp_avg/tok_embeddings.weight"), std::string::npos);
 }
 
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 // "yes" when the newest of `complete` verifies (or there is none), else why not.
 std::string verifiedOrWhyNot(const std::vector<std::string>& complete) {
   try {
@@ -345,6 +351,44 @@ TEST(Reliability, DiskFullOfAStaleDraftIsClearedBeforeTheNextCheckpoint) {
   EXPECT_EQ(leftovers.find(".tmp"), std::string::npos) << leftovers;
 }
 
+// ENOSPC inside the collective write: the disk fills while the ranks write their rows into one
+// checkpoint file (which rank's write fails first is the file system's choice). The checkpoint is
+// abandoned on every rank with one error naming a rank and the file, the ranks stop together (no
+// MPI_Abort), the previous checkpoint verifies, and once there is room the run resumes from it.
+TEST(Reliability, DiskFullWhileTheRanksWriteOneFileAbandonsTheCheckpointOnEveryRank) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a size-limited tmpfs";
+  const std::string dir = freshDir("diskfull_rows");
+  TmpfsRunDir tmpfs(dir, "1100k");
+  ASSERT_TRUE(tmpfs.mounted());
+  const std::string& run_dir = tmpfs.path;
+  const auto cfg = configIn(dir, "");
+  const std::string options = " --dist.shard=optimizer --checkpoint.keep_last=1";
+  const auto first = run(mpirun(2) + " " + graft() + " train --config " + cfg + options + " --train.stop_after=5");
+  // debug.slow_rows_s: the rows go in 1 s (rank 0) and 2 s (rank 1) after the draft appears; the
+  // disk fills up to its last 100 KB meanwhile.
+  const auto full = run(mpirun(2) + " " + graft() + " train --config " + cfg + options + " --debug.slow_rows_s=1 > " + dir +
+                        "/log 2>&1 & T=$!; for i in $(seq 1 1500); do [ -e " + run_dir +
+                        "/checkpoints/step-00000010.h5.tmp ] && break; sleep 0.02; done; A=$(df --output=avail -B1 " +
+                        run_dir + " | tail -1); head -c $((A - 100000)) /dev/zero > " + run_dir + "/filler; wait $T; echo rc=$?");
+  const std::string log = readText(dir + "/log");
+  run("rm -f " + run_dir + "/filler");
+  const auto resumed = run(mpirun(2) + " " + graft() + " train --config " + cfg + options + " --train.stop_after=10");
+  if (resumed.code == 0) expectResumedFrom(resumed.output, run_dir, 5);
+  const auto [complete, leftovers, verified] = tmpfs.collect();
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(full.output.find("rc=1"), std::string::npos) << full.output << log;
+  const std::string named = "graft train: error: rank ", file = " of 2: " + run_dir + "/checkpoints/step-00000010.h5.tmp";
+  EXPECT_TRUE(log.find(named + "0" + file) != std::string::npos || log.find(named + "1" + file) != std::string::npos) << log;
+  EXPECT_NE(log.find("disk full"), std::string::npos) << log;
+  EXPECT_EQ(occurrences(log, "graft train: error:"), 1u) << log;
+  EXPECT_EQ(log.find("MPI_ABORT"), std::string::npos) << log;
+  EXPECT_EQ(resumed.code, 0) << resumed.output;
+  ASSERT_EQ(complete.size(), 1u) << leftovers;
+  EXPECT_NE(complete.front().find(checkpointName(10)), std::string::npos);
+  EXPECT_EQ(verified, "yes");
+  EXPECT_EQ(leftovers.find(".tmp"), std::string::npos) << leftovers;
+}
+
 // A checkpoint whose read-back fails (debug.damage_checkpoint flips a byte of the draft between
 // writing and verifying it) is never published: the run stops with an error naming the file and
 // the tensor, no file has the step's name, the previous checkpoint verifies and the run resumes
@@ -381,12 +425,6 @@ std::string mpirunWithFileLimit(int rank, int kib) {
   return std::string(GRAFT_MPIEXEC) + " -np 2 --oversubscribe --bind-to none --mca btl self,tcp bash -c " +
          "'if [ \"$OMPI_COMM_WORLD_RANK\" = " + std::to_string(rank) + " ]; then trap \"\" XFSZ; ulimit -f " +
          std::to_string(kib) + "; fi; exec \"$0\" \"$@\"'";
-}
-
-std::size_t occurrences(const std::string& text, const std::string& what) {
-  std::size_t n = 0;
-  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
 }
 
 // The step of the last line of RUN_DIR/metrics.jsonl (0: none).
