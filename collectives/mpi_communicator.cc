@@ -341,10 +341,17 @@ class MpiSharedFile final : public SharedFile {
   ~MpiSharedFile() override = default;
 
   void writeAndClose(std::vector<Piece> pieces) override {
+    // Note [a write error on one rank]: every MPI call below is collective, so a rank with an error
+    // (its pieces overlap, its write failed: its disk full, its quota spent) still takes part in
+    // every one, writing nothing more, and reports its first error only once the file is closed:
+    // the other ranks return and learn of it where they next meet (runWithHeartbeat agrees on
+    // it), instead of waiting in MPI_File_sync for a rank that has left.
+    std::string first_error;
     std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
-    for (std::size_t i = 1; i < pieces.size(); ++i)
+    for (std::size_t i = 1; i < pieces.size() && first_error.empty(); ++i)
       if (pieces[i - 1].offset + pieces[i - 1].bytes > pieces[i].offset)
-        throw FileError(path_ + ": this rank's pieces overlap at byte " + std::to_string(pieces[i].offset));
+        first_error = path_ + ": this rank's pieces overlap at byte " + std::to_string(pieces[i].offset);
+    if (!first_error.empty()) pieces.clear();
     const std::uint64_t kRound = shared_file_round_bytes;  // per rank and call (int counts)
     std::vector<std::vector<Block>> rounds(1);
     std::uint64_t in_round = 0;
@@ -361,12 +368,6 @@ class MpiSharedFile final : public SharedFile {
       }
     int count = static_cast<int>(rounds.size());
     check(MPI_Allreduce(MPI_IN_PLACE, &count, 1, MPI_INT, MPI_MAX, comm_), "agreeing on the rounds");
-    // Note [a write error on one rank]: every call below is collective, so a rank whose write
-    // failed (its disk full, its quota spent) still takes part in every one that follows, writing
-    // nothing more, and reports its first error only once the file is closed: the other ranks
-    // return and learn of it where they next meet (runWithHeartbeat agrees on it), instead of
-    // waiting in MPI_File_sync for a rank that has left.
-    std::string first_error;
     auto note = [&first_error, this](int rc, const char* what) {
       if (first_error.empty() && rc != MPI_SUCCESS) first_error = describe(rc, what);
     };

@@ -3,7 +3,9 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 
 namespace graft {
 namespace {
@@ -33,7 +35,15 @@ void leaveTogether() {
   int initialised = 0, finalised = 0;
   MPI_Initialized(&initialised);
   MPI_Finalized(&finalised);
-  if (initialised && !finalised && worldSize() > 1) MPI_Barrier(MPI_COMM_WORLD);
+  if (!initialised || finalised || worldSize() <= 1) return;
+  // At most a minute: a rank that hangs on its way out (a stuck file system) holds no one back.
+  MPI_Request request;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &request) != MPI_SUCCESS) return;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  for (int done = 0; !done && std::chrono::steady_clock::now() < deadline;) {
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return;
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 void abortWorld(int code) {

@@ -22,12 +22,14 @@ namespace {
 
 int train(const TrainConfig& config, const CommunicatorFactory& make_communicator, const std::function<bool()>& stop_requested,
           int& rank) {
-  // Blocks of 1 MiB and more straight from mmap, and back to the system when freed. glibc would
-  // otherwise raise this threshold after the first such free and keep freed blocks resident: what
-  // ZeRO-3 frees between uses (a unit's parameters) would stay in the process. Measured on a 32M
-  // Llama at 4 ranks: peak resident set with dist.shard = parameters 776 -> 613 MiB, none 928 -> 911
-  // MiB, tokens/s unchanged.
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  // dist.shard = parameters: blocks of 1 MiB and more straight from mmap, and back to the system
+  // when freed. glibc would otherwise raise this threshold after the first such free and keep
+  // freed blocks resident: what ZeRO-3 frees between uses (a unit's parameters) would stay in the
+  // process. Measured on a 32M Llama at 4 ranks: peak resident set 776 -> 613 MiB. Only there: every
+  // other mode frees nothing it will not allocate again next micro-step, and mapping and faulting
+  // in its activations afresh each time cost a quarter of the stories260K fine-tune's speed at
+  // micro_batch 8 (issue 29: 23.4k -> 31.5k tokens/s at 2 ranks without it; bench/step_speed.sh).
+  if (config.shard == "parameters") mallopt(M_MMAP_THRESHOLD, 1 << 20);
   // The device first: dist.backend = auto depends on it (nccl exactly when training on CUDA).
   const bool on_cuda = chooseDeviceType(config.device) == c10::DeviceType::CUDA;
   if (const std::string why = backendRefusal(config.backend, on_cuda, ncclCompiledIn()); !why.empty()) throw InputError(why);
@@ -72,11 +74,11 @@ int runTrain(const Args& args, const CommunicatorFactory& make_communicator, con
   } catch (const std::exception& e) {
     // Each failing rank leaves its error in the run's journal, for `graft status`; an error that
     // every rank raised together, rank 0 alone.
-    const bool agreed = dynamic_cast<const AgreedError*>(&e) != nullptr;
+    const auto* agreed = dynamic_cast<const AgreedError*>(&e);
     if (isDirectory(config.run_dir) && (!agreed || rank <= 0)) {
       try {
         Json fields = Json::object();
-        fields.set("rank", rank);
+        fields.set("rank", agreed ? agreed->failedRank() : rank);
         fields.set("message", e.what());
         appendJournal(config.run_dir, "error", fields);
       } catch (const std::exception&) {

@@ -83,7 +83,8 @@ Failure describeFailure(const std::exception_ptr& error) {
     text = e.what();
   } catch (...) {
   }
-  std::snprintf(f.message, sizeof(f.message), "%s", text.c_str());
+  if (std::snprintf(f.message, sizeof(f.message), "%s", text.c_str()) >= static_cast<int>(sizeof(f.message)))
+    std::snprintf(f.message + sizeof(f.message) - 20, 20, " ... (cut short)");
   return f;
 }
 
@@ -93,6 +94,11 @@ void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, con
                         const std::string& note, BackgroundWork& work, const std::function<void(double)>& waiting) {
   const auto beat = std::min(std::chrono::milliseconds(1000), comm.timeout() / 4);
   bool mine_done = !work.running();
+  // Beats since a rank's failure was agreed: the others' works get comm.timeout() to end (one that
+  // waits in a collective for the failed rank never would), then are left behind (the process is
+  // about to exit). Every rank counts the same beats, so all stop waiting on the same one.
+  std::int64_t beats_since_failure = -1;
+  const std::int64_t grace_beats = std::max<std::int64_t>(3, comm.timeout() / std::max(beat, std::chrono::milliseconds(1)));
   for (;;) {
     if (!mine_done) {
       if (work.waitFor(beat)) {
@@ -108,8 +114,11 @@ void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, con
     std::int32_t beat_state[2] = {mine_done ? 1 : 0, mine_done && work.failed() ? comm.rank() : comm.size()};
     comm.allReduce(beat_state, 2, ReduceOp::Min, tag);
     const int failed = beat_state[1];
-    if (failed < comm.size()) work.cancel();  // the others need not finish what is abandoned
-    if (!beat_state[0]) continue;
+    if (failed < comm.size()) {
+      work.cancel();  // the others need not finish what is abandoned
+      ++beats_since_failure;
+    }
+    if (!beat_state[0] && (beats_since_failure < 0 || beats_since_failure < grace_beats)) continue;
     if (failed == comm.size()) return;
     // Every rank's work has ended and one failed: every rank rethrows its error (Note [heartbeat]).
     Failure f = failed == comm.rank() ? describeFailure(work.error()) : Failure{};
@@ -117,7 +126,7 @@ void awaitWithHeartbeat(Communicator& comm, const char* tag, double limit_s, con
     f.message[sizeof(f.message) - 1] = 0;
     if (comm.size() == 1) std::rethrow_exception(work.error());
     throw AgreedError("rank " + std::to_string(failed) + " of " + std::to_string(comm.size()) + ": " + f.message,
-                      f.exit_code);
+                      f.exit_code, failed);
   }
 }
 

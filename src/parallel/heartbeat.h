@@ -35,9 +35,11 @@ namespace graft {
 // A work that throws (a disk full on one rank) does not end the job from that rank alone: the
 // beat says so, the others cancel their own work (BackgroundWork's token) and let it end, and
 // then every rank throws the same AgreedError, "rank R of N: <R's error>" (the lowest failing
-// rank's; an InputError keeps its exit code), so the job stops with every rank's exit code and
-// MPI finalised, and no collective is left half done (a SharedFile's are finished by the rank that
-// failed: Note [a write error on one rank]). The helper is joined once the work is over; only
+// rank's; an InputError keeps its exit code), so the job stops with every rank's exit code, not
+// through MPI_Abort, and no collective is left half done (a SharedFile's are finished by the rank
+// that failed: Note [a write error on one rank]). A work that does not end within comm.timeout()
+// of the failure (one stuck in a collective the failed rank never entered) is left behind. In a
+// world of one rank the work's own exception is rethrown. The helper is joined once the work is over; only
 // when this rank gives up on it (a timeout, or a collective error meanwhile) is it left running:
 // the process is about to exit.
 // `waiting` (optional) is called on this thread once per beat with the seconds since the start, for

@@ -167,12 +167,11 @@ std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string&
   return sums;
 }
 
-// writeRowsOrThrow; on failure the temporary file goes (the checkpoint cannot complete; its space
-// is freed) and the error says that the earlier checkpoints are intact.
+// writeRowsOrThrow; on failure the error says that the earlier checkpoints are intact (rank 0
+// removes the draft once every rank is done with it: writeRowsIntoOneFile).
 std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
                                      const std::vector<std::uint64_t>& offsets) {
-  auto failed = [&tmp](const char* what) {
-    ::unlink(tmp.c_str());
+  auto failed = [](const char* what) {
     return Error(std::string(what) + "; checkpoint not written, earlier checkpoints are intact");
   };
   try {
@@ -458,7 +457,7 @@ std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, co
                        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
                        *sums = writeRows(*file, tmp, *writes, *offsets);
                      });
-  } catch (const AgreedError&) {  // a rank could not write its rows (it removed the draft too)
+  } catch (...) {  // a rank could not write its rows: every rank is done with the draft (Note [heartbeat])
     if (comm.rank() == 0) ::unlink(tmp.c_str());
     throw;
   }
@@ -579,8 +578,11 @@ void PendingCheckpoint::wait(Communicator& comm, const TrainConfig& c, Logger& l
     awaitWithHeartbeat(comm, "ckpt/async", c.slow_phase_timeout_s,
                        "checkpoint of step " + std::to_string(step_) + " in " + dir + " (written in the background)",
                        " (a stalled file system?); earlier checkpoints are intact", *work_);
-  } catch (const AgreedError&) {  // a rank's part failed: the others' parts are of no use, and take space
-    ::unlink((dir + "/" + checkpointPartName(step_, comm.rank(), world_)).c_str());
+  } catch (const AgreedError&) {
+    // A rank's part failed: the others' parts are of no use, and take space; unless rank 0 failed
+    // after publishing the checkpoint (syncing its folder, pruning), which maps them.
+    if (!fileExists(dir + "/" + checkpointName(step_)))
+      ::unlink((dir + "/" + checkpointPartName(step_, comm.rank(), world_)).c_str());
     throw;
   }
   const auto now = std::chrono::steady_clock::now();

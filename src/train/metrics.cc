@@ -68,16 +68,23 @@ void Metrics::step(const StepReport& r) {
   if (rank_ != 0) return;
   const bool has_val = !std::isnan(r.val_loss);
   const double now = unixTime();
-  char json[700];
+  char phases[300];
+  const StepPhases& p = r.phases;
+  std::snprintf(phases, sizeof(phases),
+                ", \"step_s\": %.6f, \"phase_s\": {\"data\": %.6f, \"forward\": %.6f, \"backward\": %.6f, "
+                "\"communication\": %.6f, \"optimizer\": %.6f}",
+                p.total(), p.data, p.forward, p.backward, p.communication, p.optimizer);
+  char json[1000];
   std::snprintf(json, sizeof(json),
                 "{\"step\": %lld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens\": %lld, "
-                "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"time\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s}",
+                "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"time\": %.3f, \"skipped\": %d, \"skipped_total\": %lld%s%s}",
                 static_cast<long long>(r.step), jsonNumber(r.loss, 17).c_str(), r.lr, jsonNumber(r.grad_norm, 9).c_str(),
                 static_cast<long long>(r.tokens_seen), r.tokens_per_s, r.elapsed_s, now, r.applied ? 0 : 1,
                 static_cast<long long>(r.skipped_total),
                 has_val ? (", \"val_loss\": " + jsonNumber(r.val_loss, 9) +
                            (classify_ ? ", \"val_accuracy\": " + jsonNumber(r.val_accuracy, 6) : std::string())).c_str()
-                        : "");
+                        : "",
+                phases);
   append(json);
   if (events_) {
     std::vector<std::pair<std::string, float>> scalars = {

@@ -16,6 +16,16 @@
 
 namespace graft {
 
+// Where one step's time went on rank 0, in seconds: reading and copying the micro-batches (data),
+// the forward passes and loss (forward), backward with the gradient hooks that start collectives
+// (backward), waiting for the gradients' collectives and the loss all-reduce (communication), and
+// the gradient norm, clipping and the optimizer update (optimizer). Host time: on CUDA the device
+// runs behind the host, so the phases say where the host waited.
+struct StepPhases {
+  double data = 0, forward = 0, backward = 0, communication = 0, optimizer = 0;
+  double total() const { return data + forward + backward + communication + optimizer; }
+};
+
 struct StepReport {
   std::int64_t step = 0;
   std::int64_t start = 0;  // the step this run started after (0, or the step it resumed from)
@@ -25,6 +35,7 @@ struct StepReport {
   double tokens_per_s = 0, elapsed_s = 0;
   double val_loss = std::nan("");      // when validation ran this step
   double val_accuracy = std::nan("");  // classification
+  StepPhases phases;
 };
 
 class Metrics {

@@ -69,6 +69,7 @@ struct StepOutcome {
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
   bool stop_requested = false;  // some rank asked to stop (signal)
   bool checkpoint_failed = false;  // some rank's part of the checkpoint in flight (checkpoint.async) failed
+  StepPhases phases;             // this rank's time by phase
   std::int64_t tokens = 0;      // tokens the step read on all ranks (whole documents, cut to seq_len, when classifying)
 };
 
@@ -124,6 +125,13 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   // travel in one all-reduce; a non-finite loss or gradient norm (on any rank, so on every rank
   // after the average) skips the update everywhere.
   StepOutcome step(std::int64_t step_number) {
+    StepOutcome out;
+    auto mark = Clock::now();
+    auto lap = [&mark](double& phase) {  // the time since the last lap goes to `phase`
+      const auto now = Clock::now();
+      phase += std::chrono::duration<double>(now - mark).count();
+      mark = now;
+    };
     const auto accumulation = config.accumulation(comm.size());
     const auto& t = config.transfer;
     if (t.layer_lr_decay < 1.0 || t.unfreeze_every > 0)
@@ -144,11 +152,13 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       if (classify) {
         for (const auto i : indices) tokens += static_cast<double>(std::min<std::int64_t>(train_data->documentLength(i), config.seq_len));
         torch::Tensor labels;
+        lap(out.phases.data);
         const auto logits = classLogits(model, *train_data, features.train, indices, config.seq_len, labels);
         loss = torch::nn::functional::cross_entropy(logits, labels);
       } else {
         tokens += static_cast<double>(indices.size()) * config.seq_len;
         const auto batch = windowBatch(*train_data, indices, model->device());
+        lap(out.phases.data);
         if (train_data->hasLossMask()) {
           // Mean over the targets that count; a micro-batch of prompt tokens only contributes 0.
           const auto masked = tokenLoss(model->forward(batch.inputs), batch);
@@ -159,25 +169,29 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       }
       loss = loss / static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
+      lap(out.phases.forward);
       loss.backward();
       const auto exact = loss.detach().to(torch::kFloat64);
       loss_sum = loss_sum.defined() ? loss_sum + exact : exact;
+      lap(out.phases.backward);
     }
     dp->finish();
     double reduced[4] = {loss_sum.item<double>(), stop_requested && stop_requested() ? 1.0 : 0.0, tokens,
                          pending.failedHere() ? 1.0 : 0.0};
     comm.allReduce(reduced, 4, ReduceOp::Sum, "train/loss+stop");
-    StepOutcome out;
+    lap(out.phases.communication);
     out.loss = reduced[0] / comm.size();
     out.stop_requested = reduced[1] > 0;
     out.tokens = static_cast<std::int64_t>(reduced[2]);
     out.checkpoint_failed = reduced[3] > 0;
     out.grad_norm = dp->gradNorm();
     out.applied = std::isfinite(out.loss) && std::isfinite(out.grad_norm);
-    if (!out.applied) return out;
-    if (config.grad_clip > 0 && out.grad_norm > config.grad_clip)
-      dp->scaleGradients(config.grad_clip / (out.grad_norm + 1e-6));
-    dp->step(schedule.at(step_number));
+    if (out.applied) {
+      if (config.grad_clip > 0 && out.grad_norm > config.grad_clip)
+        dp->scaleGradients(config.grad_clip / (out.grad_norm + 1e-6));
+      dp->step(schedule.at(step_number));
+    }
+    lap(out.phases.optimizer);
     return out;
   }
 
@@ -338,7 +352,7 @@ TrainResult Trainer::run() {
     Validation val;
     if (eval_now) val = s.validate(), result.final_val_loss = val.loss;
     s.metrics.step({step, start, out.loss, out.grad_norm, s.schedule.at(step), out.applied, s.tokens_seen, s.skipped_total,
-                    result.tokens_per_second, elapsed, val.loss, val.accuracy});
+                    result.tokens_per_second, elapsed, val.loss, val.accuracy, out.phases});
     const bool checkpoint_due = (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == last;
     if (checkpoint_due || out.stop_requested)
       saveRunCheckpoint(s.comm, c, s.model, *s.dp, s.schedule, step, {s.tokens_seen, s.skipped_total}, s.log, &s.pending);

@@ -21,16 +21,18 @@ class Error : public std::runtime_error {
 };
 
 // A failure that every rank raises at the same point, after the ranks agreed on it (a
-// checkpoint one rank could not write: Note [heartbeat]): the communicator is sound, so the job
-// ends with every rank's exit code and MPI finalised, not with MPI_Abort.
+// checkpoint one rank could not write: Note [heartbeat]): the communicator is sound, so the ranks
+// leave together, each with the failing rank's exit code, not through MPI_Abort.
 class AgreedError : public Error {
  public:
   // `exit_code`: the failing rank's (kExitBadInput for its InputError).
-  AgreedError(const std::string& message, int exit_code) : Error(message), exit_code_(exit_code) {}
+  AgreedError(const std::string& message, int exit_code, int failed_rank)
+      : Error(message), exit_code_(exit_code), failed_rank_(failed_rank) {}
   int exitCode() const { return exit_code_; }
+  int failedRank() const { return failed_rank_; }  // the (lowest) rank whose error it is
 
  private:
-  int exit_code_;
+  int exit_code_, failed_rank_;
 };
 
 // Bad user input: config key or value, missing or malformed file. Exit code 2.
