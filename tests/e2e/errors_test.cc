@@ -81,6 +81,35 @@ TEST(Errors, MissingAndMalformedFilesAreNamed) {
   EXPECT_FALSE(std::ifstream(dir + "/p.svg").good());
 }
 
+// graft plot of a run with no validation points draws its training curve alone; of a run whose
+// every loss is null (not finite) and that has no validation point, it draws nothing and says so
+// in one line (exit 2), leaving no file behind.
+TEST(Errors, PlotOfARunWithoutValidationOrWithOnlyNullLossesIsClear) {
+#ifdef GRAFT_NO_CAIRO
+  GTEST_SKIP() << "this build has no cairo (GRAFT_NO_CAIRO): graft plot cannot draw";
+#endif
+  const std::string dir = freshDir("errors_plot_nulls");
+  auto line = [](int step, const std::string& loss) {
+    return "{\"step\": " + std::to_string(step) + ", \"loss\": " + loss + ", \"lr\": 0.001, \"grad_norm\": 1.0, \"tokens\": " +
+           std::to_string(100 * step) + ", \"tokens_per_s\": 10.0, \"elapsed_s\": " + std::to_string(step) +
+           ", \"time\": 1.0, \"skipped\": 0, \"skipped_total\": 0}\n";
+  };
+  run("mkdir -p " + dir + "/no_val " + dir + "/all_null");
+  std::ofstream(dir + "/no_val/metrics.jsonl") << line(1, "2.5") << line(2, "2.25") << line(3, "2.0");
+  std::ofstream(dir + "/all_null/metrics.jsonl") << line(1, "null") << line(2, "null");
+  const auto drawn = run(graft() + " plot " + dir + "/no_val --out " + dir + "/no_val.svg --print 2>/dev/null");
+  ASSERT_EQ(drawn.code, 0) << drawn.output;
+  const Json doc = parseJson(drawn.output, "graft plot --print");
+  const auto& series = doc.at("series", "").asArray("");
+  ASSERT_EQ(series.size(), 1u) << drawn.output;
+  EXPECT_EQ(series[0].at("label", "").asString(""), "no_val train");
+  EXPECT_EQ(series[0].at("y", "").asArray("").size(), 3u);
+  EXPECT_TRUE(std::ifstream(dir + "/no_val.svg").good());
+  expectInputError(run(graft() + " plot " + dir + "/all_null --out " + dir + "/null.svg"), "nothing to plot");
+  EXPECT_FALSE(std::ifstream(dir + "/null.svg").good());
+  EXPECT_FALSE(std::ifstream(dir + "/null.svg.tmp").good());
+}
+
 // Files that exist but cannot be what they claim: folders where files belong, a truncated dataset,
 // a folder without a tokenizer, a label column that is not there. One line each, exit code 2.
 TEST(Errors, UnreadableAndTruncatedInputsAreNamed) {
