@@ -224,7 +224,8 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 // T x T scores for n blocks (62.5% at T = 256), fewer bytes through softmax and its backward, and
 // smaller tensors saved for backward. Each query row gets the same keys, the same mask values and
 // the same softmax as in one piece; only the sums run over shorter rows (the masked terms are
-// exact zeros), so results agree to float rounding. float32 only (bf16 and CUDA: as before).
+// exact zeros), so results agree to float rounding. float32 only, on the CPU and on CUDA (bf16
+// on CUDA takes the fused kernel, bf16 on the CPU the one-piece path).
 namespace {
 constexpr std::int64_t kCausalBlock = 64;
 

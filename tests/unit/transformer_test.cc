@@ -103,11 +103,13 @@ TEST(Transformer, StepwiseDecodingMatchesFullForward) {
 // Sequences of 128 positions and more attend in blocks of queries (Note [causal attention in
 // blocks]): the logits of a 200-position forward equal those of decoding one position at a time
 // (the cache path, one piece) at the blocks' edges, and the gradients of a loss on its first 100
-// positions equal those of the 100-position prefix run alone (one piece, no blocks).
+// positions equal those of the 100-position prefix run alone (one piece, no blocks); in a batch of
+// two, each row's logits are its own. A sliding window shorter than the sequence keeps one piece.
 TEST(Transformer, LongSequencesAttendInBlocksAsInOnePiece) {
-  for (const char* arch : {"llama", "gpt2"}) {
-    ModelConfig c = testing::smallModel(arch);
+  for (const char* arch : {"llama", "gpt2", "window"}) {
+    ModelConfig c = testing::smallModel(std::string(arch) == "window" ? "llama" : arch);
     c.seq_len = 256;
+    if (std::string(arch) == "window") c.sliding_window = 150;
     Transformer m(c);
     m->initialise(5);
     {
@@ -126,6 +128,10 @@ TEST(Transformer, LongSequencesAttendInBlocksAsInOnePiece) {
           EXPECT_LT(testing::relative(full[pos], step), 1e-5) << arch << " at " << pos;
         }
       }
+      const auto two = torch::cat({ids, torch::randint(0, c.vocab_size, {1, 200}, torch::kInt64)});
+      const auto both = m->forward(two);
+      for (std::int64_t r = 0; r < 2; ++r)
+        EXPECT_LT(testing::relative(both[r], m->forward(two.narrow(0, r, 1))[0]), 1e-6) << arch << " row " << r;
     }
     auto grads = [&](std::int64_t length) {
       for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
