@@ -122,11 +122,13 @@ struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
 
 // Interleaved-pair rotation: (a, b) -> (a cos - b sin, a sin + b cos) on pairs (2i, 2i+1).
 torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  // x [B, T, H, D] -> pairs [B, T, H, D/2, 2]; cos/sin [T, D/2] broadcast over B and H.
+  // x [B, T, H, D] -> pairs [B, T, H, D/2, 2]; cos/sin [T, D/2] broadcast over B and H, or
+  // [B, T, D/2] (packed documents: each row's own positions) broadcast over H.
   const auto sizes = x.sizes();
   auto pairs = x.reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
   auto a = pairs.select(-1, 0), b = pairs.select(-1, 1);
-  auto c = cos.unsqueeze(1).to(x.scalar_type()), s = sin.unsqueeze(1).to(x.scalar_type());  // [T, 1, D/2]
+  const auto heads_dim = cos.dim() - 1;  // [T, 1, D/2] or [B, T, 1, D/2]
+  auto c = cos.unsqueeze(heads_dim).to(x.scalar_type()), s = sin.unsqueeze(heads_dim).to(x.scalar_type());
   return torch::stack({a * c - b * s, a * s + b * c}, -1).reshape(sizes);
 }
 }  // namespace
@@ -284,23 +286,27 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     // below: it agrees with the CPU to rounding, and its backward is deterministic (exact resumes).
     // The mask is the plain causal one exactly when there is no cache, as many keys as queries and
     // no window cutting in (TransformerImpl::causalMask).
-    const bool causal = mask.defined() && !cache && S == T && (window_ == 0 || T <= window_);
-    const auto out = compat::fusedAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, causal);
+    const bool causal = mask.defined() && mask.dim() == 2 && !cache && S == T && (window_ == 0 || T <= window_);
+    const auto out = compat::fusedAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                            mask.defined() && mask.dim() == 3 ? mask.unsqueeze(1) : mask, causal);
     return wo(out.transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   auto keys_t = heads(k, S).transpose(1, 2);
-  if (dtype == torch::kFloat && mask.defined() && !cache && S == T && (window_ == 0 || T <= window_) &&
+  if (dtype == torch::kFloat && mask.defined() && mask.dim() == 2 && !cache && S == T && (window_ == 0 || T <= window_) &&
       T >= 2 * kCausalBlock) {
     const auto out = causalBlocks(heads(q, T), keys_t, heads(v, S), mask, scale);
     return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
   }
   torch::Tensor scores;
-  if (dtype == torch::kFloat && mask.defined()) {  // one fused call: mask + scale * q k^T (0 on and below the diagonal, -inf above)
+  if (dtype == torch::kFloat && mask.defined() && mask.dim() == 2) {  // one fused call: mask + scale * q k^T (0 on and below the diagonal, -inf above)
     scores = torch::baddbmm(mask, heads(q, T), keys_t, /*beta=*/1.0, /*alpha=*/scale);
   } else {  // bf16 (Note [mixed precision]): the product in q's dtype, the softmax on float32 scores
     scores = torch::bmm(heads(q, T), keys_t).to(torch::kFloat) * scale;
-    if (mask.defined()) scores.add_(mask);
+    if (mask.defined() && mask.dim() == 3)  // one mask per row (packed documents), the same for every head
+      scores = scores.view({B, n_heads_, T, S}).add_(mask.unsqueeze(1)).view({B * n_heads_, T, S});
+    else if (mask.defined())
+      scores.add_(mask);
   }
   auto out = torch::bmm(torch::softmax(scores, -1).to(dtype), heads(v, S));  // [B * H, T, D]
   return wo(out.view({B, n_heads_, T, head_dim_}).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
@@ -365,6 +371,28 @@ torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
   return causal_mask_;
 }
 
+// Note [packed documents]: a row of several documents laid back to back attends as if each ran
+// alone: a query sees the keys of its own document up to itself (and the soft prompt, which every
+// document reads as its own start), at positions that restart at 0 with each document, so rotary
+// angles and learned positions are those of the document alone. A document starts where its
+// position is 0; padding after the last document is a document of its own that nothing reads.
+torch::Tensor TransformerImpl::documentMask(const torch::Tensor& positions, std::int64_t prompt) const {
+  const auto B = positions.size(0), T = positions.size(1) + prompt;
+  auto document = positions.eq(0).cumsum(1);  // [B, T]: which document each token belongs to
+  auto at = positions + prompt;                // positions in the model's context
+  if (prompt > 0) {  // the soft prompt: document -1, which every query sees
+    document = torch::cat({torch::full({B, prompt}, -1, positions.options()), document}, 1);
+    at = torch::cat({torch::arange(prompt, positions.options()).unsqueeze(0).expand({B, prompt}), at}, 1);
+  }
+  const auto query = document.unsqueeze(2), key = document.unsqueeze(1);  // [B, T, 1], [B, 1, T]
+  auto seen = key.eq(query).logical_or(key.eq(-1));
+  const auto index = torch::arange(T, positions.options());
+  seen = seen.logical_and(index.unsqueeze(0).le(index.unsqueeze(1)).unsqueeze(0));  // causal
+  if (config_.sliding_window > 0) seen = seen.logical_and((at.unsqueeze(2) - at.unsqueeze(1)).lt(config_.sliding_window));
+  const float inf = std::numeric_limits<float>::infinity();
+  return torch::zeros(seen.sizes(), positions.options().dtype(torch::kFloat32)).masked_fill(seen.logical_not(), -inf);
+}
+
 template <typename F>
 torch::Tensor TransformerImpl::gated(const std::string& unit, const torch::Tensor& input, bool reads, F f) {
   if (!gate_) return f();
@@ -374,23 +402,30 @@ torch::Tensor TransformerImpl::gated(const std::string& unit, const torch::Tenso
   return out;
 }
 
-torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt) {
+torch::Tensor TransformerImpl::embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt, const torch::Tensor& positions) {
   // Lookups, a concatenation and an addition: backward needs the shapes of these parameters only.
   auto x = gated("tok_embeddings", {}, false, [&] { return tok_embeddings(ids); });
   if (with_prompt && promptLength() > 0)
     x = gated("soft_prompt", x, false, [&] {
       return torch::cat({soft_prompt.unsqueeze(0).expand({ids.size(0), promptLength(), config_.dim}), x}, 1);
     });
-  if (pos_embeddings) x = gated("pos_embeddings", x, false, [&] { return x + pos_embeddings->weight.narrow(0, pos, x.size(1)); });
+  if (pos_embeddings)
+    x = gated("pos_embeddings", x, false, [&] {
+      return x + (positions.defined() ? torch::embedding(pos_embeddings->weight, positions)
+                                      : pos_embeddings->weight.narrow(0, pos, x.size(1)));
+    });
   return x;
 }
 
 torch::Tensor TransformerImpl::blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask,
-                                      std::vector<KVSlot>* cache) {
+                                      std::vector<KVSlot>* cache, const torch::Tensor& positions) {
   torch::Tensor cos, sin;
   if (rope_cos_.defined() && rope_cos_.device() != x.device())  // the model moved since: the tables follow
     rope_cos_ = rope_cos_.to(x.device()), rope_sin_ = rope_sin_.to(x.device());
-  if (rope_cos_.defined()) cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
+  if (rope_cos_.defined() && positions.defined())  // [B, T, D/2]: each row's own positions
+    cos = torch::embedding(rope_cos_, positions), sin = torch::embedding(rope_sin_, positions);
+  else if (rope_cos_.defined())
+    cos = rope_cos_.narrow(0, pos, x.size(1)), sin = rope_sin_.narrow(0, pos, x.size(1));
   const bool recompute = recompute_ && !cache && is_training() && torch::GradMode::is_enabled();
   for (std::size_t l = 0; l < layers->size(); ++l) {
     auto* block = layers[l]->as<Block>();
@@ -449,14 +484,24 @@ std::vector<std::pair<std::string, Projection>> TransformerImpl::projections() {
   return out;
 }
 
-torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids) {
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, const torch::Tensor& positions_anywhere) {
   const auto n = promptLength(), T = ids.size(1) + n;
   if (T > config_.seq_len)
     throw InputError("sequence of " + std::to_string(ids.size(1)) + " tokens" +
                      (n ? " after a soft prompt of " + std::to_string(n) : std::string()) + " exceeds the model's seq_len " +
                      std::to_string(config_.seq_len));
   // Inputs follow the model: batches are made in host memory and copied to its device here.
-  auto x = blocks(embed(ids.to(device(), /*non_blocking=*/true), 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
+  const auto on_device = ids.to(device(), /*non_blocking=*/true);
+  torch::Tensor x;
+  if (positions_anywhere.defined()) {
+    TORCH_CHECK(positions_anywhere.sizes() == ids.sizes(), "hidden: positions must have the shape of ids");
+    const auto positions = positions_anywhere.to(device(), /*non_blocking=*/true);
+    auto at = positions;  // the soft prompt at [0, n), every document after it
+    if (n) at = torch::cat({torch::arange(n, positions.options()).unsqueeze(0).expand({ids.size(0), n}), positions + n}, 1);
+    x = blocks(embed(on_device, 0, /*with_prompt=*/true, at), 0, documentMask(positions, n), nullptr, at);
+  } else {
+    x = blocks(embed(on_device, 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
+  }
   return n ? finalNorm(x).narrow(1, n, T - n) : finalNorm(x);  // the prompt's positions predict nothing
 }
 
@@ -479,7 +524,9 @@ void TransformerImpl::addSoftPrompt(int tokens, std::uint64_t seed) {
   soft_prompt = register_parameter("soft_prompt", tok_embeddings->weight.index_select(0, ids).clone());
 }
 
-torch::Tensor TransformerImpl::forward(const torch::Tensor& ids) { return classify(hidden(ids)); }
+torch::Tensor TransformerImpl::forward(const torch::Tensor& ids, const torch::Tensor& positions) {
+  return classify(hidden(ids, positions));
+}
 
 torch::Tensor TransformerImpl::pool(const torch::Tensor& h, const torch::Tensor& lengths_anywhere) const {
   const auto lengths = lengths_anywhere.to(h.device(), /*non_blocking=*/true);

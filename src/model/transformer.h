@@ -150,8 +150,11 @@ TORCH_MODULE(Block);
 class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(const ModelConfig& c);
-  // ids [B, T] int64 -> logits [B, T, vocab] (float32). T <= config.seq_len.
-  torch::Tensor forward(const torch::Tensor& ids);
+  // ids [B, T] int64 -> logits [B, T, vocab] (float32). T <= config.seq_len. With `positions`
+  // [B, T] int64 each row holds documents packed back to back: a token's position in its document,
+  // 0 where one starts; attention stays within each document and positions restart with it, so
+  // each document's logits are those of the document alone (Note [packed documents]).
+  torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& positions = {});
   // Incremental decoding: the logits [vocab] after token `token` at position `pos`, given that
   // positions [0, pos) were fed before with the same `cache` (empty = fresh, pos must be 0).
   torch::Tensor forwardStep(std::int64_t token, std::int64_t pos, std::vector<KVSlot>& cache);
@@ -160,8 +163,8 @@ class TransformerImpl : public torch::nn::Module {
   // keys and values are shared by the L rows (right-padded: a row's padding only affects its own
   // later positions). Equal to log_softmax(forward(prefix | row)) gathered, for S + C x fewer FLOPs.
   torch::Tensor continuationLogProbs(const torch::Tensor& prefix, const torch::Tensor& continuations);
-  // Final hidden states (after the last norm) [B, T, dim].
-  torch::Tensor hidden(const torch::Tensor& ids);
+  // Final hidden states (after the last norm) [B, T, dim]; `positions` as in forward().
+  torch::Tensor hidden(const torch::Tensor& ids, const torch::Tensor& positions = {});
   // Sequence classification: ids [B, T] right-padded, lengths [B] (tokens per row, >= 1) ->
   // logits [B, num_classes] from the head on the pooled features (pool() of hidden()).
   torch::Tensor classifySequences(const torch::Tensor& ids, const torch::Tensor& lengths);
@@ -216,10 +219,16 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor causalMask(std::int64_t T);
   // Embeddings of ids [B, T] at positions [pos, pos + T), after the soft prompt (at positions
   // [0, promptLength())) when `with_prompt`: the input of the blocks.
-  torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt);
+  // `positions` [B, T] (the prompt's included), when defined, replaces [pos, pos + T).
+  torch::Tensor embed(const torch::Tensor& ids, std::int64_t pos, bool with_prompt, const torch::Tensor& positions = {});
+  // The additive mask [B, prompt + T, prompt + T] of rows of packed documents, from the documents'
+  // own positions [B, T], after a soft prompt of `prompt` positions: Note [packed documents].
+  torch::Tensor documentMask(const torch::Tensor& positions, std::int64_t prompt) const;
   // x [B, T, dim] at positions [pos, pos + T) through every block: the one path all callers take.
   // `cache` (one slot per layer, or null) holds the keys and values of earlier positions.
-  torch::Tensor blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask, std::vector<KVSlot>* cache);
+  // `positions` [B, T], when defined, gives each row's rotary positions instead of [pos, pos + T).
+  torch::Tensor blocks(torch::Tensor x, std::int64_t pos, const torch::Tensor& mask, std::vector<KVSlot>* cache,
+                       const torch::Tensor& positions = {});
   torch::Tensor classify(const torch::Tensor& h);  // final hidden states -> logits
   torch::Tensor finalNorm(const torch::Tensor& x);
   // f() between gate_->enter(unit) and gate_->leave(unit, input, f's result, reads).
