@@ -65,6 +65,7 @@ struct DatasetEvalOptions {
   int shots = 0;
   std::int64_t max_examples = 0, micro_batch = 16;
   int seq_len = 0;  // language modelling: window length (0 = the model's context)
+  std::string packing = "auto", per_document;  // per_document: JSONL path, one line per document
   std::uint64_t seed = 1234;
 };
 
@@ -116,26 +117,76 @@ void evalClassifier(Transformer& model, const TokenDataset& data, const DatasetE
               correct / n, loss / n, static_cast<long long>(n), data.labelNames().size());
 }
 
-// A language-modelling split scored window by window (seq_len + 1 tokens from i * seq_len, as
-// training reads them): mean next-token cross-entropy over the targets that count (all tokens, or
-// the completions of prompt/completion data).
+// Per-document losses: each target's loss added to the document it belongs to, in file order.
+class DocumentLosses {
+ public:
+  explicit DocumentLosses(const TokenDataset& data) : loss_(static_cast<std::size_t>(data.numDocuments()), 0.0),
+                                                      targets_(loss_.size(), 0) {}
+  // Sample `index`'s per-target losses [seq_len] (0 where a target does not count) and its targets.
+  void add(const TokenDataset& data, std::int64_t index, const float* losses, const std::int64_t* targets) {
+    const auto [first, last] = data.documentsOf(index);
+    std::int64_t j = 0;
+    for (auto d = first; d < last && j < data.seqLen(); ++d)
+      for (std::int64_t p = 0; p < data.documentLength(d) && j < data.seqLen(); ++p, ++j)
+        if (targets[j] != TokenDataset::kIgnoreTarget) {
+          loss_[static_cast<std::size_t>(d)] += losses[j];
+          ++targets_[static_cast<std::size_t>(d)];
+        }
+  }
+  // One JSON line per document: {"document", "tokens" (targets that count), "loss" (their mean, null without any)}.
+  void write(const std::string& path, const TokenDataset& data) const {
+    std::string text;
+    for (std::size_t d = 0; d < loss_.size(); ++d) {
+      Json line = Json::object();
+      line.set("document", static_cast<std::int64_t>(d));
+      line.set("tokens", targets_[d]);
+      if (targets_[d] > 0) line.set("loss", loss_[d] / static_cast<double>(targets_[d]));
+      else line.set("loss", Json());
+      if (data.documentLength(static_cast<std::int64_t>(d)) > data.seqLen() + 1) line.set("cut", true);
+      text += line.dump() + "\n";
+    }
+    writeFileAtomically(path, text);
+  }
+
+ private:
+  std::vector<double> loss_;
+  std::vector<std::int64_t> targets_;
+};
+
+// A language-modelling split scored sample by sample, as training reads them (data.packing):
+// mean next-token cross-entropy over the targets that count (all tokens, or the completions and
+// assistant turns of prompt/completion data and conversations). With --per-document, the loss of
+// each document of the split as well, documents isolated as in packing.
 void evalLanguageModel(Transformer& model, const TokenDataset& data, const std::string& path, const DatasetEvalOptions& o) {
   const int seq_len = data.seqLen();
   std::int64_t n = data.numSamples();
   if (n == 0) throw InputError(path + ": the '" + o.split + "' split holds fewer than " + std::to_string(seq_len + 1) + " tokens");
   if (o.max_examples > 0) n = std::min(n, o.max_examples);
+  std::unique_ptr<DocumentLosses> documents;
+  if (!o.per_document.empty()) documents = std::make_unique<DocumentLosses>(data);
   double loss = 0, counted = 0;
   for (std::int64_t at = 0; at < n; at += o.micro_batch) {
     const std::int64_t count = std::min(o.micro_batch, n - at);
     std::vector<std::int64_t> part(static_cast<std::size_t>(count));
     std::iota(part.begin(), part.end(), at);
     const auto batch = windowBatch(data, part, model->device());
-    const auto window_loss = tokenLoss(model->forward(batch.inputs), batch);
+    const auto logits = windowLogits(model, batch);
+    const auto window_loss = tokenLoss(logits, batch);
     loss += window_loss.sum.item<double>();
     counted += static_cast<double>(window_loss.counted);
+    if (!documents) continue;
+    const auto each = torch::nn::functional::cross_entropy(
+                          logits.reshape({-1, logits.size(-1)}), batch.targets.to(logits.device()).reshape({-1}),
+                          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone).ignore_index(TokenDataset::kIgnoreTarget))
+                          .to(torch::kCPU, torch::kFloat32).contiguous();
+    const auto targets = batch.targets.cpu().contiguous();
+    for (std::int64_t i = 0; i < count; ++i)
+      documents->add(data, part[static_cast<std::size_t>(i)], each.data_ptr<float>() + i * seq_len,
+                     targets.data_ptr<std::int64_t>() + i * seq_len);
   }
-  std::printf("{\"loss\": %.9g, \"tokens\": %.0f, \"windows\": %lld, \"seq_len\": %d, \"mode\": \"lm\"}\n", loss / counted,
-              counted, static_cast<long long>(n), seq_len);
+  if (documents) documents->write(o.per_document, data);
+  std::printf("{\"loss\": %.9g, \"tokens\": %.0f, \"windows\": %lld, \"seq_len\": %d, \"packing\": \"%s\", \"mode\": \"lm\"}\n",
+              loss / counted, counted, static_cast<long long>(n), seq_len, packingName(data.packing()));
 }
 
 // Prompt-based transfer without training: each label's verbalisation (TEMPLATE with {label}
@@ -228,6 +279,12 @@ int runEval(const Args& args) {
       ("split", po::value(&dataset.split)->default_value("val"), "dataset split to score")
       ("seq-len", po::value(&dataset.seq_len)->default_value(0),
        "unlabelled data: window length, as train.seq_len (0 = the model's context)")
+      ("packing", po::value(&dataset.packing)->default_value("auto"),
+       "unlabelled data: how samples are cut, as data.packing: auto (documents for conversations and prompt/completion "
+       "data, else windows) | windows | documents | padded")
+      ("per-document", po::value(&dataset.per_document),
+       "unlabelled data: also write one JSON line per document of the split (document, tokens, loss) to this file, "
+       "documents isolated as in packing")
       ("zero-shot", po::value(&dataset.zero_shot), "score each label's verbalisation, e.g. ' Intent: {label}.' (needs --tokenizer)")
       ("shots", po::value(&dataset.shots)->default_value(0), "with --zero-shot: solved training examples put before each question")
       ("predictions", po::value(&dataset.predictions),
@@ -240,7 +297,7 @@ int runEval(const Args& args) {
   po::variables_map vm;
   if (!parseCommandLine(args, "usage: graft eval --model M (--tokenizer T --text TEXT | --ids \"1 403 407\") [--logits F.csv]\n"
                               "       graft eval --model M --data LABELLED.h5 [--zero-shot ' Intent: {label}.' --tokenizer T [--shots K]]\n"
-                              "       graft eval --model M --data DATA.h5 [--split val] [--seq-len 128]\n"
+                              "       graft eval --model M --data DATA.h5 [--split val] [--seq-len 128] [--per-document OUT.jsonl]\n"
                               "Prints {\"loss\": mean next-token cross-entropy (nats), \"tokens\": predicted tokens}, or for\n"
                               "a labelled dataset {\"accuracy\": ...}.",
                         options, vm))
@@ -254,12 +311,20 @@ int runEval(const Args& args) {
     model->eval();
     // The window length matters for language modelling only; documents are cut to the context.
     const int seq_len = dataset.seq_len > 0 ? dataset.seq_len : static_cast<int>(model->config().seq_len - model->promptLength());
-    const TokenDataset data(data_path, dataset.split, seq_len);
+    auto packing = parsePacking(dataset.packing, "--packing");
+    if (!dataset.per_document.empty()) {
+      if (packing == Packing::Windows) throw InputError("--per-document needs documents apart: --packing documents or padded, not windows");
+      if (packing == Packing::Auto) packing = Packing::Documents;
+      if (!isDirectory(parentDirectory(dataset.per_document)))
+        throw InputError("--per-document " + dataset.per_document + ": its folder does not exist");
+    }
+    const TokenDataset data(data_path, dataset.split, seq_len, DataResidency::Auto, packing);
     if (!dataset.predictions.empty() && !isDirectory(parentDirectory(dataset.predictions)))
       throw InputError("--predictions " + dataset.predictions + ": its folder does not exist");
     if (!data.hasLabels()) {
       if (!dataset.zero_shot.empty()) throw InputError(data_path + ": --zero-shot needs labels (prepare it with --label-field)");
       if (!dataset.predictions.empty()) throw InputError(data_path + ": --predictions needs labels (prepare it with --label-field)");
+      if (!dataset.per_document.empty() && data.numSamples() == 0) throw InputError(data_path + ": the '" + dataset.split + "' split has no documents");
       evalLanguageModel(model, data, data_path, dataset);
       return 0;
     }

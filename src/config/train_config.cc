@@ -52,6 +52,10 @@ class OptionTable {
     add("task.pooling", c.pooling, "classification features: last (the last token's hidden state) | mean");
     add("data.path", c.data_path, "token dataset from `graft prepare` (HDF5)");
     add("data.load", c.data_load, "auto (in memory up to 2 GiB of tokens per split, else streamed from the file) | memory | stream");
+    add("data.packing", c.data_packing,
+        "auto (documents for conversations and prompt/completion data, else windows) | windows (seq_len-token windows "
+        "across documents) | documents (whole documents packed per sequence, attending only to themselves) | padded "
+        "(one document per sequence)");
     add("train.steps", c.steps, "optimizer steps in the whole run");
     add("train.batch_size", c.batch_size, "global batch (sequences per optimizer step, all ranks)");
     add("train.micro_batch", c.micro_batch, "sequences per rank per forward/backward");
@@ -239,6 +243,8 @@ void TrainConfig::validate(int world) const {
   need(!run_dir.empty(), "run.dir", "is required");
   need(!data_path.empty(), "data.path", "is required");
   need(data_load == "auto" || data_load == "memory" || data_load == "stream", "data.load", "must be auto, memory or stream");
+  need(data_packing == "auto" || data_packing == "windows" || data_packing == "documents" || data_packing == "padded",
+       "data.packing", "must be auto, windows, documents or padded");
   need(steps > 0, "train.steps", "must be positive");
   need(micro_batch > 0, "train.micro_batch", "must be positive");
   need(batch_size > 0 && batch_size % (micro_batch * world) == 0, "train.batch_size",

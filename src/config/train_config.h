@@ -29,6 +29,7 @@ struct TrainConfig {
   // [data]
   std::string data_path;
   std::string data_load = "auto";  // auto | memory | stream (data/dataset.h DataResidency)
+  std::string data_packing = "auto";  // auto | windows | documents | padded (data/dataset.h Packing)
   // [train]
   std::int64_t steps = 100;
   std::int64_t batch_size = 8;  // global batch, in sequences, per optimizer step

@@ -212,10 +212,43 @@ DataResidency parseResidency(const std::string& value, const std::string& key) {
   throw InputError(key + " = " + value + ": expected auto, memory or stream");
 }
 
+Packing parsePacking(const std::string& value, const std::string& key) {
+  if (value == "auto") return Packing::Auto;
+  if (value == "windows") return Packing::Windows;
+  if (value == "documents") return Packing::Documents;
+  if (value == "padded") return Packing::Padded;
+  throw InputError(key + " = " + value + ": expected auto, windows, documents or padded");
+}
+
+const char* packingName(Packing packing) {
+  switch (packing) {
+    case Packing::Auto: return "auto";
+    case Packing::Windows: return "windows";
+    case Packing::Documents: return "documents";
+    case Packing::Padded: return "padded";
+  }
+  return "?";
+}
+
+std::string describePacking(const TokenDataset& data, const std::string& setting) {
+  std::string line = std::string("data: packing ") + packingName(data.packing());
+  if (setting == "auto")
+    line += data.hasLossMask() ? " (data.packing = auto: the data has a loss mask, so documents stay apart)"
+                               : " (data.packing = auto: plain text)";
+  if (data.packing() == Packing::Windows) return line + ", windows of " + std::to_string(data.seqLen()) + " tokens across documents";
+  const double slots = static_cast<double>(data.numSamples()) * (data.seqLen() + 1);
+  char fill[32];
+  std::snprintf(fill, sizeof fill, "%.1f%%", slots > 0 ? 100.0 * static_cast<double>(data.packedTokens()) / slots : 0.0);
+  return line + ": " + std::to_string(data.numDocuments()) + " training documents in " + std::to_string(data.numSamples()) +
+         " sequences of " + std::to_string(data.seqLen() + 1) + " token slots, " + fill + " of them tokens; " +
+         std::to_string(data.cutDocuments()) + " document(s) longer than that cut";
+}
+
 TokenDataset::TokenDataset(TokenDataset&&) noexcept = default;
 TokenDataset::~TokenDataset() = default;
 
-TokenDataset::TokenDataset(const std::string& path, const std::string& split, int seq_len, DataResidency residency)
+TokenDataset::TokenDataset(const std::string& path, const std::string& split, int seq_len, DataResidency residency,
+                           Packing packing)
     : path_(path), seq_len_(seq_len) {
   auto file = std::make_unique<H5File>(H5File::openRead(path));
   if (!file->hasAttr("/", "format") || file->stringAttr("/", "format") != "graft-tokens")
@@ -274,6 +307,32 @@ TokenDataset::TokenDataset(const std::string& path, const std::string& split, in
         throw InputError(path + ":" + labels + ": label " + std::to_string(v) + " is not in label_names");
   }
   if (stream) file_ = std::move(file);
+  packing_ = packing == Packing::Auto ? (has_mask_ ? Packing::Documents : Packing::Windows) : packing;
+  if (hasLabels()) packing_ = Packing::Windows;  // classification reads whole documents
+  if (packing_ != Packing::Windows) {
+    if (offsets_.empty()) throw InputError(path + ": has no document offsets in '" + split + "' to pack");
+    pack();
+  }
+}
+
+void TokenDataset::pack() {
+  // Next-fit in file order: a document joins the current sequence when it fits in what is left of
+  // its seq_len + 1 slots, else starts the next one; a longer document fills one alone, cut.
+  const std::int64_t slots = static_cast<std::int64_t>(seq_len_) + 1;
+  std::int64_t used = slots;  // no open sequence yet
+  for (std::int64_t d = 0; d < numDocuments(); ++d) {
+    const auto length = documentLength(d);
+    if (length == 0) continue;
+    if (length > slots) ++cut_documents_;
+    const auto taken = std::min(length, slots);
+    if (packing_ == Packing::Padded || used + taken > slots) {
+      sequences_.push_back(d);
+      used = 0;
+    }
+    used += taken;
+    packed_tokens_ += taken;
+  }
+  sequences_.push_back(numDocuments());
 }
 
 void TokenDataset::readTokens(std::int64_t begin, std::int64_t n, std::int32_t* out) const {
@@ -295,14 +354,39 @@ void TokenDataset::readMask(std::int64_t begin, std::int64_t n, std::uint8_t* ou
 }
 
 std::int64_t TokenDataset::numSamples() const {
+  if (packing_ != Packing::Windows) return static_cast<std::int64_t>(sequences_.size()) - 1;
   const auto n = num_tokens_;
   return n <= seq_len_ ? 0 : (n - 1) / seq_len_;
 }
 
+std::pair<std::int64_t, std::int64_t> TokenDataset::documentsOf(std::int64_t index) const {
+  return {sequences_[static_cast<std::size_t>(index)], sequences_[static_cast<std::size_t>(index) + 1]};
+}
+
+std::pair<std::int64_t, std::int64_t> TokenDataset::tokenRange(std::int64_t index) const {
+  if (packing_ == Packing::Windows) return {index * seq_len_, index * seq_len_ + seq_len_ + 1};
+  // A sequence's documents are consecutive, so its tokens are one range of the split.
+  const auto [first, last] = documentsOf(index);
+  const auto begin = offsets_[static_cast<std::size_t>(first)];
+  return {begin, std::min(offsets_[static_cast<std::size_t>(last)], begin + seq_len_ + 1)};
+}
+
 void TokenDataset::sample(std::int64_t index, std::int64_t* out) const {
-  std::vector<std::int32_t> window(static_cast<std::size_t>(seq_len_) + 1);
-  readTokens(index * seq_len_, seq_len_ + 1, window.data());
+  const auto [begin, end] = tokenRange(index);
+  std::vector<std::int32_t> window(static_cast<std::size_t>(seq_len_) + 1, 0);  // padding: token 0, never a target
+  readTokens(begin, end - begin, window.data());
   std::copy(window.begin(), window.end(), out);
+}
+
+void TokenDataset::positions(std::int64_t index, std::int64_t* out) const {
+  TORCH_CHECK(packing_ != Packing::Windows, "positions: windows have none of their own");
+  const auto [begin, end] = tokenRange(index);
+  const auto [first, last] = documentsOf(index);
+  std::int64_t i = 0;
+  for (auto d = first; d < last && i < seq_len_; ++d)
+    for (std::int64_t p = 0; p < documentLength(d) && offsets_[static_cast<std::size_t>(d)] + p < end && i < seq_len_; ++p)
+      out[i++] = p;
+  for (std::int64_t p = 0; i < seq_len_; ++p) out[i++] = p;  // the padding
 }
 
 std::int64_t TokenDataset::document(std::int64_t index, std::int64_t max_tokens, std::vector<std::int64_t>& out) const {
@@ -315,12 +399,41 @@ std::int64_t TokenDataset::document(std::int64_t index, std::int64_t max_tokens,
 }
 
 void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
-  const std::int64_t start = index * seq_len_ + 1;
-  std::vector<std::int32_t> tokens(static_cast<std::size_t>(seq_len_));
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(seq_len_), 1);
-  readTokens(start, seq_len_, tokens.data());
-  if (has_mask_) readMask(start, seq_len_, mask.data());
-  for (std::size_t i = 0; i < tokens.size(); ++i) out[i] = mask[i] ? tokens[i] : kIgnoreTarget;
+  // Token j + 1 of the sequence is input j's target when it is a token of the split (not padding),
+  // the loss mask takes it, and (packed) it continues input j's document, not the next one's start.
+  const auto [begin, end] = tokenRange(index);
+  const auto n = end - begin;
+  std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
+  std::vector<std::uint8_t> learn(static_cast<std::size_t>(n), 1);
+  readTokens(begin, n, tokens.data());
+  if (has_mask_) readMask(begin, n, learn.data());
+  if (packing_ != Packing::Windows) {
+    const auto [first, last] = documentsOf(index);
+    for (auto d = first; d < last; ++d)  // a document's first token is no one's target
+      if (offsets_[static_cast<std::size_t>(d)] < end) learn[static_cast<std::size_t>(offsets_[static_cast<std::size_t>(d)] - begin)] = 0;
+  }
+  for (std::int64_t j = 0; j < seq_len_; ++j)
+    out[j] = j + 1 < n && learn[static_cast<std::size_t>(j) + 1] ? tokens[static_cast<std::size_t>(j) + 1] : kIgnoreTarget;
+}
+
+std::int64_t TokenDataset::countTargets(std::int64_t index) const {
+  if (!has_mask_ && packing_ == Packing::Windows) return seq_len_;
+  const auto [begin, end] = tokenRange(index);
+  std::int64_t n = end - begin - 1;  // every token but the first is a target ...
+  if (packing_ != Packing::Windows) {  // ... but documents' first tokens
+    const auto [first, last] = documentsOf(index);
+    n -= last - first - 1;
+  }
+  if (!has_mask_) return n;
+  std::vector<std::uint8_t> learn(static_cast<std::size_t>(end - begin));
+  readMask(begin, end - begin, learn.data());
+  std::int64_t counted = 0;
+  for (std::size_t j = 1; j < learn.size(); ++j) counted += learn[j];
+  if (packing_ != Packing::Windows) {
+    const auto [first, last] = documentsOf(index);
+    for (auto d = first + 1; d < last; ++d) counted -= learn[static_cast<std::size_t>(offsets_[static_cast<std::size_t>(d)] - begin)];
+  }
+  return counted;
 }
 
 std::string datasetFingerprint(const std::string& path) {

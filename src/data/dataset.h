@@ -5,8 +5,14 @@
 //   /<split>/doc_offsets  int64 [d+1] where each document starts in tokens
 //   /<split>/loss_mask    uint8 [n]   (prompt/completion data) 1 where the token is a target to learn
 //   /<split>/labels       int32 [d]   (classification data) the label id of each document
-// with <split> = train | val. A language-modelling sample is a window of seq_len + 1 tokens
-// starting at i * seq_len (inputs are its first seq_len tokens, targets its last seq_len).
+// with <split> = train | val. A language-modelling sample is seq_len + 1 tokens (inputs are its
+// first seq_len, targets its last seq_len), laid out by the packing (data.packing):
+//   windows    the window starting at token i * seq_len, across documents (pretraining text)
+//   documents  whole documents, greedily packed in file order into sequences of seq_len + 1 tokens
+//              (a longer document is cut to that), each attending only to itself, positions
+//              restarting at 0 with each, padding never a target (Note [packed documents])
+//   padded     one document per sequence, padded: documents without packing, for comparison
+// Packing depends on the documents alone, never on the number of ranks.
 #pragma once
 
 #include <cstdint>
@@ -64,11 +70,23 @@ constexpr std::int64_t kAutoMemoryBytes = std::int64_t{2} << 30;
 // "auto" | "memory" | "stream"; anything else is an InputError naming `key`.
 DataResidency parseResidency(const std::string& value, const std::string& key);
 
+// data.packing. Auto: documents for data with a loss mask (conversations, prompt/completion),
+// windows for plain text. Classification data reads whole documents whatever it says.
+enum class Packing { Auto, Windows, Documents, Padded };
+// "auto" | "windows" | "documents" | "padded"; anything else is an InputError naming `key`.
+Packing parsePacking(const std::string& value, const std::string& key);
+const char* packingName(Packing packing);
+
+class TokenDataset;
+// One line for the log: the packing in force, why (`setting`, data.packing's value), and under
+// documents or padded how many sequences, how many documents were cut and how full they are.
+std::string describePacking(const TokenDataset& data, const std::string& setting);
+
 class TokenDataset {
  public:
   // Throws InputError naming the file when it is not a graft token dataset or lacks `split`.
   TokenDataset(const std::string& path, const std::string& split, int seq_len,
-               DataResidency residency = DataResidency::Auto);
+               DataResidency residency = DataResidency::Auto, Packing packing = Packing::Auto);
   TokenDataset(TokenDataset&&) noexcept;
   ~TokenDataset();
   bool streamed() const { return file_ != nullptr; }
@@ -83,6 +101,23 @@ class TokenDataset {
   // loss mask says the token is not learned.
   void targets(std::int64_t index, std::int64_t* out) const;
   int seqLen() const { return seq_len_; }
+  // The packing in force (never Auto), and, under documents or padded, how many documents were
+  // longer than a sequence and cut, and how many of a sequence's slots hold tokens, in all.
+  Packing packing() const { return packing_; }
+  std::int64_t cutDocuments() const { return cut_documents_; }
+  std::int64_t packedTokens() const { return packed_tokens_; }
+  // Documents and padded: the position of each of sample `index`'s seq_len inputs in its document
+  // (0 where one starts; the padding after the last document counts as one of its own).
+  void positions(std::int64_t index, std::int64_t* out) const;
+  // How many of sample `index`'s seq_len inputs are tokens of the split (not padding).
+  std::int64_t inputTokens(std::int64_t index) const {
+    const auto [begin, end] = tokenRange(index);
+    return std::min<std::int64_t>(end - begin, seq_len_);
+  }
+  // How many of sample `index`'s targets count (not kIgnoreTarget), reading only what that needs.
+  std::int64_t countTargets(std::int64_t index) const;
+  // Documents and padded: the documents [first, last) that sample `index` holds.
+  std::pair<std::int64_t, std::int64_t> documentsOf(std::int64_t index) const;
 
   // Classification data (labels present): one sample per document.
   bool hasLabels() const { return !labels_.empty(); }
@@ -101,6 +136,9 @@ class TokenDataset {
   // Tokens [begin, begin + n) (checked against the vocabulary when streamed), and their mask bytes.
   void readTokens(std::int64_t begin, std::int64_t n, std::int32_t* out) const;
   void readMask(std::int64_t begin, std::int64_t n, std::uint8_t* out) const;
+  // The tokens [begin, end) sample `index` holds (end - begin <= seq_len + 1).
+  std::pair<std::int64_t, std::int64_t> tokenRange(std::int64_t index) const;
+  void pack();  // fills sequences_ for documents and padded
 
   std::string path_, tokens_object_, mask_object_;
   std::unique_ptr<H5File> file_;  // open while streamed
@@ -113,6 +151,9 @@ class TokenDataset {
   std::vector<std::string> label_names_;
   int seq_len_;
   int vocab_size_;
+  Packing packing_ = Packing::Windows;
+  std::vector<std::int64_t> sequences_;  // documents and padded: sequence i holds documents [s[i], s[i + 1])
+  std::int64_t cut_documents_ = 0, packed_tokens_ = 0;
 };
 
 }  // namespace graft

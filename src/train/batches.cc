@@ -54,16 +54,25 @@ WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t
   auto window = hostTokens({n, t + 1}, device);
   for (std::int64_t i = 0; i < n; ++i) data.sample(indices[static_cast<std::size_t>(i)], window.data_ptr<std::int64_t>() + i * (t + 1));
   const auto on_device = toDevice(window, device);
-  WindowBatch b{on_device.narrow(1, 0, t), on_device.narrow(1, 1, t), n * t};
-  if (data.hasLossMask()) {
+  WindowBatch b{on_device.narrow(1, 0, t), on_device.narrow(1, 1, t), {}, n * t};
+  if (countsTargets(data)) {
     auto targets = hostTokens({n, t}, device);
     for (std::int64_t i = 0; i < n; ++i) data.targets(indices[static_cast<std::size_t>(i)], targets.data_ptr<std::int64_t>() + i * t);
     const auto* values = targets.data_ptr<std::int64_t>();
     b.counted = std::count_if(values, values + n * t, [](std::int64_t v) { return v != TokenDataset::kIgnoreTarget; });
     b.targets = toDevice(targets, device);
   }
+  if (data.packing() != Packing::Windows) {
+    auto positions = hostTokens({n, t}, device);
+    for (std::int64_t i = 0; i < n; ++i) data.positions(indices[static_cast<std::size_t>(i)], positions.data_ptr<std::int64_t>() + i * t);
+    b.positions = toDevice(positions, device);
+  }
   return b;
 }
+
+bool countsTargets(const TokenDataset& data) { return data.hasLossMask() || data.packing() != Packing::Windows; }
+
+torch::Tensor windowLogits(Transformer& model, const WindowBatch& batch) { return model->forward(batch.inputs, batch.positions); }
 
 TokenLoss tokenLoss(const torch::Tensor& logits, const WindowBatch& batch) {
   TokenLoss out;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "model/transformer.h"
 
 namespace graft {
 
@@ -31,13 +32,22 @@ DocumentBatch documentBatch(const TokenDataset& data, const std::vector<std::int
 torch::Tensor labelsOf(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device);
 
 // inputs [B, seq_len]; targets [B, seq_len]: the next tokens, with TokenDataset::kIgnoreTarget where
-// a loss mask says the token is not learned (prompt/completion data); counted: how many targets
-// are not kIgnoreTarget.
+// a loss mask says the token is not learned (prompt/completion data, conversations), across the
+// end of a packed document and on padding; positions [B, seq_len] under documents or padded
+// packing (Transformer::forward's), undefined for windows; counted: how many targets are not
+// kIgnoreTarget.
 struct WindowBatch {
-  torch::Tensor inputs, targets;
+  torch::Tensor inputs, targets, positions;
   std::int64_t counted = 0;
 };
 WindowBatch windowBatch(const TokenDataset& data, const std::vector<std::int64_t>& indices, const torch::Device& device);
+
+// Whether the data's samples differ in how many targets count (a loss mask, or packed documents),
+// so that losses are taken per target (windowBatch counts them; Note [a token's weight in the loss]).
+bool countsTargets(const TokenDataset& data);
+
+// The model's logits for the batch: Transformer::forward with the batch's positions.
+torch::Tensor windowLogits(Transformer& model, const WindowBatch& batch);
 
 // The batch's logits [B, seq_len, V] against its targets: the summed cross-entropy over the
 // targets that count (a scalar tensor on the logits' device, differentiable) and how many count.

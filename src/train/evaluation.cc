@@ -71,7 +71,7 @@ Validation validate(Transformer& model, const TokenDataset& val, const at::Tenso
   double totals[2] = {0, 0};  // loss sum, targets counted (token-weighted)
   inMicroBatches(n, comm, c.micro_batch, same_passes, [&](const std::vector<std::int64_t>& part, bool counted) {
     const auto batch = windowBatch(val, part, model->device());
-    const auto loss = tokenLoss(model->forward(batch.inputs), batch);
+    const auto loss = tokenLoss(windowLogits(model, batch), batch);
     if (!counted) return;
     totals[0] += loss.sum.item<double>();
     totals[1] += static_cast<double>(loss.counted);

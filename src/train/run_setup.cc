@@ -107,8 +107,9 @@ Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
 
 std::unique_ptr<Loaded> loadRun(const TrainConfig& c, Logger& log) {
   const auto residency = parseResidency(c.data_load, "data.load");
-  TokenDataset train(c.data_path, "train", c.seq_len, residency);
-  TokenDataset val(c.data_path, "val", c.seq_len, residency);
+  const auto packing = parsePacking(c.data_packing, "data.packing");
+  TokenDataset train(c.data_path, "train", c.seq_len, residency, packing);
+  TokenDataset val(c.data_path, "val", c.seq_len, residency, packing);
   const bool classify = classifies(c, train);
   auto [model, rows] = buildModel(c, train, log);
   return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model, rows});

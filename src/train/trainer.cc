@@ -143,6 +143,21 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
     // after every micro-step.
     torch::Tensor loss_sum;
     double tokens = 0;
+    // Note [a token's weight in the loss]: where targets are masked or packed, micro-batches hold
+    // different numbers of targets; each token's loss is divided by the targets of the whole global
+    // batch (counted here, one all-reduce), so its weight does not depend on the micro-batch or
+    // rank it lands in, and the step is the same at any world size and accumulation. (Dividing
+    // each micro-batch by its own count, then by the accumulation, weighs a token in a short
+    // micro-batch more.) The gradient average over ranks divides by world once more: x world.
+    const bool per_target = !classify && countsTargets(*train_data);
+    double global_targets = 0;
+    if (per_target) {
+      for (std::int64_t m = 0; m < accumulation; ++m)
+        for (const auto i : sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
+                                               static_cast<int>(config.micro_batch)))
+          global_targets += static_cast<double>(train_data->countTargets(i));
+      comm.allReduce(&global_targets, 1, ReduceOp::Sum, "train/targets");
+    }
     for (std::int64_t m = 0; m < accumulation; ++m) {
       dp->beginMicroStep(/*sync=*/m + 1 == accumulation);
       const auto indices = sampler.microBatch(step_number - 1, static_cast<int>(m), comm.rank(), comm.size(),
@@ -156,18 +171,17 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         const auto logits = classLogits(model, *train_data, features.train, indices, config.seq_len, labels);
         loss = torch::nn::functional::cross_entropy(logits, labels);
       } else {
-        tokens += static_cast<double>(indices.size()) * config.seq_len;
+        for (const auto i : indices) tokens += static_cast<double>(train_data->inputTokens(i));
         const auto batch = windowBatch(*train_data, indices, model->device());
         lap(out.phases.data);
-        if (train_data->hasLossMask()) {
-          // Mean over the targets that count; a micro-batch of prompt tokens only contributes 0.
-          const auto masked = tokenLoss(model->forward(batch.inputs), batch);
-          loss = masked.sum / static_cast<double>(std::max<std::int64_t>(1, masked.counted));
+        if (per_target) {  // Note [a token's weight in the loss]
+          const auto masked = tokenLoss(windowLogits(model, batch), batch);
+          loss = masked.sum * (static_cast<double>(comm.size()) / std::max(1.0, global_targets));
         } else {
-          loss = model->loss(batch.inputs, batch.targets);
+          loss = model->loss(batch.inputs, batch.targets) / static_cast<double>(accumulation);
         }
       }
-      loss = loss / static_cast<double>(accumulation);
+      if (classify) loss = loss / static_cast<double>(accumulation);
       if (injectNan(step_number)) loss = loss * std::numeric_limits<float>::quiet_NaN();
       lap(out.phases.forward);
       loss.backward();
@@ -330,6 +344,7 @@ TrainResult Trainer::run() {
   if (s.train_data->streamed())
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data->numTokens()) +
                " training tokens; data.load = " + c.data_load + ")");
+  if (!s.classify) s.log.main(describePacking(*s.train_data, c.data_packing));
   s.log.main(s.dp->describe());
   result.base_val_loss = s.validate().loss;
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));

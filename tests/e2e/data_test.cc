@@ -89,17 +89,31 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   // graft eval's loss on the split equals an independent reference (tests/e2e/hf_reference.py on
   // the model exported to HF layout) that reads the mask as docs/data-format.md defines it.
   ASSERT_EQ(run(graft() + " export --model " + data("llama2c/stories260K.bin") + " --format hf --out " + dir + "/hf").code, 0);
-  const auto ref = run(hfReference() + " masked " + dir + "/hf " + dir +
-                       "/sft.h5 val 32");
-  const auto ours = run(graft() + " eval --model " + data("llama2c/stories260K.bin") + " --data " + dir +
-                        "/sft.h5 --split val --seq-len 32");
-  ASSERT_EQ(ours.code, 0) << ours.output;
-  double ref_loss = 0, our_loss = 0;
-  long long ref_counted = 0, our_counted = 0;
-  ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lld", &ref_loss, &ref_counted), 2) << ref.output;
-  ASSERT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf, \"tokens\": %lld", &our_loss, &our_counted), 2) << ours.output;
-  EXPECT_EQ(our_counted, ref_counted);
-  EXPECT_NEAR(our_loss, ref_loss, 1e-5 * ref_loss);
+  // Under --packing windows the windows run across documents; by default (documents) each
+  // document is scored alone, and --per-document gives each one's loss.
+  for (const std::string packing : {"windows", "auto"}) {
+    const bool windows = packing == "windows";
+    const auto ref = run(hfReference() + (windows ? " masked " : " documents ") + dir + "/hf " + dir + "/sft.h5 val 32 " +
+                         dir + "/ref_docs.jsonl");
+    const auto ours = run(graft() + " eval --model " + data("llama2c/stories260K.bin") + " --data " + dir +
+                          "/sft.h5 --split val --seq-len 32 --packing " + packing +
+                          (windows ? "" : " --per-document " + dir + "/docs.jsonl"));
+    ASSERT_EQ(ours.code, 0) << ours.output;
+    double ref_loss = 0, our_loss = 0;
+    long long ref_counted = 0, our_counted = 0;
+    ASSERT_EQ(sscanf(ref.output.c_str(), "%lf %lld", &ref_loss, &ref_counted), 2) << ref.output;
+    ASSERT_EQ(sscanf(resultOf(ours.output), "{\"loss\": %lf, \"tokens\": %lld", &our_loss, &our_counted), 2) << ours.output;
+    EXPECT_EQ(our_counted, ref_counted) << packing;
+    EXPECT_NEAR(our_loss, ref_loss, 1e-5 * ref_loss) << packing;
+    if (windows) continue;
+    EXPECT_NE(ours.output.find("\"packing\": \"documents\""), std::string::npos) << ours.output;
+    EXPECT_EQ(python("import json\n"
+                     "a = [json.loads(l) for l in open('" + dir + "/docs.jsonl')]\n"
+                     "b = [json.loads(l) for l in open('" + dir + "/ref_docs.jsonl')]\n"
+                     "print(len(a) == len(b) > 5, all(x['document'] == y['document'] and x['tokens'] == y['tokens'] > 0 and "
+                     "abs(x['loss'] - y['loss']) <= 1e-5 * y['loss'] for x, y in zip(a, b)))\n"),
+              "True True\n");
+  }
 
   // Training on it: losses are finite and decrease (the completions are learnable).
   std::ofstream(dir + "/t.ini") << tinyConfig(dir + "/run", dir + "/sft.h5") << "[train]\n";

@@ -12,7 +12,10 @@ usage: hf_reference.py logits FOLDER "ids" GRAFT_LOGITS.csv   -> prints <loss> <
             sequence classifier folder on a labelled graft dataset
        hf_reference.py masked FOLDER DATA.h5 SPLIT SEQ_LEN    -> <mean loss> <targets>: next-token loss over
             the split's windows (tokens i*T .. i*T+T), counting only targets whose loss_mask is 1
-            (docs/data-format.md), token-weighted"""
+            (docs/data-format.md), token-weighted
+       hf_reference.py documents FOLDER DATA.h5 SPLIT SEQ_LEN [OUT.jsonl] -> <mean loss> <targets>: the same
+            over each document run alone, cut to SEQ_LEN + 1 tokens (data.packing = documents); OUT gets
+            one line per document, {"document", "tokens", "loss"}"""
 import json
 import os
 import struct
@@ -283,6 +286,31 @@ def main():
                 ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(window[1:]), reduction="none")
                 total += ce[keep].sum().item()
                 counted += int(keep.sum())
+        print(f"{total / counted:.9f} {counted}")
+    elif mode == "documents":
+        import h5py
+        f = h5py.File(sys.argv[3], "r")
+        split, T = sys.argv[4], int(sys.argv[5])
+        tokens = f[split + "/tokens"][:].astype(np.int64)
+        offsets = f[split + "/doc_offsets"][:]
+        mask = f[split + "/loss_mask"][:] if split + "/loss_mask" in f else np.ones(len(tokens), np.uint8)
+        forward = gpt2 if cfg["model_type"] == "gpt2" else llama
+        total, counted, lines = 0.0, 0, []
+        with torch.no_grad():
+            for d in range(len(offsets) - 1):
+                begin = offsets[d]
+                end = min(offsets[d + 1], begin + T + 1)
+                doc, keep = tokens[begin:end], torch.from_numpy(mask[begin + 1:end].astype(bool))
+                loss, n = 0.0, int(keep.sum())
+                if len(doc) > 1 and n > 0:
+                    logits = forward(cfg, tensors, doc[:-1].tolist()).double()
+                    ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(doc[1:]), reduction="none")
+                    loss = ce[keep].sum().item()
+                total, counted = total + loss, counted + n
+                lines.append({"document": d, "tokens": n, "loss": loss / n if n else None})
+        if len(sys.argv) > 6:
+            with open(sys.argv[6], "w") as out:
+                out.writelines(json.dumps(line) + "\n" for line in lines)
         print(f"{total / counted:.9f} {counted}")
     elif mode == "shard":  # rewrite as two shards + index, raw bytes untouched
         out = sys.argv[3]
