@@ -7,12 +7,13 @@
 #include "data/dataset.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace graft {
 namespace po = boost::program_options;
 
 int runPrepare(const Args& args) {
-  std::string tokenizer_spec, input, output, delimiter;
+  std::string tokenizer_spec, input, output, delimiter, train_on;
   PrepareOptions opt;
   po::options_description options("graft prepare options");
   options.add_options()
@@ -32,9 +33,16 @@ int runPrepare(const Args& args) {
        "share held out for validation (per label for labelled data)")
       ("max-per-label", po::value(&opt.max_per_label)->default_value(0),
        "few-shot: keep at most this many train examples per label (0 = all)")
-      ("seed", po::value(&opt.seed)->default_value(1234), "seed of the train/validation split");
+      ("seed", po::value(&opt.seed)->default_value(1234), "seed of the train/validation split")
+      ("chat-template", po::value(&opt.chat_template),
+       "conversations (jsonl \"messages\"): chatml | llama3 | mistral | plain (default: the one a Hugging Face "
+       "tokenizer folder's tokenizer_config.json names)")
+      ("train-on", po::value(&train_on)->default_value("assistant"),
+       "conversations: which tokens the loss reads: assistant (every assistant turn and its end-of-turn token) | "
+       "last (the last assistant turn) | all")
+      ("messages-field", po::value(&opt.source.messages_field)->default_value("messages"), "jsonl key of conversations");
   po::variables_map vm;
-  if (!parseCommandLine(args, "usage: graft prepare --tokenizer T --input FILE --out DATA.h5 [--val-fraction F]\n"
+  if (!parseCommandLine(args, "usage: graft prepare --tokenizer T --input FILE --out DATA.h5 [--val-fraction F] [--chat-template NAME]\n"
                               "Tokenizes documents (BOS first) into train and val splits (docs/data-format.md),\n"
                               "streaming the input in constant memory.",
                         options, vm))
@@ -46,7 +54,23 @@ int runPrepare(const Args& args) {
     if (delimiter.size() != 1) throw InputError("--delimiter must be one character (or 'tab')");
     opt.source.delimiter = delimiter[0];
   }
+  opt.train_on = parseTrainOn(train_on, "--train-on");
   const auto tokenizer = loadTokenizer(tokenizer_spec);
+  std::string template_note;
+  if (opt.chat_template.empty()) {  // the tokenizer's own, when its folder says which
+    auto endsWith = [&](const std::string& tail) {
+      return tokenizer_spec.size() >= tail.size() && tokenizer_spec.compare(tokenizer_spec.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    const bool hf = isDirectory(tokenizer_spec) || endsWith("tokenizer.json") || endsWith("tokenizer.model");
+    const std::string config = (isDirectory(tokenizer_spec) ? tokenizer_spec : parentDirectory(tokenizer_spec)) + "/tokenizer_config.json";
+    if (hf && fileExists(config)) {
+      opt.chat_template = ChatTemplate::recognise(readFile(config), config);
+      if (!opt.chat_template.empty()) template_note = " (recognised in " + config + "'s chat_template)";
+    }
+  } else {
+    ChatTemplate{opt.chat_template};  // an unknown name fails here, before any work
+    template_note = " (--chat-template)";
+  }
   const bool tty = isatty(fileno(stderr));
   const auto stats = prepareDataset(input, *tokenizer, output, opt, [&](std::int64_t done, std::int64_t total) {
     if (!tty) return;
@@ -64,7 +88,12 @@ int runPrepare(const Args& args) {
               static_cast<long long>(stats.val_docs), static_cast<long long>(stats.val_tokens), tokenizer->describe().c_str());
   if (!stats.labels.empty()) std::printf(", %zu labels", stats.labels.size());
   if (stats.skipped) std::printf(", %lld examples beyond --max-per-label left out", static_cast<long long>(stats.skipped));
-  if (stats.loss_mask) std::printf(", loss on completions only");
+  if (stats.conversations)
+    std::printf(", %lld conversations with chat template %s%s, loss on %s", static_cast<long long>(stats.conversations),
+                opt.chat_template.c_str(), template_note.c_str(),
+                opt.train_on == TrainOn::All ? "every token" : opt.train_on == TrainOn::Last ? "the last assistant turn" : "assistant turns");
+  else if (stats.loss_mask)
+    std::printf(", loss on completions only");
   std::printf("\n");
   return 0;
 }

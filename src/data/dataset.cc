@@ -81,7 +81,12 @@ class SplitWriter {
 // sees the text a model will see) and the prompt's share is found by encoding it alone; when the
 // prompt's ids are not a prefix of the whole (a merge across the boundary), both parts are encoded
 // separately and concatenated.
-void encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, std::vector<int>& ids, std::vector<std::uint8_t>& mask) {
+void encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, const ChatTemplate* chat, TrainOn train_on,
+                  const std::string& where, std::vector<int>& ids, std::vector<std::uint8_t>& mask) {
+  if (!r.messages.empty()) {
+    chat->encode(tokenizer, r.messages, train_on, where, ids, mask);
+    return;
+  }
   const bool pair = r.text.empty() && (!r.prompt.empty() || !r.completion.empty());
   if (!pair) {
     ids = tokenizer.encode(r.text, /*add_bos=*/true, /*add_eos=*/false);
@@ -125,6 +130,7 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
       bool valid = false;
     } held;
     TextRecord record;
+    std::unique_ptr<ChatTemplate> chat;  // made at the first conversation
     std::vector<int> ids;
     std::vector<std::uint8_t> mask;
     std::int64_t index = 0, last_report = 0;
@@ -140,8 +146,17 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
                          (labelled ? "record without a label" : "record with a label") +
                          ", unlike the records before it");
       }
-      encodeRecord(tokenizer, record, ids, mask);
-      if (!record.prompt.empty() || !record.completion.empty()) {
+      const std::string where = input + ":" + std::to_string(record.line);
+      if (!record.messages.empty() && !chat) {
+        if (options.chat_template.empty())
+          throw InputError(where + ": a conversation (\"messages\") needs a chat template: --chat-template chatml, llama3, "
+                                   "mistral or plain (or a tokenizer folder whose tokenizer_config.json has one)");
+        chat = std::make_unique<ChatTemplate>(options.chat_template);
+        chat->check(tokenizer);
+      }
+      encodeRecord(tokenizer, record, chat.get(), options.train_on, where, ids, mask);
+      if (!record.messages.empty()) ++stats.conversations;
+      if (!record.prompt.empty() || !record.completion.empty() || !record.messages.empty()) {
         train.startMask();
         val.startMask();
         stats.loss_mask = true;
@@ -187,6 +202,7 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
     file.setAttr("/", "tokenizer", tokenizer.describe());
     file.setAttr("/", "vocab_size", std::int64_t{tokenizer.vocabSize()});
     file.setAttr("/", "source", input);
+    if (chat) file.setAttr("/", "chat_template", chat->name());
     if (labelled) {
       Json names = Json::array();
       for (const auto& l : stats.labels) names.push(l);

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/text_sources.h"
 #include "tokenizer/tokenizer.h"
 
@@ -28,6 +29,8 @@ namespace graft {
 
 struct PrepareOptions {
   SourceOptions source;      // format and field/column names of the input
+  std::string chat_template;           // conversations: chatml | llama3 | mistral | plain ("" = none given)
+  TrainOn train_on = TrainOn::Assistant;  // conversations: which turns the loss reads
   double val_fraction = 0.1;
   std::uint64_t seed = 1234;
   std::int64_t max_per_label = 0;  // few-shot: at most this many train examples per label (0 = all)
@@ -38,6 +41,7 @@ struct PrepareStats {
   std::int64_t skipped = 0;  // examples left out by max_per_label
   std::vector<std::string> labels;  // label names by id (classification data)
   bool loss_mask = false;           // prompt/completion records: loss on completions only
+  std::int64_t conversations = 0;   // records that were conversations (chat template applied)
 };
 
 // Streams `input` (text: documents separated by blank lines; jsonl; csv; see data/text_sources.h)
@@ -45,7 +49,9 @@ struct PrepareStats {
 //   text records     go to val with probability val_fraction (a seeded hash of their index);
 //   labelled records are split per label (StratifiedSplit), labels numbered by first appearance;
 //   prompt/completion records are encoded as prompt + completion (+ EOS), and only completion
-//                    tokens are targets (loss_mask).
+//                    tokens are targets (loss_mask);
+//   conversations    ("messages") are rendered by options.chat_template (data/chat_template.h),
+//                    and the tokens options.train_on names are targets (loss_mask).
 // At least one document goes to val when val_fraction > 0 and there are two or more. Writes
 // `output` via a temporary file + rename; `progress(bytes_read, bytes_total)` is called now and then.
 PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer, const std::string& output,

@@ -204,14 +204,25 @@ class JsonlReader : public StreamReader {
     if (!j.isObject()) fail(line_, std::string("expected a JSON object, found ") + jsonTypeName(j.type()));
     auto field = [&](const std::string& key) { return key.empty() ? nullptr : j.find(key); };
     auto text = [&](const Json* value, const std::string& key) { return value->asString(at + ": \"" + key + "\""); };
-    if (const Json* t = field(options_.text_field)) {
+    if (const Json* m = field(options_.messages_field)) {
+      const std::string key = at + ": \"" + oneLine(options_.messages_field) + "\"";
+      for (const Json& message : m->asArray(key)) {
+        if (!message.isObject()) fail(line_, "\"" + oneLine(options_.messages_field) + "\": each message must be an object with \"role\" and \"content\"");
+        const Json* role = message.find("role");
+        const Json* content = message.find("content");
+        if (!role || !content)
+          fail(line_, "\"" + oneLine(options_.messages_field) + "\": a message without \"" + (role ? "content" : "role") + "\"");
+        out.messages.push_back({role->asString(key + " role"), content->asString(key + " content")});
+      }
+      if (out.messages.empty()) fail(line_, "\"" + oneLine(options_.messages_field) + "\": an empty conversation");
+    } else if (const Json* t = field(options_.text_field)) {
       out.text = text(t, options_.text_field);
     } else {
       const Json* p = field(options_.prompt_field);
       const Json* c = field(options_.completion_field);
       if (!p || !c)
-        fail(line_, "no \"" + oneLine(options_.text_field) + "\" field (nor \"" + oneLine(options_.prompt_field) +
-                        "\" and \"" + oneLine(options_.completion_field) + "\")");
+        fail(line_, "no \"" + oneLine(options_.messages_field) + "\" nor \"" + oneLine(options_.text_field) + "\" field (nor \"" +
+                        oneLine(options_.prompt_field) + "\" and \"" + oneLine(options_.completion_field) + "\")");
       out.prompt = text(p, options_.prompt_field);
       out.completion = text(c, options_.completion_field);
     }

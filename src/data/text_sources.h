@@ -1,6 +1,7 @@
 // Streaming readers for the text that `graft prepare` turns into datasets, without torch:
 //   text   documents separated by blank lines (lines joined with '\n', no trailing newline)
-//   jsonl  one JSON object per line: "text", or "prompt" + "completion"; optional "label"
+//   jsonl  one JSON object per line: "messages" (a conversation: a list of {"role", "content"}),
+//          "text", or "prompt" + "completion"; optional "label"
 //   csv    RFC 4180 with a header row; columns chosen by name; also .tsv (tab-delimited)
 // Memory is constant in the input size: a bounded read buffer plus the current record, and a
 // record longer than SourceOptions::max_record_bytes is an error, so a missing closing quote
@@ -13,10 +14,17 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace graft {
 
+// One turn of a conversation: role is system, user or assistant (checked by the chat template).
+struct ChatMessage {
+  std::string role, content;
+};
+
 struct TextRecord {
+  std::vector<ChatMessage> messages;  // jsonl "messages": a conversation (then text, prompt, completion are empty)
   std::string text;                // text and jsonl "text"; empty when prompt/completion are set
   std::string prompt, completion;  // jsonl or csv records with prompt and completion fields
   std::string label;               // "" when the record has none; integers as decimal text
@@ -35,6 +43,7 @@ class RecordReader {
 
 struct SourceOptions {
   std::string format = "auto";  // auto | text | jsonl | csv; auto: .jsonl/.json -> jsonl, .csv/.tsv -> csv, else text
+  std::string messages_field = "messages";  // jsonl key of conversations
   std::string text_field = "text";  // jsonl keys and csv column names
   std::string prompt_field = "prompt", completion_field = "completion";
   std::string label_field = "label";  // banking77: "category"; "" = ignore labels

@@ -231,7 +231,7 @@ TEST(TextSources, JsonlErrorsNameFileAndLine) {
   EXPECT_EQ(readChunked(good + "{\"text\": \"ok\"\n", "b.jsonl").error.rfind("b.jsonl:2: invalid JSON at byte", 0), 0u);
   EXPECT_EQ(readChunked(good + "\n[1, 2]\n", "b.jsonl").error, "b.jsonl:3: expected a JSON object, found an array");
   EXPECT_EQ(readChunked(good + "{\"prompt\": \"p\"}\n", "b.jsonl").error,
-            "b.jsonl:2: no \"text\" field (nor \"prompt\" and \"completion\")");
+            "b.jsonl:2: no \"messages\" nor \"text\" field (nor \"prompt\" and \"completion\")");
   EXPECT_EQ(readChunked("{\"text\": 5}\n", "b.jsonl").error, "b.jsonl:1: \"text\": expected a string, found a number");
   EXPECT_EQ(readChunked("{\"text\": \"t\", \"label\": 1.5}\n", "b.jsonl").error,
             "b.jsonl:1: \"label\": expected a string or an integer, found a number");
