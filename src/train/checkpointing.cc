@@ -600,7 +600,7 @@ namespace {
 // Note [a resume continues the same run]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // A checkpoint resumes bit for bit only when the run around it is the run that wrote it. A seed,
-// global batch, sequence length, data file or transfer setup that changed in between would make
+// global batch, sequence length, packing, data file or transfer setup that changed in between would make
 // the resumed run follow another trajectory with nothing to show for it (the model's shape is
 // checked when the checkpoint is read). Rank 0 compares each with what the checkpoint recorded,
 // before its tensors are verified or read, and every rank gets its verdict: the keys as text in its
@@ -652,6 +652,7 @@ void refuseAnotherRun(const TrainConfig& c, const TrainingState& saved, const st
   compare("seed", "train.seed");
   compare("batch_size", "train.batch_size");
   compare("seq_len", "train.seq_len");
+  compare("packing", "data.packing");  // the samples themselves ("auto" stays auto: the data decides the same way)
   // Every transfer.* key but cache_features, which changes how fast the head trains, not what.
   for (const auto& [key, value] : now)
     if (key.rfind("transfer.", 0) == 0 && key != "transfer.cache_features") compare("transfer", key);

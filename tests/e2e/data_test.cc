@@ -142,6 +142,77 @@ TEST(Data, PromptCompletionJsonlLearnsOnlyCompletions) {
   EXPECT_GT(std::abs(std::stod(unmasked.front()) - std::stod(l.front())), 0.05) << l.front() << " vs " << unmasked.front();
 }
 
+// Instruction tuning end to end (issue 31). A Hugging Face tokenizer folder whose
+// tokenizer_config.json has a ChatML chat_template renders conversations as chatml without being
+// told (and says where it found it); stories260K fine-tunes on the plain-template conversations of
+// tests/make_conversations.py, packed, and a run stopped at step 2 resumes to the straight run's
+// bits; a resume with another packing is refused naming data.packing; every transfer flavour and
+// bf16 train on packed documents (the soft prompt read by every document).
+TEST(Data, ConversationsPackAndTrainWithEveryFlavourAndResumeBitwise) {
+  const std::string dir = freshDir("data_conversations");
+  ASSERT_EQ(run(GRAFT_PYTHON " " + std::string(GRAFT_SOURCE_DIR) + "/tests/make_conversations.py " +
+                data("datasets/tinystories_sample/tinystories_sample.txt") + " " + dir + "/c.jsonl 120").code, 0);
+  // The chat tokenizer: tiny GPT-2's tokenizer.json with <|im_start|> and <|im_end|> added.
+  std::ofstream(dir + "/chat_tok.py") << "import json, os, sys\n"
+                                          "t = json.load(open(sys.argv[1]))\n"
+                                          "t['added_tokens'] += [dict(id=1000 + i, content=c, single_word=False, lstrip=False,"
+                                          " rstrip=False, normalized=False, special=True)"
+                                          " for i, c in enumerate(['<|im_start|>', '<|im_end|>'])]\n"
+                                          "os.makedirs(sys.argv[2])\n"
+                                          "json.dump(t, open(sys.argv[2] + '/tokenizer.json', 'w'))\n"
+                                          "template = \"{% for message in messages %}{{'<|im_start|>' + message['role'] + "
+                                          "'\\\\n' + message['content'] + '<|im_end|>' + '\\\\n'}}{% endfor %}\"\n"
+                                          "json.dump({'eos_token': '<|im_end|>', 'chat_template': template},"
+                                          " open(sys.argv[2] + '/tokenizer_config.json', 'w'))\n";
+  ASSERT_EQ(run(GRAFT_PYTHON " " + dir + "/chat_tok.py " + data("hf/tiny-random-gpt2/tokenizer.json") + " " + dir + "/chat_tok").code, 0);
+  const auto hf = run(graft() + " prepare --tokenizer " + dir + "/chat_tok --input " + dir + "/c.jsonl --out " + dir + "/hf.h5");
+  ASSERT_EQ(hf.code, 0) << hf.output;
+  EXPECT_NE(hf.output.find("conversations with chat template chatml (recognised in " + dir +
+                           "/chat_tok/tokenizer_config.json's chat_template)"),
+            std::string::npos) << hf.output;
+  EXPECT_EQ(python("import h5py; f = h5py.File('" + dir + "/hf.h5', 'r'); t = f['train/tokens'][:]; m = f['train/loss_mask'][:]\n"
+                   "print(f.attrs['chat_template'] in ('chatml', b'chatml'), (t == 1000).sum() > 100, set(m[t == 1001].tolist()))\n"),
+            "True True {0, 1}\n");  // <|im_end|> is learnt after assistant turns only
+
+  const auto p = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " + dir +
+                     "/c.jsonl --out " + dir + "/c.h5 --chat-template plain");
+  ASSERT_EQ(p.code, 0) << p.output;
+  std::ofstream(dir + "/t.ini") << tinyConfig(dir + "/run", dir + "/c.h5") << "[train]\n";
+  const std::string base = graft() + " train --config " + dir + "/t.ini --model.path=" + data("llama2c/stories260K.bin") +
+                           " --train.seq_len=128 --train.steps=4 --eval.every=4 --checkpoint.keep_last=0 ";
+  const std::string every2 = "--checkpoint.every=2 ";
+  const auto straight = run(base + every2 + "--run.dir=" + dir + "/straight");
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  EXPECT_NE(straight.output.find("data: packing documents"), std::string::npos) << straight.output;
+  ASSERT_EQ(run(base + every2 + "--run.dir=" + dir + "/resumed --train.stop_after=2").code, 0);
+  const auto resumed = run(base + every2 + "--run.dir=" + dir + "/resumed");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_EQ(losses(dir + "/resumed"), losses(dir + "/straight"));
+  EXPECT_EQ(run("cmp " + dir + "/straight/checkpoints/step-00000004.h5 " + dir + "/resumed/checkpoints/step-00000004.h5").code == 0 ||
+                python("import h5py, numpy as np\n"
+                       "a = h5py.File('" + dir + "/straight/checkpoints/step-00000004.h5', 'r')['model']\n"
+                       "b = h5py.File('" + dir + "/resumed/checkpoints/step-00000004.h5', 'r')['model']\n"
+                       "print(all(np.array_equal(a[k][:], b[k][:]) for k in a))\n") == "True\n",
+            true);
+  run("cp -r " + dir + "/straight " + dir + "/repacked && rm " + dir + "/repacked/checkpoints/step-00000004.h5");
+  const auto refused = run(base + every2 + "--run.dir=" + dir + "/repacked --data.packing=padded");
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.output.find("was saved with data.packing = auto, this run has padded"), std::string::npos) << refused.output;
+
+  for (const std::string flavour : {"--transfer.mode=lora", "--transfer.mode=lora --transfer.quantize=nf4",
+                                    "--transfer.mode=prompt --transfer.prompt_tokens=4", "--transfer.mode=feature",
+                                    "--train.precision=bf16 --train.lr=1e-3", "--data.packing=padded --train.lr=1e-3"}) {
+    const auto r = run(base + "--run.dir=" + dir + "/flavour --checkpoint.every=0 " + flavour);
+    run("rm -rf " + dir + "/flavour");
+    ASSERT_EQ(r.code, 0) << flavour << "\n" << r.output;
+    double before = 0, after = 0;
+    const auto b = r.output.find("val loss before training: "), a = r.output.find("done: val loss ");
+    ASSERT_TRUE(b != std::string::npos && a != std::string::npos) << r.output;
+    before = std::stod(r.output.substr(b + 26)), after = std::stod(r.output.substr(a + 15));
+    EXPECT_LT(after, before) << flavour << "\n" << r.output;
+  }
+}
+
 // Classification reads whole documents: the metrics count their own tokens (here all the same
 // length, read from the file by h5py), not seq_len per document.
 TEST(Data, ClassificationCountsTheDocumentsOwnTokens) {
