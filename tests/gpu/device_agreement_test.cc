@@ -86,6 +86,32 @@ TEST_P(Gpu, ForwardBackwardAndAdamWAgreeWithTheCpu) {
   EXPECT_EQ(cpu_opt.fusedGroups(), 0);
 }
 
+// Packed documents on CUDA (Note [packed documents]): the per-row mask and positions give the
+// CPU's logits in fp32, and in bf16 (the fused attention kernel with an additive [B, 1, T, T] mask)
+// each document's logits stay within bf16 rounding of its fp32 logits alone.
+TEST_P(Gpu, PackedDocumentsAgreeWithTheCpu) {
+  const ModelConfig c = smallModel(GetParam());
+  Transformer cpu(c), cuda(c);
+  cpu->initialise(3);
+  cuda->initialise(3);
+  cuda->to(torch::kCUDA);
+  torch::manual_seed(6);
+  const auto ids = torch::randint(c.vocab_size, {2, c.seq_len}, torch::kInt64);
+  auto positions = torch::zeros({2, c.seq_len}, torch::kInt64);
+  for (std::int64_t r = 0; r < 2; ++r)  // documents of 7, 13 and the rest; of 20 and the rest
+    for (std::int64_t j = 0, start = 0; j < c.seq_len; ++j) {
+      if ((r == 0 && (j == 7 || j == 20)) || (r == 1 && j == 20)) start = j;
+      positions[r][j] = j - start;
+    }
+  torch::NoGradGuard no_grad;
+  const auto want = cpu->forward(ids, positions);
+  EXPECT_LT(relative(cuda->forward(ids, positions), want), 1e-5);
+  cuda->setComputeDtype(torch::kBFloat16);
+  const auto bf16 = cuda->forward(ids, positions).cpu();
+  const auto alone = cpu->forward(ids.narrow(1, 7, 13).narrow(0, 0, 1))[0];
+  EXPECT_LT(relative(bf16[0].narrow(0, 7, 13), alone), 3e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, Gpu, ::testing::Values("llama", "gpt2"));
 
 // LibTorch 2.x's fused AdamW kernel (what AdamW::step runs on CUDA there) against graft's
