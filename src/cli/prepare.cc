@@ -56,20 +56,15 @@ int runPrepare(const Args& args) {
   }
   opt.train_on = parseTrainOn(train_on, "--train-on");
   const auto tokenizer = loadTokenizer(tokenizer_spec);
-  std::string template_note;
-  if (opt.chat_template.empty()) {  // the tokenizer's own, when its folder says which
+  if (opt.chat_template.empty()) {  // the tokenizer's own, when its folder says which (read at the first conversation)
     auto endsWith = [&](const std::string& tail) {
       return tokenizer_spec.size() >= tail.size() && tokenizer_spec.compare(tokenizer_spec.size() - tail.size(), tail.size(), tail) == 0;
     };
     const bool hf = isDirectory(tokenizer_spec) || endsWith("tokenizer.json") || endsWith("tokenizer.model");
     const std::string config = (isDirectory(tokenizer_spec) ? tokenizer_spec : parentDirectory(tokenizer_spec)) + "/tokenizer_config.json";
-    if (hf && fileExists(config)) {
-      opt.chat_template = ChatTemplate::recognise(readFile(config), config);
-      if (!opt.chat_template.empty()) template_note = " (recognised in " + config + "'s chat_template)";
-    }
+    if (hf && fileExists(config)) opt.chat_template_config = config;
   } else {
     ChatTemplate{opt.chat_template};  // an unknown name fails here, before any work
-    template_note = " (--chat-template)";
   }
   const bool tty = isatty(fileno(stderr));
   const auto stats = prepareDataset(input, *tokenizer, output, opt, [&](std::int64_t done, std::int64_t total) {
@@ -88,10 +83,16 @@ int runPrepare(const Args& args) {
               static_cast<long long>(stats.val_docs), static_cast<long long>(stats.val_tokens), tokenizer->describe().c_str());
   if (!stats.labels.empty()) std::printf(", %zu labels", stats.labels.size());
   if (stats.skipped) std::printf(", %lld examples beyond --max-per-label left out", static_cast<long long>(stats.skipped));
-  if (stats.conversations)
+  if (stats.conversations) {
+    const std::string from = opt.chat_template.empty() ? " (recognised in " + opt.chat_template_config + "'s chat_template)"
+                                                       : std::string(" (--chat-template)");
     std::printf(", %lld conversations with chat template %s%s, loss on %s", static_cast<long long>(stats.conversations),
-                opt.chat_template.c_str(), template_note.c_str(),
+                stats.chat_template.c_str(), from.c_str(),
                 opt.train_on == TrainOn::All ? "every token" : opt.train_on == TrainOn::Last ? "the last assistant turn" : "assistant turns");
+    if (stats.piecewise)
+      std::printf("; %lld of them encoded part by part, as the tokenizer could not give their text back (their tokens "
+                  "may differ from a whole rendering's)", static_cast<long long>(stats.piecewise));
+  }
   else if (stats.loss_mask)
     std::printf(", loss on completions only");
   std::printf("\n");

@@ -89,7 +89,8 @@ std::vector<Piece> render(const std::string& name, const std::vector<ChatMessage
 
 int specialId(const Tokenizer& tokenizer, const std::string& token, const std::string& template_name) {
   const auto ids = tokenizer.encode(token, false, false);
-  if (ids.size() != 1)
+  // One id that decodes to the token itself (not an <unk> that swallowed it).
+  if (ids.size() != 1 || tokenizer.decode(-1, ids[0]) != token)
     throw InputError("chat template " + template_name + " needs " + token + " as one token, and tokenizer " + tokenizer.describe() +
                      " has no such token (it encodes to " + std::to_string(ids.size()) +
                      " pieces); use a template of this tokenizer's own, or --chat-template plain");
@@ -100,12 +101,13 @@ int specialId(const Tokenizer& tokenizer, const std::string& token, const std::s
 // Offsets come from decoding: each token's bytes follow the bytes before it, so a token starts
 // where the decoded text so far ends. When the tokenizer does not give back the text (bytes it
 // cannot represent), each piece is encoded alone instead, and tokens keep their piece's mark.
-void encodeSpan(const Tokenizer& tokenizer, const std::vector<const Piece*>& pieces, std::vector<int>& ids,
+// False when it had to fall back to pieces.
+bool encodeSpan(const Tokenizer& tokenizer, const std::vector<const Piece*>& pieces, std::vector<int>& ids,
                 std::vector<std::uint8_t>& mask) {
   std::string text;
   std::vector<std::size_t> ends;  // where each piece ends in text
   for (const auto* p : pieces) ends.push_back((text += p->text).size());
-  if (text.empty()) return;
+  if (text.empty()) return true;
   const auto span = tokenizer.encode(text, false, false);
   std::vector<std::size_t> starts;
   std::size_t at = 0;
@@ -121,13 +123,14 @@ void encodeSpan(const Tokenizer& tokenizer, const std::vector<const Piece*>& pie
       ids.insert(ids.end(), alone.begin(), alone.end());
       mask.insert(mask.end(), alone.size(), p->target ? 1 : 0);
     }
-    return;
+    return false;
   }
   for (std::size_t t = 0; t < span.size(); ++t) {
     const auto piece = static_cast<std::size_t>(std::upper_bound(ends.begin(), ends.end(), starts[t]) - ends.begin());
     ids.push_back(span[t]);
     mask.push_back(pieces[std::min(piece, pieces.size() - 1)]->target ? 1 : 0);
   }
+  return true;
 }
 
 }  // namespace
@@ -169,9 +172,13 @@ std::string ChatTemplate::recognise(const std::string& config_json, const std::s
   };
   if (has({"<|im_start|>", "<|im_end|>"})) return "chatml";
   if (has({"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"})) return "llama3";
-  if (has({"[INST]", "[/INST]"})) return "mistral";
-  std::string start = text.substr(0, 60);
-  std::replace(start.begin(), start.end(), '\n', ' ');
+  // Mistral-7B-Instruct's own: [INST] and " [/INST]" with its space; Llama 2's <<SYS>> block and
+  // the later Mistral formats (no space before [/INST], [SYSTEM_PROMPT]) are other templates.
+  if (has({"[INST]", " [/INST]"}) && !has({"<<SYS>>"}) && !has({"[SYSTEM_PROMPT]"})) return "mistral";
+  std::string start;
+  for (const char ch : text.substr(0, 60)) start += static_cast<unsigned char>(ch) < 0x20 ? ' ' : ch;
+  while (!start.empty() && (static_cast<unsigned char>(start.back()) & 0xC0) == 0x80) start.pop_back();  // no cut character
+  if (!start.empty() && static_cast<unsigned char>(start.back()) >= 0xC0) start.pop_back();
   throw InputError(config_name + ": its chat_template (\"" + start + (text.size() > 60 ? "..." : "") +
                    "\") is none of chatml, llama3 or mistral; pass --chat-template with the one to use");
 }
@@ -182,14 +189,18 @@ void ChatTemplate::check(const Tokenizer& tokenizer) const {
     throw InputError("chat template mistral needs BOS and EOS tokens, and tokenizer " + tokenizer.describe() + " lacks one");
 }
 
-void ChatTemplate::encode(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages, TrainOn train_on,
+bool ChatTemplate::encode(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages, TrainOn train_on,
                           const std::string& where, std::vector<int>& ids, std::vector<std::uint8_t>& mask) const {
   std::size_t last_assistant = messages.size();
   for (std::size_t i = 0; i < messages.size(); ++i) {
     const auto& role = messages[i].role;
-    if (role != "system" && role != "user" && role != "assistant")
-      throw InputError(where + ": message " + std::to_string(i + 1) + " has role '" + role +
+    if (role != "system" && role != "user" && role != "assistant") {
+      std::string shown = role.substr(0, 40);
+      for (auto& ch : shown)
+        if (static_cast<unsigned char>(ch) < 0x20) ch = ' ';  // one line, whatever the file holds
+      throw InputError(where + ": message " + std::to_string(i + 1) + " has role '" + shown +
                        "'; conversations hold system, user and assistant messages");
+    }
     if (role == "assistant") last_assistant = i;
   }
   if (last_assistant == messages.size() && train_on != TrainOn::All)
@@ -203,17 +214,18 @@ void ChatTemplate::encode(const Tokenizer& tokenizer, const std::vector<ChatMess
   mask.clear();
   // Text between special tokens is encoded as one span (as tokenizers split at added tokens first).
   std::vector<const Piece*> span;
+  bool exact = true;
   for (const auto& p : pieces) {
     if (p.kind == Piece::Text) {
       span.push_back(&p);
       continue;
     }
-    encodeSpan(tokenizer, span, ids, mask);
+    exact = encodeSpan(tokenizer, span, ids, mask) && exact;
     span.clear();
     ids.push_back(p.kind == Piece::Bos ? tokenizer.bos() : p.kind == Piece::Eos ? tokenizer.eos() : specialId(tokenizer, p.text, name_));
     mask.push_back(p.target ? 1 : 0);
   }
-  encodeSpan(tokenizer, span, ids, mask);
+  return encodeSpan(tokenizer, span, ids, mask) && exact;
 }
 
 }  // namespace graft

@@ -37,9 +37,10 @@ class ChatTemplate {
   static const std::vector<std::string>& names();
 
   // The built-in template a Hugging Face tokenizer_config.json's "chat_template" is, recognised by
-  // the markers only that template writes (or its name written as the value); "" when the file has
-  // no chat_template. One the markers do not identify is an InputError naming the file: graft does
-  // not guess.
+  // the markers only that template writes (or its name written as the value): <|im_start|> and
+  // <|im_end|>; <|start_header_id|>, <|end_header_id|> and <|eot_id|>; [INST] and " [/INST]"
+  // without Llama 2's <<SYS>> or a [SYSTEM_PROMPT]. "" when the file has no chat_template. One the
+  // markers do not identify is an InputError naming the file: graft does not guess.
   static std::string recognise(const std::string& config_json, const std::string& config_name);
 
   // Checks that every special token the template writes is one token of `tokenizer` (else an
@@ -48,8 +49,10 @@ class ChatTemplate {
 
   // The conversation's ids and loss mask (1: a target the loss reads). `where` ("FILE:LINE") names
   // it in errors: a role other than system, user or assistant; no assistant turn to learn from;
-  // mistral's turns out of order.
-  void encode(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages, TrainOn train_on,
+  // mistral's turns out of order. False when some text had to be encoded piece by piece (the
+  // tokenizer could not give it back, so token offsets were unknown): then the tokens may differ
+  // from those of the whole rendering.
+  bool encode(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages, TrainOn train_on,
               const std::string& where, std::vector<int>& ids, std::vector<std::uint8_t>& mask) const;
 
  private:

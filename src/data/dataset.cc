@@ -81,17 +81,15 @@ class SplitWriter {
 // sees the text a model will see) and the prompt's share is found by encoding it alone; when the
 // prompt's ids are not a prefix of the whole (a merge across the boundary), both parts are encoded
 // separately and concatenated.
-void encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, const ChatTemplate* chat, TrainOn train_on,
+// False when a conversation had to be encoded piece by piece (ChatTemplate::encode).
+bool encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, const ChatTemplate* chat, TrainOn train_on,
                   const std::string& where, std::vector<int>& ids, std::vector<std::uint8_t>& mask) {
-  if (!r.messages.empty()) {
-    chat->encode(tokenizer, r.messages, train_on, where, ids, mask);
-    return;
-  }
+  if (!r.messages.empty()) return chat->encode(tokenizer, r.messages, train_on, where, ids, mask);
   const bool pair = r.text.empty() && (!r.prompt.empty() || !r.completion.empty());
   if (!pair) {
     ids = tokenizer.encode(r.text, /*add_bos=*/true, /*add_eos=*/false);
     mask.assign(ids.size(), 1);
-    return;
+    return true;
   }
   const bool eos = tokenizer.eos() >= 0;
   const auto prompt = tokenizer.encode(r.prompt, true, false);
@@ -103,6 +101,7 @@ void encodeRecord(const Tokenizer& tokenizer, const TextRecord& r, const ChatTem
   }
   mask.assign(ids.size(), 1);
   std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(prompt.size()), 0);
+  return true;
 }
 
 }  // namespace
@@ -148,13 +147,17 @@ PrepareStats prepareDataset(const std::string& input, const Tokenizer& tokenizer
       }
       const std::string where = input + ":" + std::to_string(record.line);
       if (!record.messages.empty() && !chat) {
-        if (options.chat_template.empty())
+        std::string name = options.chat_template;
+        if (name.empty() && !options.chat_template_config.empty())
+          name = ChatTemplate::recognise(readFile(options.chat_template_config), options.chat_template_config);
+        if (name.empty())
           throw InputError(where + ": a conversation (\"messages\") needs a chat template: --chat-template chatml, llama3, "
                                    "mistral or plain (or a tokenizer folder whose tokenizer_config.json has one)");
-        chat = std::make_unique<ChatTemplate>(options.chat_template);
+        chat = std::make_unique<ChatTemplate>(name);
         chat->check(tokenizer);
+        stats.chat_template = name;
       }
-      encodeRecord(tokenizer, record, chat.get(), options.train_on, where, ids, mask);
+      if (!encodeRecord(tokenizer, record, chat.get(), options.train_on, where, ids, mask)) ++stats.piecewise;
       if (!record.messages.empty()) ++stats.conversations;
       if (!record.prompt.empty() || !record.completion.empty() || !record.messages.empty()) {
         train.startMask();
@@ -255,9 +258,15 @@ std::string describePacking(const TokenDataset& data, const std::string& setting
   const double slots = static_cast<double>(data.numSamples()) * (data.seqLen() + 1);
   char fill[32];
   std::snprintf(fill, sizeof fill, "%.1f%%", slots > 0 ? 100.0 * static_cast<double>(data.packedTokens()) / slots : 0.0);
-  return line + ": " + std::to_string(data.numDocuments()) + " training documents in " + std::to_string(data.numSamples()) +
-         " sequences of " + std::to_string(data.seqLen() + 1) + " token slots, " + fill + " of them tokens; " +
-         std::to_string(data.cutDocuments()) + " document(s) longer than that cut";
+  line += ": " + std::to_string(data.numDocuments()) + " training documents in " + std::to_string(data.numSamples()) +
+          " sequences of " + std::to_string(data.seqLen() + 1) + " token slots, " + fill + " of them tokens; " +
+          std::to_string(data.cutDocuments()) + " document(s) longer than that cut";
+  if (data.cutDocuments() > 0) {
+    line += ", losing " + std::to_string(data.lostTargets()) + " target token(s)";
+    if (data.cutWithoutTargets() > 0)
+      line += "; " + std::to_string(data.cutWithoutTargets()) + " of them keep no target at all (a longer train.seq_len keeps them)";
+  }
+  return line;
 }
 
 TokenDataset::TokenDataset(TokenDataset&&) noexcept = default;
@@ -339,7 +348,19 @@ void TokenDataset::pack() {
   for (std::int64_t d = 0; d < numDocuments(); ++d) {
     const auto length = documentLength(d);
     if (length == 0) continue;
-    if (length > slots) ++cut_documents_;
+    if (length > slots) {  // what the cut keeps and loses of its targets
+      ++cut_documents_;
+      const auto begin = offsets_[static_cast<std::size_t>(d)];
+      std::int64_t kept = slots - 1, lost = length - slots;
+      if (has_mask_) {
+        std::vector<std::uint8_t> mask(static_cast<std::size_t>(length));
+        readMask(begin, length, mask.data());
+        kept = std::count_if(mask.begin() + 1, mask.begin() + slots, [](std::uint8_t v) { return v != 0; });
+        lost = std::count_if(mask.begin() + slots, mask.end(), [](std::uint8_t v) { return v != 0; });
+      }
+      lost_targets_ += lost;
+      if (kept == 0) ++cut_without_targets_;
+    }
     const auto taken = std::min(length, slots);
     if (packing_ == Packing::Padded || used + taken > slots) {
       sequences_.push_back(d);
@@ -414,20 +435,28 @@ std::int64_t TokenDataset::document(std::int64_t index, std::int64_t max_tokens,
   return n;
 }
 
+// Which of sample `index`'s tokens [begin, end) are targets of the input before them: a token of
+// the split (not padding), taken by the loss mask, and (packed) not the first token of a document.
+std::vector<std::uint8_t> TokenDataset::learnable(std::int64_t index, std::int64_t begin, std::int64_t end) const {
+  std::vector<std::uint8_t> learn(static_cast<std::size_t>(end - begin), 1);
+  if (has_mask_) readMask(begin, end - begin, learn.data());
+  if (!learn.empty()) learn[0] = 0;  // no input before it in this sample
+  if (packing_ != Packing::Windows) {
+    const auto [first, last] = documentsOf(index);
+    for (auto d = first; d < last; ++d) {  // an empty document starts nothing
+      const auto at = offsets_[static_cast<std::size_t>(d)];
+      if (documentLength(d) > 0 && at < end) learn[static_cast<std::size_t>(at - begin)] = 0;
+    }
+  }
+  return learn;
+}
+
 void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
-  // Token j + 1 of the sequence is input j's target when it is a token of the split (not padding),
-  // the loss mask takes it, and (packed) it continues input j's document, not the next one's start.
   const auto [begin, end] = tokenRange(index);
   const auto n = end - begin;
   std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
-  std::vector<std::uint8_t> learn(static_cast<std::size_t>(n), 1);
   readTokens(begin, n, tokens.data());
-  if (has_mask_) readMask(begin, n, learn.data());
-  if (packing_ != Packing::Windows) {
-    const auto [first, last] = documentsOf(index);
-    for (auto d = first; d < last; ++d)  // a document's first token is no one's target
-      if (offsets_[static_cast<std::size_t>(d)] < end) learn[static_cast<std::size_t>(offsets_[static_cast<std::size_t>(d)] - begin)] = 0;
-  }
+  const auto learn = learnable(index, begin, end);
   for (std::int64_t j = 0; j < seq_len_; ++j)
     out[j] = j + 1 < n && learn[static_cast<std::size_t>(j) + 1] ? tokens[static_cast<std::size_t>(j) + 1] : kIgnoreTarget;
 }
@@ -435,21 +464,8 @@ void TokenDataset::targets(std::int64_t index, std::int64_t* out) const {
 std::int64_t TokenDataset::countTargets(std::int64_t index) const {
   if (!has_mask_ && packing_ == Packing::Windows) return seq_len_;
   const auto [begin, end] = tokenRange(index);
-  std::int64_t n = end - begin - 1;  // every token but the first is a target ...
-  if (packing_ != Packing::Windows) {  // ... but documents' first tokens
-    const auto [first, last] = documentsOf(index);
-    n -= last - first - 1;
-  }
-  if (!has_mask_) return n;
-  std::vector<std::uint8_t> learn(static_cast<std::size_t>(end - begin));
-  readMask(begin, end - begin, learn.data());
-  std::int64_t counted = 0;
-  for (std::size_t j = 1; j < learn.size(); ++j) counted += learn[j];
-  if (packing_ != Packing::Windows) {
-    const auto [first, last] = documentsOf(index);
-    for (auto d = first + 1; d < last; ++d) counted -= learn[static_cast<std::size_t>(offsets_[static_cast<std::size_t>(d)] - begin)];
-  }
-  return counted;
+  const auto learn = learnable(index, begin, end);
+  return std::count_if(learn.begin(), learn.end(), [](std::uint8_t v) { return v != 0; });
 }
 
 std::string datasetFingerprint(const std::string& path) {

@@ -30,6 +30,7 @@ namespace graft {
 struct PrepareOptions {
   SourceOptions source;      // format and field/column names of the input
   std::string chat_template;           // conversations: chatml | llama3 | mistral | plain ("" = none given)
+  std::string chat_template_config;    // else: a tokenizer_config.json whose chat_template decides, read at the first conversation
   TrainOn train_on = TrainOn::Assistant;  // conversations: which turns the loss reads
   double val_fraction = 0.1;
   std::uint64_t seed = 1234;
@@ -42,6 +43,8 @@ struct PrepareStats {
   std::vector<std::string> labels;  // label names by id (classification data)
   bool loss_mask = false;           // prompt/completion records: loss on completions only
   std::int64_t conversations = 0;   // records that were conversations (chat template applied)
+  std::string chat_template;        // the template they were rendered with
+  std::int64_t piecewise = 0;       // conversations whose text the tokenizer could not give back (ChatTemplate::encode)
 };
 
 // Streams `input` (text: documents separated by blank lines; jsonl; csv; see data/text_sources.h)
@@ -111,6 +114,9 @@ class TokenDataset {
   // longer than a sequence and cut, and how many of a sequence's slots hold tokens, in all.
   Packing packing() const { return packing_; }
   std::int64_t cutDocuments() const { return cut_documents_; }
+  // Of the cut documents: the targets (loss mask 1) beyond the cut, and how many keep none.
+  std::int64_t lostTargets() const { return lost_targets_; }
+  std::int64_t cutWithoutTargets() const { return cut_without_targets_; }
   std::int64_t packedTokens() const { return packed_tokens_; }
   // Documents and padded: the position of each of sample `index`'s seq_len inputs in its document
   // (0 where one starts; the padding after the last document counts as one of its own).
@@ -142,6 +148,7 @@ class TokenDataset {
   // Tokens [begin, begin + n) (checked against the vocabulary when streamed), and their mask bytes.
   void readTokens(std::int64_t begin, std::int64_t n, std::int32_t* out) const;
   void readMask(std::int64_t begin, std::int64_t n, std::uint8_t* out) const;
+  std::vector<std::uint8_t> learnable(std::int64_t index, std::int64_t begin, std::int64_t end) const;
   // The tokens [begin, end) sample `index` holds (end - begin <= seq_len + 1).
   std::pair<std::int64_t, std::int64_t> tokenRange(std::int64_t index) const;
   void pack();  // fills sequences_ for documents and padded
@@ -159,7 +166,7 @@ class TokenDataset {
   int vocab_size_;
   Packing packing_ = Packing::Windows;
   std::vector<std::int64_t> sequences_;  // documents and padded: sequence i holds documents [s[i], s[i + 1])
-  std::int64_t cut_documents_ = 0, packed_tokens_ = 0;
+  std::int64_t cut_documents_ = 0, packed_tokens_ = 0, lost_targets_ = 0, cut_without_targets_ = 0;
 };
 
 }  // namespace graft

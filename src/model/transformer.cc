@@ -377,20 +377,28 @@ torch::Tensor TransformerImpl::causalMask(std::int64_t T) {
 // angles and learned positions are those of the document alone. A document starts where its
 // position is 0; padding after the last document is a document of its own that nothing reads.
 torch::Tensor TransformerImpl::documentMask(const torch::Tensor& positions, std::int64_t prompt) const {
+  // Built to stay small at long contexts: one bool [B, T, T] and the float mask, nothing wider
+  // (B = 8, T = 4096: 128 + 512 MiB), once per forward and shared by every layer.
   const auto B = positions.size(0), T = positions.size(1) + prompt;
+  const auto ints = positions.options();
+  const int window = config_.sliding_window;
   auto document = positions.eq(0).cumsum(1);  // [B, T]: which document each token belongs to
-  auto at = positions + prompt;                // positions in the model's context
-  if (prompt > 0) {  // the soft prompt: document -1, which every query sees
-    document = torch::cat({torch::full({B, prompt}, -1, positions.options()), document}, 1);
-    at = torch::cat({torch::arange(prompt, positions.options()).unsqueeze(0).expand({B, prompt}), at}, 1);
+  if (prompt > 0) document = torch::cat({torch::full({B, prompt}, -1, ints), document}, 1);  // the prompt: -1
+  auto seen = document.unsqueeze(2).eq(document.unsqueeze(1));  // [B, T, T]: the same document
+  // Within a document, positions differ as indices do: causality and the window by index.
+  const auto index = torch::arange(T, ints);
+  auto causal = index.unsqueeze(0).le(index.unsqueeze(1));  // [T, T]: key <= query
+  if (window > 0 && T > window) causal.logical_and_((index.unsqueeze(1) - index.unsqueeze(0)).lt(window));
+  seen.logical_and_(causal);
+  if (prompt > 0) {  // every query sees the soft prompt before it, within the window of its own position
+    auto at = positions + prompt;
+    at = torch::cat({torch::arange(prompt, ints).unsqueeze(0).expand({B, prompt}), at}, 1);  // [B, T]
+    auto to_prompt = index.narrow(0, 0, prompt).unsqueeze(0).le(index.unsqueeze(1)).unsqueeze(0).expand({B, T, prompt}).clone();
+    if (window > 0) to_prompt.logical_and_((at.unsqueeze(2) - torch::arange(prompt, ints).view({1, 1, prompt})).lt(window));
+    seen.narrow(2, 0, prompt).copy_(to_prompt);
   }
-  const auto query = document.unsqueeze(2), key = document.unsqueeze(1);  // [B, T, 1], [B, 1, T]
-  auto seen = key.eq(query).logical_or(key.eq(-1));
-  const auto index = torch::arange(T, positions.options());
-  seen = seen.logical_and(index.unsqueeze(0).le(index.unsqueeze(1)).unsqueeze(0));  // causal
-  if (config_.sliding_window > 0) seen = seen.logical_and((at.unsqueeze(2) - at.unsqueeze(1)).lt(config_.sliding_window));
   const float inf = std::numeric_limits<float>::infinity();
-  return torch::zeros(seen.sizes(), positions.options().dtype(torch::kFloat32)).masked_fill(seen.logical_not(), -inf);
+  return torch::zeros({B, T, T}, ints.dtype(torch::kFloat32)).masked_fill_(seen.logical_not_(), -inf);
 }
 
 template <typename F>
@@ -498,7 +506,11 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, const torch::Ten
     const auto positions = positions_anywhere.to(device(), /*non_blocking=*/true);
     auto at = positions;  // the soft prompt at [0, n), every document after it
     if (n) at = torch::cat({torch::arange(n, positions.options()).unsqueeze(0).expand({ids.size(0), n}), positions + n}, 1);
-    x = blocks(embed(on_device, 0, /*with_prompt=*/true, at), 0, documentMask(positions, n), nullptr, at);
+    auto mask = documentMask(positions, n);
+    // The fused CUDA kernel reads the mask in the compute dtype: converted once here, not per layer
+    // (each layer's backward would keep its own copy).
+    if (compat::kFusedAttention && mask.is_cuda() && compute_dtype_ != torch::kFloat) mask = mask.to(compute_dtype_);
+    x = blocks(embed(on_device, 0, /*with_prompt=*/true, at), 0, mask, nullptr, at);
   } else {
     x = blocks(embed(on_device, 0, /*with_prompt=*/true), 0, causalMask(T), nullptr);
   }

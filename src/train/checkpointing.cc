@@ -652,7 +652,9 @@ void refuseAnotherRun(const TrainConfig& c, const TrainingState& saved, const st
   compare("seed", "train.seed");
   compare("batch_size", "train.batch_size");
   compare("seq_len", "train.seq_len");
-  compare("packing", "data.packing");  // the samples themselves ("auto" stays auto: the data decides the same way)
+  compare("packing", "data.packing");  // as the data resolved it (Trainer records documents or windows, never auto)
+  if (!then.empty() && !then.count("data.packing") && now.count("data.packing") && now.at("data.packing") != "windows")
+    check("packing", "data.packing", "windows (saved before data.packing existed)", now.at("data.packing"));
   // Every transfer.* key but cache_features, which changes how fast the head trains, not what.
   for (const auto& [key, value] : now)
     if (key.rfind("transfer.", 0) == 0 && key != "transfer.cache_features") compare("transfer", key);

@@ -64,6 +64,14 @@ void journalStart(const TrainConfig& c, std::int64_t start, const std::string& c
 
 }  // namespace
 
+// The config as checkpoints record it: data.packing as the data resolved it (auto -> windows or
+// documents), so that a resume compares the samples themselves, not how they were asked for.
+TrainConfig withPacking(const TrainConfig& c, const Loaded& loaded) {
+  TrainConfig out = c;
+  if (!loaded.classify) out.data_packing = packingName(loaded.train_data.packing());
+  return out;
+}
+
 struct StepOutcome {
   double loss = 0, grad_norm = 0;
   bool applied = true;         // false: skipped for a non-finite loss or gradient norm
@@ -75,7 +83,7 @@ struct StepOutcome {
 
 struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop, Loaded&& loaded)
-      : config(c),
+      : config(withPacking(c, loaded)),
         stop_requested(std::move(stop)),
         comm(comm_),
         log(comm_.rank(), comm_.size()),

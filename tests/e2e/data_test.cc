@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "e2e_util.h"
+#include "util/files.h"
 
 namespace graft::e2e {
 namespace {
@@ -174,6 +175,19 @@ TEST(Data, ConversationsPackAndTrainWithEveryFlavourAndResumeBitwise) {
                    "print(f.attrs['chat_template'] in ('chatml', b'chatml'), (t == 1000).sum() > 100, set(m[t == 1001].tolist()))\n"),
             "True True {0, 1}\n");  // <|im_end|> is learnt after assistant turns only
 
+  // A folder whose chat_template is none graft knows: plain text still prepares (the template is
+  // read at the first conversation), conversations are refused naming the file.
+  run("mkdir " + dir + "/other_tok && cp " + dir + "/chat_tok/tokenizer.json " + dir + "/other_tok/");
+  std::ofstream(dir + "/other_tok/tokenizer_config.json") << R"({"chat_template": "<start_of_turn>user\n{{ m }}<end_of_turn>"})";
+  const auto text = run(graft() + " prepare --tokenizer " + dir + "/other_tok --input " +
+                        data("datasets/tinystories_sample/tinystories_sample.txt") + " --out " + dir + "/text.h5");
+  EXPECT_EQ(text.code, 0) << text.output;
+  const auto other = run(graft() + " prepare --tokenizer " + dir + "/other_tok --input " + dir + "/c.jsonl --out " + dir + "/other.h5");
+  EXPECT_NE(other.code, 0);
+  EXPECT_NE(other.output.find(dir + "/other_tok/tokenizer_config.json: its chat_template (\"<start_of_turn>user "),
+            std::string::npos) << other.output;
+  EXPECT_FALSE(fileExists(dir + "/other.h5"));
+
   const auto p = run(graft() + " prepare --tokenizer " + data("llama2c/tok512.bin") + " --input " + dir +
                      "/c.jsonl --out " + dir + "/c.h5 --chat-template plain");
   ASSERT_EQ(p.code, 0) << p.output;
@@ -197,7 +211,7 @@ TEST(Data, ConversationsPackAndTrainWithEveryFlavourAndResumeBitwise) {
   run("cp -r " + dir + "/straight " + dir + "/repacked && rm " + dir + "/repacked/checkpoints/step-00000004.h5");
   const auto refused = run(base + every2 + "--run.dir=" + dir + "/repacked --data.packing=padded");
   EXPECT_NE(refused.code, 0);
-  EXPECT_NE(refused.output.find("was saved with data.packing = auto, this run has padded"), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find("was saved with data.packing = documents, this run has padded"), std::string::npos) << refused.output;
 
   for (const std::string flavour : {"--transfer.mode=lora", "--transfer.mode=lora --transfer.quantize=nf4",
                                     "--transfer.mode=prompt --transfer.prompt_tokens=4", "--transfer.mode=feature",

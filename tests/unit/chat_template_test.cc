@@ -12,6 +12,7 @@
 
 #include "data/chat_template.h"
 #include "data/dataset.h"
+#include "formats/hdf5.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -168,6 +169,15 @@ TEST(ChatTemplate, RefusesWhatItCannotRenderInOneLine) {
   EXPECT_EQ(ChatTemplate::recognise(R"({"chat_template": "<|start_header_id|>x<|end_header_id|>y<|eot_id|>"})", "c.json"), "llama3");
   EXPECT_EQ(ChatTemplate::recognise(R"({"chat_template": "{{ bos_token }}[INST] {{ m }} [/INST]"})", "c.json"), "mistral");
   EXPECT_EQ(ChatTemplate::recognise(R"({"bos_token": "<s>"})", "c.json"), "");
+  // Llama 2's template has [INST] too, with a <<SYS>> block; later Mistral formats drop the space
+  // before [/INST]: neither is taken for mistral.
+  for (const char* other : {R"({"chat_template": "[INST] <<SYS>>\n{{ system }}\n<</SYS>>\n\n{{ m }} [/INST]"})",
+                            R"({"chat_template": "[INST]{{ m }}[/INST]"})"})
+    EXPECT_NE(message([&] { ChatTemplate::recognise(other, "c.json"); }).find("is none of chatml, llama3 or mistral"),
+              std::string::npos) << other;
+  // A special token the tokenizer swallows into <unk> is no single token of it either.
+  EXPECT_NE(message([&] { ChatTemplate("llama3").check(*llama2c); }).find("needs <|begin_of_text|> as one token"),
+            std::string::npos);
   EXPECT_EQ(message([] { ChatTemplate::recognise(R"({"chat_template": "<start_of_turn>user\n"})", "gemma/tokenizer_config.json"); }),
             "gemma/tokenizer_config.json: its chat_template (\"<start_of_turn>user \") is none of chatml, llama3 or mistral; "
             "pass --chat-template with the one to use");
@@ -210,6 +220,66 @@ TEST(ChatTemplate, AConversationCutBySeqLenKeepsItsMaskUpToTheCut) {
   }
   EXPECT_EQ(window[seq_len], ids[seq_len]);
   EXPECT_EQ(data.countTargets(0), std::count(mask.begin() + 1, mask.begin() + seq_len + 1, 1));
+}
+
+// Every packing, with and without a loss mask, on documents of every awkward length (empty ones
+// first, in the middle and last; one of exactly seq_len + 1 tokens; one longer, cut; one token),
+// memory and streamed: what countTargets says is what targets() gives, positions restart at 0 with
+// each document, every target is the token after its input in the same document, and the samples
+// cover every document in file order.
+TEST(Packing, TargetsCountsAndPositionsAgreeForEveryDocumentShape) {
+  const std::string path = ::testing::TempDir() + "/packing_shapes.h5";
+  const int seq_len = 8;
+  const std::vector<std::int64_t> lengths = {0, 4, 0, 9, 1, 12, 3, 0, 5, 2, 0};
+  std::vector<std::int64_t> offsets = {0};
+  for (auto l : lengths) offsets.push_back(offsets.back() + l);
+  const auto n = offsets.back();
+  auto tokens = torch::arange(1, n + 1, torch::kInt);  // token = 1 + its index: where it came from shows
+  auto mask = (torch::arange(n, torch::kInt) % 3 != 0).to(torch::kByte);
+  for (const bool masked : {false, true}) {
+    {
+      H5File f = H5File::create(path);
+      f.setAttr("/", "format", std::string("graft-tokens"));
+      f.setAttr("/", "version", std::int64_t{2});
+      f.setAttr("/", "vocab_size", std::int64_t{n + 1});
+      f.writeTensor("/train/tokens", tokens);
+      f.writeTensor("/train/doc_offsets", torch::tensor(offsets, torch::kLong));
+      if (masked) f.writeTensor("/train/loss_mask", mask);
+      f.close();
+    }
+    for (const auto packing : {Packing::Windows, Packing::Documents, Packing::Padded})
+      for (const auto residency : {DataResidency::Memory, DataResidency::Stream}) {
+        const TokenDataset data(path, "train", seq_len, residency, packing);
+        const std::string what = std::string(packingName(packing)) + (masked ? " masked" : "") +
+                                 (residency == DataResidency::Stream ? " streamed" : "");
+        std::int64_t counted_all = 0;
+        for (std::int64_t i = 0; i < data.numSamples(); ++i) {
+          std::vector<std::int64_t> window(seq_len + 1), targets(seq_len), positions(seq_len);
+          data.sample(i, window.data());
+          data.targets(i, targets.data());
+          const auto counted = std::count_if(targets.begin(), targets.end(), [](std::int64_t t) { return t != TokenDataset::kIgnoreTarget; });
+          EXPECT_EQ(data.countTargets(i), counted) << what << " sample " << i;
+          counted_all += counted;
+          if (packing == Packing::Windows) continue;
+          data.positions(i, positions.data());
+          EXPECT_EQ(positions[0], 0) << what;
+          for (int j = 0; j < seq_len; ++j) {
+            if (targets[j] == TokenDataset::kIgnoreTarget) continue;
+            EXPECT_EQ(targets[j], window[j] + 1) << what << " sample " << i << " at " << j;  // the next token of the split
+            if (j + 1 < seq_len) EXPECT_EQ(positions[j + 1], positions[j] + 1) << what;  // the same document
+            if (masked) EXPECT_EQ(mask[targets[j] - 1].item<int>(), 1) << what;
+          }
+        }
+        if (packing == Packing::Windows) continue;
+        // Every target a document can have within seq_len + 1 tokens, counted once.
+        std::int64_t expected = 0;
+        for (std::size_t d = 0; d + 1 < offsets.size(); ++d)
+          for (auto t = offsets[d] + 1; t < std::min(offsets[d + 1], offsets[d] + seq_len + 1); ++t)
+            expected += masked ? mask[t].item<int>() : 1;
+        EXPECT_EQ(counted_all, expected) << what;
+        EXPECT_EQ(data.cutDocuments(), 1) << what;  // 12 tokens; 9 fill seq_len + 1 exactly
+      }
+  }
 }
 
 }  // namespace

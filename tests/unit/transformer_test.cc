@@ -157,16 +157,17 @@ TEST(Transformer, LongSequencesAttendInBlocksAsInOnePiece) {
 // Packed documents leak nothing (Note [packed documents]): two rows of two documents each,
 // padded, give every document the logits it has alone, and the gradients of the packed batch's
 // summed loss equal the sum of each document's alone; for llama with grouped-query attention,
-// gpt2 (learned positions), a sliding window shorter than a document, and a soft prompt. (Rotary
+// gpt2 (learned positions), a sliding window shorter than a document, a soft prompt, and both (the
+// window reaching back into the prompt from each document's own positions). (Rotary
 // angles enter the scores only as differences, so for llama the positions' restart shows only in
 // rounding; gpt2's learned positions are what catch a missing restart: watched fail both ways.)
 TEST(Transformer, PackedDocumentsEachRunAsIfAlone) {
-  for (const std::string arch : {"llama", "gpt2", "window", "prompt"}) {
+  for (const std::string arch : {"llama", "gpt2", "window", "prompt", "window+prompt"}) {
     ModelConfig c = testing::smallModel(arch == "gpt2" ? "gpt2" : "llama");
-    if (arch == "window") c.sliding_window = 4;
+    if (arch.rfind("window", 0) == 0) c.sliding_window = 4;
     Transformer m(c);
     m->initialise(5);
-    if (arch == "prompt") m->addSoftPrompt(3, 8);
+    if (arch.find("prompt") != std::string::npos) m->addSoftPrompt(3, 8);
     {
       torch::NoGradGuard g;
       for (auto& p : m->parameters()) p.add_(torch::randn(p.sizes()) * 0.05);
