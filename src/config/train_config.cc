@@ -102,6 +102,11 @@ class OptionTable {
         "dist.shard = parameters: start the all-gather of the unit that comes next while the current one computes: "
         "true, false (each gather waits for its use) or auto (true where collectives progress during compute, as "
         "NCCL's; false on MPI, where it only costs memory); the same results either way");
+    add("dist.accumulate", c.accumulate,
+        "dist.shard = gradients | parameters under gradient accumulation: rows (each micro-step reduce-scatters its "
+        "gradients into the ranks' rows: whole gradients never outlive a unit; one reduce-scatter per micro-step) | "
+        "whole (gradients accumulate whole until the last micro-step: 4 bytes per parameter on every rank, one "
+        "reduce-scatter per step, the replicated run's bits at 1 and 2 ranks)");
     add("dist.shard", c.shard,
         "who holds the optimizer state and gradients: none (every rank, all of it), optimizer (ZeRO-1: each rank "
         "its rows of the AdamW moments), gradients (ZeRO-2: also its rows of the averaged gradients), parameters "
@@ -294,6 +299,7 @@ void TrainConfig::validate(int world) const {
          "resume.allow", "'" + name + "' is not one of seed, batch_size, seq_len, data, transfer");
     start = end + 1;
   }
+  need(accumulate == "rows" || accumulate == "whole", "dist.accumulate", "must be rows or whole");
   need(prefetch == "auto" || prefetch == "true" || prefetch == "false", "dist.prefetch",
        "'" + prefetch + "' is not one of auto, true, false");
   need(shard == "none" || shard == "optimizer" || shard == "gradients" || shard == "parameters", "dist.shard",

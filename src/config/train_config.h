@@ -56,6 +56,7 @@ struct TrainConfig {
   double slow_phase_timeout_s = 600;  // the same during set-up; the most a checkpoint write may take
   double bucket_mb = 25, first_bucket_mb = 1;
   bool overlap = true;
+  std::string accumulate = "rows";  // dist.accumulate: rows | whole (Note [accumulating in rows])
   std::string prefetch = "auto";  // dist.shard = parameters: start the next unit's gather early (auto | true | false)
   std::string shard = "none";  // none | optimizer | gradients | parameters (parallel/data_parallel.h)
   std::string reduce_dtype = "fp32";  // fp32 | bf16: what gradients travel and are summed in

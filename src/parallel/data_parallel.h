@@ -15,14 +15,28 @@
 //              parameters whole again.
 //   gradients  ZeRO-2: as optimizer, but gradients are reduce-scattered per unit during backward
 //              (a unit goes as soon as all its gradients are ready) and whole gradients are freed
-//              at once: each rank keeps the averaged gradient of its own rows only.
+//              at once: each rank keeps the averaged gradient of its own rows only. With gradient
+//              accumulation (Note [accumulating in rows]) every micro-step does so by default.
 //   parameters ZeRO-3: as gradients, and each rank keeps only its rows of the parameters (frozen
 //              ones too); a unit is all-gathered just before its forward and its backward and
 //              freed after each (parameter_shards.h).
 //
 // Results do not depend on the mode: the gradient norm is always computed the same way (Note
 // [gradient norm]) and AdamW is elementwise, so at one and two ranks every mode gives the same bits
-// (tests/mpi/data_parallel_test.cc, tests/e2e/shard_test.cc).
+// (tests/mpi/data_parallel_test.cc, tests/e2e/shard_test.cc), with one exception: gradients and
+// parameters accumulating over micro-steps in rows sum in another order (within 1e-6; with
+// dist.accumulate = whole, the same bits).
+//
+// Note [accumulating in rows]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// Under gradient accumulation a replicated rank adds each micro-step's gradients into whole
+// gradients and all-reduces their sum once. Sharded the same way (dist.accumulate = whole), every
+// rank holds whole gradients (4 bytes per parameter) between micro-steps, which is what ZeRO-2/3
+// exist to avoid. With dist.accumulate = rows (the default) each micro-step reduce-scatters each
+// unit as its gradients are ready, as FSDP does, and adds the result into the rank's rows: whole
+// gradients live for at most a few units at a time, at the price of one reduce-scatter per
+// micro-step instead of per step, and of another order of summation (the ranks' sums of each
+// micro-step, added up, rather than the sum over ranks of each rank's micro-steps).
 //
 // Collective: construction (plan check), broadcastParameters, finish, gradNorm, step, and backward on a syncing micro-step. Devices and communicators stay out
 // of it: tensors live where the model's parameters live, and collectives go through Communicator.
@@ -47,6 +61,7 @@ struct DataParallelOptions {
   GradReducerOptions buckets;  // none and optimizer: the all-reduce buckets
   AdamWOptions adamw;
   bool prefetch = true;  // parameters: start the next unit's gather while this one computes (Note [prefetch])
+  bool accumulate_rows = true;  // gradients, parameters: reduce-scatter every micro-step (Note [accumulating in rows])
 };
 
 // Note [gradient norm]

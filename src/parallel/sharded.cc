@@ -24,6 +24,7 @@ class Sharded final : public DataParallel {
           const DataParallelOptions& options)
       : DataParallel(params, comm),
         shard_gradients_(options.shard != "optimizer"),
+        accumulate_rows_(options.accumulate_rows),
         prefetch_(options.prefetch),
         reduce_dtype_(options.buckets.reduce_dtype),
         floats_(at::TensorOptions(at::kFloat).device(params.empty() ? at::Device(at::kCPU) : params.front().second.device())) {
@@ -81,6 +82,7 @@ class Sharded final : public DataParallel {
       for (std::size_t u = plan_.units.size(); u-- > 0;) launch_order_.push_back(u);  // until the first step says
       works_.resize(plan_.units.size());
       sends_.resize(plan_.units.size());
+      add_after_.resize(plan_.units.size());
       std::vector<at::Tensor> tensors;
       for (const auto& [name, p] : params_) tensors.push_back(p);
       hooks_ = std::make_unique<GradReadyHooks>(tensors, [this](std::size_t k) { onGradReady(k); });
@@ -91,12 +93,16 @@ class Sharded final : public DataParallel {
 
   void beginStep() override {
     if (reducer_) reducer_->beginStep();
+    micro_step_ = -1;
   }
 
   void beginMicroStep(bool sync) override {
     if (reducer_) return reducer_->beginMicroStep(sync);
     if (shards_) shards_->afterBackward();  // of the micro-step before
+    if (launching_) flush();  // the micro-step before reduce-scattered its units (Note [accumulating in rows])
+    ++micro_step_;
     sync_ = sync;
+    launching_ = sync || accumulate_rows_;
     next_launch_ = 0;
     for (std::size_t u = 0; u < plan_.units.size(); ++u) {
       pending_[u] = plan_.units[u].params.size() - unused_in_unit_[u];
@@ -115,16 +121,9 @@ class Sharded final : public DataParallel {
       return;
     }
     if (!sync_) throw Error("DataParallel::finish() on a micro-step that does not sync");
-    // Units whose gradients never all arrived (unused parameters) still take part, in order.
-    for (std::size_t u = 0; u < plan_.units.size(); ++u) ready_[u] = true;
-    launchReady();
-    for (std::size_t u = 0; u < works_.size(); ++u) {
-      if (works_[u]) works_[u]->wait(comm_.timeout());
-      works_[u].reset();
-      sends_[u] = at::Tensor();
-    }
-    in_flight_.clear();
+    flush();
     sync_ = false;
+    launching_ = false;
     if (shards_) shards_->afterBackward();
     if (!learned_) learnFromFirstStep();
   }
@@ -199,14 +198,20 @@ class Sharded final : public DataParallel {
              "before its backward, freed after each, gradients reduce-scattered, in " +
              std::to_string(shards_->units()) + " unit(s) over " + std::to_string(comm_.size()) + " rank(s)" +
              (prefetch_ ? ", the next unit's gather started while one computes" : "") + "; this rank holds " + std::to_string(shards_->shardBytes() / 4) + " parameter elements and updates " +
-             std::to_string(owned_elements_) + " of the " + std::to_string(trainable_elements_) + " trainable ones";
+             std::to_string(owned_elements_) + " of the " + std::to_string(trainable_elements_) + " trainable ones" +
+             accumulation();
     std::string what = shard_gradients_ ? "dist.shard = gradients (ZeRO-2): gradients reduce-scattered"
                                         : "dist.shard = optimizer (ZeRO-1): gradients all-reduced";
     if (reducer_) what += " in " + std::to_string(reducer_->plan().buckets.size()) + " bucket(s)";
     return what + ", parameters all-gathered, in " + std::to_string(plan_.units.size()) + " unit(s) over " +
            std::to_string(comm_.size()) + " rank(s); " + std::to_string(trainable_elements_) +
            " elements per step (frozen parameters are not communicated); this rank updates " +
-           std::to_string(owned_elements_) + " of them";
+           std::to_string(owned_elements_) + " of them" + (shard_gradients_ ? accumulation() : std::string());
+  }
+
+  std::string accumulation() const {
+    return accumulate_rows_ ? "; under accumulation each micro-step's gradients go to their ranks' rows (dist.accumulate = rows)"
+                            : "; under accumulation gradients stay whole until the last micro-step (dist.accumulate = whole)";
   }
 
  private:
@@ -224,9 +229,30 @@ class Sharded final : public DataParallel {
     return all;
   }
 
+  // Collective. Ends a micro-step's reduce-scatters: units whose gradients never all arrived
+  // (unused parameters) still take part, in order, and every one completes.
+  void flush() {
+    for (std::size_t u = 0; u < plan_.units.size(); ++u) ready_[u] = true;
+    launchReady();
+    for (std::size_t u = 0; u < works_.size(); ++u) complete(u);
+    in_flight_.clear();
+  }
+
+  // Waits for unit u's reduce-scatter, if any, and adds a later micro-step's rows into the step's.
+  void complete(std::size_t u) {
+    if (works_[u]) works_[u]->wait(comm_.timeout());
+    works_[u].reset();
+    sends_[u] = at::Tensor();
+    if (add_after_[u].defined()) {
+      torch::NoGradGuard no_grad;
+      shard_grads_[u].add_(add_after_[u]);
+      add_after_[u] = at::Tensor();
+    }
+  }
+
   // ZeRO-2: called on the backward thread when parameter k's gradient was accumulated.
   void onGradReady(std::size_t k) {
-    if (!sync_) return;
+    if (!launching_) return;
     const auto u = static_cast<std::size_t>(plan_.unit_of[k]);
     if (unused_[k])
       throw Error("dist.shard = gradients: parameter " + params_[k].first +
@@ -302,22 +328,24 @@ class Sharded final : public DataParallel {
       p.mutable_grad() = at::Tensor();
     }
     if (world > 1) send.mul_(1.0 / world);  // the average, folded in as the replicated reducer does
-    works_[u] = reduceScatter(comm_, send, shard_grads_[u], ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_);
+    // The step's first reduce-scatter of a unit writes its rows; a later micro-step's is added to them.
+    at::Tensor into = shard_grads_[u];
+    if (micro_step_ > 0 && accumulate_rows_) into = add_after_[u] = torch::empty_like(shard_grads_[u]);
+    works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_);
     sends_[u] = send;
     in_flight_.push_back(u);
     // At most kInFlight packed units at a time: a packed unit is as large as its whole gradients.
     while (in_flight_.size() > kInFlight) {
       const std::size_t oldest = in_flight_.front();
       in_flight_.pop_front();
-      works_[oldest]->wait(comm_.timeout());
-      works_[oldest].reset();
-      sends_[oldest] = at::Tensor();
+      complete(oldest);
     }
   }
 
   static constexpr std::size_t kInFlight = 2;
 
   bool shard_gradients_;
+  bool accumulate_rows_;  // dist.accumulate = rows (Note [accumulating in rows])
   bool prefetch_;  // dist.prefetch (parameters only)
   at::ScalarType reduce_dtype_;  // dist.reduce_dtype: what gradients travel and are summed in
   at::TensorOptions floats_;     // float32 where the parameters live
@@ -336,8 +364,11 @@ class Sharded final : public DataParallel {
   std::vector<std::size_t> pending_;
   std::vector<bool> ready_;
   std::vector<WorkPtr> works_;
+  std::vector<at::Tensor> add_after_;        // per unit: a later micro-step's rows, added once received
   std::size_t next_launch_ = 0;
   bool sync_ = false;
+  bool launching_ = false;                   // this micro-step reduce-scatters units as they are ready
+  int micro_step_ = -1;                      // of the step
   std::vector<std::size_t> launch_order_;     // units, in the order their reduce-scatters start
   std::vector<std::int64_t> arrival_;         // per parameter: when its gradient arrived in the first step
   std::int64_t arrivals_ = 0;

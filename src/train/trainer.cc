@@ -84,6 +84,7 @@ struct StepOutcome {
 struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   State(const TrainConfig& c, Communicator& comm_, std::function<bool()> stop, Loaded&& loaded)
       : config(withPacking(c, loaded)),
+        packing_asked(c.data_packing),
         stop_requested(std::move(stop)),
         comm(comm_),
         log(comm_.rank(), comm_.size()),
@@ -99,7 +100,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
                               static_cast<std::size_t>(c.bucket_mb * (1 << 20)), c.overlap,
                               c.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat},
                              {c.beta1, c.beta2, c.eps, c.weight_decay},
-                             c.prefetch == "true" || (c.prefetch == "auto" && comm_.progressesWhileComputing())})),
+                             c.prefetch == "true" || (c.prefetch == "auto" && comm_.progressesWhileComputing()),
+                             c.accumulate == "rows"})),
         schedule{c.lr, c.min_lr, c.warmup, c.steps},
         checkpoint_dir(c.run_dir + "/checkpoints"),
         metrics(c.run_dir, c.steps, c.log_every, classify, c.tensorboard, comm_.rank(), log) {}
@@ -238,7 +240,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
                 " (lower train.lr or raise train.grad_clip's effect, then resume)");
   }
 
-  TrainConfig config;
+  TrainConfig config;  // data.packing resolved (withPacking)
+  std::string packing_asked;  // data.packing as the user gave it, for the log
   std::function<bool()> stop_requested;
   std::int64_t skipped_total = 0, bad_in_a_row = 0;
   std::int64_t tokens_seen = 0;  // tokens read by all ranks since step 0 (checkpointed)
@@ -352,7 +355,7 @@ TrainResult Trainer::run() {
   if (s.train_data->streamed())
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data->numTokens()) +
                " training tokens; data.load = " + c.data_load + ")");
-  if (!s.classify) s.log.main(describePacking(*s.train_data, c.data_packing));
+  if (!s.classify) s.log.main(describePacking(*s.train_data, s.packing_asked));
   s.log.main(s.dp->describe());
   result.base_val_loss = s.validate().loss;
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
