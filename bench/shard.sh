@@ -9,9 +9,17 @@
 # "parameters+recompute" is ZeRO-3 with train.recompute = true (activation checkpointing);
 # "parameters+prefetch" is ZeRO-3 with dist.prefetch = true (the next unit's gather started early);
 # "<mode>+per_rank" writes checkpoints as one part file per rank (checkpoint.files = per_rank).
+# "<mode>+whole" accumulates micro-steps in whole gradients (dist.accumulate = whole) instead of the
+# ranks' rows (the default; Note [accumulating in rows]).
+# Issue 26's memory figures: a random-init Llama of 155M parameters (dim 1024, hidden 2816, 12
+# layers, 16 heads, vocab 512) at np 4, micro_batch 1, accumulation 1 and 4:
+#   TRAIN_ONLY=1 MODELS=llama155m NPS=4 MICRO=1 ACCUMS="1 4" STEPS=2 REPEATS=1 \
+#     MODES="none gradients gradients+whole parameters parameters+whole parameters+recompute" bench/shard.sh
 #   usage: bench/shard.sh [graft]     (REPEATS=3 STEPS=4 NPS="2 4" MODELS="llama32m stories260k"
 #                                      MODES="none optimizer gradients parameters parameters+recompute
-#                                             parameters+prefetch")
+#                                             parameters+prefetch" MICRO=4 ACCUMS="1" TRAIN_ONLY=0)
+#   Runs are keyed MODEL_NP_MODE, with _accK appended when accumulation K > 1; TRAIN_ONLY=1 prints
+#   the runs and ratios only (no checkpoint timings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAFT=$(realpath "${1:-build/launcher/graft}")
@@ -20,6 +28,9 @@ STEPS=${STEPS:-4}
 NPS=${NPS:-2 4}
 MODELS=${MODELS:-llama32m stories260k}
 MODES=${MODES:-none optimizer gradients parameters parameters+recompute parameters+prefetch}
+MICRO=${MICRO:-4}
+ACCUMS=${ACCUMS:-1}
+TRAIN_ONLY=${TRAIN_ONLY:-0}
 DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
@@ -30,14 +41,16 @@ trap 'rm -rf "$tmp"' EXIT
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A MODEL=(
   [llama32m]="--model.dim=576 --model.hidden_dim=1536 --model.n_layers=8 --model.n_heads=8 --model.n_kv_heads=8 --model.max_seq_len=64"
+  [llama155m]="--model.dim=1024 --model.hidden_dim=2816 --model.n_layers=12 --model.n_heads=16 --model.n_kv_heads=16 --model.max_seq_len=64"
   [stories260k]="--model.path=$DATA_DIR/llama2c/stories260K.bin")
-run_once() {  # model np mode -> "tokens_per_s peak_rss_mib checkpoint_s checkpoint_bytes"
-  local model=$1 np=$2 mode=$3
+run_once() {  # model np mode accumulation -> "tokens_per_s peak_rss_mib checkpoint_s checkpoint_bytes"
+  local model=$1 np=$2 mode=$3 accum=${4:-1}
   rm -rf "$tmp/run"
   local out
   out=$(mpirun -np "$np" --oversubscribe --bind-to none "$GRAFT" train --run.dir="$tmp/run" --data.path="$tmp/stories.h5" \
-    ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((4 * np)) --train.micro_batch=4 --train.steps="$STEPS" \
+    ${MODEL[$model]} --train.seq_len=64 --train.batch_size=$((MICRO * np * accum)) --train.micro_batch="$MICRO" --train.steps="$STEPS" \
     --train.threads=1 --eval.every=0 --eval.batches=1 --checkpoint.every=0 --dist.shard="${mode%%+*}" \
+    --dist.accumulate=$([[ $mode == *+whole ]] && echo whole || echo rows) \
     --train.recompute=$([[ $mode == *+recompute ]] && echo true || echo false) \
     --dist.prefetch=$([[ $mode == *+prefetch ]] && echo true || echo auto) \
     --checkpoint.files=$([[ $mode == *+per_rank ]] && echo per_rank || echo one) 2>&1)
@@ -52,22 +65,31 @@ rows=() summary=()
 big_bytes=0 big_ckpt=0  # the largest checkpoint written (the 32M model, np = 4, gradients) and its time
 for model in $MODELS; do
   for np in $NPS; do
-    for mode in $MODES; do
-      results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode"; done)
-      tps=$(cut -d' ' -f1 <<<"$results" | median); rss=$(cut -d' ' -f2 <<<"$results" | median)
-      ckpt=$(cut -d' ' -f3 <<<"$results" | median); bytes=$(cut -d' ' -f4 <<<"$results" | median)
-      key="${model}_${np}_${mode/+/_}"
-      eval "tps_${key}=$tps rss_${key}=$rss"
-      if ((bytes >= big_bytes)); then big_bytes=$bytes big_ckpt=$ckpt; fi
-      rows+=("{\"model\": \"$model\", \"np\": $np, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
-    done
-    for mode in $MODES; do
-      [[ $mode == none || " $MODES " != *" none "* ]] && continue  # ratios need none in MODES
-      t="tps_${model}_${np}_${mode/+/_}" r="rss_${model}_${np}_${mode/+/_}" t0="tps_${model}_${np}_none" r0="rss_${model}_${np}_none"
-      summary+=("\"${model}_np${np}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
+    for accum in $ACCUMS; do
+      acc=$([[ $accum == 1 ]] || echo "_acc$accum")
+      for mode in $MODES; do
+        results=$(for ((i = 0; i < REPEATS; i++)); do run_once "$model" "$np" "$mode" "$accum"; done)
+        tps=$(cut -d' ' -f1 <<<"$results" | median); rss=$(cut -d' ' -f2 <<<"$results" | median)
+        ckpt=$(cut -d' ' -f3 <<<"$results" | median); bytes=$(cut -d' ' -f4 <<<"$results" | median)
+        key="${model}_${np}_${mode/+/_}${acc}"
+        eval "tps_${key}=$tps rss_${key}=$rss"
+        if ((bytes >= big_bytes)); then big_bytes=$bytes big_ckpt=$ckpt; fi
+        rows+=("{\"model\": \"$model\", \"np\": $np, \"accumulation\": $accum, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
+        echo "shard: $key: $tps tokens/s, peak RSS $rss MiB per rank" >&2
+      done
+      for mode in $MODES; do
+        [[ $mode == none || " $MODES " != *" none "* ]] && continue  # ratios need none in MODES
+        t="tps_${model}_${np}_${mode/+/_}${acc}" r="rss_${model}_${np}_${mode/+/_}${acc}" t0="tps_${model}_${np}_none${acc}" r0="rss_${model}_${np}_none${acc}"
+        summary+=("\"${model}_np${np}${acc}_${mode}_over_none\": {\"tokens_per_s\": $(awk -v a="${!t}" -v b="${!t0}" 'BEGIN {printf "%.3f", a / b}'), \"peak_rss\": $(awk -v a="${!r}" -v b="${!r0}" 'BEGIN {printf "%.3f", a / b}')}")
+      done
     done
   done
 done
+if [[ $TRAIN_ONLY == 1 ]]; then
+  IFS=,; printf '{"bench": "shard", "steps": %s, "repeats": %s, "micro_batch": %s, "runs": [%s], "ratios": {%s}}\n' \
+    "$STEPS" "$REPEATS" "$MICRO" "${rows[*]}" "${summary[*]}"
+  exit 0
+fi
 # Training time lost to checkpoints: the first model at the last np, dist.shard = none, a checkpoint
 # after every step, synchronous and checkpoint.async, against no checkpoint but the last; the
 # elapsed time at the last step's metrics line (before its checkpoint), per checkpoint, median.
