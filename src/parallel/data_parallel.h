@@ -112,6 +112,15 @@ class DataParallel {
   virtual void gatherParameters() {}
   // One line for the log: what is communicated and what this rank holds.
   virtual std::string describe() const = 0;
+  // What this rank's training state should take by the ZeRO formulas (docs/sharding.md), in bytes:
+  // `state` parameters, gradients and AdamW moments as this mode holds them; `in_flight` the whole
+  // units a step holds at once besides (gathered parameters, whole gradients and packed buffers of
+  // the units being reduce-scattered); `between_micro_steps` what gradient accumulation adds
+  // (whole gradients kept from one micro-step to the next). Activations are not included.
+  struct MemoryPlan {
+    std::int64_t state = 0, in_flight = 0, between_micro_steps = 0;
+  };
+  virtual MemoryPlan memoryPlan() const = 0;
 
  protected:
   DataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm)

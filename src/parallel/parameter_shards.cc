@@ -155,6 +155,12 @@ std::int64_t ParameterShards::shardBytes() const {
   return bytes;
 }
 
+std::int64_t ParameterShards::largestUnitBytes() const {
+  std::int64_t bytes = 0;
+  for (const auto& b : buffers_) bytes = std::max<std::int64_t>(bytes, b.numel() * b.element_size() * comm_.size());
+  return bytes;
+}
+
 void ParameterShards::gather(std::size_t u, Pass pass) {
   torch::NoGradGuard no_grad;
   const char* tag = tags_[u][pass].c_str();

@@ -72,6 +72,8 @@ class ParameterShards {
   void afterBackward();
   // Bytes of this rank's rows of every parameter (padding included).
   std::int64_t shardBytes() const;
+  // Bytes of the largest unit when gathered whole (every rank's rows).
+  std::int64_t largestUnitBytes() const;
   std::size_t units() const { return plan_.units.size(); }
   // Gathers that a prefetch had started (Note [prefetch]), and all gathers, so far.
   std::int64_t prefetchedGathers() const { return prefetched_; }

@@ -94,6 +94,15 @@ class Replicated final : public DataParallel {
 
   bool shardsOptimizer() const override { return false; }
 
+  MemoryPlan memoryPlan() const override {
+    std::int64_t all = 0, trainable = 0;
+    for (const auto& [name, p] : params_) {
+      all += p.numel();
+      if (p.requires_grad()) trainable += p.numel();
+    }
+    return {4 * all + 4 * trainable + 8 * trainable, 0, 0};  // gradients live in the buckets all along
+  }
+
   std::string describe() const override {
     std::int64_t elements = 0;
     for (const auto& b : reducer_.plan().buckets) elements += b.numel;

@@ -209,6 +209,21 @@ class Sharded final : public DataParallel {
            std::to_string(owned_elements_) + " of them" + (shard_gradients_ ? accumulation() : std::string());
   }
 
+  MemoryPlan memoryPlan() const override {
+    std::int64_t all = 0, largest_unit = 0;
+    for (const auto& [name, p] : params_) all += p.numel();
+    for (const auto& unit : plan_.units) largest_unit = std::max(largest_unit, unit.numel * comm_.size());
+    MemoryPlan plan;
+    const std::int64_t parameters = shards_ ? shards_->shardBytes() : 4 * all;
+    const std::int64_t gradients = shard_gradients_ ? 4 * owned_elements_ : 4 * trainable_elements_;
+    plan.state = parameters + gradients + 8 * owned_elements_;
+    if (shards_) plan.in_flight += 2 * shards_->largestUnitBytes();  // the unit in use and the next one
+    // Reduce-scatters in flight: each unit's whole gradients, then its packed buffer, kInFlight + 1 at once.
+    if (shard_gradients_) plan.in_flight += static_cast<std::int64_t>(kInFlight + 1) * 2 * 4 * largest_unit;
+    if (shard_gradients_ && !accumulate_rows_) plan.between_micro_steps = 4 * trainable_elements_;
+    return plan;
+  }
+
   std::string accumulation() const {
     return accumulate_rows_ ? "; under accumulation each micro-step's gradients go to their ranks' rows (dist.accumulate = rows)"
                             : "; under accumulation gradients stay whole until the last micro-step (dist.accumulate = whole)";

@@ -540,7 +540,9 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
       for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
   });
   const TrainingState state = snapshot(comm, c, step, counters, model->device());
-  const auto optimizer = copyOf(dp.optimizer());
+  // Unsharded, rank 0 alone writes the optimizer state: the others copy none of it (a whole copy
+  // of 8 bytes per parameter on every rank otherwise).
+  const std::shared_ptr<const AdamW> optimizer = sharded || rank == 0 ? copyOf(dp.optimizer()) : nullptr;
   // A sharded optimizer's ranks each copy their rows of the model too and write them into their
   // parts: the helper must never read the live model, which training updates in place while it
   // writes (that once gave a checkpoint with a later step's weights beside step `step`'s moments).

@@ -132,13 +132,27 @@ void Metrics::truncateAfter(std::int64_t step) {
   writeFileAtomically(path_, kept);
 }
 
-void Metrics::memory(Communicator& comm) {
+void Metrics::memory(Communicator& comm, std::int64_t expected_bytes) {
   std::int64_t peak[2] = {peakResidentBytes(), -peakResidentBytes()};
   comm.allReduce(peak, 2, ReduceOp::Max, "train/memory");
-  char line[160];
+  char line[240];
   std::snprintf(line, sizeof(line), "memory: peak resident set %.1f MiB per rank (largest), %.1f MiB (smallest)",
                 static_cast<double>(peak[0]) / (1 << 20), static_cast<double>(-peak[1]) / (1 << 20));
-  log_.main(line);
+  std::string text = line;
+  if (expected_bytes > 0) {
+    std::snprintf(line, sizeof(line), "; expected %.1f MiB without activations (%.2fx)", static_cast<double>(expected_bytes) / (1 << 20),
+                  static_cast<double>(peak[0]) / static_cast<double>(expected_bytes));
+    text += line;
+  }
+  log_.main(text);
+}
+
+std::int64_t residentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
 }
 
 void Metrics::append(const std::string& json) {

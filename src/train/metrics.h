@@ -38,6 +38,9 @@ struct StepReport {
   StepPhases phases;
 };
 
+// VmRSS of /proc/self/status: what this process holds in RAM now (0 where unknown).
+std::int64_t residentBytes();
+
 class Metrics {
  public:
   Metrics(std::string run_dir, std::int64_t total_steps, std::int64_t log_every, bool classify, bool tensorboard, int rank,
@@ -49,8 +52,9 @@ class Metrics {
   // Rank 0 writes; other ranks do nothing.
   void step(const StepReport& r);
   ~Metrics();
-  // Collective: the largest and smallest peak resident set over the ranks, in one line.
-  void memory(Communicator& comm);
+  // Collective: the largest and smallest peak resident set over the ranks, in one line, beside the
+  // peak the formulas expected (Note [expected memory] in trainer.cc; 0: none).
+  void memory(Communicator& comm, std::int64_t expected_bytes = 0);
 
  private:
   void append(const std::string& json);

@@ -258,6 +258,24 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   std::string checkpoint_dir;
   Metrics metrics;
   PendingCheckpoint pending;  // checkpoint.async: the checkpoint being written in the background
+  std::int64_t runtime_bytes = 0;   // resident before loading (Trainer's constructor)
+  std::int64_t expected_bytes = 0;  // the peak the formulas expect, activations aside (expectMemory)
+
+  // Note [expected memory]: the peak a rank should reach by the ZeRO formulas, printed at start-up
+  // so that a run can be sized before it is launched on many GPUs, and again beside the measured
+  // peak at the end. Activations are not in it: they depend on micro_batch x seq_len, the model's
+  // width and train.recompute, not on the mode.
+  void expectMemory() {
+    const auto plan = dp->memoryPlan();
+    const bool accumulates = config.accumulation(comm.size()) > 1;
+    expected_bytes = runtime_bytes + plan.state + plan.in_flight + (accumulates ? plan.between_micro_steps : 0);
+    auto mib = [](std::int64_t bytes) { return std::to_string(static_cast<std::int64_t>(static_cast<double>(bytes) / (1 << 20) + 0.5)); };
+    log.main("memory: expected peak about " + mib(expected_bytes) + " MiB per rank (dist.shard = " + config.shard + "): runtime " +
+             mib(runtime_bytes) + " MiB measured before loading + training state " + mib(plan.state) + " + whole units in flight " +
+             mib(plan.in_flight) +
+             (accumulates && plan.between_micro_steps ? " + whole gradients between micro-steps " + mib(plan.between_micro_steps) : "") +
+             "; activations come on top (train.recompute shrinks them)");
+  }
 };
 
 Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bool()> stop_requested) {
@@ -269,6 +287,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
     LongTimeout slow(comm, config.slow_phase_timeout_s);  // ranks may start far apart (a busy shared file system)
     comm.barrier("init/run_dir");
   }
+  const std::int64_t runtime_bytes = residentBytes();  // LibTorch, MPI and this process, before the model and data
   // Loading the data and the model can take minutes on some ranks: a heartbeat keeps the others
   // in touch meanwhile (Note [heartbeat]).
   Logger log(comm.rank(), comm.size());
@@ -297,6 +316,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   run.model->setComputeDtype(computeDtype(config.precision));
   if (!device.is_cpu()) log.info("device: " + describeDevice(device) + ", precision " + config.precision);
   s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(run));
+  s_->runtime_bytes = runtime_bytes;
 }
 
 Trainer::~Trainer() = default;
@@ -357,6 +377,7 @@ TrainResult Trainer::run() {
                " training tokens; data.load = " + c.data_load + ")");
   if (!s.classify) s.log.main(describePacking(*s.train_data, s.packing_asked));
   s.log.main(s.dp->describe());
+  s.expectMemory();
   result.base_val_loss = s.validate().loss;
   if (start == 0) s.log.main("val loss before training: " + std::to_string(result.base_val_loss));
   const std::int64_t last = c.stop_after > 0 ? std::min(c.steps, c.stop_after) : c.steps;
@@ -399,7 +420,7 @@ TrainResult Trainer::run() {
     appendJournal(c.run_dir, "end", end);
   }
   result.skipped_steps = s.skipped_total;
-  s.metrics.memory(s.comm);
+  s.metrics.memory(s.comm, s.expected_bytes);
   return result;
 }
 

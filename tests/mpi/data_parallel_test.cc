@@ -304,6 +304,13 @@ TEST(DataParallel, StateMemoryFollowsTheZeroFormulas) {
                                                   : 16 * p / n;
     EXPECT_NEAR(added, expected, 0.05 * expected) << mode << " at np " << n << ": " << added / 1e6 << " MB added, formula "
                                                   << expected / 1e6 << " MB";
+    // What graft train prints at start-up as the state (Note [expected memory]) is the formula.
+    const auto plan = dp->memoryPlan();
+    EXPECT_NEAR(static_cast<double>(plan.state), expected, 1e-3 * expected) << mode;
+    // Units in flight: none replicated; ZeRO-2/3 at most a few whole 4 MB units, not the model.
+    EXPECT_EQ(plan.in_flight > 0, mode == "gradients" || mode == "parameters") << mode;
+    EXPECT_LE(plan.in_flight, 12 * 4e6) << mode;
+    EXPECT_EQ(plan.between_micro_steps, 0) << mode;  // dist.accumulate = rows
   }
 }
 
