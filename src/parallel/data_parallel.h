@@ -38,7 +38,9 @@
 // micro-step instead of per step, and of another order of summation (the ranks' sums of each
 // micro-step, added up, rather than the sum over ranks of each rank's micro-steps).
 //
-// Collective: construction (plan check), broadcastParameters, finish, gradNorm, step, and backward on a syncing micro-step. Devices and communicators stay out
+// Collective: construction (plan check), broadcastParameters, finish, gradNorm, step, and backward
+// on a syncing micro-step (on every micro-step, and beginMicroStep too, under gradients and
+// parameters sharding with dist.accumulate = rows). Devices and communicators stay out
 // of it: tensors live where the model's parameters live, and collectives go through Communicator.
 #pragma once
 

@@ -124,6 +124,7 @@ class Sharded final : public DataParallel {
     flush();
     sync_ = false;
     launching_ = false;
+    micro_step_ = -1;  // a next beginMicroStep without beginStep starts a step, never adds to this one
     if (shards_) shards_->afterBackward();
     if (!learned_) learnFromFirstStep();
   }
@@ -217,9 +218,11 @@ class Sharded final : public DataParallel {
     const std::int64_t parameters = shards_ ? shards_->shardBytes() : 4 * all;
     const std::int64_t gradients = shard_gradients_ ? 4 * owned_elements_ : 4 * trainable_elements_;
     plan.state = parameters + gradients + 8 * owned_elements_;
-    if (shards_) plan.in_flight += 2 * shards_->largestUnitBytes();  // the unit in use and the next one
-    // Reduce-scatters in flight: each unit's whole gradients, then its packed buffer, kInFlight + 1 at once.
-    if (shard_gradients_) plan.in_flight += static_cast<std::int64_t>(kInFlight + 1) * 2 * 4 * largest_unit;
+    // The unit in use, the next one gathered before the last is released in backward, and the
+    // gather's receive buffer.
+    if (shards_) plan.in_flight += 3 * shards_->largestUnitBytes();
+    // Reduce-scatters in flight: up to kInFlight + 1 packed buffers, and one unit's whole gradients.
+    if (shard_gradients_) plan.in_flight += static_cast<std::int64_t>(kInFlight + 2) * 4 * largest_unit;
     if (shard_gradients_ && !accumulate_rows_) plan.between_micro_steps = 4 * trainable_elements_;
     return plan;
   }

@@ -268,13 +268,19 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   void expectMemory() {
     const auto plan = dp->memoryPlan();
     const bool accumulates = config.accumulation(comm.size()) > 1;
-    expected_bytes = runtime_bytes + plan.state + plan.in_flight + (accumulates ? plan.between_micro_steps : 0);
+    const std::int64_t state = plan.state + plan.in_flight + (accumulates ? plan.between_micro_steps : 0);
     auto mib = [](std::int64_t bytes) { return std::to_string(static_cast<std::int64_t>(static_cast<double>(bytes) / (1 << 20) + 0.5)); };
+    const std::string parts = "training state " + mib(plan.state) + " + whole units in flight " + mib(plan.in_flight) +
+                              (accumulates && plan.between_micro_steps ? " + whole gradients between micro-steps " + mib(plan.between_micro_steps) : "");
+    if (model->device().is_cuda()) {  // the state is in device memory: no host figure to set it beside
+      log.main("memory: expected on each GPU about " + mib(state) + " MiB by the formulas (dist.shard = " + config.shard + "): " +
+               parts + "; activations and the CUDA context come on top");
+      return;
+    }
+    expected_bytes = runtime_bytes + state;
     log.main("memory: expected peak about " + mib(expected_bytes) + " MiB per rank (dist.shard = " + config.shard + "): runtime " +
-             mib(runtime_bytes) + " MiB measured before loading + training state " + mib(plan.state) + " + whole units in flight " +
-             mib(plan.in_flight) +
-             (accumulates && plan.between_micro_steps ? " + whole gradients between micro-steps " + mib(plan.between_micro_steps) : "") +
-             "; activations come on top (train.recompute shrinks them)");
+             mib(runtime_bytes) + " MiB measured before loading + " + parts +
+             "; activations, the data held in memory and checkpoint.async's copies come on top (train.recompute shrinks activations)");
   }
 };
 

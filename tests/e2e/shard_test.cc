@@ -165,7 +165,7 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       const std::string no_mpiio = base + "/no_mpiio";
       std::ofstream(no_mpiio + ".ini") << config(no_mpiio);
       const auto f = run("OMPI_MCA_io=^ompio,romio321 " + mpirun(2) + " " + graft() + " train --config " + no_mpiio +
-                         ".ini --dist.shard=parameters");
+                         ".ini --dist.shard=parameters --dist.accumulate=whole");
       ASSERT_EQ(f.code, 0) << f.output;
       EXPECT_NE(f.output.find("a part file per rank, since the ranks cannot write one file together: MPI-IO cannot open"),
                 std::string::npos)
@@ -228,21 +228,31 @@ TEST(Sharding, PackedConversationsGiveTheSameStepAtAnyWorldSizeAndAccumulation) 
 // Note [accumulating in rows]: by default gradients and parameters modes reduce-scatter every
 // micro-step into the ranks' rows (here 6 and 3 micro-steps a step at 2 and 4 ranks). The sums
 // run in another order than the replicated run's, so: every step's loss within 1e-6, the weights
-// within 1e-6 and the AdamW moments within 1e-5 of dist.accumulate = whole (expectNearRun); the
-// log says which. Resumed at another world size, rows again.
+// within 1e-6 and the AdamW moments within 1e-5 of dist.accumulate = whole (expectNearRun), and
+// not its bits (another order did run); the log says which. Stopped at step 3 and resumed in the
+// same mode, a rows run gives its straight run's bits.
 TEST(Sharding, AccumulatingInRowsGivesTheWholeRunWithin1e6) {
   for (const int np : {2, 4}) {
     const std::string base = freshDir("shard_rows_np" + std::to_string(np));
     for (const std::string mode : {"gradients", "parameters"}) {
-      const auto whole = train(np, base + "/" + mode + "_whole", mode, "--dist.accumulate=whole");
+      const std::string whole_dir = base + "/" + mode + "_whole", rows_dir = base + "/" + mode + "_rows";
+      const auto whole = train(np, whole_dir, mode, "--dist.accumulate=whole");
       ASSERT_EQ(whole.code, 0) << whole.output;
       EXPECT_NE(whole.output.find("gradients stay whole until the last micro-step (dist.accumulate = whole)"), std::string::npos)
           << whole.output;
-      const auto rows = train(np, base + "/" + mode + "_rows", mode, "--dist.accumulate=rows");
+      const auto rows = train(np, rows_dir, mode, "--dist.accumulate=rows");
       ASSERT_EQ(rows.code, 0) << rows.output;
       EXPECT_NE(rows.output.find("each micro-step's gradients go to their ranks' rows (dist.accumulate = rows)"), std::string::npos)
           << rows.output;
-      expectNearRun(base + "/" + mode + "_whole", base + "/" + mode + "_rows", mode + " rows against whole at np " + std::to_string(np));
+      const std::string what = mode + " rows against whole at np " + std::to_string(np);
+      expectNearRun(whole_dir, rows_dir, what);
+      EXPECT_NE(tensorManifest(finalCheckpoint(whole_dir)), tensorManifest(finalCheckpoint(rows_dir))) << what << ": the same bits";
+      if (np != 2) continue;
+      const std::string resumed = base + "/" + mode + "_rows_resumed";
+      ASSERT_EQ(train(np, resumed, mode, "--dist.accumulate=rows --train.stop_after=3").code, 0);
+      const auto r = train(np, resumed, mode, "--dist.accumulate=rows");
+      ASSERT_EQ(r.code, 0) << r.output;
+      expectSameRun(rows_dir, resumed, 0, mode + " rows resumed at step 3");
     }
   }
 }
@@ -480,7 +490,8 @@ TEST(Sharding, EachRankReadsItsRowsOfAHuggingFaceModelAndOfARandomInitialisation
     for (const std::string mode : {"none", "parameters"}) {
       const std::string dir = base + "/" + name + "_" + mode;
       std::ofstream(dir + ".ini") << "[run]\ndir = " << dir << "\n" << model << common;
-      const auto r = run(mpirun(2) + " " + graft() + " train --config " + dir + ".ini --dist.shard=" + mode);
+      // 2 micro-steps a step: whole gradients, the replicated order of summation (the bits asked below).
+      const auto r = run(mpirun(2) + " " + graft() + " train --config " + dir + ".ini --dist.shard=" + mode + " --dist.accumulate=whole");
       ASSERT_EQ(r.code, 0) << name << "\n" << r.output;
       const bool rows = r.output.find("each rank reads only its rows") != std::string::npos ||
                         r.output.find("each rank draws only its rows") != std::string::npos;
