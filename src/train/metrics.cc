@@ -13,14 +13,17 @@
 namespace graft {
 namespace {
 
-// VmHWM of /proc/self/status: the most this process has held in RAM (0 where unknown).
-std::int64_t peakResidentBytes() {
+// A "Key:  N kB" line of /proc/self/status in bytes (0 where unknown).
+std::int64_t statusBytes(const std::string& key) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(key.size())) * 1024;
   return 0;
 }
+
+// VmHWM: the most this process has held in RAM.
+std::int64_t peakResidentBytes() { return statusBytes("VmHWM:"); }
 
 // JSON has no NaN or Infinity: non-finite values are written as null.
 std::string jsonNumber(double value, int digits) {
@@ -147,13 +150,7 @@ void Metrics::memory(Communicator& comm, std::int64_t expected_bytes) {
   log_.main(text);
 }
 
-std::int64_t residentBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return 0;
-}
+std::int64_t residentBytes() { return statusBytes("VmRSS:"); }
 
 void Metrics::append(const std::string& json) {
   std::ofstream out(path_, std::ios::app);

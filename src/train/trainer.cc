@@ -382,6 +382,8 @@ TrainResult Trainer::run() {
     s.log.main("data: streamed from " + c.data_path + " (" + std::to_string(s.train_data->numTokens()) +
                " training tokens; data.load = " + c.data_load + ")");
   if (!s.classify) s.log.main(describePacking(*s.train_data, s.packing_asked));
+  else if (s.packing_asked != "auto")
+    s.log.main("data.packing = " + s.packing_asked + " has no effect here: classification reads each document whole");
   s.log.main(s.dp->describe());
   s.expectMemory();
   result.base_val_loss = s.validate().loss;
