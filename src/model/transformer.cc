@@ -39,18 +39,75 @@ torch::Tensor product(const torch::Tensor& x, const torch::Tensor& w, torch::Sca
   return torch::matmul(x.to(dtype), w.to(dtype).t());
 }
 
+// Note [products that keep no weight copies]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// x @ cat(W1, W2, ...)^T through autograd saves the concatenation, and a bf16 cast of W saves the
+// cast: whole copies of the weights, made after dist.shard = parameters gathered the unit, that
+// stay alive from the unit's forward until backward reaches it, whatever ZeRO-3 frees (measured
+// at 155M parameters and 4 ranks: 430 MiB per rank, two thirds of every block's weights). This
+// product saves its input and the parameters themselves instead (ZeRO-3 refills a parameter in
+// place before its unit's backward, Note [freeing parameters]), and makes the concatenation and
+// the cast again in backward: one more copy of a unit's weights in its backward, none in between.
+// The forward computes exactly what product() computes.
+struct WeightProduct : public torch::autograd::Function<WeightProduct> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
+                               std::int64_t dtype) {
+    ctx->saved_data["dtype"] = dtype;
+    std::vector<torch::Tensor> saved = {x};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->save_for_backward(saved);
+    torch::NoGradGuard no_grad;
+    return product(x, weights.size() == 1 ? weights[0] : torch::cat(weights), static_cast<torch::ScalarType>(dtype));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
+    const auto& x = saved[0];
+    const std::vector<torch::Tensor> weights(saved.begin() + 1, saved.end());
+    const auto g = grad_out[0].to(dtype);
+    torch::autograd::variable_list out(2 + weights.size());
+    if (x.requires_grad()) {
+      const auto w = (weights.size() == 1 ? weights[0] : torch::cat(weights)).to(dtype);
+      out[0] = torch::matmul(g, w).to(x.scalar_type());
+    }
+    bool any = false;
+    for (const auto& w : weights) any = any || w.requires_grad();
+    if (any) {
+      const auto rows = g.reshape({-1, g.size(-1)}), inputs = x.to(dtype).reshape({-1, x.size(-1)});
+      const auto all = rows.t().mm(inputs);  // [sum of out, in]
+      std::int64_t at = 0;
+      for (std::size_t i = 0; i < weights.size(); ++i) {
+        const auto n = weights[i].size(0);
+        if (weights[i].requires_grad()) out[1 + i] = all.narrow(0, at, n).to(weights[i].scalar_type());
+        at += n;
+      }
+    }
+    return out;
+  }
+};
+
+// product() of x and the parameters `weights` (concatenated when several), keeping no copy of them
+// for backward (Note [products that keep no weight copies]).
+torch::Tensor weightProduct(const torch::Tensor& x, const std::vector<torch::Tensor>& weights, torch::ScalarType dtype) {
+  return WeightProduct::apply(x, at::TensorList(weights), static_cast<std::int64_t>(dtype));
+}
+
 // x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
 // terms are added per part.
 torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> parts) {
   std::vector<torch::Tensor> weights, biases;
-  bool lora = false;
+  bool lora = false, quantized = false;
   for (const auto& p : parts) {
     weights.push_back(p->effectiveWeight());
     if (p->bias.defined()) biases.push_back(p->bias);
     lora = lora || p->hasLora();
+    quantized = quantized || p->quantized();
   }
   const auto dtype = parts.front()->compute_dtype;
-  auto y = product(x, torch::cat(weights), dtype);
+  // Dequantised weights are no parameters (QLoRA): those are products of their own.
+  auto y = quantized ? product(x, torch::cat(weights), dtype) : weightProduct(x, weights, dtype);
   if (!biases.empty()) {
     TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
     y = y + torch::cat(biases).to(dtype);
@@ -156,7 +213,9 @@ torch::Tensor ProjectionImpl::loraDelta(const torch::Tensor& x) {
 }
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
-  auto y = product(x, effectiveWeight(), compute_dtype);
+  // fp32: autograd saves the parameter itself; bf16: the cast would be a copy (Note [products that keep no weight copies]).
+  auto y = quantized() || compute_dtype == torch::kFloat ? product(x, effectiveWeight(), compute_dtype)
+                                                        : weightProduct(x, {weight}, compute_dtype);
   if (bias.defined()) y = y + bias.to(compute_dtype);
   return hasLora() ? y + loraDelta(x) : y;
 }
@@ -455,7 +514,11 @@ torch::Tensor TransformerImpl::classifierWeight() const {
 torch::Tensor TransformerImpl::classify(const torch::Tensor& h) {
   // Logits in float32 whatever the products computed in (Note [mixed precision]).
   if (config_.tied)
-    return gated("tok_embeddings", h, true, [&] { return product(h, tok_embeddings->weight, compute_dtype_).to(torch::kFloat); });
+    return gated("tok_embeddings", h, true, [&] {
+      return (compute_dtype_ == torch::kFloat ? product(h, tok_embeddings->weight, compute_dtype_)
+                                              : weightProduct(h, {tok_embeddings->weight}, compute_dtype_))
+          .to(torch::kFloat);
+    });
   return gated("output", h, true, [&] { return output(h).to(torch::kFloat); });
 }
 
