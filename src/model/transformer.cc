@@ -52,35 +52,39 @@ torch::Tensor product(const torch::Tensor& x, const torch::Tensor& w, torch::Sca
 struct WeightProduct : public torch::autograd::Function<WeightProduct> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
                                std::int64_t dtype) {
+    const auto in = x.to(static_cast<torch::ScalarType>(dtype));  // what autograd's own product saved: the cast input
     ctx->saved_data["dtype"] = dtype;
-    std::vector<torch::Tensor> saved = {x};
+    ctx->saved_data["x_dtype"] = static_cast<std::int64_t>(x.scalar_type());
+    std::vector<torch::Tensor> saved = {in};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     torch::NoGradGuard no_grad;
-    return product(x, weights.size() == 1 ? weights[0] : torch::cat(weights), static_cast<torch::ScalarType>(dtype));
+    return product(in, weights.size() == 1 ? weights[0] : torch::cat(weights), static_cast<torch::ScalarType>(dtype));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
     const auto saved = ctx->get_saved_variables();
     const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
-    const auto& x = saved[0];
+    const auto& in = saved[0];
     const std::vector<torch::Tensor> weights(saved.begin() + 1, saved.end());
     const auto g = grad_out[0].to(dtype);
     torch::autograd::variable_list out(2 + weights.size());
-    if (x.requires_grad()) {
-      const auto w = (weights.size() == 1 ? weights[0] : torch::cat(weights)).to(dtype);
-      out[0] = torch::matmul(g, w).to(x.scalar_type());
+    if (ctx->needs_input_grad(0)) {
+      // Cast each weight, then concatenate: no float32 concatenation is made under bf16.
+      std::vector<torch::Tensor> cast;
+      for (const auto& w : weights) cast.push_back(w.to(dtype));
+      const auto w = cast.size() == 1 ? cast[0] : torch::cat(cast);
+      out[0] = torch::matmul(g, w).to(static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
     bool any = false;
-    for (const auto& w : weights) any = any || w.requires_grad();
+    for (std::size_t i = 0; i < weights.size(); ++i) any = any || ctx->needs_input_grad(1 + i);
     if (any) {
-      const auto rows = g.reshape({-1, g.size(-1)}), inputs = x.to(dtype).reshape({-1, x.size(-1)});
-      const auto all = rows.t().mm(inputs);  // [sum of out, in]
+      const auto all = g.reshape({-1, g.size(-1)}).t().mm(in.reshape({-1, in.size(-1)}));  // [sum of out, in]
       std::int64_t at = 0;
       for (std::size_t i = 0; i < weights.size(); ++i) {
         const auto n = weights[i].size(0);
-        if (weights[i].requires_grad()) out[1 + i] = all.narrow(0, at, n).to(weights[i].scalar_type());
+        if (ctx->needs_input_grad(1 + i)) out[1 + i] = all.narrow(0, at, n).to(weights[i].scalar_type());
         at += n;
       }
     }
@@ -88,11 +92,14 @@ struct WeightProduct : public torch::autograd::Function<WeightProduct> {
   }
 };
 
-// product() of x and the parameters `weights` (concatenated when several), keeping no copy of them
-// for backward (Note [products that keep no weight copies]).
+}  // namespace
+
 torch::Tensor weightProduct(const torch::Tensor& x, const std::vector<torch::Tensor>& weights, torch::ScalarType dtype) {
+  if (!torch::GradMode::is_enabled()) return product(x, weights.size() == 1 ? weights[0] : torch::cat(weights), dtype);
   return WeightProduct::apply(x, at::TensorList(weights), static_cast<std::int64_t>(dtype));
 }
+
+namespace {
 
 // x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
 // terms are added per part.

@@ -244,6 +244,11 @@ class TransformerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Transformer);
 
+// x @ cat(weights)^T in `dtype` (x [..., in], weights [out_i, in] float32 parameters), keeping no
+// copy of the weights for backward: it saves the parameters themselves and makes the concatenation
+// and the bf16 cast again in backward (Note [products that keep no weight copies]).
+torch::Tensor weightProduct(const torch::Tensor& x, const std::vector<torch::Tensor>& weights, torch::ScalarType dtype);
+
 // Transformer::initialise's value of one parameter, drawn from a generator of its own (seeded
 // from `seed` and the name), so that any parameter can be initialised alone.
 void initialiseParameter(const std::string& name, torch::Tensor p, std::uint64_t seed, int n_layers);

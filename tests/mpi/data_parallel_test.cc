@@ -353,7 +353,9 @@ TEST(DataParallel, ZeroThreeForwardKeepsNoWholeWeightsForBackward) {
       params.emplace_back(p.key(), p.value());
       if (p.key().rfind("layers.", 0) == 0) block_bytes += p.value().numel() * 4;
     }
-    auto dp = makeDataParallel(params, comm(), options("parameters"));
+    auto no_prefetch = options("parameters");
+    no_prefetch.prefetch = false;  // no gather left in flight across the measurement
+    auto dp = makeDataParallel(params, comm(), no_prefetch);
     dp->broadcastParameters();
     dp->keepOwnRows();
     m->setUnitGate(std::make_shared<GateOf>(*dp));

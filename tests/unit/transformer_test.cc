@@ -222,6 +222,53 @@ TEST(Transformer, PackedDocumentsEachRunAsIfAlone) {
   }
 }
 
+// weightProduct (Note [products that keep no weight copies]) against autograd through the plain
+// product it replaces, x @ cat(W)^T in the compute dtype: the same output, and the same gradients
+// for x and each weight, with weights of different heights, one frozen, x of 3 and 2 dimensions,
+// x needing no gradient; in bf16 the gradients come back float32, as the masters are.
+TEST(Transformer, WeightProductGivesAutogradsGradients) {
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (const bool three_d : {true, false}) {
+      for (const bool x_grad : {true, false}) {
+        torch::manual_seed(21);
+        auto make = [&] {
+          std::vector<torch::Tensor> w = {torch::randn({5, 8}), torch::randn({3, 8}), torch::randn({4, 8})};
+          w[0].requires_grad_(true), w[2].requires_grad_(true);  // w[1] frozen
+          return w;
+        };
+        const auto ws = make(), ref_ws = make();
+        for (std::size_t i = 0; i < ws.size(); ++i) {
+          torch::NoGradGuard g;
+          ref_ws[i].copy_(ws[i]);
+        }
+        const auto shape = three_d ? std::vector<std::int64_t>{2, 3, 8} : std::vector<std::int64_t>{6, 8};
+        const auto x0 = torch::randn(shape);
+        auto x = x0.clone().requires_grad_(x_grad), rx = x0.clone().requires_grad_(x_grad);
+        const auto y = weightProduct(x, ws, dtype);
+        const auto ry = torch::matmul(rx.to(dtype), torch::cat(ref_ws).to(dtype).t());
+        const std::string what = std::string(dtype == torch::kFloat ? "fp32" : "bf16") + (three_d ? " 3-d" : " 2-d") +
+                                 (x_grad ? "" : " x without gradient");
+        EXPECT_TRUE(torch::equal(y, ry)) << what;
+        const auto up = torch::randn(y.sizes()).to(dtype);
+        (y * up).sum().backward();
+        (ry * up).sum().backward();
+        const double tolerance = dtype == torch::kFloat ? 1e-6 : 1e-2;
+        if (x_grad) {
+          ASSERT_TRUE(x.grad().defined()) << what;
+          EXPECT_EQ(x.grad().scalar_type(), torch::kFloat) << what;
+          EXPECT_LT(testing::relative(x.grad(), rx.grad()), tolerance) << what;
+        }
+        for (std::size_t i = 0; i < ws.size(); ++i) {
+          EXPECT_EQ(ws[i].grad().defined(), i != 1) << what << " weight " << i;
+          if (i == 1) continue;
+          EXPECT_EQ(ws[i].grad().scalar_type(), torch::kFloat) << what;
+          EXPECT_LT(testing::relative(ws[i].grad(), ref_ws[i].grad()), tolerance) << what << " weight " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(Transformer, SlidingWindowLimitsHowFarBackTokensSee) {
   ModelConfig c;
   c.n_layers = 1;  // one layer: position t sees exactly positions (t - window, t]
