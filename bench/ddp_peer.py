@@ -39,7 +39,7 @@ How to run (Debian's python3 with torch and h5py; gloo backend, loopback only)
 Output: rank 0 prints one JSON line on stdout:
   {"bench": "ddp_peer", "world_size", "threads", "steps", "steps_per_s", "tokens_per_s",
    "losses": [global mean training loss of each step], plus "timed_steps", "accumulation",
-   "micro_batch", "batch_size", "seq_len", "ddp"}
+   "micro_batch", "batch_size", "seq_len", "ddp", "compiled", "torch"}
 Progress and errors go to stderr.
 """
 import argparse
@@ -320,6 +320,9 @@ def parse_args():
     p.add_argument("--port", type=int, default=29533, help="TCP port on 127.0.0.1 for the gloo rendezvous")
     p.add_argument("--init", default="", help="start from the /model tensors of a graft checkpoint (.h5)")
     p.add_argument("--ddp", action="store_true", help="use a gloo group and DDP even at world size 1")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (PyTorch >= 2; the inductor backend compiles C++ with g++ "
+                        "during the first steps, which --warmup-steps-excluded leaves out of the timing)")
     return p.parse_args()
 
 
@@ -364,6 +367,10 @@ def main():
                                   lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     # DDP broadcasts rank 0's parameters at construction; the model has no buffers to keep in sync.
     net = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if use_ddp else model
+    if a.compile:
+        if not hasattr(torch, "compile"):
+            fail(f"--compile needs PyTorch 2 or later; this is {torch.__version__}")
+        net = torch.compile(net)
     if rank == 0:
         n_params = sum(p.numel() for p in model.parameters())
         log(f"{n_params} parameters, {data.num_samples()} training sequences, world {world}, "
@@ -411,7 +418,7 @@ def main():
                           "steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * a.batch_size * a.seq_len,
                           "losses": all_losses.tolist(), "timed_steps": timed, "accumulation": accumulation,
                           "micro_batch": a.micro_batch, "batch_size": a.batch_size, "seq_len": a.seq_len,
-                          "ddp": use_ddp}), flush=True)
+                          "ddp": use_ddp, "compiled": a.compile, "torch": torch.__version__}), flush=True)
     if use_ddp:
         dist.destroy_process_group()
 

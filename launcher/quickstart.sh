@@ -33,6 +33,22 @@ PACKAGES=(build-essential cmake git pkg-config ccache libtorch-dev libopenblas0-
           slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge
           libsentencepiece-dev sentencepiece python3-regex python3-numpy clang libclang-rt-dev)
 
+# The two toolchains graft is tested on (docs/building.md): Debian 12 (LibTorch 1.13, Open MPI 4.1,
+# HDF5 1.10, GCC 12) and Debian 13 (LibTorch 2.6, Open MPI 5, HDF5 1.14, GCC 14). The package
+# names above are the same on both.
+release() {
+  local id="" version="" codename=""
+  if [[ -r /etc/os-release ]]; then
+    id=$(. /etc/os-release && echo "${ID:-}") version=$(. /etc/os-release && echo "${VERSION_ID:-}")
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  fi
+  case "$id:$version" in
+    debian:12 | debian:13) say "found Debian $version ($codename): a supported release" ;;
+    debian:*) say "found Debian ${version:-testing/unstable} (${codename:-unknown}): not one of the tested releases (12, 13); trying the same packages" ;;
+    *) say "found ${id:-an unknown system} ${version}: graft's quick start is made for Debian 12 and 13; trying anyway" ;;
+  esac
+}
+
 install_packages() {
   [[ ${GRAFT_SKIP_APT:-0} == 1 ]] && return
   local missing=()
@@ -75,6 +91,7 @@ build() {
   say "built $BUILD_DIR/launcher/graft"
 }
 
+release
 install_packages
 build
 case "$what" in

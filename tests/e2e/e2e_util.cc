@@ -27,6 +27,18 @@ std::string mpirun(int ranks) {
   return std::string(GRAFT_MPIEXEC) + " -np " + std::to_string(ranks) + " --oversubscribe --bind-to none";
 }
 
+std::string withoutMpiIo() {
+  // ompi_info beside mpirun lists the components as "MCA io: romio321 (MCA v2.1.0, ...)".
+  std::string dir = GRAFT_MPIEXEC;
+  dir = dir.find('/') == std::string::npos ? std::string() : dir.substr(0, dir.rfind('/') + 1);
+  const auto listed = run(dir + "ompi_info 2>/dev/null | sed -n 's/^ *MCA io: \\([A-Za-z0-9_]*\\).*/\\1/p'");
+  std::string names;
+  std::istringstream in(listed.output);
+  for (std::string name; in >> name;) names += (names.empty() ? "" : ",") + name;
+  EXPECT_FALSE(names.empty()) << "ompi_info listed no MPI-IO component: " << listed.output;
+  return "OMPI_MCA_io=^" + names;
+}
+
 std::string data(const std::string& relative) { return std::string(GRAFT_SHARED_DATA) + "/" + relative; }
 
 std::string freshDir(const std::string& name) {

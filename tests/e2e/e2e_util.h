@@ -17,6 +17,9 @@ struct Result {
 Result run(const std::string& command);
 std::string graft();                    // quoted path of the graft executable
 std::string mpirun(int ranks);          // "mpirun -np N --oversubscribe --bind-to none"
+// "OMPI_MCA_io=^ompio,romio321": every MPI-IO component of the installed Open MPI left out, by the
+// names ompi_info gives (4.1's ROMIO is romio321, 5's romio341), for a run where MPI-IO cannot open.
+std::string withoutMpiIo();
 std::string data(const std::string& relative);  // path under ../shared/data
 std::string freshDir(const std::string& name);  // empty directory under the test temp dir
 std::string readText(const std::string& path);

@@ -164,7 +164,7 @@ TEST(Sharding, EveryModeGivesTheReplicatedRunsLossesAndCheckpoint) {
       // together: the log says why, and the checkpoint is written as per_rank, with the same bits.
       const std::string no_mpiio = base + "/no_mpiio";
       std::ofstream(no_mpiio + ".ini") << config(no_mpiio);
-      const auto f = run("OMPI_MCA_io=^ompio,romio321 " + mpirun(2) + " " + graft() + " train --config " + no_mpiio +
+      const auto f = run(withoutMpiIo() + " " + mpirun(2) + " " + graft() + " train --config " + no_mpiio +
                          ".ini --dist.shard=parameters --dist.accumulate=whole");
       ASSERT_EQ(f.code, 0) << f.output;
       EXPECT_NE(f.output.find("a part file per rank, since the ranks cannot write one file together: MPI-IO cannot open"),

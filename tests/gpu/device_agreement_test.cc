@@ -18,6 +18,7 @@
 #endif
 
 #include "data/dataset.h"
+#include "fused_adamw_check.h"
 #include "model/torch_compat.h"
 #include "model/transformer.h"
 #include "model_fixtures.h"
@@ -115,45 +116,11 @@ TEST_P(Gpu, PackedDocumentsAgreeWithTheCpu) {
 INSTANTIATE_TEST_SUITE_P(Architectures, Gpu, ::testing::Values("llama", "gpt2"));
 
 // LibTorch 2.x's fused AdamW kernel (what AdamW::step runs on CUDA there) against graft's
-// portable step on the CPU: five steps, with and without weight decay, tensors of odd sizes.
+// portable step on the CPU (tests/fused_adamw_check.h).
 TEST(FusedAdamW, RunsOnCudaAndMatchesThePortableStep) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
   if (!compat::kFusedAdamW) GTEST_SKIP() << "this LibTorch has no fused AdamW kernel";
-  torch::manual_seed(11);
-  const std::vector<std::vector<std::int64_t>> shapes = {{33, 7}, {5}, {1, 1000}};
-  for (const double decay : {0.0, 0.1}) {
-    std::vector<std::pair<std::string, at::Tensor>> cpu_params;
-    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs;
-    for (std::size_t i = 0; i < shapes.size(); ++i) {
-      auto p = torch::randn(shapes[i]);
-      cpu_params.emplace_back("p" + std::to_string(i), p.clone());
-      params.push_back(p.cuda());
-      exp_avgs.push_back(torch::zeros_like(params.back()));
-      exp_avg_sqs.push_back(torch::zeros_like(params.back()));
-    }
-    AdamWOptions options;
-    options.weight_decay = decay;
-    AdamW portable(cpu_params, options);
-    for (std::int64_t step = 1; step <= 5; ++step) {
-      grads.clear();
-      for (std::size_t i = 0; i < shapes.size(); ++i) {
-        const auto g = torch::randn(shapes[i]);
-        cpu_params[i].second.mutable_grad() = g;
-        grads.push_back(g.cuda());
-      }
-      // Dims >= 2 decay (AdamW's rule): the 1-D tensor is its own call without decay.
-      const auto with = [&](const std::vector<std::size_t>& which, double wd) {
-        std::vector<at::Tensor> p, g, m, v;
-        for (const auto i : which) p.push_back(params[i]), g.push_back(grads[i]), m.push_back(exp_avgs[i]), v.push_back(exp_avg_sqs[i]);
-        return compat::fusedAdamW(p, g, m, v, step, 2e-3, options.beta1, options.beta2, wd, options.eps);
-      };
-      ASSERT_TRUE(with({0, 2}, decay));
-      ASSERT_TRUE(with({1}, 0.0));
-      portable.step(2e-3);
-    }
-    for (std::size_t i = 0; i < shapes.size(); ++i)
-      EXPECT_LT(relative(params[i].cpu(), cpu_params[i].second), 1e-5) << "tensor " << i << ", weight decay " << decay;
-  }
+  testing::expectFusedAdamWMatchesThePortableStep(torch::kCUDA);
 }
 
 // Batches land on the GPU (assembled in page-locked memory, copied without blocking) and equal

@@ -46,8 +46,9 @@ TEST(GradReducer, BucketedEqualsFlatAndTheExactAverage) {
   GradReducer one(flat.params, comm(), {1u << 30, 1u << 30, false});
   ASSERT_GE(many.plan().buckets.size(), 3u);
   ASSERT_EQ(one.plan().buckets.size(), 1u);
+  const std::pair<GradReducer*, Toy*> runs[] = {{&many, &bucketed}, {&one, &flat}};
   for (int step = 0; step < 2; ++step) {
-    for (auto pair : {std::make_pair(&many, &bucketed), std::make_pair(&one, &flat)}) {
+    for (const auto& pair : runs) {
       pair.first->beginStep();
       pair.first->beginMicroStep(true);
       pair.second->backward(0);

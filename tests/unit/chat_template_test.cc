@@ -266,8 +266,12 @@ TEST(Packing, TargetsCountsAndPositionsAgreeForEveryDocumentShape) {
           for (int j = 0; j < seq_len; ++j) {
             if (targets[j] == TokenDataset::kIgnoreTarget) continue;
             EXPECT_EQ(targets[j], window[j] + 1) << what << " sample " << i << " at " << j;  // the next token of the split
-            if (j + 1 < seq_len) EXPECT_EQ(positions[j + 1], positions[j] + 1) << what;  // the same document
-            if (masked) EXPECT_EQ(mask[targets[j] - 1].item<int>(), 1) << what;
+            if (j + 1 < seq_len) {
+              EXPECT_EQ(positions[j + 1], positions[j] + 1) << what;  // the same document
+            }
+            if (masked) {
+              EXPECT_EQ(mask[targets[j] - 1].item<int>(), 1) << what;
+            }
           }
         }
         if (packing == Packing::Windows) continue;
