@@ -52,6 +52,10 @@ import time
 # As bench/train_throughput.sh does for graft: idle OpenMP threads sleep instead of spinning
 # (must be set before libgomp starts; an OMP_WAIT_POLICY already in the environment wins).
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# PyTorch >= 2.4 starts its TCPStore on libuv by default, which Debian 13's torch 2.6 is built
+# without ("use_libuv was requested but PyTorch was build without libuv support"); the classic
+# store works on every version (1.13 ignores the variable).
+os.environ.setdefault("USE_LIBUV", "0")
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402

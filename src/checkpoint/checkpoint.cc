@@ -394,8 +394,12 @@ namespace {
 
 // This rank's rows of each model tensor (an adapter-only checkpoint holds the trainable ones only;
 // the others keep the base's values).
+bool adapterOnly(const H5File& file) {
+  return file.hasAttr("/model", "adapter_only") && file.intAttr("/model", "adapter_only") != 0;
+}
+
 void readModelRows(const H5File& file, const std::vector<AdamW::Rows>& rows) {
-  const bool adapter_only = file.hasAttr("/model", "adapter_only") && file.intAttr("/model", "adapter_only") != 0;
+  const bool adapter_only = adapterOnly(file);
   torch::NoGradGuard no_grad;
   for (const auto& r : rows) {
     const std::string object = "/model/" + r.name;
@@ -407,6 +411,8 @@ void readModelRows(const H5File& file, const std::vector<AdamW::Rows>& rows) {
 }
 
 }  // namespace
+
+bool holdsTheWholeModel(const std::string& path) { return !adapterOnly(H5File::openRead(path)); }
 
 TrainingState readCheckpoint(const std::string& path, Transformer& model, AdamW& optimizer,
                              const std::vector<AdamW::Rows>& model_rows) {

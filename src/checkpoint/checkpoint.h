@@ -108,6 +108,9 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
 // graft format attribute and complete=1; partial or foreign files are skipped).
 std::vector<std::string> completeCheckpoints(const std::string& dir);
+// Whether a checkpoint's /model holds every weight (false for an adapter-only run's, which holds
+// only what trained). Error when the file does not open.
+bool holdsTheWholeModel(const std::string& path);
 
 // Reads every tensor of a complete checkpoint and checks it against the manifest; throws
 // InputError naming the file and the first damaged or missing tensor. Without `parts_too`, tensors

@@ -51,7 +51,7 @@ class HfSource final : public ModelSource {
       if (info.shape != stored)
         throw InputError(files_.fileOf(full) + ": tensor " + full + " has shape " + c10::str(info.shape) +
                          ", the model's config.json implies " + c10::str(stored));
-      entries_[graft] = {full, layout, part, weight, heads, stored};
+      entries_[graft] = {full, layout, part, weight, heads, stored, shape[0]};
       used_.insert(full);
     };
     for (const auto& n : a.model) add(n.graft, n.hf, Layout::kSame, 0, true, 0);
@@ -68,30 +68,55 @@ class HfSource final : public ModelSource {
     rejectLeftovers(config_.isGpt2() ? "gpt2" : "llama-family");
   }
 
+  // Only the bytes of rows [begin, end) are read, whatever the layout (what each rank reads under
+  // dist.shard = parameters): GPT-2's transposed Conv1D weights and its fused q|k|v by columns,
+  // rotary q/k by the heads that hold the rows.
   void read(const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) const override {
     const auto it = entries_.find(name);
     if (it == entries_.end()) throw InputError(path_ + ": the model has no tensor " + name);
     const Entry& e = it->second;
     if (!out.is_contiguous() || out.scalar_type() != at::kFloat || out.size(0) != end - begin)
       throw Error(path_ + ": tensor " + name + ": rows asked into a buffer of shape " + c10::str(out.sizes()));
-    if (e.layout == Layout::kSame) return files_.readFloat32Rows(e.hf, begin, end, out.data_ptr<float>());
-    const auto stored = readChecked(files_, e.hf, e.stored, "the model's config.json implies");
-    torch::Tensor whole;
+    // (The files check their own tensors' bounds; one part of a fused tensor is checked here.)
+    if (begin < 0 || end < begin || end > e.rows)
+      throw Error(path_ + ": tensor " + name + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                  ") outside its " + std::to_string(e.rows));
+    float* into = out.data_ptr<float>();
     switch (e.layout) {
-      case Layout::kSame: break;
-      case Layout::kConv1D: whole = e.weight ? stored.t() : stored; break;
-      case Layout::kRotary: whole = toPairs(stored, e.heads); break;
-      case Layout::kFusedQkv: {
-        const auto fused = e.weight ? stored.t() : stored;
-        const std::int64_t rows = fused.size(0) / 3;
-        whole = fused.narrow(0, e.part * rows, rows);
-        break;
+      case Layout::kSame: return files_.readFloat32Rows(e.hf, begin, end, into);
+      case Layout::kConv1D:  // a weight is stored [in, out]: graft's rows are its columns
+        if (!e.weight) return files_.readFloat32Rows(e.hf, begin, end, into);
+        return readColumns(e, begin, end, out);
+      case Layout::kFusedQkv: {  // q, k and v side by side: part p's rows start at p x rows
+        const std::int64_t first = e.part * (e.weight ? e.stored[1] : e.stored[0]) / 3;
+        if (!e.weight) return files_.readFloat32Rows(e.hf, first + begin, first + end, into);
+        return readColumns(e, first + begin, first + end, out);
+      }
+      case Layout::kRotary: {  // a head's rows are permuted among themselves (toPairs)
+        if (end == begin) return;
+        const std::int64_t per_head = e.stored[0] / e.heads;
+        const std::int64_t h0 = begin / per_head, h1 = (end + per_head - 1) / per_head;
+        auto shape = e.stored;
+        shape[0] = (h1 - h0) * per_head;
+        auto heads = torch::empty(shape);
+        files_.readFloat32Rows(e.hf, h0 * per_head, h1 * per_head, heads.data_ptr<float>());
+        out.copy_(toPairs(heads, static_cast<int>(h1 - h0)).narrow(0, begin - h0 * per_head, end - begin));
+        return;
       }
     }
-    out.copy_(whole.narrow(0, begin, end - begin));
   }
 
+  std::int64_t bytesRead() const override { return static_cast<std::int64_t>(files_.bytesRead()); }
+
  private:
+  struct Entry;
+  // Columns [begin, end) of a 2-D tensor stored transposed, as rows of `out`.
+  void readColumns(const Entry& e, std::int64_t begin, std::int64_t end, at::Tensor out) const {
+    auto columns = torch::empty({e.stored[0], end - begin});
+    files_.readFloat32Columns(e.hf, begin, end, columns.data_ptr<float>());
+    out.copy_(columns.t());
+  }
+
   struct Entry {
     std::string hf;  // the name in the file
     Layout layout = Layout::kSame;
@@ -99,6 +124,7 @@ class HfSource final : public ModelSource {
     bool weight = true;
     int heads = 0;
     std::vector<std::int64_t> stored;  // its shape there
+    std::int64_t rows = 0;             // graft's rows of the parameter
   };
 
   // Tensors nobody asked for, other than buffers that older transformers versions saved.

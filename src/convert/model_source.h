@@ -32,6 +32,9 @@ class ModelSource {
   virtual void read(const std::string& name, std::int64_t begin, std::int64_t end, at::Tensor out) const = 0;
   // read() as a RowFill (the source must outlive it); `out` may live on any device.
   RowFill rowFill() const;
+  // Bytes of tensor data read from the files so far, by every read(); -1 where the source does
+  // not count them (only a Hugging Face folder does).
+  virtual std::int64_t bytesRead() const { return -1; }
 
  protected:
   ModelSource(ModelConfig config, std::string path) : config_(std::move(config)), path_(std::move(path)) {}

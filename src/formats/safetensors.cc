@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -224,6 +225,7 @@ struct SafetensorsFile::Source {
   std::string path;
   std::string bytes;  // the whole file, when it came from memory
   int fd = -1;        // else the open file
+  mutable std::atomic<std::uint64_t> bytes_read{0};  // tensor data read so far (bytesRead())
 
   Source() = default;
   Source(const Source&) = delete;
@@ -236,6 +238,7 @@ struct SafetensorsFile::Source {
   // shrank since open().
   void read(std::uint64_t offset, char* out, std::size_t n) const {
     if (n == 0) return;  // `out` may be null then
+    bytes_read += n;
     if (fd < 0) {
       std::memcpy(out, bytes.data() + offset, n);
       return;
@@ -288,6 +291,7 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<const Source> source, std
 
   std::string header(static_cast<std::size_t>(header_len), '\0');
   source->read(8, header.data(), header.size());
+  source->bytes_read = 0;  // bytesRead() counts tensor data only
   if (countJsonValues(header) > kMaxHeaderValues)
     throw InputError(what + ": header holds over " + std::to_string(kMaxHeaderValues) + " JSON values; not a real safetensors header");
   Json root;
@@ -390,10 +394,33 @@ std::vector<float> SafetensorsFile::readFloat32(const std::string& name) const {
   return out;
 }
 
-void SafetensorsFile::readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+namespace {
+// n values of `dtype` (a floating-point type) from `raw` as float32: F16 and BF16 exactly, F64
+// rounded to nearest.
+void toFloat32(StDType dtype, const char* raw, std::size_t n, float* out) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (dtype == StDType::F64) {
+      double d;
+      std::memcpy(&d, raw + 8 * i, 8);
+      out[i] = doubleToFloat(d);
+    } else {
+      std::uint16_t h;
+      std::memcpy(&h, raw + 2 * i, 2);
+      out[i] = dtype == StDType::F16 ? halfToFloat(h) : bf16ToFloat(h);
+    }
+  }
+}
+}  // namespace
+
+const StTensorInfo& SafetensorsFile::floatTensor(const std::string& name) const {
   const StTensorInfo& t = get(name);
   if (!isFloatDType(t.dtype))
     throw InputError(path_ + ": tensor " + printable(name) + ": dtype " + stDTypeName(t.dtype) + " is not a floating-point type");
+  return t;
+}
+
+void SafetensorsFile::readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  const StTensorInfo& t = floatTensor(name);
   const std::int64_t rows = t.shape.empty() ? 1 : t.shape[0];
   if (begin < 0 || end < begin || end > rows)
     throw InputError(path_ + ": tensor " + printable(name) + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
@@ -408,18 +435,36 @@ void SafetensorsFile::readFloat32Rows(const std::string& name, std::int64_t begi
   }
   std::string raw(n * size, '\0');
   source_->read(at, raw.data(), raw.size());
-  for (std::size_t i = 0; i < n; ++i) {
-    if (t.dtype == StDType::F64) {
-      double d;
-      std::memcpy(&d, raw.data() + 8 * i, 8);
-      out[i] = doubleToFloat(d);
+  toFloat32(t.dtype, raw.data(), n, out);
+}
+
+void SafetensorsFile::readFloat32Columns(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  const StTensorInfo& t = floatTensor(name);
+  if (t.shape.size() != 2)
+    throw InputError(path_ + ": tensor " + printable(name) + ": columns asked of a tensor with " +
+                     std::to_string(t.shape.size()) + " dimensions");
+  const std::int64_t rows = t.shape[0], cols = t.shape[1];
+  if (begin < 0 || end < begin || end > cols)
+    throw InputError(path_ + ": tensor " + printable(name) + ": columns [" + std::to_string(begin) + ", " +
+                     std::to_string(end) + ") outside its " + std::to_string(cols));
+  const std::size_t size = stDTypeSize(t.dtype), n = static_cast<std::size_t>(end - begin);
+  // One read per row, of that row's columns only (a few KB each: the row count of a weight is in
+  // the thousands, and the page cache serves the rest).
+  std::string raw(t.dtype == StDType::F32 ? 0 : n * size, '\0');
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::uint64_t at = data_start_ + t.begin + (static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols) +
+                                                      static_cast<std::uint64_t>(begin)) * size;
+    float* row = out + static_cast<std::size_t>(r) * n;
+    if (t.dtype == StDType::F32) {
+      source_->read(at, reinterpret_cast<char*>(row), n * size);
     } else {
-      std::uint16_t h;
-      std::memcpy(&h, raw.data() + 2 * i, 2);
-      out[i] = t.dtype == StDType::F16 ? halfToFloat(h) : bf16ToFloat(h);
+      source_->read(at, raw.data(), raw.size());
+      toFloat32(t.dtype, raw.data(), n, row);
     }
   }
 }
+
+std::uint64_t SafetensorsFile::bytesRead() const { return source_->bytes_read; }
 
 // ---------------------------------------------------------------------------------------------
 // Writing
@@ -544,6 +589,16 @@ std::vector<float> SafetensorsFolder::readFloat32(const std::string& name) const
 
 void SafetensorsFolder::readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
   shards_[where(name).shard]->readFloat32Rows(name, begin, end, out);
+}
+
+void SafetensorsFolder::readFloat32Columns(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const {
+  shards_[where(name).shard]->readFloat32Columns(name, begin, end, out);
+}
+
+std::uint64_t SafetensorsFolder::bytesRead() const {
+  std::uint64_t total = 0;
+  for (const auto& shard : shards_) total += shard->bytesRead();
+  return total;
 }
 
 std::string SafetensorsFolder::fileOf(const std::string& name) const { return shards_[where(name).shard]->path(); }

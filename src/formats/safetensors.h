@@ -49,12 +49,19 @@ class SafetensorsFile {
   // Rows [begin, end) of the tensor (dim 0; a 0-d tensor is one row) into `out`, which holds
   // that many rows' elements: only those bytes are read.
   void readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
+  // Columns [begin, end) of every row of a 2-D tensor into `out` ([rows, end - begin], row-major):
+  // only those bytes are read (a tensor stored transposed, as GPT-2's Conv1D weights are, read
+  // by graft's rows).
+  void readFloat32Columns(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
+  // Bytes of tensor data read from this file so far (all reads, all threads).
+  std::uint64_t bytesRead() const;
 
  private:
   struct Source;  // the held file or the in-memory bytes
   static SafetensorsFile parse(std::shared_ptr<const Source> source, std::uint64_t file_size,
                                const std::string& what);
   const StTensorInfo& get(const std::string& name) const;
+  const StTensorInfo& floatTensor(const std::string& name) const;  // get(), refusing other dtypes
 
   std::string path_;
   std::vector<StTensorInfo> tensors_;
@@ -91,6 +98,8 @@ class SafetensorsFolder {
   const StTensorInfo& info(const std::string& name) const;
   std::vector<float> readFloat32(const std::string& name) const;
   void readFloat32Rows(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
+  void readFloat32Columns(const std::string& name, std::int64_t begin, std::int64_t end, float* out) const;
+  std::uint64_t bytesRead() const;  // of all its shards
   std::string fileOf(const std::string& name) const;  // path of the shard holding `name`
 
  private:

@@ -801,17 +801,18 @@ std::int64_t newestVerifiedCheckpoint(Communicator& comm, const TrainConfig& c, 
 
 }  // namespace
 
-void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
+bool verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log, bool deferrable) {
   // Rank 0 lists what to verify: nothing when a full fine-tune resumes (its checkpoint holds every
   // weight and is verified itself); an adapter run's base is read again, so it is verified.
   auto listed = std::make_shared<std::string>();
   auto error = std::make_shared<std::string>();
+  auto deferred = std::make_shared<std::string>();  // "1": left for after the resume point is known
   std::function<void()> list;
   if (comm.rank() == 0)
-    list = [c, listed, error] {
+    list = [c, listed, error, deferred, deferrable] {
       try {
-        const bool resumes = !c.transfer.adapterOnly() && !completeCheckpoints(c.run_dir + "/checkpoints").empty();
-        if (!resumes)
+        if (deferrable && !checkpointHoldingTheWholeModel(c).empty()) *deferred = "1";
+        else
           for (const auto& f : modelFilesToVerify(c.model_path)) *listed += f + "\n";
       } catch (const Error& e) {
         *error = e.what();
@@ -820,14 +821,16 @@ void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
   runWithHeartbeat(comm, "verify/model_files", c.slow_phase_timeout_s, "looking at " + c.model_path, "", list);
   broadcastString(comm, *error, "verify/model_error");
   if (!error->empty()) throw InputError(*error);
+  broadcastString(comm, *deferred, "verify/model_deferred");
+  if (*deferred == "1") return true;
   broadcastString(comm, *listed, "verify/model_files");
   std::vector<std::string> files;
   for (std::size_t start = 0, end; (end = listed->find('\n', start)) != std::string::npos; start = end + 1)
     files.push_back(listed->substr(start, end - start));
-  if (files.empty()) return;
+  if (files.empty()) return false;
   if (!c.model_verify) {
     log.main("model: " + c.model_path + " is not verified against its manifest (model.verify = false)");
-    return;
+    return false;
   }
   for (const auto& file : files) {
     const auto start = std::chrono::steady_clock::now();
@@ -839,12 +842,28 @@ void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log) {
              seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
              " s; model.verify = false skips this)");
   }
+  return false;
+}
+
+std::int64_t findResumePoint(Communicator& comm, const TrainConfig& c, Logger& log) {
+  return newestVerifiedCheckpoint(comm, c, c.run_dir + "/checkpoints", log);
+}
+
+std::string checkpointHoldingTheWholeModel(const TrainConfig& c) {
+  if (c.transfer.adapterOnly()) return "";
+  for (const auto& path : completeCheckpoints(c.run_dir + "/checkpoints")) {
+    try {
+      if (holdsTheWholeModel(path)) return path;
+    } catch (const Error&) {
+      // unreadable now: an older one may do (resume verifies whichever it reads)
+    }
+  }
+  return "";
 }
 
 Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log,
-                  bool own_rows) {
+                  std::int64_t found, bool own_rows) {
   const std::string dir = c.run_dir + "/checkpoints";
-  const std::int64_t found = newestVerifiedCheckpoint(comm, c, dir, log);
   std::int64_t step[1] = {found};
   if (step[0] < 0) return {};
   // Every rank reads it (at its own file-system speed), again with a heartbeat. The reader works

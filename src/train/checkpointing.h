@@ -93,7 +93,10 @@ void rememberDataFingerprint(const std::string& data_path);
 // the combined checksums against the manifest (Note [verification shared by the ranks]), so a
 // damaged one, or one whose part file is missing, stops the run on every rank in one line naming
 // the tensor (InputError) before anything reads it. model.verify = false skips it and says so.
-void verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log);
+// Nothing is verified when run.dir has a checkpoint of the whole model to resume from (`deferrable`):
+// true is returned then, and the caller verifies model.path after all (deferrable = false) if no
+// checkpoint turns out to verify.
+bool verifyModelPath(Communicator& comm, const TrainConfig& c, Logger& log, bool deferrable = true);
 
 struct Resumed {
   std::int64_t step = 0;  // 0: nothing to resume
@@ -101,11 +104,21 @@ struct Resumed {
   std::string checkpoint;  // the file resumed from ("" when none)
 };
 
-// Collective. Rank 0 picks the newest complete checkpoint that verifies against its manifest
-// (damaged ones are named and skipped); every rank then reads it into `model` and its optimizer's
-// rows, with a heartbeat, whatever the number of ranks or dist.shard it was saved with. Once the
-// strategy keeps only its rows of the parameters (`own_rows`), only those rows are read.
+// Collective. Rank 0 picks the newest complete checkpoint in run.dir that verifies against its
+// manifest (damaged ones are named and skipped); its step on every rank, -1 when there is none.
+std::int64_t findResumePoint(Communicator& comm, const TrainConfig& c, Logger& log);
+
+// The newest complete checkpoint in run.dir that holds the whole model, when this run is a full
+// fine-tune (not adapter-only); "" otherwise. Not verified:
+// a start-up uses it to know the model's shape without model.path and to skip model.path's
+// verification; findResumePoint says which checkpoint is read.
+std::string checkpointHoldingTheWholeModel(const TrainConfig& c);
+
+// Collective. Every rank reads the checkpoint of step `found` (findResumePoint; nothing when < 0)
+// into `model` and its optimizer's rows, with a heartbeat, whatever the number of ranks or
+// dist.shard it was saved with. Once the strategy keeps only its rows of the parameters
+// (`own_rows`), only those rows are read.
 Resumed resumeRun(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, Logger& log,
-                  bool own_rows = false);
+                  std::int64_t found, bool own_rows = false);
 
 }  // namespace graft

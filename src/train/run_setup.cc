@@ -9,7 +9,9 @@
 #include "convert/model_io.h"
 #include "formats/hdf5.h"
 #include "model/transfer_apply.h"
+#include "train/checkpointing.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace graft {
 namespace {
@@ -17,6 +19,7 @@ namespace {
 struct Base {
   Transformer model;
   std::shared_ptr<const ModelSource> rows;  // the model has no memory yet: its values come from here
+  std::string stand_in;                     // Loaded::stand_in
 };
 Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log);
 
@@ -29,7 +32,7 @@ bool classifies(const TrainConfig& c, const TokenDataset& train) {
 // The model a run trains: the base (loaded or initialised), a classification head for labelled
 // data, then the [transfer] flavour applied.
 Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
-  auto [model, rows] = loadOrInitialise(c, train.vocabSize(), log);
+  auto [model, rows, stand_in] = loadOrInitialise(c, train.vocabSize(), log);
   if (classifies(c, train) && model->config().num_classes > 0) {
     // A classifier to fine-tune further: its head must be for these labels, in this order.
     const ModelConfig& mc = model->config();
@@ -59,7 +62,7 @@ Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
                 how.c_str(), static_cast<long long>(trainable), static_cast<long long>(total),
                 100.0 * trainable / std::max<std::int64_t>(total, 1), frozenBytes(model) / 1e6);
   log.main(line);
-  return {model, rows};
+  return {model, rows, stand_in};
 }
 
 // Under dist.shard = parameters the model is built without memory and each rank reads its own rows
@@ -67,7 +70,15 @@ Base buildModel(const TrainConfig& c, const TokenDataset& train, Logger& log) {
 Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
   const bool by_rows = c.shard == "parameters";
   if (!c.model_path.empty()) {
-    std::shared_ptr<const ModelSource> source = openModelSource(c.model_path);
+    // A run that resumes its whole model from run.dir reads no weight of model.path (Trainer::run),
+    // and only needs its shape: where model.path is gone (moved, cleaned up), the newest checkpoint
+    // gives the shape, and the resume must then happen (Loaded::stand_in).
+    std::string stand_in;
+    if (!fileExists(c.model_path) && !isDirectory(c.model_path)) stand_in = checkpointHoldingTheWholeModel(c);
+    if (!stand_in.empty())
+      log.main("model: " + c.model_path + " is missing; this run resumes its whole model from run.dir, and " + stand_in +
+               " gives the model's shape");
+    std::shared_ptr<const ModelSource> source = openModelSource(stand_in.empty() ? c.model_path : stand_in);
     if (!source) {  // adapters without their base: training on top of them again has no single meaning
       std::string base;
       const TransferConfig t = readTransferGroup(H5File::openRead(c.model_path), base);
@@ -88,19 +99,22 @@ Base loadOrInitialise(const TrainConfig& c, int vocab_size, Logger& log) {
     if (model->config().seq_len < c.seq_len)
       throw InputError("train.seq_len " + std::to_string(c.seq_len) + " exceeds the model's context of " +
                        std::to_string(model->config().seq_len));
-    log.main("model: " + c.model_path + " (" + model->config().describe() + ")" +
-             (by_rows ? "; each rank reads only its rows" : ""));
-    return {model, by_rows ? source : nullptr};
+    if (stand_in.empty())
+      log.main("model: " + c.model_path + " (" + model->config().describe() + ")" +
+               (!by_rows                                      ? ""
+                : checkpointHoldingTheWholeModel(c).empty() ? "; each rank reads only its rows"
+                                                              : "; each rank reads only its rows, of the checkpoint it resumes if one verifies"));
+    return {model, by_rows ? source : nullptr, stand_in};
   }
   ModelConfig arch = c.arch;
   arch.vocab_size = vocab_size;
   arch.seq_len = std::max(arch.seq_len, c.seq_len);
   log.main("model: random initialisation, seed " + std::to_string(c.seed) + " (" + arch.describe() + ")" +
            (by_rows ? "; each rank draws only its rows" : ""));
-  if (by_rows) return {modelWithoutMemory(arch), initialisationSource(arch, c.seed)};
+  if (by_rows) return {modelWithoutMemory(arch), initialisationSource(arch, c.seed), ""};
   Transformer model(arch);
   model->initialise(c.seed);
-  return {model, nullptr};
+  return {model, nullptr, ""};
 }
 
 }  // namespace
@@ -111,8 +125,8 @@ std::unique_ptr<Loaded> loadRun(const TrainConfig& c, Logger& log) {
   TokenDataset train(c.data_path, "train", c.seq_len, residency, packing);
   TokenDataset val(c.data_path, "val", c.seq_len, residency, packing);
   const bool classify = classifies(c, train);
-  auto [model, rows] = buildModel(c, train, log);
-  return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model, rows});
+  auto [model, rows, stand_in] = buildModel(c, train, log);
+  return std::make_unique<Loaded>(Loaded{std::move(train), std::move(val), classify, model, rows, stand_in});
 }
 
 int defaultThreads(int local_ranks) {

@@ -23,6 +23,10 @@ struct Loaded {
   // (model/parameter_storage.h) and each rank reads only its rows from here when the strategy
   // takes them (DataParallel::keepOwnRows). Null when the model was loaded whole.
   std::shared_ptr<const ModelSource> rows;
+  // model.path was missing and the run resumes a whole model: the model's shape (and, loaded
+  // whole, its weights until the resume reads them again) came from this checkpoint of run.dir.
+  // "" otherwise. A run with a stand-in that finds no checkpoint to resume must stop.
+  std::string stand_in;
 };
 
 // Reads both splits of data.path and builds the model; no collective. Errors name the file or key.

@@ -93,6 +93,7 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
         classify(loaded.classify),
         model(loaded.model),
         model_rows(std::move(loaded.rows)),
+        stand_in(std::move(loaded.stand_in)),
         sampler(classify ? train_data->numDocuments() : train_data->numSamples(), c.batch_size, c.seed),
         dp(makeDataParallel(model->named_parameters().pairs(), comm_,
                             {c.shard,
@@ -251,6 +252,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
   bool classify;  // sequence classification (labelled data) instead of next-token prediction
   Transformer model;
   std::shared_ptr<const ModelSource> model_rows;  // the base's values when it was built without memory (run_setup.h)
+  std::string stand_in;  // Loaded::stand_in: the checkpoint that gave the model's shape, model.path missing
+  bool base_unverified = false;  // verifyModelPath deferred model.path's check: a checkpoint was to be resumed
   FeatureCache features;  // transfer.cache_features: the frozen base's pooled features
   GlobalSampler sampler;
   std::unique_ptr<DataParallel> dp;  // who holds what: gradients, optimizer state (dist.shard)
@@ -297,7 +300,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   // Loading the data and the model can take minutes on some ranks: a heartbeat keeps the others
   // in touch meanwhile (Note [heartbeat]).
   Logger log(comm.rank(), comm.size());
-  if (!config.model_path.empty()) verifyModelPath(comm, config, log);
+  const bool base_unverified = !config.model_path.empty() && verifyModelPath(comm, config, log);
   const std::string what = "loading " + config.data_path + " and " + (config.model_path.empty() ? "a fresh model" : config.model_path);
   auto loaded = std::make_shared<std::unique_ptr<Loaded>>();
   double report_at = 2;  // a line at 2, 4, 8, ... s when loading is slow
@@ -323,6 +326,7 @@ Trainer::Trainer(const TrainConfig& config, Communicator& comm, std::function<bo
   if (!device.is_cpu()) log.info("device: " + describeDevice(device) + ", precision " + config.precision);
   s_ = std::make_shared<State>(config, comm, std::move(stop_requested), std::move(run));
   s_->runtime_bytes = runtime_bytes;
+  s_->base_unverified = base_unverified;
 }
 
 Trainer::~Trainer() = default;
@@ -346,7 +350,27 @@ TrainResult Trainer::run() {
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_current_seed(c.seed * 1000003ULL + static_cast<std::uint64_t>(s.comm.rank()));
     }
-    if (s.model_rows) {
+    // Where the run resumes, known before any weight is read: a full fine-tune that resumes reads
+    // its weights from the checkpoint alone (resumeRun), not from model.path first.
+    const std::int64_t resume_at = findResumePoint(s.comm, c, s.log);
+    // (The checkpoint itself must hold every weight: one of an adapter run resumed as a full
+    // fine-tune, resume.allow=transfer, holds only the adapters.)
+    const bool whole_from_checkpoint = resume_at >= 0 && !c.transfer.adapterOnly() &&
+                                       holdsTheWholeModel(c.run_dir + "/checkpoints/" + checkpointName(resume_at));
+    if (!s.stand_in.empty() && !whole_from_checkpoint)
+      throw InputError("model.path " + c.model_path + ": not found, and no checkpoint in " + c.run_dir +
+                       "/checkpoints verifies to resume from");
+    // No checkpoint to resume after all (each was damaged): model.path's weights are used, so
+    // they are verified now, as at a fresh start, before any step.
+    if (s.base_unverified && !whole_from_checkpoint) verifyModelPath(s.comm, c, s.log, /*deferrable=*/false);
+    if (s.model_rows && whole_from_checkpoint) {
+      // dist.shard = parameters: every row of every parameter is in the checkpoint, which
+      // resumeRun reads into the rows (it refuses one that lacks a tensor); model.path is not read.
+      s.dp->keepOwnRows([](const std::string&, std::int64_t, std::int64_t, at::Tensor) {});
+      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
+      s.log.main("model: each rank's rows come from the checkpoint it resumes" +
+                 (c.model_path.empty() ? std::string() : "; " + c.model_path + " is not read"));
+    } else if (s.model_rows) {
       // Each rank reads only its rows of the base (dist.shard = parameters): no rank holds it whole.
       const std::string what = "reading this rank's rows of " + s.model_rows->path();
       runWithHeartbeat(s.comm, "init/rows", c.slow_phase_timeout_s, what, "",
@@ -357,7 +381,7 @@ TrainResult Trainer::run() {
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
       s.dp->broadcastParameters();
     }
-    const Resumed resumed = resumeRun(s.comm, c, s.model, *s.dp, s.log, /*own_rows=*/s.model_rows != nullptr);
+    const Resumed resumed = resumeRun(s.comm, c, s.model, *s.dp, s.log, resume_at, /*own_rows=*/s.model_rows != nullptr);
     start = resumed.step;
     if (start > 0) {
       s.tokens_seen = resumed.counters.tokens_seen;

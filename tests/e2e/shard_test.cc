@@ -3,6 +3,7 @@
 // written at N ranks in one mode resumes at N' ranks in another with no conversion step.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -468,6 +469,64 @@ TEST(Sharding, AFlippedByteInARanksRowsOfAOneFileCheckpointIsFoundAtResume) {
       << r.output;
   EXPECT_TRUE(fileExists(newest + ".damaged"));
   expectResumedFrom(r.output, dir, 3);
+}
+
+// A full fine-tune that resumes reads its weights from the checkpoint alone (issue 25): under
+// dist.shard = parameters each rank's rows come from the checkpoint, not from model.path first,
+// and model.path may even be gone (moved, cleaned up); the newest checkpoint then gives the
+// model's shape. The resumed run ends with the bits of the straight one, under parameters and
+// under none (which loads the model whole from the checkpoint). Where no checkpoint verifies,
+// the run stops in one line naming model.path, and the damaged checkpoints stay (renamed).
+TEST(Sharding, AResumeReadsOnlyTheCheckpointAndNeedsNoModelPath) {
+  const std::string base = freshDir("resume_without_base");
+  for (const std::string mode : {"parameters", "none"}) {
+    const std::string model = base + "/" + mode + "_base.bin";
+    ASSERT_EQ(run("cp " + data("llama2c/stories260K.bin") + " " + model).code, 0);
+    auto r = train(2, base + "/" + mode + "_straight", mode, "--model.path=" + model);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const std::string split = base + "/" + mode + "_split";
+    r = train(2, split, mode, "--model.path=" + model + " --train.stop_after=3");
+    ASSERT_EQ(r.code, 0) << r.output;
+    // model.path present: a resume under parameters does not read it.
+    if (mode == "parameters") {
+      const std::string twice = base + "/twice";
+      ASSERT_EQ(run("cp -r " + split + " " + twice).code, 0);
+      r = train(2, twice, mode, "--model.path=" + model);
+      ASSERT_EQ(r.code, 0) << r.output;
+      EXPECT_NE(r.output.find("each rank's rows come from the checkpoint it resumes; " + model + " is not read"),
+                std::string::npos)
+          << r.output;
+      expectSameRun(base + "/" + mode + "_straight", twice, 0, mode + ", resumed with model.path present");
+    }
+    ASSERT_EQ(::unlink(model.c_str()), 0);
+    r = train(2, split, mode, "--model.path=" + model);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("model: " + model + " is missing; this run resumes its whole model from run.dir"),
+              std::string::npos)
+        << r.output;
+    expectResumedFrom(r.output, split, 3);
+    expectSameRun(base + "/" + mode + "_straight", split, 0, mode + ", resumed without model.path");
+  }
+  // No checkpoint verifies and model.path is gone: one line naming it; the damaged files stay.
+  const std::string damaged = base + "/damaged";
+  ASSERT_EQ(run("cp -r " + base + "/parameters_split " + damaged).code, 0);
+  for (const auto& path : completeCheckpoints(damaged + "/checkpoints")) {  // a byte of the weights flipped
+    const auto flip = run(GRAFT_PYTHON " -c \"import h5py, sys\n"
+                          "f = h5py.File(sys.argv[1], 'r'); d = f['model/tok_embeddings.weight']\n"
+                          "at = d.id.get_offset() + 5; f.close()\n"
+                          "g = open(sys.argv[1], 'r+b'); g.seek(at); b = g.read(1); g.seek(at); g.write(bytes([b[0] ^ 0x10])); g.close()\" " +
+                          path);
+    ASSERT_EQ(flip.code, 0) << flip.output;
+  }
+  const auto r = train(2, damaged, "parameters", "--model.path=" + base + "/parameters_base.bin");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.path " + base + "/parameters_base.bin: not found, and no checkpoint in " + damaged +
+                          "/checkpoints verifies to resume from"),
+            std::string::npos)
+      << r.output;
+  EXPECT_TRUE(fileExists(damaged + "/checkpoints/step-00000006.h5.damaged") ||
+              fileExists(damaged + "/checkpoints/step-00000006.h5"))
+      << run("ls " + damaged + "/checkpoints").output;
 }
 
 // ZeRO-3 reads each rank's rows from every kind of model, not only llama2.c files: a Hugging Face

@@ -19,32 +19,50 @@ namespace {
 const std::string kData = GRAFT_SHARED_DATA;
 
 // Every parameter, cut as 1..5 ranks would cut it (row ranges of every size, empty ones too),
-// read by rows, equals the same rows of the whole load.
-void expectRowsOfTheWhole(const std::string& path) {
+// read by rows, equals the same rows of the whole load. Where the source counts the bytes it reads
+// (a Hugging Face folder, `element_bytes` > 0 as stored there), a read of n rows reads n rows'
+// bytes, whatever the layout: a transposed Conv1D weight, one part of GPT-2's fused q|k|v, rotary
+// q/k rows (those read whole heads: up to a head's rows more at each end).
+void expectRowsOfTheWhole(const std::string& path, int element_bytes = 0, std::int64_t head_dim = 0) {
   auto source = openModelSource(path);
   ASSERT_TRUE(source) << path;
   auto whole = loadModel(path);
   std::size_t checked = 0;
   for (const auto& p : whole->named_parameters()) {
     const auto& t = p.value();
+    const std::int64_t row_bytes = t.size(0) > 0 ? t.numel() / t.size(0) * element_bytes : 0;
+    const bool rotary = p.key().find(".wq.") != std::string::npos || p.key().find(".wk.") != std::string::npos;
+    const std::int64_t slack = rotary ? 2 * head_dim : 0;  // head_dim 0 where q/k are not rotated in the file
     for (int world = 1; world <= 5; ++world)
       for (int rank = 0; rank < world; ++rank) {
         const RowRange rows = shardRows(t.size(0), rank, world);
         auto shape = t.sizes().vec();
         shape[0] = rows.size();
         auto out = torch::full(shape, -7.0f);
+        const std::int64_t before = source->bytesRead();
         source->read(p.key(), rows.begin, rows.end, out);
         ASSERT_TRUE(torch::equal(out, t.narrow(0, rows.begin, rows.size())))
             << path << ": " << p.key() << " rows [" << rows.begin << ", " << rows.end << ")";
+        if (element_bytes > 0) {
+          const std::int64_t read = source->bytesRead() - before;
+          EXPECT_GE(read, rows.size() * row_bytes) << path << ": " << p.key() << " rows [" << rows.begin << ", " << rows.end << ")";
+          EXPECT_LE(read, std::min(rows.size() + slack, t.size(0)) * row_bytes)
+              << path << ": " << p.key() << " rows [" << rows.begin << ", " << rows.end << ") of " << t.size(0);
+        }
         ++checked;
       }
   }
   EXPECT_GT(checked, 0u);
+  if (element_bytes == 0) {
+    EXPECT_EQ(source->bytesRead(), -1) << path << ": a source that does not count says so";
+  }
 }
 
 TEST(ModelSource, Llama2cRowsAreTheWholeTensorsRows) { expectRowsOfTheWhole(kData + "/llama2c/stories260K.bin"); }
 
-TEST(ModelSource, HuggingFaceGpt2RowsAreTheWholeTensorsRows) { expectRowsOfTheWhole(kData + "/hf/tiny-random-gpt2"); }
+TEST(ModelSource, HuggingFaceGpt2RowsAreTheWholeTensorsRows) {
+  expectRowsOfTheWhole(kData + "/hf/tiny-random-gpt2", /*element_bytes=*/4);  // F32
+}
 
 TEST(ModelSource, HuggingFaceLlamaBf16AndGraftH5RowsAreTheWholeTensorsRows) {
   ModelConfig c;
@@ -54,7 +72,7 @@ TEST(ModelSource, HuggingFaceLlamaBf16AndGraftH5RowsAreTheWholeTensorsRows) {
   m->initialise(11);
   const std::string dir = ::testing::TempDir() + "/source_llama_bf16";
   saveHfModel(m, dir, StDType::BF16);  // q/k rows stored as rotated halves, two bytes a value
-  expectRowsOfTheWhole(dir);
+  expectRowsOfTheWhole(dir, /*element_bytes=*/2, /*head_dim=*/c.dim / c.n_heads);
   const std::string h5 = ::testing::TempDir() + "/source_model.h5";
   saveModel(m, "graft", h5);
   expectRowsOfTheWhole(h5);
