@@ -162,6 +162,10 @@ if [[ $mode != full ]]; then
   [[ -n ${GRAFT_D13_DEMO_OUT:-} ]] && echo "$demo" | sed -n '/^== result/,/demo time/p' >"$GRAFT_D13_DEMO_OUT"
 fi
 if [[ $mode == bench ]]; then
+  # torch.compile's inductor builds C++ kernels: it needs setuptools and Python's headers (not
+  # part of the quick start, which the bench is not).
+  inside "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-setuptools python3-dev >/dev/null 2>&1" ||
+    die "cannot install python3-setuptools and python3-dev for torch.compile"
   inside "bash bench/torch2_compare.sh" || die "bench/torch2_compare.sh failed on Debian 13"
   phase "bench/torch2_compare.sh ran"
 fi

@@ -5,7 +5,7 @@
 # REPEATS alternating runs, steps/s after the first SKIP steps (torch.compile compiles during the
 # first steps: its compile time is printed apart, from its first run).
 # Needs PyTorch >= 2 in /usr/bin/python3 (Debian 13's python3-torch 2.6; .ci/debian13.sh bench runs
-# it there) and g++ for inductor's C++ kernels.
+# it there) and, for inductor's C++ kernels, g++, python3-setuptools and python3-dev.
 # usage: bench/torch2_compare.sh [graft]   (uses runs/demo from launcher/demo.sh, running it if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -43,6 +43,16 @@ std::string finalCheckpoint(const std::string& run_dir) {
   return found.empty() ? "" : found.front();
 }
 
+// Flips one bit of the byte at `offset` (a Python expression of the h5py dataset d) into the
+// stored data of `dataset` in the HDF5 file `path`: damage that only a checksum finds.
+Result flipAByte(const std::string& path, const std::string& dataset, const std::string& offset) {
+  return run(GRAFT_PYTHON " -c \"import h5py, sys\n"
+             "f = h5py.File(sys.argv[1], 'r'); d = f['" + dataset + "']\n"
+             "at = d.id.get_offset() + " + offset + "; f.close()\n"
+             "g = open(sys.argv[1], 'r+b'); g.seek(at); b = g.read(1); g.seek(at); g.write(bytes([b[0] ^ 0x10])); g.close()\" " +
+             path);
+}
+
 // Largest |a - b| / max|a| over the tensors of `group` in two checkpoints (0: the same bits).
 double difference(const std::string& a_path, const std::string& b_path, const std::string& group) {
   auto a = H5File::openRead(a_path), b = H5File::openRead(b_path);
@@ -456,11 +466,7 @@ TEST(Sharding, AFlippedByteInARanksRowsOfAOneFileCheckpointIsFoundAtResume) {
   ASSERT_EQ(r.code, 0) << r.output;
   ASSERT_NE(r.output.find("one file, 2 ranks writing their rows"), std::string::npos) << r.output;
   const std::string newest = dir + "/checkpoints/step-00000006.h5";
-  const auto flip = run(GRAFT_PYTHON " -c \"import h5py, sys\n"
-                        "f = h5py.File(sys.argv[1], 'r'); d = f['optimizer/exp_avg/tok_embeddings.weight']\n"
-                        "at = d.id.get_offset() + d.id.get_storage_size() - 3; f.close()\n"
-                        "g = open(sys.argv[1], 'r+b'); g.seek(at); b = g.read(1); g.seek(at); g.write(bytes([b[0] ^ 0x10])); g.close()\" " +
-                        newest);
+  const auto flip = flipAByte(newest, "optimizer/exp_avg/tok_embeddings.weight", "d.id.get_storage_size() - 3");
   ASSERT_EQ(flip.code, 0) << flip.output;
   r = train(2, dir, "gradients", "--train.steps=8");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -511,11 +517,7 @@ TEST(Sharding, AResumeReadsOnlyTheCheckpointAndNeedsNoModelPath) {
   const std::string damaged = base + "/damaged";
   ASSERT_EQ(run("cp -r " + base + "/parameters_split " + damaged).code, 0);
   for (const auto& path : completeCheckpoints(damaged + "/checkpoints")) {  // a byte of the weights flipped
-    const auto flip = run(GRAFT_PYTHON " -c \"import h5py, sys\n"
-                          "f = h5py.File(sys.argv[1], 'r'); d = f['model/tok_embeddings.weight']\n"
-                          "at = d.id.get_offset() + 5; f.close()\n"
-                          "g = open(sys.argv[1], 'r+b'); g.seek(at); b = g.read(1); g.seek(at); g.write(bytes([b[0] ^ 0x10])); g.close()\" " +
-                          path);
+    const auto flip = flipAByte(path, "model/tok_embeddings.weight", "5");
     ASSERT_EQ(flip.code, 0) << flip.output;
   }
   const auto r = train(2, damaged, "parameters", "--model.path=" + base + "/parameters_base.bin");

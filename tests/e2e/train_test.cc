@@ -426,5 +426,21 @@ TEST(Training, LaunchPlansAndStartsTheRanks) {
   EXPECT_EQ(run(graft() + " launch --nodes 2 -- train --config " + cfg).code, 2);
 }
 
+// cluster/train_mpirun.sbatch's mpirun line (--map-by ppr:N:node --bind-to core), run as the job
+// script runs it but on this host alone, outside Slurm: Open MPI 4.1's mpirun and 5's (PRRTE) both
+// take it, and the script passes graft's exit code on.
+TEST(Training, TheMpirunJobScriptStartsTheRanks) {
+  const std::string dir = freshDir("job_script");
+  const std::string cfg = writeConfig(dir, tinyConfig(dir + "/run", storiesDataset()));
+  const auto r = run("cd " + dir + " && SLURM_NTASKS_PER_NODE=2 GRAFT=" + graft() + " bash " + GRAFT_SOURCE_DIR +
+                     "/cluster/train_mpirun.sbatch " + cfg + " --train.steps=3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("on 2 rank(s) on 1 host(s) (mpi"), std::string::npos) << r.output;
+  EXPECT_EQ(losses(dir + "/run").size(), 3u);
+  const auto bad = run("cd " + dir + " && SLURM_NTASKS_PER_NODE=2 GRAFT=" + graft() + " bash " + GRAFT_SOURCE_DIR +
+                       "/cluster/train_mpirun.sbatch " + dir + "/missing.ini");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+}
+
 }  // namespace
 }  // namespace graft::e2e
