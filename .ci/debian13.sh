@@ -35,9 +35,11 @@ say() { echo "debian13: $*"; }
 die() { echo "debian13: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "must run as root (debootstrap, chroot and mounts)"
 
-if [[ $(readlink /proc/self/ns/mnt) == "$(readlink /proc/1/ns/mnt)" ]]; then  # again, in a mount namespace of our own
+# Again, in a mount namespace of our own: unshare execs bash in this same process, so the marker
+# holds this PID (a marker inherited from another run of this script holds another).
+if [[ ${GRAFT_D13_NAMESPACE:-} != "$$" ]]; then
   command -v unshare >/dev/null || die "unshare (util-linux) is missing"
-  exec unshare --mount --propagation private bash "$0" "$@"
+  GRAFT_D13_NAMESPACE=$$ exec unshare --mount --propagation private bash "$0" "$@"
 fi
 
 start=$SECONDS
