@@ -58,6 +58,8 @@
 
 namespace graft {
 
+class UnitGate;  // model/transformer.h
+
 struct DataParallelOptions {
   std::string shard = "none";  // none | optimizer | gradients | parameters
   GradReducerOptions buckets;  // none and optimizer: the all-reduce buckets
@@ -136,6 +138,10 @@ class DataParallel {
 // are frozen (never communicated after the initial broadcast, no optimizer state).
 std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
                                                Communicator& comm, const DataParallelOptions& options);
+
+// The model's uses of its units passed on to `dp` (enterUnit / leaveUnit), as a gate for
+// Transformer::setUnitGate; `dp` must outlive it.
+std::shared_ptr<UnitGate> unitGateOf(DataParallel& dp);
 
 // The sharded strategies (sharded.cc); makeDataParallel chooses.
 std::unique_ptr<DataParallel> makeShardedDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "model/transformer.h"
 #include "parallel/data_parallel.h"
 #include "parallel/tensor_collectives.h"
 #include "util/error.h"
@@ -115,6 +116,22 @@ class Replicated final : public DataParallel {
 };
 
 }  // namespace
+
+namespace {
+class StrategyGate final : public UnitGate {
+ public:
+  explicit StrategyGate(DataParallel& dp) : dp_(dp) {}
+  void enter(const std::string& unit) override { dp_.enterUnit(unit); }
+  void leave(const std::string& unit, const torch::Tensor& input, const torch::Tensor& output, bool reads) override {
+    dp_.leaveUnit(unit, input, output, reads);
+  }
+
+ private:
+  DataParallel& dp_;
+};
+}  // namespace
+
+std::shared_ptr<UnitGate> unitGateOf(DataParallel& dp) { return std::make_shared<StrategyGate>(dp); }
 
 std::unique_ptr<DataParallel> makeDataParallel(const std::vector<std::pair<std::string, at::Tensor>>& params,
                                                Communicator& comm, const DataParallelOptions& options) {

@@ -33,20 +33,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The model's uses of its units, passed on to the data-parallel strategy (dist.shard = parameters
-// gathers a unit before and frees it after; the others ignore them).
-class StrategyGate final : public UnitGate {
- public:
-  explicit StrategyGate(DataParallel& dp) : dp_(dp) {}
-  void enter(const std::string& unit) override { dp_.enterUnit(unit); }
-  void leave(const std::string& unit, const torch::Tensor& input, const torch::Tensor& output, bool reads) override {
-    dp_.leaveUnit(unit, input, output, reads);
-  }
-
- private:
-  DataParallel& dp_;
-};
-
 // Rank 0: the journal's "start" line (monitor/run_history.h): where this run starts, on how many
 // ranks, and, under Slurm, the job and how often it was requeued.
 void journalStart(const TrainConfig& c, std::int64_t start, const std::string& checkpoint, int ranks) {
@@ -367,7 +353,7 @@ TrainResult Trainer::run() {
       // dist.shard = parameters: every row of every parameter is in the checkpoint, which
       // resumeRun reads into the rows (it refuses one that lacks a tensor); model.path is not read.
       s.dp->keepOwnRows([](const std::string&, std::int64_t, std::int64_t, at::Tensor) {});
-      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
+      s.model->setUnitGate(unitGateOf(*s.dp));
       s.log.main("model: each rank's rows come from the checkpoint it resumes" +
                  (c.model_path.empty() ? std::string() : "; " + c.model_path + " is not read"));
     } else if (s.model_rows) {
@@ -375,7 +361,7 @@ TrainResult Trainer::run() {
       const std::string what = "reading this rank's rows of " + s.model_rows->path();
       runWithHeartbeat(s.comm, "init/rows", c.slow_phase_timeout_s, what, "",
                        [dp = s.dp.get(), fill = s.model_rows->rowFill()] { dp->keepOwnRows(fill); });
-      s.model->setUnitGate(std::make_shared<StrategyGate>(*s.dp));
+      s.model->setUnitGate(unitGateOf(*s.dp));
     } else {
       if (s.dp->shardsParameters()) throw Error("dist.shard = parameters: the model was built whole (a bug: run_setup gives it a row source)");
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models

@@ -322,17 +322,6 @@ TEST(DataParallel, StateMemoryFollowsTheZeroFormulas) {
 // rank's own drift) across a forward of a 4-layer llama whose blocks hold 51 MB, in fp32 and bf16. (When the fused projections saved wq|wk|wv and
 // w1|w3 concatenated, and bf16 saved its casts, the forward kept 36 MB in fp32 and 26 MB in bf16:
 // watched fail.) Backward then reaches every block with its weights gathered again.
-class GateOf final : public UnitGate {
- public:
-  explicit GateOf(DataParallel& dp) : dp_(dp) {}
-  void enter(const std::string& unit) override { dp_.enterUnit(unit); }
-  void leave(const std::string& unit, const torch::Tensor& in, const torch::Tensor& out, bool reads) override {
-    dp_.leaveUnit(unit, in, out, reads);
-  }
-
- private:
-  DataParallel& dp_;
-};
 
 TEST(DataParallel, ZeroThreeForwardKeepsNoWholeWeightsForBackward) {
   mallopt(M_MMAP_THRESHOLD, 64 << 10);  // freed blocks leave the process: RSS counts what is held
@@ -358,7 +347,7 @@ TEST(DataParallel, ZeroThreeForwardKeepsNoWholeWeightsForBackward) {
     auto dp = makeDataParallel(params, comm(), no_prefetch);
     dp->broadcastParameters();
     dp->keepOwnRows();
-    m->setUnitGate(std::make_shared<GateOf>(*dp));
+    m->setUnitGate(unitGateOf(*dp));
     m->setComputeDtype(dtype);
     torch::manual_seed(4);
     const auto ids = torch::randint(c.vocab_size, {1, 16}, torch::kInt64);
