@@ -7,7 +7,7 @@
 # Llama of ~29M parameters (dim 768, 4 layers, vocab 512: a checkpoint of ~340 MB with the AdamW
 # moments) trains one step at np 1 and checkpoints; then REPEATS times each (median): `graft
 # status RUN --json` (serial) and a resume at NP ranks (the log line "resume: ... verified (...,
-# T s)"). Both read a page-cache-hot file. Prints one JSON object.
+# T s)"), and the same resume at one rank. All read a page-cache-hot file. Prints one JSON object.
 #   usage: bench/verify_resume.sh [graft]     (REPEATS=3 NP=4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,9 +38,16 @@ serial_s=$(for ((i = 0; i < REPEATS; i++)); do
   without=$(timed "$GRAFT" status "$tmp/run" --json --no-verify)
   awk -v a="$with" -v b="$without" 'BEGIN {printf "%.3f\n", a - b}'
 done | median)
-# The resume at NP ranks: steps = 1 again, so it verifies, reads and ends without training.
-parallel_s=$(for ((i = 0; i < REPEATS; i++)); do
-  train "$NP" 1 | grep -o 'resume: .* verified ([0-9]* tensors, each rank its rows, [0-9.]* s)' | grep -o '[0-9.]* s)' | tr -d ' s)'
-done | median)
-printf '{"bench": "verify_resume", "checkpoint_bytes": %s, "np": %s, "repeats": %s, "serial_whole_tensors_s": %s, "shared_by_ranks_s": %s, "shared_over_serial": %s}\n' \
-  "$bytes" "$NP" "$REPEATS" "$serial_s" "$parallel_s" "$(awk -v a="$parallel_s" -v b="$serial_s" 'BEGIN {printf "%.3f", a / b}')"
+# The resume at NP ranks and at one: steps = 1 again, so it verifies, reads and ends without
+# training. One rank reading every row the same way tells what sharing the rows gains, apart from
+# how each rank reads them.
+resume_s() {  # np -> median seconds of the verification, from the log line
+  for ((i = 0; i < REPEATS; i++)); do
+    train "$1" 1 | grep -o 'resume: .* verified ([0-9]* tensors, each rank its rows, [0-9.]* s)' | grep -o '[0-9.]* s)' | tr -d ' s)'
+  done | median
+}
+parallel_s=$(resume_s "$NP")
+one_rank_s=$(resume_s 1)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+printf '{"bench": "verify_resume", "checkpoint_bytes": %s, "np": %s, "repeats": %s, "serial_whole_tensors_s": %s, "one_rank_its_rows_s": %s, "shared_by_ranks_s": %s, "shared_over_serial": %s, "shared_over_one_rank": %s}\n' \
+  "$bytes" "$NP" "$REPEATS" "$serial_s" "$one_rank_s" "$parallel_s" "$(ratio "$parallel_s" "$serial_s")" "$(ratio "$parallel_s" "$one_rank_s")"

@@ -235,6 +235,19 @@ std::uint64_t H5File::dataOffset(const std::string& object) const {
   return static_cast<std::uint64_t>(offset);
 }
 
+std::uint64_t H5File::rawOffset(const std::string& object) const {
+  const Hdf5Lock lock;
+  Handle ds(H5Dopen2(id_, object.c_str(), H5P_DEFAULT));
+  if (!ds.ok()) throw InputError(where(object) + ": no such dataset");
+  Handle dcpl(H5Dget_create_plist(ds.get()));
+  if (!dcpl.ok() || H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS) return 0;
+  Handle ftype(H5Dget_type(ds.get()));
+  const hid_t native = memType(scalarTypeOf(ftype.get()));
+  if (native < 0 || H5Tequal(ftype.get(), native) <= 0) return 0;
+  const haddr_t offset = H5Dget_offset(ds.get());
+  return offset == HADDR_UNDEF ? 0 : static_cast<std::uint64_t>(offset);
+}
+
 void H5File::writeVirtualRows(const std::string& object, const std::vector<std::int64_t>& global_shape,
                               const std::vector<RowSource>& sources, std::uint32_t crc, std::uint64_t bytes) {
   const Hdf5Lock lock;

@@ -74,6 +74,10 @@ class H5File {
   at::Tensor readTensor(const std::string& object) const;
   // Where a contiguous dataset's bytes start in the file (fault injection in tests flips one).
   std::uint64_t dataOffset(const std::string& object) const;
+  // Where a dataset's bytes lie in this file exactly as readTensor() would return them: stored
+  // contiguously, allocated, and in the native byte layout of its element type. 0 otherwise (a
+  // virtual, chunked or empty dataset, or another byte order): read it through HDF5 then.
+  std::uint64_t rawOffset(const std::string& object) const;
   // Rows [begin, end) of a dataset (dim 0; a 0-d dataset is one row): a sharded run's rank reads
   // only its own rows (parallel/shard_plan.h). InputError when the range is outside the dataset.
   at::Tensor readRows(const std::string& object, std::int64_t begin, std::int64_t end) const;
