@@ -1,6 +1,7 @@
 #include "checkpoint/checkpoint.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <torch/torch.h>
@@ -192,6 +193,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
   draft.tmp = draft.path + ".tmp";
   draft.step = state.step;
   draft.damage_for_tests = state.damage_for_tests;
+  draft.kill_for_tests = state.kill_for_tests;
   const bool model_parts = static_cast<bool>(model_tensors.write);
   try {
     H5File file = H5File::create(draft.tmp);
@@ -237,6 +239,7 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
     file.setAttr("/", "complete", std::int64_t{1});
     file.close();
     if (draft.damage_for_tests && !own.empty()) damageForTests(draft.tmp, parseManifest(own, draft.tmp).front().object);
+    if (draft.kill_for_tests) ::kill(::getpid(), SIGKILL);  // the draft is whole and marked complete, not yet verified
     // Read back what was written here, before it is published: a draft that does not verify never
     // gets a checkpoint's name. Parts and raw rows were verified by the ranks that wrote them.
     verifyTensors(H5File::openRead(draft.tmp), own, draft.tmp, /*skip_virtual=*/false);

@@ -55,6 +55,7 @@ struct TrainingState {
   at::Tensor rng_states;          // uint8 [world_size, n]
   at::Tensor device_rng_states;   // uint8 [world_size, n]: CUDA runs only, else undefined
   bool damage_for_tests = false;  // debug.damage_checkpoint: a byte of the draft flipped before it is verified
+  bool kill_for_tests = false;    // debug.kill_before_verify: the process killed between writing the draft and verifying it
 };
 
 std::string checkpointName(std::int64_t step);
@@ -94,6 +95,7 @@ struct CheckpointDraft {
   std::int64_t step = 0;
   std::vector<H5File::Written> entries;   // every tensor in order, raw ones with crc32 and bytes 0
   bool damage_for_tests = false;          // TrainingState::damage_for_tests
+  bool kill_for_tests = false;            // TrainingState::kill_for_tests
 };
 CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
                                 const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors,

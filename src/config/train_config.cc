@@ -120,6 +120,9 @@ class OptionTable {
     add("debug.damage_checkpoint", c.damage_checkpoint,
         "fault injection: rank 0 flips one byte of the checkpoint of this step after writing it and before "
         "verifying it (0 = off)");
+    add("debug.kill_before_verify", c.kill_before_verify,
+        "fault injection: rank 0 kills its own process (SIGKILL) once the checkpoint of this step is written whole, "
+        "before it is read back and published (0 = off)");
     add("debug.slow_load_s", c.slow_load_s, "fault injection: every rank sleeps this long before loading the data and model");
     add("debug.stall_at", c.stall_at,
         "fault injection: rank debug.stall_rank stops for good before the collective with this tag (ag/bwd/layers.1)");
@@ -276,6 +279,7 @@ void TrainConfig::validate(int world) const {
   need(slow_rows_s >= 0, "debug.slow_rows_s", "must be >= 0");
   need(slow_load_s >= 0, "debug.slow_load_s", "must be >= 0");
   need(damage_checkpoint >= 0, "debug.damage_checkpoint", "must be >= 0");
+  need(kill_before_verify >= 0, "debug.kill_before_verify", "must be >= 0");
   need(eval_every >= 0, "eval.every", "must be >= 0");
   need(eval_batches > 0, "eval.batches", "must be positive");
   need(checkpoint_every >= 0, "checkpoint.every", "must be >= 0");

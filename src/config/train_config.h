@@ -66,6 +66,7 @@ struct TrainConfig {
   double slow_checkpoint_s = 0;  // rank 0 sleeps this long before each checkpoint write (a slow disk)
   double slow_rows_s = 0;        // rank r sleeps (r + 1) x this before writing its rows or part of a checkpoint
   std::int64_t damage_checkpoint = 0;  // rank 0 flips a byte of this step's checkpoint before verifying it
+  std::int64_t kill_before_verify = 0;  // rank 0 kills itself (SIGKILL) once this step's checkpoint is written, before it is verified
   double slow_load_s = 0;        // every rank sleeps this long before loading the data and model
   std::string stall_at;          // rank stall_rank stops for good before the collective with this tag
   int stall_rank = 1;

@@ -258,6 +258,7 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
   state.transfer = c.transfer;
   state.base_model = c.model_path;
   state.damage_for_tests = c.damage_checkpoint == step;
+  state.kill_for_tests = c.kill_before_verify == step;
   state.rng_states = gatherGeneratorStates(comm, at::detail::getDefaultCPUGenerator(), "ckpt/rng");
   if (device.is_cuda())
     state.device_rng_states = gatherGeneratorStates(comm, at::globalContext().defaultGenerator(device), "ckpt/rng_cuda");

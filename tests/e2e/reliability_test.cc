@@ -602,6 +602,42 @@ void killNineTrials(const std::string& name, const std::string& options, int tri
   expectSameAsUninterrupted(cfg, dir + "/run", options);
 }
 
+// A kill -9 at the one moment a random kill rarely hits: the checkpoint of step 4 is written whole
+// and marked complete, and rank 0 has not yet read it back nor published it
+// (debug.kill_before_verify). The draft must never count as a checkpoint: step 2 stays the newest,
+// it verifies, the resume removes the draft and, two steps on, equals a run never killed. In every
+// way a checkpoint is written: rank 0 alone, every rank its rows in one file, a part file per rank,
+// and in the background.
+TEST(Reliability, KillNineBetweenWriteAndVerifyLeavesThePreviousCheckpoint) {
+  for (const std::string options : {"", "--dist.shard=parameters", "--dist.shard=optimizer --checkpoint.files=per_rank",
+                                    "--dist.shard=gradients --checkpoint.async=true"}) {
+    SCOPED_TRACE(options);
+    const std::string dir = freshDir("kill_before_verify");
+    const auto cfg = configIn(dir, "");
+    const std::string checkpoints = dir + "/run/checkpoints";
+    const auto killed = run(mpirun(2) + " " + graft() + " train --config " + cfg + " " + options +
+                            " --train.steps=100000 --train.stop_after=6 --checkpoint.every=2 --debug.kill_before_verify=4");
+    EXPECT_NE(killed.code, 0) << killed.output;
+    EXPECT_EQ(killed.output.find("checkpoint: " + checkpoints + "/step-00000004.h5"), std::string::npos) << killed.output;
+    const std::string draft = checkpoints + "/step-00000004.h5.tmp";
+    ASSERT_TRUE(fileExists(draft)) << run("ls -l " + checkpoints).output << killed.output;
+    EXPECT_EQ(H5File::openRead(draft).intAttr("/", "complete"), 1);  // the kill came after the whole write
+    EXPECT_FALSE(fileExists(checkpoints + "/step-00000004.h5"));
+    const auto complete = completeCheckpoints(checkpoints);
+    ASSERT_EQ(complete.size(), 1u) << run("ls -l " + checkpoints).output;
+    EXPECT_EQ(stepOf(complete.front()), 2);
+    EXPECT_EQ(verifiedOrWhyNot(complete), "yes");
+    const auto resumed = run(mpirun(2) + " " + graft() + " train --config " + cfg + " " + options +
+                             " --train.steps=100000 --train.stop_after=6 --checkpoint.every=2");
+    ASSERT_EQ(resumed.code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("resuming from " + complete.front()), std::string::npos) << resumed.output;
+    EXPECT_NE(resumed.output.find("step-00000004.h5.tmp"), std::string::npos) << "the draft's removal is not logged\n"
+                                                                               << resumed.output;
+    EXPECT_FALSE(fileExists(draft));
+    expectSameAsUninterrupted(cfg, dir + "/run", options + " --checkpoint.every=2");
+  }
+}
+
 // A run killed with -9 writes no end to its journal; graft status on its host sees that rank 0's
 // process is gone and says `died` (it said `running` forever), and says `running` again while the
 // run that resumes it goes on.
