@@ -7,6 +7,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
+#include <map>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -49,13 +52,6 @@ bool isComplete(const std::string& path) {
 
 // Fails early, with a clear message and before anything is written, when the file system cannot
 // hold one more checkpoint (the previous ones stay until the new one is verified).
-std::uint64_t modelBytes(Transformer& model, bool adapter_only) {
-  std::uint64_t bytes = 0;
-  for (const auto& p : model->parameters())
-    if (!adapter_only || p.requires_grad()) bytes += static_cast<std::uint64_t>(p.numel()) * 4;
-  return bytes;
-}
-
 void requireSpace(const std::string& dir, std::uint64_t bytes) {
   bytes += 64u << 10;  // metadata, attributes, RNG states
   const std::int64_t free_at = freeBytesAt(dir);
@@ -175,17 +171,102 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
   }
 }
 
-std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                            const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors) {
-  const bool model_parts = static_cast<bool>(model_tensors.write);
-  const std::uint64_t bytes =
-      (model_parts ? model_tensors.bytes : modelBytes(model, state.transfer.adapterOnly())) + optimizer.bytes;
-  return completeCheckpoint(draftCheckpoint(dir, model, optimizer, schedule, state, model_tensors, bytes), {});
+bool CheckpointContent::split(std::size_t i) const {
+  const std::size_t n = rows.size();
+  for (int r = 1; r < world; ++r) {
+    const std::size_t at = (static_cast<std::size_t>(r) * n + i) * 2;
+    if (row_map.at(at + 1) > row_map.at(at)) return true;
+  }
+  return false;
 }
 
-CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                                const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors,
-                                std::uint64_t bytes) {
+bool CheckpointContent::anySplit() const {
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (split(i)) return true;
+  return false;
+}
+
+CheckpointContent CheckpointContent::copied() const {
+  // In host memory: a GPU's memory is for training.
+  auto host = [](const at::Tensor& t) { return t.to(at::Device(at::kCPU), t.scalar_type(), false, /*copy=*/true); };
+  CheckpointContent copy = *this;
+  for (auto& t : copy.rows) t.rows = host(t.rows);
+  if (optimizer) {  // its attributes only: the moments are among the rows
+    auto attributes = std::make_shared<AdamW>(*optimizer);
+    for (auto& s : attributes->slots()) s.param = s.grad = s.exp_avg = s.exp_avg_sq = at::Tensor();
+    copy.optimizer = attributes;
+  }
+  return copy;
+}
+
+CheckpointContent wholeContent(Transformer model, std::shared_ptr<const AdamW> optimizer, Schedule schedule,
+                               TrainingState state) {
+  CheckpointContent content{std::move(state), std::move(schedule), model, optimizer, {}, {}, 0, 1};
+  auto add = [&](const std::string& object, const at::Tensor& t) {
+    content.rows.push_back({object, t.sizes().vec(), 0, t.detach()});
+    content.row_map.push_back(0);
+    content.row_map.push_back(content.rows.back().wholeRows());
+  };
+  for (const auto& p : model->named_parameters())
+    if (!content.state.transfer.adapterOnly() || p.value().requires_grad()) add("/model/" + p.key(), p.value());
+  for (const auto& s : optimizer->slots()) {
+    add("/optimizer/exp_avg/" + s.name, s.exp_avg);
+    add("/optimizer/exp_avg_sq/" + s.name, s.exp_avg_sq);
+  }
+  return content;
+}
+
+std::uint64_t rowBytes(const TensorRows& t) {
+  std::uint64_t bytes = c10::elementSize(t.rows.scalar_type());
+  for (std::size_t d = 1; d < t.shape.size(); ++d) bytes *= static_cast<std::uint64_t>(t.shape[d]);
+  return bytes;
+}
+
+namespace {
+
+std::uint64_t wholeBytes(const TensorRows& t) { return rowBytes(t) * static_cast<std::uint64_t>(t.wholeRows()); }
+
+// The ranks holding rows of tensor i, in row order, with their (begin, end): they must cover the
+// tensor's rows exactly once, or the strategy's split is not one the file can hold.
+std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> holders(const CheckpointContent& content, std::size_t i) {
+  std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> out;
+  const std::size_t n = content.rows.size();
+  for (int r = 0; r < content.world; ++r) {
+    const std::size_t at = (static_cast<std::size_t>(r) * n + i) * 2;
+    const std::int64_t begin = content.row_map.at(at), end = content.row_map.at(at + 1);
+    if (end > begin) out.push_back({r, {begin, end}});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second.first < b.second.first; });
+  std::int64_t next = 0;
+  for (const auto& [rank, range] : out) {
+    if (range.first != next)
+      throw Error("checkpoint: the ranks' rows of " + content.rows[i].object + " do not follow one another (rank " +
+                  std::to_string(rank) + " starts at row " + std::to_string(range.first) + ", not " + std::to_string(next) + ")");
+    next = range.second;
+  }
+  if (next != content.rows[i].wholeRows())
+    throw Error("checkpoint: the ranks hold " + std::to_string(next) + " rows of " + content.rows[i].object + ", not " +
+                std::to_string(content.rows[i].wholeRows()));
+  return out;
+}
+
+// The part file of rank r holds its rows of every split tensor, under the tensor's own name.
+std::vector<std::size_t> splitTensors(const CheckpointContent& content) {
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < content.rows.size(); ++i)
+    if (content.split(i)) out.push_back(i);
+  return out;
+}
+
+}  // namespace
+
+CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent& content, RowFiles files,
+                                std::vector<std::uint64_t>* offsets) {
+  const TrainingState& state = content.state;
+  const auto split = splitTensors(content);
+  std::uint64_t bytes = 0;  // what this file will hold
+  for (std::size_t i = 0; i < content.rows.size(); ++i)
+    if (files == RowFiles::kOneFile || !content.split(i)) bytes += wholeBytes(content.rows[i]);
   makeDirectories(dir);
   requireSpace(dir, bytes);
   CheckpointDraft draft;
@@ -194,7 +275,6 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
   draft.step = state.step;
   draft.damage_for_tests = state.damage_for_tests;
   draft.kill_for_tests = state.kill_for_tests;
-  const bool model_parts = static_cast<bool>(model_tensors.write);
   try {
     H5File file = H5File::create(draft.tmp);
     file.setAttr("/", "format", std::string("graft-checkpoint"));
@@ -206,11 +286,28 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
     file.setAttr("/", "config", state.config);
     if (!state.data_fingerprint.empty()) file.setAttr("/", "data_fingerprint", state.data_fingerprint);
     file.setAttr("/", "created_unix", static_cast<std::int64_t>(std::time(nullptr)));
-    writeModelGroup(file, model, state.transfer.adapterOnly(), /*tensors=*/!model_parts);
-    if (model_parts) model_tensors.write(file);
+    if (!content.model.is_empty()) {
+      Transformer model = content.model;
+      writeModelGroup(file, model, state.transfer.adapterOnly(), /*tensors=*/false);
+    }
+    for (std::size_t i = 0; i < content.rows.size(); ++i) {
+      const TensorRows& t = content.rows[i];
+      if (!content.split(i)) {
+        file.writeTensor(t.object, t.rows);  // rank 0 holds it whole
+      } else if (files == RowFiles::kOneFile) {
+        if (t.rows.scalar_type() != at::kFloat) throw Error(t.object + ": only float32 rows are written by the ranks into one file");
+        const std::uint64_t offset = file.createRawFloat32(t.object, t.shape);
+        if (offsets) offsets->push_back(offset);
+      } else {
+        std::vector<H5File::RowSource> sources;
+        for (const auto& [rank, range] : holders(content, i))
+          sources.push_back({checkpointPartName(state.step, rank, content.world), t.object, range.first, range.second});
+        file.writeVirtualRows(t.object, t.shape, sources, 0, 0);  // the checksum comes with the parts' (step 3)
+      }
+    }
     if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
-    optimizer.write(file);
-    schedule.save(file, "/schedule");
+    content.optimizer->saveAttributes(file, "/optimizer");
+    content.schedule.save(file, "/schedule");
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
     file.setAttr("/sampler", "next_batch", state.next_batch);
     file.writeTensor("/rng/torch_cpu", state.rng_states);
@@ -225,15 +322,72 @@ CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, cons
   return draft;
 }
 
-std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H5File::Written>& raw) {
-  std::string manifest, own;  // every tensor; those rank 0 wrote through HDF5 (not virtual, not raw)
+std::vector<std::uint64_t> writeRowsPart(const std::string& dir, const CheckpointContent& content) {
+  const auto split = splitTensors(content);
+  std::uint64_t bytes = 0;
+  for (const std::size_t i : split) bytes += rowBytes(content.rows[i]) * static_cast<std::uint64_t>(content.rows[i].rowCount());
+  writeCheckpointPart(dir, content.state.step, content.rank, content.world, bytes, [&](H5File& part) {
+    for (const std::size_t i : split) part.writeTensor(content.rows[i].object, content.rows[i].rows);
+  });
+  return partSums(dir, content, content.rank);
+}
+
+std::vector<std::uint64_t> partSums(const std::string& dir, const CheckpointContent& content, int rank) {
+  const std::string name = checkpointPartName(content.state.step, rank, content.world);
+  const std::string path = dir + "/" + name;
+  std::map<std::string, ManifestEntry> entries;
+  for (const auto& e : parseManifest(readManifest(H5File::openRead(path)), path)) entries[e.object] = e;
+  std::vector<std::uint64_t> sums;
+  for (const std::size_t i : splitTensors(content)) {
+    const auto it = entries.find(content.rows[i].object);
+    if (it == entries.end()) throw InputError(path + ": checkpoint part has no " + content.rows[i].object);
+    sums.push_back(it->second.crc32);
+    sums.push_back(it->second.bytes);
+  }
+  return sums;
+}
+
+std::vector<std::uint64_t> awaitPartSums(const std::string& dir, const CheckpointContent& content, double limit_s,
+                                         const std::function<void()>& check) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::uint64_t> all;
+  for (int r = 0; r < content.world; ++r) {
+    const std::string path = dir + "/" + checkpointPartName(content.state.step, r, content.world);
+    while (!fileExists(path)) {
+      check();
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s)
+        throw Error(path + ": part of checkpoint " + std::to_string(content.state.step) + " not written within dist.slow_phase_timeout_s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const auto sums = partSums(dir, content, r);
+    all.insert(all.end(), sums.begin(), sums.end());
+  }
+  return all;
+}
+
+std::string completeCheckpoint(const CheckpointDraft& draft, const CheckpointContent& content,
+                               const std::vector<std::uint64_t>& all) {
+  // Each split tensor's checksum, from its holders' in row order.
+  const auto split = splitTensors(content);
+  const std::size_t per_rank = split.size() * 2;
+  std::vector<H5File::Written> combined;
+  for (std::size_t j = 0; j < split.size(); ++j) {
+    H5File::Written whole{content.rows[split[j]].object, crc32(nullptr, 0), 0};
+    for (const auto& holder : holders(content, split[j])) {
+      const std::size_t at = static_cast<std::size_t>(holder.first) * per_rank + 2 * j;
+      whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>(all.at(at)), all.at(at + 1));
+      whole.bytes += all.at(at + 1);
+    }
+    combined.push_back(whole);
+  }
+  std::string manifest, own;  // every tensor; those rank 0 wrote through HDF5
   try {
     H5File file = H5File::openReadWrite(draft.tmp);
     for (auto entry : draft.entries) {
-      const auto it = std::find_if(raw.begin(), raw.end(), [&](const H5File::Written& w) { return w.object == entry.object; });
-      if (it != raw.end()) entry = *it;
+      const auto it = std::find_if(combined.begin(), combined.end(), [&](const H5File::Written& w) { return w.object == entry.object; });
+      if (it != combined.end()) entry = *it;
       manifest += formatManifestLine({entry.object, entry.crc32, entry.bytes});
-      if (it == raw.end() && !file.isVirtual(entry.object)) own += formatManifestLine({entry.object, entry.crc32, entry.bytes});
+      if (it == combined.end()) own += formatManifestLine({entry.object, entry.crc32, entry.bytes});
     }
     writeManifest(file, manifest);
     file.setAttr("/", "complete", std::int64_t{1});
@@ -241,7 +395,7 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
     if (draft.damage_for_tests && !own.empty()) damageForTests(draft.tmp, parseManifest(own, draft.tmp).front().object);
     if (draft.kill_for_tests) ::kill(::getpid(), SIGKILL);  // the draft is whole and marked complete, not yet verified
     // Read back what was written here, before it is published: a draft that does not verify never
-    // gets a checkpoint's name. Parts and raw rows were verified by the ranks that wrote them.
+    // gets a checkpoint's name. The ranks' rows were verified by the ranks that wrote them.
     verifyTensors(H5File::openRead(draft.tmp), own, draft.tmp, /*skip_virtual=*/false);
     publishFile(draft.tmp, draft.path);
   } catch (const Error& e) {
@@ -250,6 +404,11 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H
                 " not written, earlier checkpoints are intact");
   }
   return draft.path;
+}
+
+std::string writeCheckpoint(const std::string& dir, const CheckpointContent& content) {
+  if (content.anySplit()) throw Error("writeCheckpoint: the ranks' rows of a checkpoint are written by all of them together");
+  return completeCheckpoint(draftCheckpoint(dir, content, RowFiles::kParts), content, {});
 }
 
 std::vector<std::string> completeCheckpoints(const std::string& dir) {

@@ -5,9 +5,10 @@
 //                 config (resolved INI text), data_fingerprint, created_unix, complete=1 (written last)
 //   /model        see convert/model_io.h (adapter-only for transfer.mode = lora: the adapters alone)
 //   /transfer     attrs of the flavour and the base model path (adapter-only checkpoints)
-//   /optimizer    written and read by the optimizer itself (optim/adamw.h), whole tensors; in a
-//                 sharded run (dist.shard) virtual datasets over part files step-<8 digits>.part-
-//                 <rank>-of-<world>.h5 beside it, one per rank, each written by its rank
+//   /optimizer    attributes written and read by the optimizer itself (optim/adamw.h); the
+//                 moments, whole tensors, written as Note [one checkpoint writer] says: in a sharded
+//                 run each rank's rows, in this file or (virtual datasets) in part files
+//                 step-<8 digits>.part-<rank>-of-<world>.h5 beside it, one per rank
 //   /schedule     attrs lr, min_lr, warmup, total (optim/schedule.h)
 //   /sampler      attrs seed, next_batch (global batch index the run continues with)
 //   /rng/torch_cpu  uint8 [world_size, n]: each rank's CPU generator state
@@ -22,10 +23,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "checkpoint/tensor_rows.h"
 #include "formats/hdf5.h"
 #include "model/transfer.h"
 #include "model/transformer.h"
@@ -62,50 +65,91 @@ std::string checkpointName(std::int64_t step);
 // "step-00000010.part-00001-of-00004.h5": rank 1's part of checkpoint 10 of a 4-rank sharded run.
 std::string checkpointPartName(std::int64_t step, int rank, int world);
 
-// How a group's tensors get into the checkpoint file: `write` writes them (whole tensors, or an
-// index of the rows that part files hold); `bytes` is what it adds on disk (for the free-space check).
-struct GroupWriter {
-  std::uint64_t bytes = 0;
-  std::function<void(H5File&)> write;
-};
-using OptimizerWriter = GroupWriter;  // group /optimizer
-
 // Any rank, before the checkpoint file of `step` is written: writes this rank's part file
 // (checkpointPartName) in `dir` with `write` into a temporary file, reads it back and checks every
-// tensor, then publishes it (fsync + rename); returns the part's manifest ("object crc32 bytes" per tensor, also stored in the
-// part as dataset /manifest). On failure the temporary file is removed.
+// tensor, then publishes it (fsync + rename); returns the part's manifest ("object crc32 bytes" per
+// tensor, also stored in the part as dataset /manifest). On failure the temporary file is removed.
 std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int rank, int world, std::uint64_t bytes,
                                 const std::function<void(H5File&)>& write);
 
-// Rank 0 only. Writes and publishes the checkpoint, then reads it back and verifies it (but the
-// rows in part files, which their writers verified); returns its path. On failure (disk full...)
-// the temporary file is removed and nothing older is touched. The tensors of /model come from
-// `model`, or from `model_tensors` when it has a writer (dist.shard = parameters: an index of the
-// ranks' parts; `model` then gives the attributes only).
-std::string writeCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                            const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors = {});
+// Note [one checkpoint writer]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A checkpoint is written one way, whatever dist.shard is and whether training waits for it. Who
+// writes what is said once, by the data-parallel strategy: every rank hands over its rows of every
+// tensor the checkpoint holds (DataParallel::checkpointRows: the same tensors in the same order on
+// every rank), and the ranks share where each one's rows lie (the row map). When training goes on
+// meanwhile (checkpoint.async) those rows are copied first (CheckpointContent::copied): the writer
+// never reads a live tensor. Then:
+//   1. a tensor whose rows rank 0 holds all of (a replicated run, one rank) rank 0 writes into the
+//      checkpoint file itself, through HDF5, and reads back before it publishes the file;
+//   2. a tensor whose rows several ranks hold, each writes its rows of: either into the checkpoint
+//      file at their offset (RowFiles::kOneFile: rank 0 allocates the tensor in the draft, the
+//      ranks write with MPI-IO, train/checkpointing.cc) or into a part file of its own, which the
+//      checkpoint file maps (RowFiles::kParts: a virtual dataset over the parts); each writer
+//      reads its rows back and checks them;
+//   3. rank 0 combines the ranks' checksums of each tensor in row order (crc32_combine) into the
+//      whole tensor's, writes the manifest and complete = 1, and only then publishes the file
+//      (temp + fsync + rename) and prunes older ones.
+// h5py and every reader see whole tensors whichever way a checkpoint was written.
+enum class RowFiles { kOneFile, kParts };
 
-// A checkpoint written in two steps, so that other ranks can write rows into it in between (a
-// sharded run's checkpoint in one file; train/checkpointing.cc). Rank 0 first drafts the
-// temporary file: everything writeCheckpoint writes but the bytes of the tensors its writers made
-// with H5File::createRawFloat32, and neither manifest nor complete. `bytes`: what the whole
-// checkpoint holds (for the free-space check).
+// What one rank hands the writer for the checkpoint of `state.step`.
+struct CheckpointContent {
+  TrainingState state;                     // rank 0's is written
+  Schedule schedule;
+  Transformer model{nullptr};              // the /model group's attributes (its configuration); none when null
+  std::shared_ptr<const AdamW> optimizer;  // the /optimizer group's attributes, slots' step counts
+  std::vector<TensorRows> rows;            // this rank's rows of every tensor, the same order on every rank
+  std::vector<std::int64_t> row_map;       // every rank's (begin, end) of each tensor of `rows`, rank after rank
+  int rank = 0, world = 1;
+
+  // Whether tensor i of `rows` has rows on a rank other than 0 (step 2); else rank 0 holds it whole.
+  bool split(std::size_t i) const;
+  bool anySplit() const;
+  // The same with this rank's rows (and the optimizer's attributes) copied into host memory.
+  CheckpointContent copied() const;
+};
+
+// Every tensor whole on rank 0 of 1: the checkpoint one process writes of `model` and `optimizer`
+// (their trainable parameters only when `state.transfer` is adapter-only).
+CheckpointContent wholeContent(Transformer model, std::shared_ptr<const AdamW> optimizer, Schedule schedule,
+                               TrainingState state);
+
+// Rank 0, step 1 (and the layout of step 2): drafts DIR/step-<8 digits>.h5.tmp with everything but
+// the split tensors' bytes, each split tensor allocated (kOneFile: its file offset appended to
+// *offsets, in order) or mapped over the ranks' parts (kParts); no manifest, not complete. Checks
+// first that the file system has room for what the file will hold. On failure the draft goes.
 struct CheckpointDraft {
   std::string path, tmp;                  // the checkpoint's name, and the temporary file being written
   std::int64_t step = 0;
-  std::vector<H5File::Written> entries;   // every tensor in order, raw ones with crc32 and bytes 0
+  std::vector<H5File::Written> entries;   // every tensor in order; split ones with crc32 and bytes 0
   bool damage_for_tests = false;          // TrainingState::damage_for_tests
   bool kill_for_tests = false;            // TrainingState::kill_for_tests
 };
-CheckpointDraft draftCheckpoint(const std::string& dir, Transformer& model, const OptimizerWriter& optimizer,
-                                const Schedule& schedule, const TrainingState& state, const GroupWriter& model_tensors,
-                                std::uint64_t bytes);
-// Rank 0, once the raw tensors' bytes are written and verified by their writers: their checksums
-// (`raw`, by object, combined from the writers'), the manifest and complete = 1, a read-back of
-// what rank 0 wrote itself, and only then temp -> publish. Returns the checkpoint's path. On
-// failure (a tensor that reads back differently included) the temporary file is removed and
-// nothing older is touched: no file that failed its check ever has a checkpoint's name.
-std::string completeCheckpoint(const CheckpointDraft& draft, const std::vector<H5File::Written>& raw);
+CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent& content, RowFiles files,
+                                std::vector<std::uint64_t>* offsets = nullptr);
+// Step 2 under kParts, any rank: its rows of every split tensor into its part file (read back,
+// published); returns their (crc32, bytes), two numbers per split tensor in order.
+std::vector<std::uint64_t> writeRowsPart(const std::string& dir, const CheckpointContent& content);
+// The same numbers as rank `rank`'s writeRowsPart returned, read from its published part's manifest.
+std::vector<std::uint64_t> partSums(const std::string& dir, const CheckpointContent& content, int rank);
+// Rank 0, when the parts are written by helpers that do not meet (checkpoint.async): every rank's
+// partSums, rank after rank, each read as its part appears (its writer publishes it by rename),
+// waiting at most `limit_s` for the last; `check` is called while waiting and throws to give up
+// (another rank's part failed).
+std::vector<std::uint64_t> awaitPartSums(const std::string& dir, const CheckpointContent& content, double limit_s,
+                                         const std::function<void()>& check);
+// Bytes of one row of tensor i of `rows`.
+std::uint64_t rowBytes(const TensorRows& t);
+// Rank 0, step 3: every rank's sums (`all`: rank after rank, as writeRowsPart returns them)
+// combined into each split tensor's, the manifest and complete = 1, a read-back of what rank 0
+// wrote itself, and only then temp -> publish. Returns the checkpoint's path. On failure (a tensor
+// that reads back differently included) the temporary file is removed and nothing older is
+// touched: no file that failed its check ever has a checkpoint's name.
+std::string completeCheckpoint(const CheckpointDraft& draft, const CheckpointContent& content,
+                               const std::vector<std::uint64_t>& all);
+// Steps 1 and 3 in one process whose content splits no tensor (wholeContent; a run of one rank).
+std::string writeCheckpoint(const std::string& dir, const CheckpointContent& content);
 
 // Complete checkpoints in `dir`, newest first (a checkpoint is complete when its file has the
 // graft format attribute and complete=1; partial or foreign files are skipped).

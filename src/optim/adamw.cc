@@ -116,58 +116,7 @@ void AdamW::saveAttributes(H5File& file, const std::string& group) const {
   file.setAttr(group, "beta2", options_.beta2);
   file.setAttr(group, "eps", options_.eps);
   file.setAttr(group, "weight_decay", options_.weight_decay);
-}
-
-void AdamW::save(H5File& file, const std::string& group) const {
-  saveAttributes(file, group);
-  for (const auto& s : slots_) {
-    if (!s.whole()) throw Error("AdamW::save: slot " + s.name + " holds rows only; gather it first");
-    file.writeTensor(group + "/exp_avg/" + s.name, s.exp_avg);
-    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
-    file.writeTensor(group + "/exp_avg_sq/" + s.name, s.exp_avg_sq);
-  }
-}
-
-void AdamW::savePart(H5File& part, const std::string& group) const {
-  for (const auto& s : slots_) {
-    part.writeTensor(group + "/exp_avg/" + s.name, s.exp_avg);
-    part.writeTensor(group + "/exp_avg_sq/" + s.name, s.exp_avg_sq);
-  }
-}
-
-void AdamW::saveIndex(H5File& file, const std::string& group,
-                      const std::function<std::vector<Part>(std::size_t, const std::string&)>& parts) const {
-  saveAttributes(file, group);
-  for (std::size_t i = 0; i < slots_.size(); ++i) {
-    const Slot& s = slots_[i];
-    for (const std::string& object : {group + "/exp_avg/" + s.name, group + "/exp_avg_sq/" + s.name})
-      writeRowIndex(file, object, s.global_shape, parts(i, object));
-    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
-  }
-}
-
-void AdamW::saveLayout(H5File& file, const std::string& group,
-                       const std::function<void(const std::string&, const std::vector<std::int64_t>&)>& create) const {
-  saveAttributes(file, group);
-  for (const Slot& s : slots_) {
-    const auto shape = s.whole() ? s.param.sizes().vec() : s.global_shape;
-    create(group + "/exp_avg/" + s.name, shape);
-    create(group + "/exp_avg_sq/" + s.name, shape);
-    file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
-  }
-}
-
-void writeRowIndex(H5File& file, const std::string& object, const std::vector<std::int64_t>& global_shape,
-                   const std::vector<AdamW::Part>& parts) {
-  std::vector<H5File::RowSource> sources;
-  std::uint32_t crc = crc32(nullptr, 0);
-  std::uint64_t bytes = 0;
-  for (const auto& p : parts) {
-    sources.push_back({p.file, object, p.row_begin, p.row_end});
-    crc = crc32Combine(crc, p.crc32, p.bytes);
-    bytes += p.bytes;
-  }
-  file.writeVirtualRows(object, global_shape, sources, crc, bytes);
+  for (const auto& s : slots_) file.setAttr(group + "/exp_avg/" + s.name, "steps", s.steps);
 }
 
 void AdamW::load(const H5File& file, const std::string& group) {

@@ -66,47 +66,20 @@ class AdamW {
   // Bytes the state takes on disk (both moments of every slot, whole).
   std::uint64_t stateBytes() const;
 
-  // Writes the state under `group` (layout in docs/checkpoint-format.md): attrs step_count, beta1,
-  // beta2, eps, weight_decay; exp_avg/<param> (attr steps) and exp_avg_sq/<param>, float32 in
-  // the parameter's global shape. Every slot must be whole (gather rows first).
-  void save(H5File& file, const std::string& group) const;
-  // Reads this optimizer's rows of every slot from `group` of a file written by save() with any
+  // Writes what the state holds besides its moments under `group` (layout in
+  // docs/checkpoint-format.md): attrs step_count, beta1, beta2, eps, weight_decay, and each slot's
+  // attr steps on GROUP/exp_avg/<param>, which must exist: the checkpoint writer writes the moments,
+  // float32 in the parameter's global shape, from every rank's rows (DataParallel::checkpointRows).
+  void saveAttributes(H5File& file, const std::string& group) const;
+  // Reads this optimizer's rows of every slot from `group` of a checkpoint written with any
   // sharding; shapes and step counts are checked, errors name the file and tensor.
   void load(const H5File& file, const std::string& group);
 
-  // Sharded checkpoints (docs/checkpoint-format.md): every rank writes its slots' rows (savePart)
-  // into a part file of its own; rank 0 then writes `group` of the checkpoint file (saveIndex): the
-  // attributes of save(), and each moment a virtual dataset over the ranks' parts, so load() and
-  // h5py see whole tensors, and the manifest holds the whole tensors' checksums.
-  void savePart(H5File& part, const std::string& group) const;
-  struct Part {
-    std::string file;  // relative to the checkpoint file's folder
-    std::int64_t row_begin = 0, row_end = 0;
-    std::uint32_t crc32 = 0;  // of the part's bytes of this tensor
-    std::uint64_t bytes = 0;
-  };
-  // `parts(slot, object)`: the parts holding the rows of `object` (GROUP/exp_avg/<name> or
-  // GROUP/exp_avg_sq/<name>) in row order.
-  void saveIndex(H5File& file, const std::string& group,
-                 const std::function<std::vector<Part>(std::size_t slot, const std::string& object)>& parts) const;
-
-  // Sharded checkpoints written into one file (train/checkpointing.cc): the attributes of save(),
-  // and each moment (GROUP/exp_avg/<name>, then GROUP/exp_avg_sq/<name>, slot by slot) made by
-  // `create(object, global_shape)` for the ranks to write their rows into.
-  void saveLayout(H5File& file, const std::string& group,
-                  const std::function<void(const std::string& object, const std::vector<std::int64_t>& shape)>& create) const;
-
  private:
-  void saveAttributes(H5File& file, const std::string& group) const;
   std::vector<Slot> slots_;
   AdamWOptions options_;
   std::int64_t step_count_ = 0;
   int fused_groups_ = 0, groups_ = 0;
 };
-
-// Writes `object` of `global_shape` into `file` as a virtual dataset over the rows that `parts`
-// (in row order) hold, with the checksum of the whole tensor combined from theirs.
-void writeRowIndex(H5File& file, const std::string& object, const std::vector<std::int64_t>& global_shape,
-                   const std::vector<AdamW::Part>& parts);
 
 }  // namespace graft

@@ -51,6 +51,7 @@
 #include <utility>
 #include <vector>
 
+#include "checkpoint/tensor_rows.h"
 #include "communicator.h"
 #include "model/parameter_storage.h"
 #include "optim/adamw.h"
@@ -108,6 +109,13 @@ class DataParallel {
                          bool /*backward_reads_params*/) {}
   // This rank's rows of every parameter, in registration order (parameters only; else empty).
   virtual std::vector<AdamW::Rows> parameterRows() const { return {}; }
+  // What this rank writes of a checkpoint (Note [one checkpoint writer] in checkpoint/writer.h):
+  // its rows of every parameter (the trainable ones only with `trainable_only`: an adapter run's),
+  // then of both AdamW moments of every slot, in the same order on every rank. Replicated, rank 0
+  // holds every tensor whole and the others none of it; sharded, each rank its rows (shardRows) of
+  // the moments and of the parameters (of its whole copy under optimizer and gradients sharding).
+  // Views of the live tensors, not copies: training changes them in place.
+  std::vector<TensorRows> checkpointRows(bool trainable_only) const;
   // Once, after the parameters were broadcast or loaded whole: each rank keeps its rows of them
   // and frees the rest. Parameters built without memory (model/parameter_storage.h) are read
   // from `fill`, this rank's rows only (parameters only; the others need whole parameters).

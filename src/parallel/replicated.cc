@@ -5,6 +5,7 @@
 
 #include "model/transformer.h"
 #include "parallel/data_parallel.h"
+#include "parallel/shard_plan.h"
 #include "parallel/tensor_collectives.h"
 #include "util/error.h"
 
@@ -57,6 +58,38 @@ void RowSquares::flush() {
   const auto all = torch::cat(pending_).cpu();
   pending_.clear();
   host_.insert(host_.end(), all.data_ptr<double>(), all.data_ptr<double>() + all.numel());
+}
+
+std::vector<TensorRows> DataParallel::checkpointRows(bool trainable_only) const {
+  const int rank = comm_.rank(), world = comm_.size();
+  const bool sharded = shardsOptimizer();
+  // This rank's rows of a tensor held whole (replicated: all of it on rank 0, none elsewhere).
+  auto mine = [&](const std::string& object, const at::Tensor& whole) -> TensorRows {
+    const at::Tensor t = whole.detach();
+    if (t.dim() == 0) return {object, {}, 0, rank == 0 ? t : t.reshape({1}).narrow(0, 0, 0)};
+    const RowRange range = sharded ? shardRows(t.size(0), rank, world) : RowRange{0, rank == 0 ? t.size(0) : 0};
+    return {object, t.sizes().vec(), range.begin, t.narrow(0, range.begin, range.size())};
+  };
+  std::vector<TensorRows> out;
+  const auto held = shardsParameters() ? parameterRows() : std::vector<AdamW::Rows>{};
+  for (std::size_t k = 0; k < params_.size(); ++k) {
+    const auto& [name, p] = params_[k];
+    if (trainable_only && !p.requires_grad()) continue;
+    if (held.empty()) {
+      out.push_back(mine("/model/" + name, p));
+    } else {  // ZeRO-3: the rows it keeps are all it has
+      out.push_back({"/model/" + name, held[k].global_shape, held[k].row_begin, held[k].rows.detach()});
+    }
+  }
+  for (const auto& s : optimizer_->slots())
+    for (const auto& [moment, t] : {std::pair<std::string, at::Tensor>{"exp_avg", s.exp_avg}, {"exp_avg_sq", s.exp_avg_sq}}) {
+      if (sharded) {
+        out.push_back({"/optimizer/" + moment + "/" + s.name, s.global_shape, s.row_begin, t.detach()});
+      } else {
+        out.push_back(mine("/optimizer/" + moment + "/" + s.name, t));
+      }
+    }
+  return out;
 }
 
 double normOfRowSquares(const std::vector<double>& row_squares) {

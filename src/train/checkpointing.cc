@@ -25,142 +25,50 @@ namespace graft {
 
 namespace {
 
-using ModelRows = std::shared_ptr<const std::vector<AdamW::Rows>>;
-
-// Bytes of this rank's part: both moments of its optimizer rows, and its rows of model tensors.
-std::uint64_t partBytes(const AdamW& optimizer, const std::vector<AdamW::Rows>& model_rows) {
-  std::uint64_t bytes = 0;
-  for (const auto& s : optimizer.slots()) bytes += static_cast<std::uint64_t>(s.param.numel()) * 8;
-  for (const auto& r : model_rows) bytes += static_cast<std::uint64_t>(r.rows.numel()) * 4;
-  return bytes;
-}
-
-// Writes this rank's part of checkpoint `step` and returns its manifest. Local: no collective.
-std::string writePart(const std::string& dir, std::int64_t step, int rank, int world, const AdamW& optimizer,
-                      const std::vector<AdamW::Rows>& model_rows) {
-  torch::NoGradGuard no_grad;  // grad mode is per thread
-  return writeCheckpointPart(dir, step, rank, world, partBytes(optimizer, model_rows), [&](H5File& part) {
-    optimizer.savePart(part, "/optimizer");
-    for (const auto& r : model_rows) part.writeTensor("/model/" + r.name, r.rows);
-  });
-}
-
-// (crc, bytes) of every tensor of a part, from its manifest, in a fixed order (moments slot by
-// slot, then the model's tensors): the same on every rank.
-std::vector<std::uint64_t> partSums(const std::string& manifest, const std::string& part_name, const AdamW& optimizer,
-                                    const std::vector<AdamW::Rows>& model_rows) {
-  std::map<std::string, ManifestEntry> entries;
-  for (const auto& e : parseManifest(manifest, part_name)) entries[e.object] = e;
-  std::vector<std::uint64_t> sums;
-  auto add = [&](const std::string& object) {
-    const auto it = entries.find(object);
-    if (it == entries.end()) throw InputError(part_name + ": checkpoint part has no " + object);
-    sums.push_back(it->second.crc32);
-    sums.push_back(it->second.bytes);
-  };
-  for (const auto& s : optimizer.slots())
-    for (const std::string& object : {"/optimizer/exp_avg/" + s.name, "/optimizer/exp_avg_sq/" + s.name}) add(object);
-  for (const auto& r : model_rows) add("/model/" + r.name);
-  return sums;
-}
-
-// Rank 0: the writers of the checkpoint's index of the parts, from every rank's partSums (`all`,
-// rank after rank).
-PartWriters indexWriters(std::shared_ptr<const std::vector<std::uint64_t>> all, std::int64_t step, int world,
-                         std::shared_ptr<const AdamW> optimizer, ModelRows model_rows) {
-  const std::size_t per_rank = all->size() / static_cast<std::size_t>(world);
-  // Rank r's rows of a tensor with `rows` rows whose (crc, bytes) sit at `index` of its sums.
-  auto parts_of = [all, per_rank, step, world](std::int64_t rows, std::size_t index) {
-    std::vector<AdamW::Part> parts;
-    for (int r = 0; r < world; ++r) {
-      const RowRange mine = shardRows(rows, r, world);
-      const std::size_t at = static_cast<std::size_t>(r) * per_rank + index * 2;
-      parts.push_back({checkpointPartName(step, r, world), mine.begin, mine.end, static_cast<std::uint32_t>((*all)[at]), (*all)[at + 1]});
-    }
-    return parts;
-  };
-  PartWriters out;
-  out.optimizer = {0, [optimizer, parts_of](H5File& file) {
-                     optimizer->saveIndex(file, "/optimizer", [&](std::size_t slot, const std::string& object) {
-                       const std::size_t which = object.find("/exp_avg_sq/") != std::string::npos ? 1 : 0;
-                       return parts_of(optimizer->slots()[slot].global_shape[0], slot * 2 + which);
-                     });
-                   }};
-  if (!model_rows->empty()) {
-    const std::size_t first = optimizer->slots().size() * 2;
-    out.model = {0, [model_rows, parts_of, first](H5File& file) {
-                   for (std::size_t i = 0; i < model_rows->size(); ++i) {
-                     const auto& r = (*model_rows)[i];
-                     writeRowIndex(file, "/model/" + r.name, r.global_shape, parts_of(r.global_shape[0], first + i));
-                   }
-                 }};
-  }
-  return out;
-}
-
 // Note [one file, every rank's rows]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-// A sharded run's synchronous checkpoint is one HDF5 file laid out as an unsharded run's (the
-// layout of docs/checkpoint-format.md, no part files, no index), and every rank writes its own
-// rows into it, at the same time:
-//   1. rank 0 drafts the file: everything but the rows of the sharded tensors, which it creates
-//      contiguous with their space allocated (H5File::createRawFloat32), and sends their offsets;
+// Step 2 of Note [one checkpoint writer] (checkpoint/checkpoint.h) under checkpoint.files = one:
+// a sharded run's synchronous checkpoint is one HDF5 file laid out as an unsharded run's (no part
+// files, no index), and every rank writes its own rows into it, at the same time:
+//   1. rank 0 drafts the file with the split tensors allocated contiguously (draftCheckpoint,
+//      RowFiles::kOneFile) and sends their offsets;
 //   2. the ranks open the draft as a SharedFile (MPI-IO) and write, in one collective write each,
-//      their rows of every tensor at offset + first row x row bytes; the file is synced and closed,
-//      and every rank reads its rows back and checks their CRC-32;
-//   3. the ranks' CRCs go to rank 0, which combines them in row order into each whole tensor's
-//      (crc32_combine: the checksum an unsharded write gives), writes the manifest and complete,
-//      and publishes the file (temp + fsync + rename).
+//      their rows of every split tensor at offset + first row x row bytes; the file is synced and
+//      closed, and every rank reads its rows back and checks their CRC-32;
+//   3. the ranks' CRCs go to rank 0, which completes and publishes the file (completeCheckpoint).
 // Step 2 runs on a helper thread beside the heartbeat (the SharedFile has its own communicator:
 // Note [MPI-IO beside the heartbeat]), so a rank that stalls while writing is still named. Where
 // MPI-IO cannot open the file (no MPI_THREAD_MULTIPLE, no MPI-IO component, a file system that
-// refuses), the draft goes and the checkpoint is written as checkpoint.files = per_rank (a part
-// file per rank, mapped by rank 0's file), and the log says why. checkpoint.async keeps part files
-// too: step 1 needs the ranks to meet, and its helpers must not.
-struct RowWrite {
-  std::string object;
-  std::vector<std::int64_t> shape;  // the whole tensor's
-  std::int64_t row_begin = 0;
-  at::Tensor rows;
-};
+// refuses), the draft goes and the checkpoint is written with a part file per rank
+// (RowFiles::kParts), and the log says why. checkpoint.async writes part files too: step 1 needs
+// the ranks to meet, and its helpers must not.
 
-// This rank's rows of every tensor the file holds rows of, in the order rank 0 creates them (the
-// model's tensors, then each slot's two moments).
-std::vector<RowWrite> rowWrites(const AdamW& optimizer, const std::vector<AdamW::Rows>& model_rows) {
-  std::vector<RowWrite> out;
-  for (const auto& r : model_rows) out.push_back({"/model/" + r.name, r.global_shape, r.row_begin, r.rows});
-  for (const auto& s : optimizer.slots()) {
-    out.push_back({"/optimizer/exp_avg/" + s.name, s.global_shape, s.row_begin, s.exp_avg});
-    out.push_back({"/optimizer/exp_avg_sq/" + s.name, s.global_shape, s.row_begin, s.exp_avg_sq});
-  }
-  return out;
-}
-
-// Step 2, collective over `file`: writes this rank's rows at their offsets in `tmp` (flushed to
-// storage), reads them back; returns (crc32, bytes) per tensor.
-std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
+// Step 2, collective over `file`: writes this rank's rows of the split tensors at their offsets in
+// `tmp` (flushed to storage), reads them back; returns (crc32, bytes) per split tensor.
+std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string& tmp, const CheckpointContent& content,
                                             const std::vector<std::uint64_t>& offsets) {
   std::vector<std::uint64_t> sums;
   std::vector<at::Tensor> contiguous;
   std::vector<SharedFile::Piece> pieces;
-  for (std::size_t i = 0; i < writes.size(); ++i) {
-    contiguous.push_back(writes[i].rows.detach().cpu().contiguous());
+  std::vector<const TensorRows*> split;
+  for (std::size_t i = 0; i < content.rows.size(); ++i)
+    if (content.split(i)) split.push_back(&content.rows[i]);
+  for (std::size_t j = 0; j < split.size(); ++j) {
+    contiguous.push_back(split[j]->rows.detach().cpu().contiguous());
     const auto& t = contiguous.back();
-    std::uint64_t row_bytes = 4;
-    for (std::size_t d = 1; d < writes[i].shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(writes[i].shape[d]);
-    pieces.push_back({offsets[i] + row_bytes * static_cast<std::uint64_t>(writes[i].row_begin), t.data_ptr(),
-                      static_cast<std::uint64_t>(t.numel()) * 4});
+    pieces.push_back({offsets.at(j) + rowBytes(*split[j]) * static_cast<std::uint64_t>(split[j]->row_begin), t.data_ptr(),
+                      static_cast<std::uint64_t>(t.numel()) * t.element_size()});
     sums.push_back(crc32(t.data_ptr(), pieces.back().bytes));
     sums.push_back(pieces.back().bytes);
   }
   file.writeAndClose(pieces);
   const ReadOnlyFile back = ReadOnlyFile::open(tmp);  // read back, as every checkpoint is
   std::string buffer;
-  for (std::size_t i = 0; i < writes.size(); ++i) {
-    buffer.resize(static_cast<std::size_t>(pieces[i].bytes));
-    back.readAt(pieces[i].offset, buffer.data(), buffer.size());
-    if (crc32(buffer.data(), buffer.size()) != sums[2 * i])
-      throw Error(tmp + ": this rank's rows of " + writes[i].object +
+  for (std::size_t j = 0; j < split.size(); ++j) {
+    buffer.resize(static_cast<std::size_t>(pieces[j].bytes));
+    back.readAt(pieces[j].offset, buffer.data(), buffer.size());
+    if (crc32(buffer.data(), buffer.size()) != sums[2 * j])
+      throw Error(tmp + ": this rank's rows of " + split[j]->object +
                   " read back differently from what was written (a write that failed: disk full, a quota or a file size "
                   "limit? " + (freeBytesAt(tmp) < 0 ? std::string("free space unknown") : std::to_string(freeBytesAt(tmp) >> 10) + " KiB free there") + ")");
   }
@@ -168,56 +76,20 @@ std::vector<std::uint64_t> writeRowsOrThrow(SharedFile& file, const std::string&
 }
 
 // writeRowsOrThrow; on failure the error says that the earlier checkpoints are intact (rank 0
-// removes the draft once every rank is done with it: writeRowsIntoOneFile).
-std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, const std::vector<RowWrite>& writes,
+// removes the draft once every rank is done with it: writeIntoOneFile).
+std::vector<std::uint64_t> writeRows(SharedFile& file, const std::string& tmp, const CheckpointContent& content,
                                      const std::vector<std::uint64_t>& offsets) {
   auto failed = [](const char* what) {
     return Error(std::string(what) + "; checkpoint not written, earlier checkpoints are intact");
   };
   try {
-    return writeRowsOrThrow(file, tmp, writes, offsets);
+    return writeRowsOrThrow(file, tmp, content, offsets);
   } catch (const Error& e) {
     throw failed(e.what());
   } catch (const FileError& e) {
     throw failed(e.what());
   }
 }
-
-}  // namespace
-
-PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
-                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s, double delay_s) {
-  const int rank = comm.rank(), world = comm.size();
-  if (!model_rows) model_rows = std::make_shared<const std::vector<AdamW::Rows>>();
-  auto manifest = std::make_shared<std::string>();
-  try {
-    runWithHeartbeat(comm, "ckpt/part", limit_s,
-                     "part " + std::to_string(rank) + " of checkpoint " + std::to_string(step) + " in " + dir,
-                     " (a stalled file system?); earlier checkpoints are intact", [=] {
-                       if (delay_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_s * (rank + 1)));
-                       *manifest = writePart(dir, step, rank, world, *optimizer, *model_rows);
-                     });
-  } catch (const AgreedError&) {  // another rank's part failed: this one is of no use, and takes space
-    ::unlink((dir + "/" + checkpointPartName(step, rank, world)).c_str());
-    throw;
-  }
-  const auto sums = partSums(*manifest, checkpointPartName(step, rank, world), *optimizer, *model_rows);
-  auto all = std::make_shared<std::vector<std::uint64_t>>(sums.size() * static_cast<std::size_t>(world));
-  comm.allGatherBytes(sums.data(), sums.size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
-  if (rank != 0) return {};
-  return indexWriters(all, step, world, optimizer, model_rows);
-}
-
-OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, std::int64_t step,
-                                    std::shared_ptr<const AdamW> optimizer, double limit_s) {
-  return writeParts(comm, dir, step, std::move(optimizer), nullptr, limit_s).optimizer;
-}
-
-OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer) {
-  return {optimizer->stateBytes(), [optimizer](H5File& file) { optimizer->save(file, "/optimizer"); }};
-}
-
-namespace {
 
 // Every rank's state of the generator of `device`, rank by rank (collective).
 at::Tensor gatherGeneratorStates(Communicator& comm, const at::Generator& generator, const char* tag) {
@@ -243,9 +115,10 @@ std::string fingerprintOf(const std::string& data_path) {
   return fingerprint;
 }
 
-// Collective (every rank's RNG states are gathered: the CPU's, and the GPU's of a run on CUDA).
-TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t step, RunCounters counters,
-                       const torch::Device& device) {
+// Collective: the run's state at `step`, with every rank's RNG states (the CPU's, and the GPU's of
+// a run on CUDA), and what this rank hands the checkpoint writer beside it.
+CheckpointContent contentOf(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
+                            const Schedule& schedule, std::int64_t step, RunCounters counters) {
   TrainingState state;
   state.step = step;
   state.tokens_seen = counters.tokens_seen;
@@ -260,34 +133,9 @@ TrainingState snapshot(Communicator& comm, const TrainConfig& c, std::int64_t st
   state.damage_for_tests = c.damage_checkpoint == step;
   state.kill_for_tests = c.kill_before_verify == step;
   state.rng_states = gatherGeneratorStates(comm, at::detail::getDefaultCPUGenerator(), "ckpt/rng");
-  if (device.is_cuda())
-    state.device_rng_states = gatherGeneratorStates(comm, at::globalContext().defaultGenerator(device), "ckpt/rng_cuda");
-  return state;
-}
-
-
-// This rank's rows of the model's tensors that the checkpoint holds: under dist.shard = parameters
-// the rows it holds; under optimizer or gradient sharding, for a one-file checkpoint
-// (`all_write_rows`), the same rows of its whole copy, so that the ranks share writing the model
-// as they share writing the optimizer state. Else null: rank 0 writes the model's tensors whole.
-std::shared_ptr<std::vector<AdamW::Rows>> modelRows(const TrainConfig& c, Transformer& model, DataParallel& dp,
-                                                    const Communicator& comm, bool all_write_rows) {
-  if (!dp.shardsParameters() && !all_write_rows) return nullptr;
-  auto rows = std::make_shared<std::vector<AdamW::Rows>>();
-  const bool adapter_only = c.transfer.adapterOnly();
-  if (dp.shardsParameters()) {
-    for (auto& r : dp.parameterRows())
-      if (!adapter_only || model->named_parameters()[r.name].requires_grad()) rows->push_back(std::move(r));
-    return rows;
-  }
-  for (const auto& p : model->named_parameters()) {
-    if (adapter_only && !p.value().requires_grad()) continue;
-    const at::Tensor& t = p.value();
-    if (t.dim() == 0) return nullptr;  // no rows to share out (no such parameter today)
-    const RowRange mine = shardRows(t.size(0), comm.rank(), comm.size());
-    rows->push_back({p.key(), t.detach().narrow(0, mine.begin, mine.size()), mine.begin, t.sizes().vec()});
-  }
-  return rows;
+  if (model->device().is_cuda())
+    state.device_rng_states = gatherGeneratorStates(comm, at::globalContext().defaultGenerator(model->device()), "ckpt/rng_cuda");
+  return checkpointContent(comm, dp, c.transfer.adapterOnly(), std::move(state), schedule, model);
 }
 
 std::string seconds(double s) { return std::to_string(s).substr(0, 5); }
@@ -313,132 +161,33 @@ void clearStaleDrafts(Communicator& comm, const TrainConfig& c, const std::strin
   runWithHeartbeat(comm, "ckpt/drafts", c.slow_phase_timeout_s, "removing stale drafts in " + dir, "", std::move(work));
 }
 
-// checkpoint.async: copies of what a checkpoint holds, so that training may go on changing the
-// originals while a helper writes them. In host memory: a GPU's memory is for training.
-at::Tensor hostCopy(const at::Tensor& t) {
-  return t.to(at::Device(at::kCPU), t.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
-}
-
-std::shared_ptr<const AdamW> copyOf(const AdamW& optimizer) {
-  auto copy = std::make_shared<AdamW>(optimizer);
-  for (auto& s : copy->slots()) {
-    s.exp_avg = hostCopy(s.exp_avg);
-    s.exp_avg_sq = hostCopy(s.exp_avg_sq);
-    s.grad = at::Tensor();
-  }
-  return copy;
-}
-
-ModelRows copyOf(const std::shared_ptr<std::vector<AdamW::Rows>>& rows) {
-  auto copy = std::make_shared<std::vector<AdamW::Rows>>();
-  if (rows)
-    for (const auto& r : *rows) copy->push_back({r.name, hostCopy(r.rows), r.row_begin, r.global_shape});
-  return copy;
-}
-
-// The model's tensors (those the checkpoint holds) copied, and their writer.
-GroupWriter wholeModelCopy(const TrainConfig& c, Transformer& model) {
-  auto tensors = std::make_shared<std::vector<std::pair<std::string, at::Tensor>>>();
-  std::uint64_t bytes = 0;
-  for (const auto& p : model->named_parameters())
-    if (!c.transfer.adapterOnly() || p.value().requires_grad()) {
-      tensors->emplace_back(p.key(), hostCopy(p.value().detach()));
-      bytes += static_cast<std::uint64_t>(p.value().numel()) * 4;
-    }
-  return {bytes, [tensors](H5File& file) {
-            for (const auto& [name, t] : *tensors) file.writeTensor("/model/" + name, t);
-          }};
-}
-
-// Rank 0, checkpoint.async: every rank's partSums, read from the parts' manifests as each part
-// appears (its writer publishes it by rename), waiting at most `limit_s` for the last, and no
-// longer once `cancel` says that another rank's part failed.
-std::shared_ptr<std::vector<std::uint64_t>> sumsFromParts(const std::string& dir, std::int64_t step, int world,
-                                                          const AdamW& optimizer, const std::vector<AdamW::Rows>& rows,
-                                                          double limit_s, const CancelToken& cancel) {
-  const auto start = std::chrono::steady_clock::now();
-  auto all = std::make_shared<std::vector<std::uint64_t>>();
-  for (int r = 0; r < world; ++r) {
-    const std::string name = checkpointPartName(step, r, world), path = dir + "/" + name;
-    while (!fileExists(path)) {
-      throwIfCancelled(cancel);
-      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s)
-        throw Error(path + ": part of checkpoint " + std::to_string(step) + " not written within dist.slow_phase_timeout_s");
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    const auto sums = partSums(readManifest(H5File::openRead(path)), name, optimizer, rows);
-    all->insert(all->end(), sums.begin(), sums.end());
-  }
-  return all;
-}
-
-// Rank 0, step 1 of Note [one file, every rank's rows]: drafts the checkpoint with the tensors of
-// `writes` created where the ranks will write their rows; their offsets go to `offsets`, in order.
-CheckpointDraft layOut(const std::string& dir, Transformer model, const AdamW& optimizer, const std::vector<RowWrite>& writes,
-                       const std::vector<AdamW::Rows>* model_rows, const Schedule& schedule, const TrainingState& state,
-                       std::vector<std::uint64_t>& offsets) {
-  std::size_t made = 0;
-  auto create = [&](H5File& file, const std::string& object, const std::vector<std::int64_t>& shape) {
-    if (made >= writes.size() || writes[made].object != object)
-      throw Error("checkpoint layout: tensor " + std::to_string(made) + " is " + object + ", which the ranks do not write there");
-    offsets.at(made++) = file.createRawFloat32(object, shape);
-  };
-  GroupWriter model_layout;
-  if (model_rows)
-    model_layout.write = [&](H5File& file) {
-      for (const auto& r : *model_rows) create(file, "/model/" + r.name, r.global_shape);
-    };
-  const OptimizerWriter optimizer_layout{0, [&](H5File& file) {
-                                           optimizer.saveLayout(file, "/optimizer", [&](const std::string& object, const std::vector<std::int64_t>& shape) {
-                                             create(file, object, shape);
-                                           });
-                                         }};
-  std::uint64_t bytes = optimizer.stateBytes();  // what the finished file holds
-  for (const auto& p : model->named_parameters()) bytes += static_cast<std::uint64_t>(p.value().numel()) * 4;
-  return draftCheckpoint(dir, model, optimizer_layout, schedule, state, model_layout, bytes);
-}
-
-// Rank 0, step 3: each tensor's (crc32, bytes) from every rank's (`all`: rank after rank, two
-// numbers per tensor of `writes`), combined in row order.
-std::vector<H5File::Written> wholeSums(const std::vector<RowWrite>& writes, const std::vector<std::uint64_t>& all, int world) {
-  std::vector<H5File::Written> out;
-  const std::size_t per_rank = all.size() / static_cast<std::size_t>(world);
-  for (std::size_t i = 0; i < writes.size(); ++i) {
-    H5File::Written whole{writes[i].object, crc32(nullptr, 0), 0};
-    for (int r = 0; r < world; ++r) {  // ranks hold consecutive rows, in rank order
-      const std::size_t at = static_cast<std::size_t>(r) * per_rank + 2 * i;
-      whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>(all[at]), all[at + 1]);
-      whole.bytes += all[at + 1];
-    }
-    out.push_back(whole);
-  }
-  return out;
+void sleepFor(double s) {
+  if (s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
 }
 
 // Collective: steps 1 and 2 of Note [one file, every rank's rows], each beside a heartbeat.
 // Returns rank 0's step 3 (complete, publish and prune; it sets `path`), an empty function
 // elsewhere. Where the ranks cannot share the file, nullopt on every rank with the reason in
 // *why_not (the draft is gone).
-std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, const TrainConfig& c, Transformer model,
-                                           std::shared_ptr<const AdamW> optimizer, const Schedule& schedule,
-                                           const TrainingState& state,
-                                           std::shared_ptr<const std::vector<AdamW::Rows>> model_rows,
-                                           std::shared_ptr<std::string> path, std::string* why_not) {
-  const std::string dir = c.run_dir + "/checkpoints", tmp = dir + "/" + checkpointName(state.step) + ".tmp";
-  const auto writes = std::make_shared<const std::vector<RowWrite>>(
-      rowWrites(*optimizer, model_rows ? *model_rows : std::vector<AdamW::Rows>{}));
+std::optional<std::function<void()>> writeIntoOneFile(Communicator& comm, const TrainConfig& c,
+                                                      std::shared_ptr<const CheckpointContent> content,
+                                                      std::shared_ptr<std::string> path, std::string* why_not) {
+  const std::string dir = c.run_dir + "/checkpoints", tmp = dir + "/" + checkpointName(content->state.step) + ".tmp";
   auto draft = std::make_shared<CheckpointDraft>();
-  auto offsets = std::make_shared<std::vector<std::uint64_t>>(writes->size());
+  auto offsets = std::make_shared<std::vector<std::uint64_t>>();
+  std::size_t split = 0;
+  for (std::size_t i = 0; i < content->rows.size(); ++i) split += content->split(i) ? 1 : 0;
   std::function<void()> lay_out;
   if (comm.rank() == 0)
     lay_out = [=, delay = c.slow_checkpoint_s] {
       torch::NoGradGuard no_grad;  // grad mode is per thread
-      if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-      *draft = layOut(dir, model, *optimizer, *writes, model_rows.get(), schedule, state, *offsets);
+      sleepFor(delay);
+      *draft = draftCheckpoint(dir, *content, RowFiles::kOneFile, offsets.get());
     };
-  const std::string step = std::to_string(state.step);
+  const std::string step = std::to_string(content->state.step);
   runWithHeartbeat(comm, "ckpt/layout", c.slow_phase_timeout_s, "checkpoint of step " + step + " in " + dir,
                    " (a stalled file system?); earlier checkpoints are intact", std::move(lay_out));
+  offsets->resize(split);
   comm.broadcastBytes(offsets->data(), offsets->size() * sizeof(std::uint64_t), 0, "ckpt/offsets");
   auto file = std::make_shared<std::shared_ptr<SharedFile>>();
   auto reason = std::make_shared<std::string>();
@@ -454,9 +203,9 @@ std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, co
   try {
     runWithHeartbeat(comm, "ckpt/rows", c.slow_phase_timeout_s, "this rank's rows of checkpoint " + step + " in " + tmp,
                      " (a stalled file system?); earlier checkpoints are intact",
-                     [file = *file, tmp, writes, offsets, sums, delay = c.slow_rows_s * (comm.rank() + 1)] {
-                       if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-                       *sums = writeRows(*file, tmp, *writes, *offsets);
+                     [file = *file, tmp, content, offsets, sums, delay = c.slow_rows_s * (comm.rank() + 1)] {
+                       sleepFor(delay);
+                       *sums = writeRows(*file, tmp, *content, *offsets);
                      });
   } catch (...) {  // a rank could not write its rows: every rank is done with the draft (Note [heartbeat])
     if (comm.rank() == 0) ::unlink(tmp.c_str());
@@ -465,64 +214,113 @@ std::optional<std::function<void()>> writeRowsIntoOneFile(Communicator& comm, co
   auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
   comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/row_checksums");
   if (comm.rank() != 0) return std::function<void()>();
-  return [draft, writes, all, world = comm.size(), dir, keep = c.keep_last, step = state.step, path] {
-    *path = completeCheckpoint(*draft, wholeSums(*writes, *all, world));
-    pruneCheckpoints(dir, keep, step);
+  return [draft, content, all, dir, keep = c.keep_last, path] {
+    *path = completeCheckpoint(*draft, *content, *all);
+    pruneCheckpoints(dir, keep, content->state.step);
+  };
+}
+
+// Collective, beside heartbeats: every rank writes its part of the split tensors while rank 0
+// drafts the checkpoint file (RowFiles::kParts; a checkpoint without split tensors has no parts).
+// Returns rank 0's step 3, an empty function elsewhere. A part that one rank cannot write abandons
+// the checkpoint on every rank (AgreedError naming the rank), and the parts the others wrote go.
+std::function<void()> writeWithParts(Communicator& comm, const TrainConfig& c, std::shared_ptr<const CheckpointContent> content,
+                                     std::shared_ptr<std::string> path) {
+  const std::string dir = c.run_dir + "/checkpoints";
+  const int rank = comm.rank();
+  const std::int64_t step = content->state.step;
+  const bool split = content->anySplit();
+  auto draft = std::make_shared<CheckpointDraft>();
+  auto sums = std::make_shared<std::vector<std::uint64_t>>();
+  try {
+    runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
+                     " (a stalled file system?); earlier checkpoints are intact",
+                     [=, delay = rank == 0 ? c.slow_checkpoint_s : 0.0, part_delay = c.slow_rows_s * (rank + 1)] {
+                       torch::NoGradGuard no_grad;  // grad mode is per thread
+                       sleepFor(delay);
+                       if (split) {
+                         sleepFor(part_delay);
+                         *sums = writeRowsPart(dir, *content);
+                       }
+                       if (rank == 0) *draft = draftCheckpoint(dir, *content, RowFiles::kParts);
+                     });
+  } catch (const AgreedError&) {  // another rank failed: this rank's part is of no use, and takes space
+    if (split) ::unlink((dir + "/" + checkpointPartName(step, rank, comm.size())).c_str());
+    if (rank == 0) ::unlink((dir + "/" + checkpointName(step) + ".tmp").c_str());
+    throw;
+  }
+  auto all = std::make_shared<std::vector<std::uint64_t>>(sums->size() * static_cast<std::size_t>(comm.size()));
+  if (split) comm.allGatherBytes(sums->data(), sums->size() * sizeof(std::uint64_t), all->data(), "ckpt/part_checksums");
+  if (rank != 0) return {};
+  return [draft, content, all, dir, keep = c.keep_last, path] {
+    *path = completeCheckpoint(*draft, *content, *all);
+    pruneCheckpoints(dir, keep, content->state.step);
   };
 }
 
 }  // namespace
+
+CheckpointContent checkpointContent(Communicator& comm, DataParallel& dp, bool trainable_only, TrainingState state,
+                                    Schedule schedule, Transformer model) {
+  CheckpointContent content;
+  content.state = std::move(state);
+  content.schedule = std::move(schedule);
+  content.model = model;
+  content.optimizer = dp.sharedOptimizer();
+  content.rows = dp.checkpointRows(trainable_only);
+  content.rank = comm.rank();
+  content.world = comm.size();
+  std::vector<std::int64_t> mine;
+  for (const auto& t : content.rows) {
+    mine.push_back(t.row_begin);
+    mine.push_back(t.row_begin + t.rowCount());
+  }
+  content.row_map.resize(mine.size() * static_cast<std::size_t>(content.world));
+  comm.allGatherBytes(mine.data(), mine.size() * sizeof(std::int64_t), content.row_map.data(), "ckpt/row_map");
+  return content;
+}
+
+WrittenCheckpoint writeCheckpointTogether(Communicator& comm, const TrainConfig& c,
+                                          std::shared_ptr<const CheckpointContent> content) {
+  const std::string dir = c.run_dir + "/checkpoints";
+  auto path = std::make_shared<std::string>();
+  std::function<void()> complete;
+  std::string how;
+  bool written = false;
+  if (content->anySplit() && c.checkpoint_files == "one") {
+    std::string why_not;
+    auto wrote = writeIntoOneFile(comm, c, content, path, &why_not);
+    written = wrote.has_value();
+    if (written) {
+      complete = std::move(*wrote);
+      how = "one file, " + std::to_string(comm.size()) + " ranks writing their rows";
+    } else {
+      how = "a part file per rank, since the ranks cannot write one file together: " + why_not;
+    }
+  }
+  if (!written) {
+    complete = writeWithParts(comm, c, content, path);
+    if (content->anySplit() && how.empty()) how = "a part file per rank";
+  }
+  runWithHeartbeat(comm, "ckpt/complete", c.slow_phase_timeout_s,
+                   "checkpoint of step " + std::to_string(content->state.step) + " in " + dir,
+                   " (a stalled file system?); earlier checkpoints are intact", std::move(complete));
+  return {*path, how};
+}
 
 void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
                        const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log,
                        PendingCheckpoint* pending) {
   if (c.checkpoint_async && pending) return pending->start(comm, c, model, dp, schedule, step, counters, log);
   const auto start = std::chrono::steady_clock::now();
-  const std::string dir = c.run_dir + "/checkpoints";
-  auto path = std::make_shared<std::string>();
-  clearStaleDrafts(comm, c, dir, log);
-  bool one_file = dp.shardsOptimizer() && c.checkpoint_files == "one";
-  // Each rank's rows of the model's tensors (those the checkpoint holds) go into the file beside
-  // its rows of the optimizer state: under dist.shard = parameters nobody gathers the whole model.
-  auto model_rows = modelRows(c, model, dp, comm, one_file);
-  TrainingState state = snapshot(comm, c, step, counters, model->device());
-  std::function<void()> write;
-  std::string how;
-  if (one_file) {
-    std::string why_not;
-    auto wrote = writeRowsIntoOneFile(comm, c, model, dp.sharedOptimizer(), schedule, state, model_rows, path, &why_not);
-    one_file = wrote.has_value();
-    if (one_file) {
-      write = std::move(*wrote);
-      how = "one file, " + std::to_string(comm.size()) + " ranks writing their rows";
-    } else {  // as checkpoint.files = per_rank
-      model_rows = modelRows(c, model, dp, comm, /*all_write_rows=*/false);
-      how = "a part file per rank, since the ranks cannot write one file together: " + why_not;
-    }
-  }
-  if (!one_file) {
-    // checkpoint.files = per_rank: every rank writes its rows into a part file first (collective),
-    // and rank 0's file maps them. Unsharded: rank 0 writes every tensor itself.
-    const PartWriters parts = dp.shardsOptimizer()
-                                  ? writeParts(comm, dir, step, dp.sharedOptimizer(), model_rows, c.slow_phase_timeout_s,
-                                               c.slow_rows_s)
-                                  : PartWriters{wholeOptimizer(dp.sharedOptimizer()), {}};
-    if (comm.rank() == 0)
-      // The writer owns what it reads (tensor handles are shared, not copied): it may outlive the
-      // caller only on the way to exiting after an error.
-      write = [dir, model, parts, schedule, state, keep = c.keep_last, delay = c.slow_checkpoint_s, path]() mutable {
-        torch::NoGradGuard no_grad;  // grad mode is per thread
-        if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-        *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
-        pruneCheckpoints(dir, keep, state.step);
-      };
-    if (dp.shardsOptimizer() && how.empty()) how = "a part file per rank";
-  }
-  runWithHeartbeat(comm, "ckpt/write", c.slow_phase_timeout_s, "checkpoint of step " + std::to_string(step) + " in " + dir,
-                   " (a stalled file system?); earlier checkpoints are intact", std::move(write));
+  clearStaleDrafts(comm, c, c.run_dir + "/checkpoints", log);
+  // Training waits for this checkpoint: the rows are written from the live tensors.
+  const auto written = writeCheckpointTogether(
+      comm, c, std::make_shared<const CheckpointContent>(contentOf(comm, c, model, dp, schedule, step, counters)));
   if (comm.rank() == 0)
-    log.main("checkpoint: " + *path + " (" + seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) +
-             " s" + (how.empty() ? "" : "; " + how) + ")");
+    log.main("checkpoint: " + written.path + " (" +
+             seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()) + " s" +
+             (written.how.empty() ? "" : "; " + written.how) + ")");
 }
 
 PendingCheckpoint::~PendingCheckpoint() = default;
@@ -533,24 +331,13 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   const auto begin = std::chrono::steady_clock::now();
   const std::string dir = c.run_dir + "/checkpoints";
   const int rank = comm.rank(), world = comm.size();
-  const bool sharded = dp.shardsOptimizer();
   // Parts of this step left by an earlier attempt (a run that died after writing them) must not be
   // mistaken for this one's: rank 0 removes them before any rank starts.
-  clearStaleDrafts(comm, c, dir, log, [dir, step, world, sharded] {
-    if (sharded)
-      for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
+  clearStaleDrafts(comm, c, dir, log, [dir, step, world] {
+    for (int r = 0; r < world; ++r) ::unlink((dir + "/" + checkpointPartName(step, r, world)).c_str());
   });
-  const TrainingState state = snapshot(comm, c, step, counters, model->device());
-  // Unsharded, rank 0 alone writes the optimizer state: the others copy none of it (a whole copy
-  // of 8 bytes per parameter on every rank otherwise).
-  const std::shared_ptr<const AdamW> optimizer = sharded || rank == 0 ? copyOf(dp.optimizer()) : nullptr;
-  // A sharded optimizer's ranks each copy their rows of the model too and write them into their
-  // parts: the helper must never read the live model, which training updates in place while it
-  // writes (that once gave a checkpoint with a later step's weights beside step `step`'s moments).
-  const auto own_rows = modelRows(c, model, dp, comm, /*all_write_rows=*/sharded);
-  const auto rows = copyOf(own_rows);
-  // Unsharded, or no rows to share out (a 0-d parameter): rank 0 copies the model whole instead.
-  const GroupWriter whole_model = (!sharded || !own_rows) && rank == 0 ? wholeModelCopy(c, model) : GroupWriter{};
+  // Training goes on changing the tensors while the helper writes: it writes copies, taken now.
+  const auto content = std::make_shared<const CheckpointContent>(contentOf(comm, c, model, dp, schedule, step, counters).copied());
   path_ = std::make_shared<std::string>();
   step_ = step;
   world_ = world;
@@ -558,18 +345,25 @@ void PendingCheckpoint::start(Communicator& comm, const TrainConfig& c, Transfor
   started_ = std::chrono::steady_clock::now();
   snapshot_s_ = std::chrono::duration<double>(started_ - begin).count();
   work_ = std::make_unique<BackgroundWork>([=, path = path_, keep = c.keep_last, delay = c.slow_checkpoint_s,
-                                            limit = c.slow_phase_timeout_s, part_delay = c.slow_rows_s * (rank + 1)]() mutable {
+                                            limit = c.slow_phase_timeout_s, part_delay = c.slow_rows_s * (rank + 1)] {
     torch::NoGradGuard no_grad;  // grad mode is per thread
-    if (delay > 0 && rank == 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-    if (part_delay > 0 && sharded) std::this_thread::sleep_for(std::chrono::duration<double>(part_delay));
-    if (sharded) writePart(dir, step, rank, world, *optimizer, *rows);
+    const bool split = content->anySplit();
+    if (rank == 0) sleepFor(delay);
+    if (split) {
+      sleepFor(part_delay);
+      writeRowsPart(dir, *content);
+    }
     if (rank != 0) return;
-    PartWriters parts = sharded ? indexWriters(sumsFromParts(dir, step, world, *optimizer, *rows, limit, cancel), step,
-                                               world, optimizer, rows)
-                                : PartWriters{wholeOptimizer(optimizer), whole_model};
-    if (!parts.model.write) parts.model = whole_model;  // never the live model: training changes it meanwhile
-    *path = writeCheckpoint(dir, model, parts.optimizer, schedule, state, parts.model);
-    pruneCheckpoints(dir, keep, state.step);
+    const CheckpointDraft draft = draftCheckpoint(dir, *content, RowFiles::kParts);
+    try {
+      const auto all = split ? awaitPartSums(dir, *content, limit, [cancel] { throwIfCancelled(cancel); })
+                             : std::vector<std::uint64_t>{};
+      *path = completeCheckpoint(draft, *content, all);
+    } catch (...) {
+      ::unlink(draft.tmp.c_str());
+      throw;
+    }
+    pruneCheckpoints(dir, keep, step);
   }, cancel);
 }
 

@@ -17,28 +17,26 @@
 
 namespace graft {
 
-// Collective, beside a heartbeat (Note [heartbeat]). For a sharded optimizer (each rank holds its
-// rows, parallel/data_parallel.h): every rank writes its rows of the state of checkpoint `step`
-// into its own part file in `dir`, at the same time, then the parts' checksums go to rank 0. Returns
-// on rank 0 the writer of the checkpoint's /optimizer group, an index that maps every part (empty
-// elsewhere). No rank ever holds another rank's rows. `limit_s`: how long a part may take. A part
-// that one rank cannot write abandons the checkpoint on every rank (AgreedError naming the rank),
-// and the parts the others wrote go.
-OptimizerWriter writeOptimizerParts(Communicator& comm, const std::string& dir, std::int64_t step,
-                                    std::shared_ptr<const AdamW> optimizer, double limit_s);
+// Collective: what this rank hands the checkpoint writer (Note [one checkpoint writer] in
+// checkpoint/checkpoint.h): its rows of every tensor as the strategy says
+// (DataParallel::checkpointRows, the trainable parameters only with `trainable_only`), every
+// rank's row ranges, and `state`, `schedule`, `model` (may be null: no /model attributes) beside
+// them. Views of the live tensors: copied() before training goes on.
+CheckpointContent checkpointContent(Communicator& comm, DataParallel& dp, bool trainable_only, TrainingState state,
+                                    Schedule schedule, Transformer model);
 
-// The same, with this rank's rows of model tensors in its part too (`model_rows`, may be null; for
-// dist.shard = parameters): rank 0 then also gets the writer of the /model tensors (an index).
-struct PartWriters {
-  OptimizerWriter optimizer;
-  GroupWriter model;  // no writer: the model's tensors are written whole
+// Collective, beside heartbeats (Note [heartbeat]): writes `content` as its checkpoint in
+// RUN_DIR/checkpoints (c.run_dir) and prunes older ones. Rank 0 alone writes a tensor it holds
+// whole; a tensor the ranks hold rows of, every rank writes its rows of: into the one file
+// (c.checkpoint_files = one: Note [one file, every rank's rows]) or, where they cannot open it
+// together or per_rank asks for it, into a part file each. A rank that cannot write abandons the
+// checkpoint on every rank (AgreedError naming the rank), and what the others wrote goes. Returns
+// on rank 0 the checkpoint's path and how it was written ("" when rank 0 wrote it alone).
+struct WrittenCheckpoint {
+  std::string path, how;
 };
-PartWriters writeParts(Communicator& comm, const std::string& dir, std::int64_t step, std::shared_ptr<const AdamW> optimizer,
-                       std::shared_ptr<const std::vector<AdamW::Rows>> model_rows, double limit_s,
-                       double delay_s = 0);  // debug.slow_rows_s
-
-// The writer of a whole (replicated) optimizer: rank 0 writes every tensor itself.
-OptimizerWriter wholeOptimizer(std::shared_ptr<const AdamW> optimizer);
+WrittenCheckpoint writeCheckpointTogether(Communicator& comm, const TrainConfig& c,
+                                          std::shared_ptr<const CheckpointContent> content);
 
 // What a checkpoint carries of the run besides model, optimizer and schedule.
 struct RunCounters {
@@ -52,10 +50,10 @@ class PendingCheckpoint {
  public:
   PendingCheckpoint() = default;
   ~PendingCheckpoint();
-  // Collective. Waits (beside a heartbeat) for the previous checkpoint, copies what the checkpoint
-  // of `step` holds (this rank's part, and on rank 0 the rest) and starts writing it: every rank
-  // its part, then rank 0 the checkpoint file, with the parts' checksums read from their manifests
-  // (the helper makes no collective call).
+  // Collective. Waits (beside a heartbeat) for the previous checkpoint, copies what this rank
+  // hands the writer for the checkpoint of `step` (checkpointContent) and starts writing it: every
+  // rank its part of the tensors the ranks hold rows of, rank 0 the checkpoint file, with the parts'
+  // checksums read from their manifests (the helper makes no collective call).
   void start(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp, const Schedule& schedule,
              std::int64_t step, RunCounters counters, Logger& log);
   // Collective. Waits beside a heartbeat for the checkpoint in flight (if any) and logs it; an
@@ -75,11 +73,10 @@ class PendingCheckpoint {
   double snapshot_s_ = 0;  // how long training paused to copy the state
 };
 
-// Collective. Writes the checkpoint of `step` into RUN_DIR/checkpoints: RNG states are gathered,
-// a sharded optimizer's rows are written by every rank (writeOptimizerParts), then rank 0 writes,
-// verifies and publishes the checkpoint file and prunes old ones while all ranks keep a heartbeat,
-// so a rank stalling during a long write is still named within dist.timeout_s. With
-// checkpoint.async and `pending`, it starts the write there instead and returns.
+// Collective. Writes the checkpoint of `step` into RUN_DIR/checkpoints (writeCheckpointTogether)
+// while training waits, every rank's RNG states gathered; all ranks keep a heartbeat, so a rank
+// stalling during a long write is still named within dist.timeout_s. With checkpoint.async and
+// `pending`, it starts the write there instead and returns.
 void saveRunCheckpoint(Communicator& comm, const TrainConfig& c, Transformer model, DataParallel& dp,
                        const Schedule& schedule, std::int64_t step, RunCounters counters, Logger& log,
                        PendingCheckpoint* pending = nullptr);

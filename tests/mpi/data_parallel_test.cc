@@ -218,37 +218,57 @@ TEST(DataParallel, AccumulatingInRowsLeavesNoWholeGradientBetweenMicroSteps) {
     }
 }
 
-// A sharded optimizer's state written as checkpoint parts (every rank its rows) and an index of
-// them (rank 0) has the replicated state's bits and checksums, and reading it back gives every rank
-// of every world size 1..8 exactly its rows.
-TEST(DataParallel, OptimizerPartsReadBackWholeAndAtAnyWorldSize) {
+// What each mode hands the checkpoint writer (DataParallel::checkpointRows), written by the ranks
+// together in one file and with a part file each, gives the replicated run's checkpoint: the same
+// bits and checksums of every parameter and moment (whole, as h5py sees them), and every rank of
+// every world size 1..8 reads back exactly its rows of the optimizer state.
+TEST(DataParallel, CheckpointRowsOfEveryModeWriteTheReplicatedCheckpoint) {
   Params replicated = toyParams();
   auto none = makeDataParallel(replicated, comm(), options("none"));
   train(*none, replicated);
   initialiseHdf5();
-  const std::string dir = ::testing::TempDir() + "graft_dp_parts_np" + std::to_string(comm().size());
-  for (const std::string mode : {"optimizer", "gradients"}) {
-    Params params = toyParams();
-    auto dp = makeDataParallel(params, comm(), options(mode, /*accumulate_rows=*/false));  // the replicated bits
-    train(*dp, params);
-    ASSERT_TRUE(dp->shardsOptimizer());
-    const OptimizerWriter parts = writeOptimizerParts(comm(), dir, 7, dp->sharedOptimizer(), 60);
-    const std::string index = dir + "/index_" + mode + ".h5";
-    if (comm().rank() == 0) {
-      H5File file = H5File::create(index);
-      parts.write(file);
-      H5File whole = H5File::create(dir + "/whole.h5");
-      none->optimizer().save(whole, "/optimizer");
-      EXPECT_EQ(file.written(), whole.written());  // checksums of the whole tensors, combined from the parts
-      file.close();
-      whole.close();
+  const std::string dir = ::testing::TempDir() + "graft_dp_rows_np" + std::to_string(comm().size());
+  TrainConfig c;
+  c.keep_last = 0;
+  c.slow_phase_timeout_s = 60;
+  TrainingState state;
+  state.step = 7;
+  state.world_size = comm().size();
+  state.rng_states = torch::zeros({comm().size(), 4}, torch::kUInt8);
+  auto write = [&](DataParallel& dp, const std::string& run_dir, const std::string& files) {
+    c.run_dir = run_dir;
+    c.checkpoint_files = files;
+    const auto content = std::make_shared<const CheckpointContent>(
+        checkpointContent(comm(), dp, /*trainable_only=*/false, state, Schedule{}, Transformer(nullptr)));
+    return writeCheckpointTogether(comm(), c, content);
+  };
+  const auto straight = write(*none, dir + "/none", "one");
+  EXPECT_EQ(straight.how, "");  // rank 0 alone: it holds every tensor whole
+  for (const std::string mode : {"optimizer", "gradients", "parameters"})
+    for (const std::string files : {"one", "per_rank"}) {
+      SCOPED_TRACE(mode + ", checkpoint.files = " + files);
+      Params params = toyParams();
+      auto dp = makeDataParallel(params, comm(), options(mode, /*accumulate_rows=*/false));  // the replicated bits
+      train(*dp, params);
+      ASSERT_TRUE(dp->shardsOptimizer());
+      const auto written = write(*dp, dir + "/" + mode + "_" + files, files);
+      if (comm().rank() != 0) continue;
+      const std::string how = comm().size() == 1 ? ""  // one rank holds every tensor whole
+                              : files == "one" ? "one file, " + std::to_string(comm().size()) + " ranks writing their rows"
+                                               : "a part file per rank";
+      EXPECT_EQ(written.how, how);
+      H5File file = H5File::openRead(written.path), whole = H5File::openRead(straight.path);
+      EXPECT_EQ(file.isVirtual("/optimizer/exp_avg/" + replicated.front().first), files == "per_rank" && comm().size() > 1);
+      EXPECT_EQ(readManifest(file), readManifest(whole));  // checksums of the whole tensors, combined from the rows
+      for (const std::string group : {"/model", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"})
+        for (const auto& name : whole.list(group))
+          EXPECT_TRUE(torch::equal(file.readTensor(group + "/" + name), whole.readTensor(group + "/" + name))) << group << name;
+      EXPECT_NO_THROW(verifyCheckpoint(written.path));
     }
-    comm().barrier("test/saved");
+  comm().barrier("test/saved");
+  {
+    const std::string index = completeCheckpoints(dir + "/gradients_per_rank/checkpoints").at(0);
     H5File file = H5File::openRead(index);
-    for (const auto& s : none->optimizer().slots()) {  // h5py's view: whole tensors
-      EXPECT_TRUE(torch::equal(file.readTensor("/optimizer/exp_avg/" + s.name), s.exp_avg)) << s.name;
-      EXPECT_TRUE(torch::equal(file.readTensor("/optimizer/exp_avg_sq/" + s.name), s.exp_avg_sq)) << s.name;
-    }
     for (int world = 1; world <= 8; ++world)
       for (int rank = 0; rank < world; ++rank) {
         std::vector<AdamW::Rows> rows;

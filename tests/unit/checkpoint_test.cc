@@ -7,14 +7,47 @@
 #include "train/checkpointing.h"
 #include "formats/hdf5.h"
 #include "util/error.h"
+#include "parallel/shard_plan.h"
 #include "util/files.h"
 
 namespace graft {
 namespace {
 
-// The replicated run's optimizer writer, over an optimizer this test owns.
-OptimizerWriter whole(const AdamW& optimizer) {
-  return wholeOptimizer(std::shared_ptr<const AdamW>(&optimizer, [](const AdamW*) {}));
+// The checkpoint one process writes of `model` and `optimizer` (both owned by the test), all whole.
+std::string writeWhole(const std::string& dir, Transformer model, const AdamW& optimizer, Schedule schedule,
+                       TrainingState state) {
+  return writeCheckpoint(dir, wholeContent(model, std::shared_ptr<const AdamW>(&optimizer, [](const AdamW*) {}),
+                                           std::move(schedule), std::move(state)));
+}
+
+// The checkpoint a sharded run of `world` ranks writes with a part file per rank (Note [one
+// checkpoint writer]), by one process playing every rank: rank r's rows (shardRows) of every
+// tensor of wholeContent go into its part, and rank 0 drafts, completes and publishes the file.
+std::string writeInParts(const std::string& dir, Transformer model, std::shared_ptr<const AdamW> optimizer,
+                         TrainingState state, int world) {
+  state.world_size = world;
+  const CheckpointContent whole = wholeContent(model, optimizer, Schedule{}, std::move(state));
+  std::vector<CheckpointContent> ranks(static_cast<std::size_t>(world), whole);
+  std::vector<std::int64_t> row_map;
+  for (int r = 0; r < world; ++r)
+    for (auto& t : ranks[static_cast<std::size_t>(r)].rows) {
+      const RowRange mine = shardRows(t.wholeRows(), r, world);
+      t.row_begin = mine.begin;
+      t.rows = t.rows.narrow(0, mine.begin, mine.size());
+      row_map.push_back(mine.begin);
+      row_map.push_back(mine.end);
+    }
+  std::vector<std::uint64_t> sums;
+  for (int r = 0; r < world; ++r) {
+    auto& content = ranks[static_cast<std::size_t>(r)];
+    content.rank = r;
+    content.world = world;
+    content.row_map = row_map;
+    const auto part = writeRowsPart(dir, content);
+    sums.insert(sums.end(), part.begin(), part.end());
+  }
+  const CheckpointDraft draft = draftCheckpoint(dir, ranks[0], RowFiles::kParts);
+  return completeCheckpoint(draft, ranks[0], sums);
 }
 
 ModelConfig tiny() {
@@ -134,7 +167,7 @@ TEST(Checkpoint, WriteReadIsBitwiseAndOnlyCompleteFilesCount) {
   st.next_batch = 17;
   st.config = "[train]\nsteps = 20\n";
   st.rng_states = torch::arange(10, torch::kUInt8).view({2, 5});
-  writeCheckpoint(dir, model, whole(opt), Schedule{1e-3, 1e-4, 2, 20}, st);
+  writeWhole(dir, model, opt, Schedule{1e-3, 1e-4, 2, 20}, st);
   // A half-written newer checkpoint and a foreign file must be ignored.
   std::ofstream(dir + "/" + checkpointName(18)) << "not hdf5";
   std::ofstream(dir + "/" + checkpointName(19) + ".tmp") << "partial";
@@ -169,7 +202,7 @@ TEST(Checkpoint, OtherArchitectureIsRejectedWithBothShapes) {
   AdamW opt(model->named_parameters().pairs(), {});
   TrainingState st;
   st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-  const auto path = writeCheckpoint(dir, model, whole(opt), Schedule{}, st);
+  const auto path = writeWhole(dir, model, opt, Schedule{}, st);
   auto c = tiny();
   c.n_layers = 3;
   Transformer bigger(c);
@@ -216,7 +249,7 @@ TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
   TrainingState st;
   st.step = 3;
   st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-  const auto path = writeCheckpoint(dir, model, whole(opt), Schedule{}, st);
+  const auto path = writeWhole(dir, model, opt, Schedule{}, st);
   EXPECT_NO_THROW(verifyCheckpoint(path));
   flipByteOf(path, "/model/layers.1.feed_forward.w2.weight");
   try {
@@ -233,7 +266,6 @@ TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
 TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
   const std::string dir = ::testing::TempDir() + "/ckpt_parts";
   std::system(("rm -rf '" + dir + "'").c_str());
-  auto comm = makeCommunicator("local");
   Transformer model(tiny());
   model->initialise(4);
   auto opt = std::make_shared<AdamW>(model->named_parameters().pairs(), AdamWOptions{});
@@ -244,17 +276,18 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
     TrainingState st;
     st.step = step;
     st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-    paths.push_back(writeCheckpoint(dir, model, writeOptimizerParts(*comm, dir, step, opt, 60), Schedule{}, st));
+    paths.push_back(writeInParts(dir, model, opt, st, 2));
   }
-  writeCheckpointPart(dir, 4, 0, 1, 0, [&](H5File& f) { opt->savePart(f, "/optimizer"); });  // no checkpoint file
-  writeCheckpointPart(dir, 3, 1, 2, 0, [&](H5File& f) { opt->savePart(f, "/optimizer"); });  // another world size
+  const auto some_rows = [&](H5File& f) { f.writeTensor("/optimizer/exp_avg/x", torch::ones({2, 3})); };
+  writeCheckpointPart(dir, 4, 0, 2, 0, some_rows);  // no checkpoint file
+  writeCheckpointPart(dir, 3, 1, 3, 0, some_rows);  // another world size
   {  // a newer checkpoint that resume abandoned (damaged): not counted, not deleted
     TrainingState st;
     st.step = 9;
     st.rng_states = torch::zeros({1, 4}, torch::kUInt8);
-    writeCheckpoint(dir, model, writeOptimizerParts(*comm, dir, 9, opt, 60), Schedule{}, st);
+    writeInParts(dir, model, opt, st, 2);
   }
-  const std::string part3 = dir + "/" + checkpointPartName(3, 0, 1);
+  const std::string part3 = dir + "/" + checkpointPartName(3, 0, 2);
   ASSERT_TRUE(fileExists(part3));
   EXPECT_NO_THROW(verifyCheckpoint(paths[2]));
   {
@@ -266,13 +299,15 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
   }
   pruneCheckpoints(dir, 2, 3);
   EXPECT_FALSE(fileExists(paths[0]));
-  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(1, 0, 1)));
-  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(4, 0, 1)));
-  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(2, 0, 1)));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(1, 0, 2)));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(1, 1, 2)));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(4, 0, 2)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(2, 0, 2)));
   EXPECT_TRUE(fileExists(part3));
-  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(3, 1, 2)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(3, 1, 2)));
+  EXPECT_FALSE(fileExists(dir + "/" + checkpointPartName(3, 1, 3)));
   EXPECT_TRUE(fileExists(dir + "/" + checkpointName(9)));
-  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(9, 0, 1)));
+  EXPECT_TRUE(fileExists(dir + "/" + checkpointPartName(9, 0, 2)));
 
   const std::string object = "/optimizer/exp_avg/layers.0.attention.wq.weight";
   flipByteOf(part3, object);
@@ -282,7 +317,7 @@ TEST(Checkpoint, ShardedPartsAreVerifiedAndPrunedWithTheirCheckpoint) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find(object), std::string::npos) << e.what();
   }
-  ::unlink((dir + "/" + checkpointPartName(2, 0, 1)).c_str());
+  ::unlink((dir + "/" + checkpointPartName(2, 1, 2)).c_str());
   EXPECT_THROW(verifyCheckpoint(paths[1]), InputError);
   // A rank that reads without verifying (only rank 0 verifies) still refuses the missing rows.
   Transformer other(tiny());
