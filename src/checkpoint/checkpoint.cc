@@ -263,10 +263,17 @@ std::vector<std::size_t> splitTensors(const CheckpointContent& content) {
 CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent& content, RowFiles files,
                                 std::vector<std::uint64_t>* offsets) {
   const TrainingState& state = content.state;
-  const auto split = splitTensors(content);
-  std::uint64_t bytes = 0;  // what this file will hold
-  for (std::size_t i = 0; i < content.rows.size(); ++i)
-    if (files == RowFiles::kOneFile || !content.split(i)) bytes += wholeBytes(content.rows[i]);
+  // Where each split tensor's rows come from (the ranks' rows must cover it exactly once), and what
+  // this file will hold.
+  std::map<std::size_t, std::vector<H5File::RowSource>> sources;
+  std::uint64_t bytes = 0;
+  for (std::size_t i = 0; i < content.rows.size(); ++i) {
+    const TensorRows& t = content.rows[i];
+    if (content.split(i))
+      for (const auto& [rank, range] : holders(content, i))
+        sources[i].push_back({checkpointPartName(state.step, rank, content.world), t.object, range.first, range.second});
+    if (files == RowFiles::kOneFile || !content.split(i)) bytes += wholeBytes(t);
+  }
   makeDirectories(dir);
   requireSpace(dir, bytes);
   CheckpointDraft draft;
@@ -290,6 +297,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent&
       Transformer model = content.model;
       writeModelGroup(file, model, state.transfer.adapterOnly(), /*tensors=*/false);
     }
+    if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
     for (std::size_t i = 0; i < content.rows.size(); ++i) {
       const TensorRows& t = content.rows[i];
       if (!content.split(i)) {
@@ -299,13 +307,9 @@ CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent&
         const std::uint64_t offset = file.createRawFloat32(t.object, t.shape);
         if (offsets) offsets->push_back(offset);
       } else {
-        std::vector<H5File::RowSource> sources;
-        for (const auto& [rank, range] : holders(content, i))
-          sources.push_back({checkpointPartName(state.step, rank, content.world), t.object, range.first, range.second});
-        file.writeVirtualRows(t.object, t.shape, sources, 0, 0);  // the checksum comes with the parts' (step 3)
+        file.writeVirtualRows(t.object, t.shape, sources.at(i), 0, 0);  // the checksum comes with the parts' (step 3)
       }
     }
-    if (state.transfer.adapterOnly()) writeTransferGroup(file, state.transfer, state.base_model);
     content.optimizer->saveAttributes(file, "/optimizer");
     content.schedule.save(file, "/schedule");
     file.setAttr("/sampler", "seed", static_cast<std::int64_t>(state.seed));
