@@ -18,6 +18,7 @@
 #include "checkpoint/manifest.h"
 #include "formats/hdf5.h"
 #include "convert/model_io.h"
+#include "parallel/shard_plan.h"
 #include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -171,19 +172,38 @@ std::string writeCheckpointPart(const std::string& dir, std::int64_t step, int r
   }
 }
 
-bool CheckpointContent::split(std::size_t i) const {
-  const std::size_t n = rows.size();
-  for (int r = 1; r < world; ++r) {
-    const std::size_t at = (static_cast<std::size_t>(r) * n + i) * 2;
-    if (row_map.at(at + 1) > row_map.at(at)) return true;
-  }
-  return false;
-}
-
 bool CheckpointContent::anySplit() const {
   for (std::size_t i = 0; i < rows.size(); ++i)
     if (split(i)) return true;
   return false;
+}
+
+std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> CheckpointContent::holders(std::size_t i) const {
+  const std::int64_t whole = rows[i].wholeRows();
+  if (!split(i)) return {{0, {0, whole}}};
+  std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> out;
+  for (int r = 0; r < world; ++r) {
+    const RowRange range = shardRows(whole, r, world);
+    if (range.size() > 0) out.push_back({r, {range.begin, range.end}});
+  }
+  return out;
+}
+
+std::string CheckpointContent::rowsProblem() const {
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const TensorRows& t = rows[i];
+    const std::int64_t whole = t.wholeRows();
+    const RowRange expected = split(i) ? shardRows(whole, rank, world) : RowRange{0, rank == 0 ? whole : 0};
+    const bool zero_d = t.shape.empty() && t.rows.dim() == 0;
+    const bool trailing = zero_d || (t.rows.dim() == static_cast<std::int64_t>(std::max<std::size_t>(t.shape.size(), 1)) &&
+                                     std::equal(t.shape.begin() + (t.shape.empty() ? 0 : 1), t.shape.end(), t.rows.sizes().begin() + 1));
+    if (!trailing || (expected.size() > 0 && t.row_begin != expected.begin) || t.rowCount() != expected.size())
+      return t.object + ": rank " + std::to_string(rank) + " holds rows [" + std::to_string(t.row_begin) + ", " +
+             std::to_string(t.row_begin + t.rowCount()) + ") shaped " + c10::str(t.rows.sizes()) + ", not rows [" +
+             std::to_string(expected.begin) + ", " + std::to_string(expected.end) + ") of a tensor of " +
+             std::to_string(whole) + " rows (" + (split(i) ? "split over the ranks" : "held whole by rank 0") + ")";
+  }
+  return "";
 }
 
 CheckpointContent CheckpointContent::copied() const {
@@ -201,11 +221,9 @@ CheckpointContent CheckpointContent::copied() const {
 
 CheckpointContent wholeContent(Transformer model, std::shared_ptr<const AdamW> optimizer, Schedule schedule,
                                TrainingState state) {
-  CheckpointContent content{std::move(state), std::move(schedule), model, optimizer, {}, {}, 0, 1};
+  CheckpointContent content{std::move(state), std::move(schedule), model, optimizer, {}, 0, 1};
   auto add = [&](const std::string& object, const at::Tensor& t) {
-    content.rows.push_back({object, t.sizes().vec(), 0, t.detach()});
-    content.row_map.push_back(0);
-    content.row_map.push_back(content.rows.back().wholeRows());
+    content.rows.push_back({object, t.sizes().vec(), 0, t.detach(), /*sharded=*/false});
   };
   for (const auto& p : model->named_parameters())
     if (!content.state.transfer.adapterOnly() || p.value().requires_grad()) add("/model/" + p.key(), p.value());
@@ -225,30 +243,6 @@ std::uint64_t rowBytes(const TensorRows& t) {
 namespace {
 
 std::uint64_t wholeBytes(const TensorRows& t) { return rowBytes(t) * static_cast<std::uint64_t>(t.wholeRows()); }
-
-// The ranks holding rows of tensor i, in row order, with their (begin, end): they must cover the
-// tensor's rows exactly once, or the strategy's split is not one the file can hold.
-std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> holders(const CheckpointContent& content, std::size_t i) {
-  std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> out;
-  const std::size_t n = content.rows.size();
-  for (int r = 0; r < content.world; ++r) {
-    const std::size_t at = (static_cast<std::size_t>(r) * n + i) * 2;
-    const std::int64_t begin = content.row_map.at(at), end = content.row_map.at(at + 1);
-    if (end > begin) out.push_back({r, {begin, end}});
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second.first < b.second.first; });
-  std::int64_t next = 0;
-  for (const auto& [rank, range] : out) {
-    if (range.first != next)
-      throw Error("checkpoint: the ranks' rows of " + content.rows[i].object + " do not follow one another (rank " +
-                  std::to_string(rank) + " starts at row " + std::to_string(range.first) + ", not " + std::to_string(next) + ")");
-    next = range.second;
-  }
-  if (next != content.rows[i].wholeRows())
-    throw Error("checkpoint: the ranks hold " + std::to_string(next) + " rows of " + content.rows[i].object + ", not " +
-                std::to_string(content.rows[i].wholeRows()));
-  return out;
-}
 
 // The part file of rank r holds its rows of every split tensor, under the tensor's own name.
 std::vector<std::size_t> splitTensors(const CheckpointContent& content) {
@@ -270,7 +264,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent&
   for (std::size_t i = 0; i < content.rows.size(); ++i) {
     const TensorRows& t = content.rows[i];
     if (content.split(i))
-      for (const auto& [rank, range] : holders(content, i))
+      for (const auto& [rank, range] : content.holders(i))
         sources[i].push_back({checkpointPartName(state.step, rank, content.world), t.object, range.first, range.second});
     if (files == RowFiles::kOneFile || !content.split(i)) bytes += wholeBytes(t);
   }
@@ -301,6 +295,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent&
     for (std::size_t i = 0; i < content.rows.size(); ++i) {
       const TensorRows& t = content.rows[i];
       if (!content.split(i)) {
+        if (t.rows.sizes().vec() != t.shape) throw Error(t.object + ": rank 0 holds " + c10::str(t.rows.sizes()) + " of it, not all of it");
         file.writeTensor(t.object, t.rows);  // rank 0 holds it whole
       } else if (files == RowFiles::kOneFile) {
         if (t.rows.scalar_type() != at::kFloat) throw Error(t.object + ": only float32 rows are written by the ranks into one file");
@@ -318,7 +313,7 @@ CheckpointDraft draftCheckpoint(const std::string& dir, const CheckpointContent&
     if (state.device_rng_states.defined()) file.writeTensor("/rng/torch_cuda", state.device_rng_states);
     draft.entries = file.written();
     file.close();
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     ::unlink(draft.tmp.c_str());  // free the space; the previous checkpoints were not touched
     throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(state.step) +
                 " not written, earlier checkpoints are intact");
@@ -371,25 +366,33 @@ std::vector<std::uint64_t> awaitPartSums(const std::string& dir, const Checkpoin
 
 std::string completeCheckpoint(const CheckpointDraft& draft, const CheckpointContent& content,
                                const std::vector<std::uint64_t>& all) {
-  // Each split tensor's checksum, from its holders' in row order.
-  const auto split = splitTensors(content);
-  const std::size_t per_rank = split.size() * 2;
-  std::vector<H5File::Written> combined;
-  for (std::size_t j = 0; j < split.size(); ++j) {
-    H5File::Written whole{content.rows[split[j]].object, crc32(nullptr, 0), 0};
-    for (const auto& holder : holders(content, split[j])) {
-      const std::size_t at = static_cast<std::size_t>(holder.first) * per_rank + 2 * j;
-      whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>(all.at(at)), all.at(at + 1));
-      whole.bytes += all.at(at + 1);
-    }
-    combined.push_back(whole);
-  }
   std::string manifest, own;  // every tensor; those rank 0 wrote through HDF5
   try {
+    // Each split tensor's checksum, from its holders' in row order; their bytes must make the
+    // whole tensor (rows of another shape would overlap or leave a gap that no checksum shows).
+    const auto split = splitTensors(content);
+    const std::size_t per_rank = split.size() * 2;
+    if (all.size() != per_rank * static_cast<std::size_t>(content.world))
+      throw Error(draft.tmp + ": " + std::to_string(all.size()) + " checksums from the ranks, not " +
+                  std::to_string(per_rank * static_cast<std::size_t>(content.world)));
+    std::map<std::string, H5File::Written> combined;
+    for (std::size_t j = 0; j < split.size(); ++j) {
+      const TensorRows& t = content.rows[split[j]];
+      H5File::Written whole{t.object, crc32(nullptr, 0), 0};
+      for (const auto& holder : content.holders(split[j])) {
+        const std::size_t at = static_cast<std::size_t>(holder.first) * per_rank + 2 * j;
+        whole.crc32 = crc32Combine(whole.crc32, static_cast<std::uint32_t>(all[at]), all[at + 1]);
+        whole.bytes += all[at + 1];
+      }
+      if (whole.bytes != wholeBytes(t))
+        throw Error(draft.tmp + ": the ranks wrote " + std::to_string(whole.bytes) + " bytes of " + t.object + ", not " +
+                    std::to_string(wholeBytes(t)));
+      combined[t.object] = whole;
+    }
     H5File file = H5File::openReadWrite(draft.tmp);
     for (auto entry : draft.entries) {
-      const auto it = std::find_if(combined.begin(), combined.end(), [&](const H5File::Written& w) { return w.object == entry.object; });
-      if (it != combined.end()) entry = *it;
+      const auto it = combined.find(entry.object);
+      if (it != combined.end()) entry = it->second;
       manifest += formatManifestLine({entry.object, entry.crc32, entry.bytes});
       if (it == combined.end()) own += formatManifestLine({entry.object, entry.crc32, entry.bytes});
     }
@@ -402,7 +405,7 @@ std::string completeCheckpoint(const CheckpointDraft& draft, const CheckpointCon
     // gets a checkpoint's name. The ranks' rows were verified by the ranks that wrote them.
     verifyTensors(H5File::openRead(draft.tmp), own, draft.tmp, /*skip_virtual=*/false);
     publishFile(draft.tmp, draft.path);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     ::unlink(draft.tmp.c_str());
     throw Error(std::string(e.what()) + "; checkpoint of step " + std::to_string(draft.step) +
                 " not written, earlier checkpoints are intact");

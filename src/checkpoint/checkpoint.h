@@ -100,12 +100,16 @@ struct CheckpointContent {
   Transformer model{nullptr};              // the /model group's attributes (its configuration); none when null
   std::shared_ptr<const AdamW> optimizer;  // the /optimizer group's attributes, slots' step counts
   std::vector<TensorRows> rows;            // this rank's rows of every tensor, the same order on every rank
-  std::vector<std::int64_t> row_map;       // every rank's (begin, end) of each tensor of `rows`, rank after rank
   int rank = 0, world = 1;
 
-  // Whether tensor i of `rows` has rows on a rank other than 0 (step 2); else rank 0 holds it whole.
-  bool split(std::size_t i) const;
+  // Whether the ranks write tensor i of `rows` together (step 2); else rank 0 holds it whole.
+  bool split(std::size_t i) const { return rows[i].sharded && world > 1; }
   bool anySplit() const;
+  // "" when this rank's rows are those its tensors' layout gives it (TensorRows::sharded), with
+  // the tensor's trailing shape; else what is wrong, naming the tensor.
+  std::string rowsProblem() const;
+  // Every rank's rows of tensor i, in row order: (rank, [begin, end)), ranks without rows left out.
+  std::vector<std::pair<int, std::pair<std::int64_t, std::int64_t>>> holders(std::size_t i) const;
   // The same with this rank's rows (and the optimizer's attributes) copied into host memory.
   CheckpointContent copied() const;
 };

@@ -18,6 +18,9 @@ struct TensorRows {
   std::vector<std::int64_t> shape;
   std::int64_t row_begin = 0;
   at::Tensor rows;
+  // How the ranks hold the tensor: its rows split over them as shardRows splits them
+  // (parallel/shard_plan.h), or (false) all of it on rank 0 and none elsewhere.
+  bool sharded = false;
 
   std::int64_t wholeRows() const { return shape.empty() ? 1 : shape[0]; }
   std::int64_t rowCount() const { return rows.dim() == 0 ? 1 : rows.size(0); }

@@ -66,25 +66,29 @@ std::vector<TensorRows> DataParallel::checkpointRows(bool trainable_only) const 
   // This rank's rows of a tensor held whole (replicated: all of it on rank 0, none elsewhere).
   auto mine = [&](const std::string& object, const at::Tensor& whole) -> TensorRows {
     const at::Tensor t = whole.detach();
-    if (t.dim() == 0) return {object, {}, 0, rank == 0 ? t : t.reshape({1}).narrow(0, 0, 0)};
+    if (t.dim() == 0) return {object, {}, 0, rank == 0 ? t : t.reshape({1}).narrow(0, 0, 0), false};  // one row: rank 0's
     const RowRange range = sharded ? shardRows(t.size(0), rank, world) : RowRange{0, rank == 0 ? t.size(0) : 0};
-    return {object, t.sizes().vec(), range.begin, t.narrow(0, range.begin, range.size())};
+    return {object, t.sizes().vec(), range.begin, t.narrow(0, range.begin, range.size()), sharded};
   };
   std::vector<TensorRows> out;
   const auto held = shardsParameters() ? parameterRows() : std::vector<AdamW::Rows>{};
+  if (!held.empty() && held.size() != params_.size())
+    throw Error("checkpoint: the strategy holds rows of " + std::to_string(held.size()) + " parameters, the model has " +
+                std::to_string(params_.size()));
   for (std::size_t k = 0; k < params_.size(); ++k) {
     const auto& [name, p] = params_[k];
     if (trainable_only && !p.requires_grad()) continue;
     if (held.empty()) {
       out.push_back(mine("/model/" + name, p));
     } else {  // ZeRO-3: the rows it keeps are all it has
-      out.push_back({"/model/" + name, held[k].global_shape, held[k].row_begin, held[k].rows.detach()});
+      if (held[k].name != name) throw Error("checkpoint: the strategy's rows of " + held[k].name + " stand where " + name + " is");
+      out.push_back({"/model/" + name, held[k].global_shape, held[k].row_begin, held[k].rows.detach(), true});
     }
   }
   for (const auto& s : optimizer_->slots())
     for (const auto& [moment, t] : {std::pair<std::string, at::Tensor>{"exp_avg", s.exp_avg}, {"exp_avg_sq", s.exp_avg_sq}}) {
       if (sharded) {
-        out.push_back({"/optimizer/" + moment + "/" + s.name, s.global_shape, s.row_begin, t.detach()});
+        out.push_back({"/optimizer/" + moment + "/" + s.name, s.global_shape, s.row_begin, t.detach(), true});
       } else {
         out.push_back(mine("/optimizer/" + moment + "/" + s.name, t));
       }

@@ -270,13 +270,27 @@ CheckpointContent checkpointContent(Communicator& comm, DataParallel& dp, bool t
   content.rows = dp.checkpointRows(trainable_only);
   content.rank = comm.rank();
   content.world = comm.size();
-  std::vector<std::int64_t> mine;
-  for (const auto& t : content.rows) {
-    mine.push_back(t.row_begin);
-    mine.push_back(t.row_begin + t.rowCount());
+  // Every rank must hand over the same tensors, in the same order and layout, and hold the rows
+  // that layout gives it: else one rank's rows would be written where another tensor's belong, and
+  // the checksums would vouch for them. Each rank checks its own, and a digest of the list is
+  // compared across ranks (three numbers each, whatever the model's size).
+  const std::string problem = content.rowsProblem();
+  std::string list;
+  for (const auto& t : content.rows) list += t.object + " " + c10::str(t.shape) + (t.sharded ? " rows\n" : " whole\n");
+  const std::int64_t mine[3] = {static_cast<std::int64_t>(content.rows.size()), crc32(list.data(), list.size()), problem.empty() ? 0 : 1};
+  std::vector<std::int64_t> all(3 * static_cast<std::size_t>(content.world));
+  comm.allGatherBytes(mine, sizeof(mine), all.data(), "ckpt/rows_agree");
+  if (!problem.empty()) throw Error("checkpoint of step " + std::to_string(content.state.step) + ": " + problem);
+  for (int r = 0; r < content.world; ++r) {
+    const std::int64_t* theirs = &all[3 * static_cast<std::size_t>(r)];
+    if (theirs[2] != 0)
+      throw Error("checkpoint of step " + std::to_string(content.state.step) + ": rank " + std::to_string(r) +
+                  " holds other rows than the strategy's layout gives it (its error names the tensor)");
+    if (theirs[0] != mine[0] || theirs[1] != mine[1])
+      throw Error("checkpoint of step " + std::to_string(content.state.step) + ": rank " + std::to_string(r) +
+                  " hands the writer other tensors than rank " + std::to_string(content.rank) + " (" + std::to_string(theirs[0]) +
+                  " against " + std::to_string(mine[0]) + ")");
   }
-  content.row_map.resize(mine.size() * static_cast<std::size_t>(content.world));
-  comm.allGatherBytes(mine.data(), mine.size() * sizeof(std::int64_t), content.row_map.data(), "ckpt/row_map");
   return content;
 }
 

@@ -618,6 +618,13 @@ TEST(Reliability, KillNineBetweenWriteAndVerifyLeavesThePreviousCheckpoint) {
     const auto killed = run(mpirun(2) + " " + graft() + " train --config " + cfg + " " + options +
                             " --train.steps=100000 --train.stop_after=6 --checkpoint.every=2 --debug.kill_before_verify=4");
     EXPECT_NE(killed.code, 0) << killed.output;
+    // The way the checkpoint of step 2 was written: the one this case is about.
+    const std::string how = options.empty()                                ? "s)"
+                            : options == "--dist.shard=parameters"           ? "s; one file, 2 ranks writing their rows)"
+                            : options.find("per_rank") != std::string::npos ? "s; a part file per rank)"
+                                                                             : "s in the background";
+    EXPECT_NE(killed.output.find("checkpoint: " + checkpoints + "/step-00000002.h5 ("), std::string::npos) << killed.output;
+    EXPECT_NE(killed.output.find(how), std::string::npos) << how << "\n" << killed.output;
     EXPECT_EQ(killed.output.find("checkpoint: " + checkpoints + "/step-00000004.h5"), std::string::npos) << killed.output;
     const std::string draft = checkpoints + "/step-00000004.h5.tmp";
     ASSERT_TRUE(fileExists(draft)) << run("ls -l " + checkpoints).output << killed.output;

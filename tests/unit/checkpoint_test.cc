@@ -28,21 +28,18 @@ std::string writeInParts(const std::string& dir, Transformer model, std::shared_
   state.world_size = world;
   const CheckpointContent whole = wholeContent(model, optimizer, Schedule{}, std::move(state));
   std::vector<CheckpointContent> ranks(static_cast<std::size_t>(world), whole);
-  std::vector<std::int64_t> row_map;
-  for (int r = 0; r < world; ++r)
-    for (auto& t : ranks[static_cast<std::size_t>(r)].rows) {
-      const RowRange mine = shardRows(t.wholeRows(), r, world);
-      t.row_begin = mine.begin;
-      t.rows = t.rows.narrow(0, mine.begin, mine.size());
-      row_map.push_back(mine.begin);
-      row_map.push_back(mine.end);
-    }
   std::vector<std::uint64_t> sums;
   for (int r = 0; r < world; ++r) {
     auto& content = ranks[static_cast<std::size_t>(r)];
     content.rank = r;
     content.world = world;
-    content.row_map = row_map;
+    for (auto& t : content.rows) {
+      const RowRange mine = shardRows(t.wholeRows(), r, world);
+      t.row_begin = mine.begin;
+      t.rows = t.rows.narrow(0, mine.begin, mine.size());
+      t.sharded = true;
+    }
+    EXPECT_EQ(content.rowsProblem(), "");
     const auto part = writeRowsPart(dir, content);
     sums.insert(sums.end(), part.begin(), part.end());
   }
@@ -259,6 +256,57 @@ TEST(Checkpoint, FlippedByteIsDetectedAndNamed) {
     EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("/model/layers.1.feed_forward.w2.weight"), std::string::npos) << e.what();
   }
+}
+
+// The writer trusts the layout each tensor declares (Note [one checkpoint writer]): a rank whose
+// rows are not those the layout gives it is refused before anything is written, naming the tensor,
+// and rows that do not make the whole tensor never complete a checkpoint.
+TEST(Checkpoint, RowsOtherThanTheLayoutGivesAreRefused) {
+  Transformer model(tiny());
+  model->initialise(3);
+  auto opt = std::make_shared<AdamW>(model->named_parameters().pairs(), AdamWOptions{});
+  TrainingState st;
+  st.step = 5;
+  st.world_size = 2;
+  st.rng_states = torch::zeros({2, 4}, torch::kUInt8);
+  CheckpointContent content = wholeContent(model, opt, Schedule{}, st);
+  EXPECT_EQ(content.rowsProblem(), "");
+  content.world = 2;
+  content.rank = 1;
+  EXPECT_NE(content.rowsProblem().find("rank 1 holds rows [0, "), std::string::npos) << "rank 1 holding rank 0's tensors";
+  for (auto& t : content.rows) {
+    const RowRange mine = shardRows(t.wholeRows(), 1, 2);
+    t.rows = t.rows.narrow(0, mine.begin, mine.size());
+    t.row_begin = mine.begin;
+    t.sharded = true;
+  }
+  EXPECT_EQ(content.rowsProblem(), "");
+  content.rows[3].row_begin -= 1;  // the right number of rows, from the wrong place
+  EXPECT_NE(content.rowsProblem().find(content.rows[3].object), std::string::npos) << content.rowsProblem();
+  content.rows[3].row_begin += 1;
+  content.rows[3].rows = content.rows[3].rows.narrow(1, 0, 1);  // another trailing shape
+  EXPECT_NE(content.rowsProblem().find(content.rows[3].object), std::string::npos) << content.rowsProblem();
+  // Completion: checksums whose bytes do not make the whole tensor leave no checkpoint.
+  const std::string dir = ::testing::TempDir() + "/ckpt_layout";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  CheckpointContent rank0 = wholeContent(model, opt, Schedule{}, st);
+  rank0.world = 2;
+  for (auto& t : rank0.rows) t.sharded = true;
+  const CheckpointDraft draft = draftCheckpoint(dir, rank0, RowFiles::kParts);
+  std::vector<std::uint64_t> sums;
+  for (int r = 0; r < 2; ++r)
+    for (const auto& t : rank0.rows) {
+      sums.push_back(0);
+      sums.push_back(rowBytes(t) * static_cast<std::uint64_t>(shardRows(t.wholeRows(), r, 2).size()) - (r == 1 ? 4 : 0));
+    }
+  try {
+    completeCheckpoint(draft, rank0, sums);
+    FAIL() << "a checkpoint completed with rows short of the whole tensor";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bytes of " + rank0.rows[0].object), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(completeCheckpoints(dir).empty());
+  EXPECT_FALSE(fileExists(draft.tmp));
 }
 
 // A sharded run's checkpoint: the optimizer's rows in part files, mapped by the checkpoint file.
