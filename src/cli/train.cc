@@ -25,11 +25,18 @@ int train(const TrainConfig& config, const CommunicatorFactory& make_communicato
   // dist.shard = parameters: blocks of 1 MiB and more straight from mmap, and back to the system
   // when freed. glibc would otherwise raise this threshold after the first such free and keep
   // freed blocks resident: what ZeRO-3 frees between uses (a unit's parameters) would stay in the
-  // process. Measured on a 32M Llama at 4 ranks: peak resident set 776 -> 613 MiB. Only there: every
-  // other mode frees nothing it will not allocate again next micro-step, and mapping and faulting
-  // in its activations afresh each time cost a quarter of the stories260K fine-tune's speed at
-  // micro_batch 8 (issue 29: 23.4k -> 31.5k tokens/s at 2 ranks without it; bench/step_speed.sh).
-  if (config.shard == "parameters") mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  // process. Measured on a 32M Llama at 4 ranks: peak resident set 776 -> 613 MiB. The heap's
+  // freed top goes back too (glibc's default trim threshold and top pad, not keepFreedMemory's
+  // 1 GiB and 256 MiB): the 155M Llama at 4 ranks peaked at 1376 MiB per rank with them, 1213 MiB
+  // without, at the same tokens/s (issue 26). Only there: every other mode frees nothing it will
+  // not allocate again next micro-step, and mapping and faulting in its activations afresh each
+  // time cost a quarter of the stories260K fine-tune's speed at micro_batch 8 (issue 29: 23.4k ->
+  // 31.5k tokens/s at 2 ranks without it; bench/step_speed.sh).
+  if (config.shard == "parameters" && !std::getenv("MALLOC_MMAP_THRESHOLD_") && !std::getenv("GLIBC_TUNABLES")) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 10);
+    mallopt(M_TOP_PAD, 128 << 10);
+  }
   // The device first: dist.backend = auto depends on it (nccl exactly when training on CUDA).
   const bool on_cuda = chooseDeviceType(config.device) == c10::DeviceType::CUDA;
   if (const std::string why = backendRefusal(config.backend, on_cuda, ncclCompiledIn()); !why.empty()) throw InputError(why);
