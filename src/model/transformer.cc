@@ -92,7 +92,71 @@ struct WeightProduct : public torch::autograd::Function<WeightProduct> {
   }
 };
 
+// Note [quantized products keep no dequantized copies]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A QLoRA base weight is dequantised to float32 for its product, and through autograd the matmul
+// saves that copy for the input's gradient: 4 bytes per weight (8x an NF4 code) from the
+// projection's forward until backward reaches it, so at the end of the forward the whole frozen
+// model, dequantised, on every rank. This product saves the codes and scales the model holds
+// anyway, and dequantises again in backward. The base is frozen: only the input has a gradient,
+// and the input itself need not be kept. The forward computes exactly what product() computes.
+struct DequantizedProduct : public torch::autograd::Function<DequantizedProduct> {
+  // `layout`: per part kind, rows, columns, block (QuantizedWeight); `tensors`: per part codes, scales.
+  static std::vector<QuantizedWeight> parts(const std::vector<std::int64_t>& layout, const std::vector<torch::Tensor>& tensors) {
+    std::vector<QuantizedWeight> out;
+    for (std::size_t i = 0; i < layout.size() / 4; ++i) {
+      QuantizedWeight q;
+      q.kind = static_cast<QuantKind>(layout[4 * i]);
+      q.shape = {layout[4 * i + 1], layout[4 * i + 2]};
+      q.block = static_cast<int>(layout[4 * i + 3]);
+      q.codes = tensors[2 * i];
+      q.scales = tensors[2 * i + 1];
+      out.push_back(q);
+    }
+    return out;
+  }
+  static torch::Tensor whole(const std::vector<QuantizedWeight>& parts) {
+    std::vector<torch::Tensor> w;
+    for (const auto& q : parts) w.push_back(q.dequantize());
+    return w.size() == 1 ? w[0] : torch::cat(w);
+  }
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, at::TensorList tensors,
+                               std::vector<std::int64_t> layout, std::int64_t dtype) {
+    ctx->saved_data["layout"] = layout;
+    ctx->saved_data["dtype"] = dtype;
+    ctx->saved_data["x_dtype"] = static_cast<std::int64_t>(x.scalar_type());
+    ctx->save_for_backward(tensors.vec());
+    torch::NoGradGuard no_grad;
+    return product(x, whole(parts(layout, tensors.vec())), static_cast<torch::ScalarType>(dtype));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto tensors = ctx->get_saved_variables();
+    const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
+    torch::autograd::variable_list out(1 + tensors.size() + 2);  // x, the codes and scales, layout, dtype
+    if (ctx->needs_input_grad(0)) {
+      const auto w = whole(parts(ctx->saved_data["layout"].toIntVector(), tensors)).to(dtype);
+      out[0] = torch::matmul(grad_out[0].to(dtype), w).to(static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    return out;
+  }
+};
+
 }  // namespace
+
+torch::Tensor dequantizedProduct(const torch::Tensor& x, const std::vector<const QuantizedWeight*>& weights,
+                                 torch::ScalarType dtype) {
+  std::vector<torch::Tensor> tensors;
+  std::vector<std::int64_t> layout;
+  for (const auto* q : weights) {
+    TORCH_CHECK(q->kind != QuantKind::None && q->shape.size() == 2, "dequantizedProduct: a quantized 2-D weight");
+    tensors.push_back(q->codes);
+    tensors.push_back(q->scales);
+    layout.insert(layout.end(), {static_cast<std::int64_t>(q->kind), q->shape[0], q->shape[1], q->block});
+  }
+  if (!torch::GradMode::is_enabled()) return product(x, DequantizedProduct::whole(DequantizedProduct::parts(layout, tensors)), dtype);
+  return DequantizedProduct::apply(x, at::TensorList(tensors), layout, static_cast<std::int64_t>(dtype));
+}
 
 torch::Tensor weightProduct(const torch::Tensor& x, const std::vector<torch::Tensor>& weights, torch::ScalarType dtype) {
   if (!torch::GradMode::is_enabled()) return product(x, weights.size() == 1 ? weights[0] : torch::cat(weights), dtype);
@@ -104,19 +168,27 @@ namespace {
 // x @ cat(weights)^T (+ cat(biases)): several projections of one input in a single GEMM; LoRA
 // terms are added per part.
 torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> parts) {
-  std::vector<torch::Tensor> weights, biases;
-  bool lora = false, quantized = false;
+  std::vector<torch::Tensor> biases;
+  std::vector<const QuantizedWeight*> codes;
+  bool lora = false;
+  std::size_t quantized = 0;
   for (const auto& p : parts) {
-    weights.push_back(p->effectiveWeight());
     if (p->bias.defined()) biases.push_back(p->bias);
     lora = lora || p->hasLora();
-    quantized = quantized || p->quantized();
+    quantized += p->quantized() ? 1 : 0;
+    codes.push_back(&p->quantizedWeight());
   }
   const auto dtype = parts.front()->compute_dtype;
-  // Dequantised weights are no parameters (QLoRA): those are products of their own.
-  auto y = quantized ? product(x, torch::cat(weights), dtype) : weightProduct(x, weights, dtype);
+  std::vector<torch::Tensor> weights;
+  if (quantized != parts.size())
+    for (const auto& p : parts) weights.push_back(p->effectiveWeight());
+  // A QLoRA base: Note [quantized products keep no dequantized copies].
+  auto y = quantized == parts.size() ? dequantizedProduct(x, codes, dtype)
+           : quantized > 0           ? product(x, torch::cat(weights), dtype)
+                                     : weightProduct(x, weights, dtype);
+  const std::size_t n_parts = parts.size();
   if (!biases.empty()) {
-    TORCH_CHECK(biases.size() == weights.size(), "fusedProjection: all or none of the parts need a bias");
+    TORCH_CHECK(biases.size() == n_parts, "fusedProjection: all or none of the parts need a bias");
     y = y + torch::cat(biases).to(dtype);
   }
   if (!lora) return y;
@@ -221,8 +293,10 @@ torch::Tensor ProjectionImpl::loraDelta(const torch::Tensor& x) {
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
   // fp32: autograd saves the parameter itself; bf16: the cast would be a copy (Note [products that keep no weight copies]).
-  auto y = quantized() || compute_dtype == torch::kFloat ? product(x, effectiveWeight(), compute_dtype)
-                                                        : weightProduct(x, {weight}, compute_dtype);
+  // QLoRA: Note [quantized products keep no dequantized copies].
+  auto y = quantized()                      ? dequantizedProduct(x, {&quantized_}, compute_dtype)
+           : compute_dtype == torch::kFloat ? product(x, weight, compute_dtype)
+                                            : weightProduct(x, {weight}, compute_dtype);
   if (bias.defined()) y = y + bias.to(compute_dtype);
   return hasLora() ? y + loraDelta(x) : y;
 }

@@ -248,6 +248,11 @@ TORCH_MODULE(Transformer);
 // copy of the weights for backward: it saves the parameters themselves and makes the concatenation
 // and the bf16 cast again in backward (Note [products that keep no weight copies]).
 torch::Tensor weightProduct(const torch::Tensor& x, const std::vector<torch::Tensor>& weights, torch::ScalarType dtype);
+// x @ cat(dequantize(q) for q in weights)^T in `dtype`, for frozen quantized weights (QLoRA):
+// autograd keeps the codes, not a dequantized float32 copy, and dequantizes again in backward
+// (Note [quantized products keep no dequantized copies]). The input's gradient only.
+torch::Tensor dequantizedProduct(const torch::Tensor& x, const std::vector<const QuantizedWeight*>& weights,
+                                 torch::ScalarType dtype);
 
 // Transformer::initialise's value of one parameter, drawn from a generator of its own (seeded
 // from `seed` and the name), so that any parameter can be initialised alone.

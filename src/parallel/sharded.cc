@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <deque>
+#include <map>
 
 #include "parallel/data_parallel.h"
 #include "parallel/grad_hooks.h"
@@ -80,6 +81,8 @@ class Sharded final : public DataParallel {
       got_grad_.assign(params_.size(), false);
       arrival_.assign(params_.size(), -1);
       for (std::size_t u = plan_.units.size(); u-- > 0;) launch_order_.push_back(u);  // until the first step says
+      for (std::size_t u = 0; u < plan_.units.size(); ++u) unit_index_[plan_.units[u].name] = u;
+      entered_.assign(plan_.units.size(), false);
       works_.resize(plan_.units.size());
       sends_.resize(plan_.units.size());
       add_after_.resize(plan_.units.size());
@@ -173,6 +176,10 @@ class Sharded final : public DataParallel {
   bool shardsParameters() const override { return shards_ != nullptr; }
   void enterUnit(const std::string& unit) override {
     if (shards_) shards_->enter(unit);
+    if (!learned_ && !backward_seen_ && shard_gradients_ && torch::GradMode::is_enabled()) {
+      const auto it = unit_index_.find(unit);
+      if (it != unit_index_.end() && !entered_[it->second]) entered_[it->second] = true, forward_order_.push_back(it->second);
+    }
   }
   void leaveUnit(const std::string& unit, const at::Tensor& input, const at::Tensor& output, bool reads) override {
     if (shards_) shards_->leave(unit, input, output, reads);
@@ -270,6 +277,10 @@ class Sharded final : public DataParallel {
 
   // ZeRO-2: called on the backward thread when parameter k's gradient was accumulated.
   void onGradReady(std::size_t k) {
+    if (!learned_ && !backward_seen_) {  // the first backward of the run: Note [the first step's order]
+      backward_seen_ = true;
+      orderFromForward();
+    }
     if (!launching_) return;
     const auto u = static_cast<std::size_t>(plan_.unit_of[k]);
     if (unused_[k])
@@ -292,6 +303,24 @@ class Sharded final : public DataParallel {
   void launchReady() {
     const std::size_t n = plan_.units.size();
     while (next_launch_ < n && ready_[launch_order_[next_launch_]]) launch(launch_order_[next_launch_++]);
+  }
+
+  // Note [the first step's order]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // Reduce-scatters start in one order on every rank, and until the first step has shown when each
+  // unit's gradients arrive (learnFromFirstStep), that order was reverse registration: a unit that
+  // backward reaches late (a soft prompt, registered last and used first) or never (an untied
+  // output under a classification head) then held back every unit behind it, whole gradients and
+  // all, to the end of the first step, and of the first step after every resume. Backward reaches
+  // units in the reverse of the order in which the forward entered them, which every rank sees
+  // alike (the model's UnitGate, dist.shard = gradients and parameters): the first backward starts
+  // units in that order, and units the forward never entered come last.
+  void orderFromForward() {
+    if (forward_order_.empty()) return;  // no gate told us (a model without one): reverse registration
+    std::vector<std::size_t> order(forward_order_.rbegin(), forward_order_.rend());
+    for (const auto u : launch_order_)
+      if (!entered_[u]) order.push_back(u);
+    launch_order_ = std::move(order);
   }
 
   // Collective, once, after the first step (as DDP rebuilds its buckets). Units that backward
@@ -391,6 +420,10 @@ class Sharded final : public DataParallel {
   std::vector<std::int64_t> arrival_;         // per parameter: when its gradient arrived in the first step
   std::int64_t arrivals_ = 0;
   bool learned_ = false;                      // launch_order_ and unused_ come from the first step
+  bool backward_seen_ = false;                // the run's first backward has begun (Note [the first step's order])
+  std::vector<std::size_t> forward_order_;    // units, in the order the first forward entered them
+  std::vector<bool> entered_;                 // per unit: in forward_order_
+  std::map<std::string, std::size_t> unit_index_;
   std::vector<bool> got_grad_, unused_;       // per parameter
   std::vector<std::size_t> unused_in_unit_;
   std::unique_ptr<GradReadyHooks> hooks_;

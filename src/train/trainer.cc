@@ -366,6 +366,7 @@ TrainResult Trainer::run() {
       if (s.dp->shardsParameters()) throw Error("dist.shard = parameters: the model was built whole (a bug: run_setup gives it a row source)");
       LongTimeout slow(s.comm, c.slow_phase_timeout_s);  // one broadcast of every parameter: long for big models
       s.dp->broadcastParameters();
+      s.model->setUnitGate(unitGateOf(*s.dp));  // the units' forward order (Note [the first step's order])
     }
     const Resumed resumed = resumeRun(s.comm, c, s.model, *s.dp, s.log, resume_at, /*own_rows=*/s.model_rows != nullptr);
     start = resumed.step;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "model/quant.h"
 #include "model/transfer_apply.h"
 #include "util/error.h"
 
@@ -67,6 +68,32 @@ TEST(Transfer, OnlyAdaptersGetGradients) {
     EXPECT_EQ(p.value().requires_grad(), adapter) << p.key();
     EXPECT_EQ(p.value().grad().defined(), adapter) << p.key();
   }
+}
+
+// QLoRA's product keeps the codes for backward, not a dequantized copy (Note [quantized products
+// keep no dequantized copies]); it must give what autograd's own product of the dequantized
+// weights gives: the same output and the same gradient of the input, one weight or fused parts.
+TEST(Transfer, QuantizedProductsGiveAutogradsInputGradient) {
+  torch::manual_seed(3);
+  const auto a = quantize(torch::randn({48, 64}), QuantKind::NF4), b = quantize(torch::randn({16, 64}), QuantKind::NF4),
+             c = quantize(torch::randn({32, 64}), QuantKind::Int8);
+  const std::vector<std::vector<const QuantizedWeight*>> cases = {{&a}, {&c}, {&a, &b, &c}};
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (const auto& parts : cases) {
+      const auto x0 = torch::randn({2, 5, 64});
+      const auto g = torch::randn({2, 5, 96});
+      auto x = x0.clone().requires_grad_(true), r = x0.clone().requires_grad_(true);
+      const auto y = dequantizedProduct(x, parts, dtype);
+      std::vector<torch::Tensor> w;
+      for (const auto* q : parts) w.push_back(q->dequantize());
+      const auto ref = torch::matmul(r.to(dtype), torch::cat(w).to(dtype).t());
+      ASSERT_EQ(y.sizes(), ref.sizes());
+      EXPECT_TRUE(torch::equal(y, ref)) << dtype << " " << parts.size();
+      y.backward(g.narrow(-1, 0, y.size(-1)).to(dtype));
+      ref.backward(g.narrow(-1, 0, ref.size(-1)).to(dtype));
+      EXPECT_TRUE(torch::allclose(x.grad(), r.grad(), 1e-6, 1e-6)) << dtype << " " << parts.size() << ": "
+                                                                   << (x.grad() - r.grad()).abs().max().item<float>();
+    }
 }
 
 TEST(Transfer, QuantizedBaseRunsTheDequantizedWeights) {
