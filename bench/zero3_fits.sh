@@ -6,7 +6,8 @@
 # kernel kills a run that passes it without touching the rest of the machine. LAYERS defaults to
 # the deepest model whose ZeRO-3 expectation (docs/sharding.md: 16 bytes per parameter / 4 ranks,
 # three whole blocks gathered and two packed, 0.25 GiB of runtime per rank) fits in 90% of the
-# limit; it also runs LAYERS + 4 under parameters, which should not fit. Each run: 2 steps of one
+# limit; it also runs LAYERS + 4 under parameters, which should not fit. The limit must fit in the
+# machine's available memory with 400 MB to spare, and swap is capped with it. Each run: 2 steps of one
 # 64-token sequence per rank, 1 thread per rank. Prints one JSON object: per run, whether it
 # trained, its peak resident set per rank (graft's own figure), the expectation graft printed,
 # and how it ended.
@@ -21,30 +22,55 @@ DATA_DIR=$(realpath ../shared/data)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl=self,vader,tcp
 limit_bytes=$(awk -v g="$LIMIT_GB" 'BEGIN {printf "%.0f", g * 1e9}')
-total_bytes=$(awk '/^MemTotal:/ {printf "%.0f", $2 * 1024}' /proc/meminfo)
-if ((limit_bytes > total_bytes)); then
-  echo "zero3_fits: LIMIT_GB=$LIMIT_GB is more than this machine has ($((total_bytes / 1000000)) MB): the kernel would kill something else first" >&2
+# The limit must leave room for the rest of the machine, or the kernel's machine-wide OOM killer
+# (not the cgroup's) would pick a victim, maybe not ours.
+available_bytes=$(awk '/^MemAvailable:/ {printf "%.0f", $2 * 1024}' /proc/meminfo)
+if ((limit_bytes > available_bytes - 400000000)); then
+  echo "zero3_fits: LIMIT_GB=$LIMIT_GB needs $((limit_bytes / 1000000)) MB and 400 MB to spare; this machine has $((available_bytes / 1000000)) MB available: set a smaller LIMIT_GB" >&2
   exit 1
 fi
-# A memory cgroup of our own, below the one this shell is in (v2: memory.max; v1: memory.limit_in_bytes).
+swap_bytes=$(awk '/^SwapTotal:/ {printf "%.0f", $2 * 1024}' /proc/meminfo)
+# A memory cgroup of our own, below the one this shell is in (v2: memory.max; v1:
+# memory.limit_in_bytes), swap capped too, so that a run over the limit is killed, not swapped.
+tmp=$(mktemp -d)
+group=
+cleanup() {
+  if [[ -n $group && -d $group ]]; then
+    [[ -f $group/cgroup.kill ]] && echo 1 > "$group/cgroup.kill" 2>/dev/null
+    xargs -r kill -9 < "$group/cgroup.procs" 2>/dev/null || true
+    for _ in 1 2 3 4 5; do rmdir "$group" 2>/dev/null && break; sleep 1; done  # its last processes may still be leaving
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
   parent=/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
   group=$parent/graft-zero3-fits-$$
   mkdir "$group"
+  if [[ ! -f $group/memory.max ]]; then
+    echo "zero3_fits: $parent does not hand the memory controller to its children (cgroup v2: +memory in its cgroup.subtree_control)" >&2
+    exit 1
+  fi
   echo "$limit_bytes" > "$group/memory.max"
-  echo 0 > "$group/memory.swap.max" 2>/dev/null || true
+  if ! echo 0 > "$group/memory.swap.max" 2>/dev/null && ((swap_bytes > 0)); then
+    echo "zero3_fits: this machine swaps and the cgroup's swap cannot be capped: a run over the limit would swap instead of stopping" >&2
+    exit 1
+  fi
+  events=$group/memory.events.local
+  [[ -f $events ]] || events=$group/memory.events
 else
   parent=/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' /proc/self/cgroup)
   group=$parent/graft-zero3-fits-$$
   mkdir "$group"
   echo "$limit_bytes" > "$group/memory.limit_in_bytes"
+  if [[ -f $group/memory.memsw.limit_in_bytes ]]; then
+    echo "$limit_bytes" > "$group/memory.memsw.limit_in_bytes"
+  elif ((swap_bytes > 0)); then
+    echo "zero3_fits: this machine swaps and the cgroup's swap cannot be capped: a run over the limit would swap instead of stopping" >&2
+    exit 1
+  fi
+  events=$group/memory.oom_control
 fi
-tmp=$(mktemp -d)
-cleanup() {
-  rm -rf "$tmp"
-  for _ in 1 2 3 4 5; do rmdir "$group" 2>/dev/null && break; sleep 1; done  # its last processes may still be leaving
-}
-trap cleanup EXIT
 "$GRAFT" prepare --tokenizer "$DATA_DIR/llama2c/tok512.bin" --input "$DATA_DIR/datasets/tinystories_sample/tinystories_sample.txt" \
   --out "$tmp/stories.h5" --val-fraction 0.05 >/dev/null
 params_of() { awk -v l="$1" -v d=$DIM -v h=$HIDDEN -v v=$VOCAB 'BEGIN {printf "%.0f", l * (4 * d * d + 3 * d * h + 2 * d) + 2 * v * d + d}'; }
@@ -57,7 +83,7 @@ if [[ ${LAYERS:-auto} == auto ]]; then
     LAYERS=$l
   done
 fi
-oom_kills() { cat "$group/memory.oom_control" "$group/memory.events" 2>/dev/null | awk '$1 == "oom_kill" {print $2; exit}' || true; }
+oom_kills() { awk '$1 == "oom_kill" {print $2; exit}' "$events" 2>/dev/null || true; }  # this cgroup's own kills
 run() {  # mode layers -> one JSON object
   local mode=$1 layers=$2 out rc kills_before
   kills_before=$(oom_kills)
@@ -78,7 +104,7 @@ run() {  # mode layers -> one JSON object
   elif [[ "$(oom_kills)" != "$kills_before" ]]; then
     ended="killed by the kernel at the limit"
   else
-    ended="exit $rc: $(grep -m1 -i 'error' <<<"$out" | tr -d '"\\' | cut -c1-160 || true)"
+    ended="exit $rc: $(grep -m1 -i 'error' <<<"$out" | tr -d '"\\\t' | cut -c1-160 || true)"
   fi
   echo "shard: $mode, $layers layers ($(params_of "$layers") parameters): $ended, peak ${rss:-?} MiB per rank" >&2
   printf '{"shard": "%s", "layers": %s, "parameters": %s, "trained": %s, "peak_rss_mib_per_rank": %s, "expected_mib_per_rank": %s, "ended": "%s"}' \

@@ -18,7 +18,6 @@
 #include "checkpoint/manifest.h"
 #include "formats/hdf5.h"
 #include "convert/model_io.h"
-#include "parallel/shard_plan.h"
 #include "util/checksum.h"
 #include "util/error.h"
 #include "util/files.h"

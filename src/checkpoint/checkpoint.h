@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/tensor_rows.h"
+#include "model/tensor_rows.h"
 #include "formats/hdf5.h"
 #include "model/transfer.h"
 #include "model/transformer.h"

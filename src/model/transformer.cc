@@ -115,9 +115,11 @@ struct DequantizedProduct : public torch::autograd::Function<DequantizedProduct>
     }
     return out;
   }
-  static torch::Tensor whole(const std::vector<QuantizedWeight>& parts) {
+  // The parts dequantized, each cast to `dtype` before they are concatenated: one float32 part at
+  // a time, never the float32 concatenation beside its cast.
+  static torch::Tensor whole(const std::vector<QuantizedWeight>& parts, torch::ScalarType dtype) {
     std::vector<torch::Tensor> w;
-    for (const auto& q : parts) w.push_back(q.dequantize());
+    for (const auto& q : parts) w.push_back(q.dequantize().to(dtype));
     return w.size() == 1 ? w[0] : torch::cat(w);
   }
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, at::TensorList tensors,
@@ -127,7 +129,7 @@ struct DequantizedProduct : public torch::autograd::Function<DequantizedProduct>
     ctx->saved_data["x_dtype"] = static_cast<std::int64_t>(x.scalar_type());
     ctx->save_for_backward(tensors.vec());
     torch::NoGradGuard no_grad;
-    return product(x, whole(parts(layout, tensors.vec())), static_cast<torch::ScalarType>(dtype));
+    return product(x, whole(parts(layout, tensors.vec()), static_cast<torch::ScalarType>(dtype)), static_cast<torch::ScalarType>(dtype));
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
@@ -135,7 +137,7 @@ struct DequantizedProduct : public torch::autograd::Function<DequantizedProduct>
     const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
     torch::autograd::variable_list out(1 + tensors.size() + 2);  // x, the codes and scales, layout, dtype
     if (ctx->needs_input_grad(0)) {
-      const auto w = whole(parts(ctx->saved_data["layout"].toIntVector(), tensors)).to(dtype);
+      const auto w = whole(parts(ctx->saved_data["layout"].toIntVector(), tensors), dtype);
       out[0] = torch::matmul(grad_out[0].to(dtype), w).to(static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
     return out;
@@ -154,7 +156,7 @@ torch::Tensor dequantizedProduct(const torch::Tensor& x, const std::vector<const
     tensors.push_back(q->scales);
     layout.insert(layout.end(), {static_cast<std::int64_t>(q->kind), q->shape[0], q->shape[1], q->block});
   }
-  if (!torch::GradMode::is_enabled()) return product(x, DequantizedProduct::whole(DequantizedProduct::parts(layout, tensors)), dtype);
+  if (!torch::GradMode::is_enabled()) return product(x, DequantizedProduct::whole(DequantizedProduct::parts(layout, tensors), dtype), dtype);
   return DequantizedProduct::apply(x, at::TensorList(tensors), layout, static_cast<std::int64_t>(dtype));
 }
 
@@ -183,9 +185,8 @@ torch::Tensor fusedProjection(const torch::Tensor& x, std::vector<Projection> pa
   if (quantized != parts.size())
     for (const auto& p : parts) weights.push_back(p->effectiveWeight());
   // A QLoRA base: Note [quantized products keep no dequantized copies].
-  auto y = quantized == parts.size() ? dequantizedProduct(x, codes, dtype)
-           : quantized > 0           ? product(x, torch::cat(weights), dtype)
-                                     : weightProduct(x, weights, dtype);
+  TORCH_CHECK(quantized == 0 || quantized == parts.size(), "fusedProjection: quantized and float parts mixed (applyTransfer quantizes every projection)");
+  auto y = quantized > 0 ? dequantizedProduct(x, codes, dtype) : weightProduct(x, weights, dtype);
   const std::size_t n_parts = parts.size();
   if (!biases.empty()) {
     TORCH_CHECK(biases.size() == n_parts, "fusedProjection: all or none of the parts need a bias");

@@ -51,7 +51,7 @@
 #include <utility>
 #include <vector>
 
-#include "checkpoint/tensor_rows.h"
+#include "model/tensor_rows.h"
 #include "communicator.h"
 #include "model/parameter_storage.h"
 #include "optim/adamw.h"
@@ -109,7 +109,7 @@ class DataParallel {
                          bool /*backward_reads_params*/) {}
   // This rank's rows of every parameter, in registration order (parameters only; else empty).
   virtual std::vector<AdamW::Rows> parameterRows() const { return {}; }
-  // What this rank writes of a checkpoint (Note [one checkpoint writer] in checkpoint/writer.h):
+  // What this rank writes of a checkpoint (Note [one checkpoint writer] in checkpoint/checkpoint.h):
   // its rows of every parameter (the trainable ones only with `trainable_only`: an adapter run's),
   // then of both AdamW moments of every slot, in the same order on every rank. Replicated, rank 0
   // holds every tensor whole and the others none of it; sharded, each rank its rows (shardRows) of

@@ -7,13 +7,6 @@
 
 namespace graft {
 
-std::int64_t rowsPerRank(std::int64_t rows, int world) { return (rows + world - 1) / world; }
-
-RowRange shardRows(std::int64_t rows, int rank, int world) {
-  const std::int64_t c = rowsPerRank(rows, world);
-  return {std::min(rows, rank * c), std::min(rows, (rank + 1) * c)};
-}
-
 std::string unitOf(const std::string& param_name) {
   const auto dot = param_name.find('.');
   const std::string head = param_name.substr(0, dot);

@@ -21,18 +21,11 @@
 #include <string>
 #include <vector>
 
+#include "model/tensor_rows.h"
+
 namespace graft {
 
-struct RowRange {
-  std::int64_t begin = 0, end = 0;
-  std::int64_t size() const { return end > begin ? end - begin : 0; }
-  bool operator==(const RowRange& o) const { return begin == o.begin && end == o.end; }
-};
-
-// Rows of `rows` that rank `rank` of `world` holds (see Note [shard layout]).
-RowRange shardRows(std::int64_t rows, int rank, int world);
-// ceil(rows / world): the rows every rank's slot for this parameter holds, padding included.
-std::int64_t rowsPerRank(std::int64_t rows, int world);
+// RowRange, shardRows and rowsPerRank: model/tensor_rows.h (the checkpoint writer uses them too).
 
 // "layers.7.attention.wq.weight" -> "layers.7"; "tok_embeddings.weight" -> "tok_embeddings".
 std::string unitOf(const std::string& param_name);

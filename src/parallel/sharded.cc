@@ -332,6 +332,17 @@ class Sharded final : public DataParallel {
   // (units that await none first).
   void learnFromFirstStep() {
     learned_ = true;
+    // The first step's order came from each rank's own forward (Note [the first step's order]):
+    // had the ranks seen different ones, same-sized units (every block) would have been summed
+    // into each other without a word. Caught here, before the optimizer uses those rows.
+    std::uint64_t digest = 0;
+    for (const auto u : forward_order_) digest = digest * 1000003u + u + 1;
+    const auto mine = static_cast<std::int64_t>(digest >> 1);  // >= 0: its negation is one too
+    std::int64_t extremes[2] = {mine, -mine};                   // Max of both: the highest, minus the lowest
+    comm_.allReduce(extremes, 2, ReduceOp::Max, "shard/forward_order");
+    if (extremes[0] != -extremes[1])
+      throw Error("dist.shard: the ranks' first forward passes entered the model's units in different orders, so their "
+                  "first reduce-scatters did not match (a model whose structure differs between ranks?)");
     std::vector<std::int32_t> used(params_.size());
     for (std::size_t k = 0; k < params_.size(); ++k) used[k] = got_grad_[k] ? 1 : 0;
     comm_.allReduce(used.data(), used.size(), ReduceOp::Max, "shard/learn_used");

@@ -1,6 +1,7 @@
 // LoRA and QLoRA on the Transformer: the adapted model starts as the base, merging is exact up to
 // float rounding, frozen weights get no gradient, targets select projections by name or glob.
 #include <gtest/gtest.h>
+#include <map>
 #include <torch/torch.h>
 
 #include "model/quant.h"
@@ -77,10 +78,12 @@ TEST(Transfer, QuantizedProductsGiveAutogradsInputGradient) {
   torch::manual_seed(3);
   const auto a = quantize(torch::randn({48, 64}), QuantKind::NF4), b = quantize(torch::randn({16, 64}), QuantKind::NF4),
              c = quantize(torch::randn({32, 64}), QuantKind::Int8);
-  const std::vector<std::vector<const QuantizedWeight*>> cases = {{&a}, {&c}, {&a, &b, &c}};
+  // Odd shapes, and NF4 blocks of 32 that straddle rows.
+  const auto d = quantize(torch::randn({33, 63}), QuantKind::NF4, 32), e = quantize(torch::randn({17, 63}), QuantKind::Int8);
+  const std::vector<std::vector<const QuantizedWeight*>> cases = {{&a}, {&c}, {&a, &b, &c}, {&d, &e}};
   for (const auto dtype : {torch::kFloat, torch::kBFloat16})
     for (const auto& parts : cases) {
-      const auto x0 = torch::randn({2, 5, 64});
+      const auto x0 = torch::randn({2, 5, parts.front()->shape[1]});
       const auto g = torch::randn({2, 5, 96});
       auto x = x0.clone().requires_grad_(true), r = x0.clone().requires_grad_(true);
       const auto y = dequantizedProduct(x, parts, dtype);
@@ -93,6 +96,45 @@ TEST(Transfer, QuantizedProductsGiveAutogradsInputGradient) {
       ref.backward(g.narrow(-1, 0, ref.size(-1)).to(dtype));
       EXPECT_TRUE(torch::allclose(x.grad(), r.grad(), 1e-6, 1e-6)) << dtype << " " << parts.size() << ": "
                                                                    << (x.grad() - r.grad()).abs().max().item<float>();
+    }
+}
+
+// Through a whole model: QLoRA's adapters get the gradients they get on the same base held as
+// float32 parameters (dequantizeBase), with fused q|k|v and w1|w3, in fp32 and bf16, with
+// activations recomputed in backward or not.
+TEST(Transfer, QloraAdaptersGetTheGradientsOfTheDequantizedBase) {
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (const bool recompute : {false, true}) {
+      std::vector<std::map<std::string, torch::Tensor>> grads;
+      for (const bool quantized : {true, false}) {
+        auto m = tinyModel("llama");
+        applyTransfer(m, lora("wq,wv,w1,w2", "nf4"), 1);
+        {
+          torch::NoGradGuard g;
+          torch::manual_seed(11);
+          for (auto& [path, p] : m->projections())
+            if (p->hasLora()) p->lora_B.normal_(0, 0.2);
+        }
+        if (!quantized)
+          for (auto& [path, p] : m->projections())
+            if (p->quantized()) p->dequantizeBase();
+        m->setComputeDtype(dtype);
+        m->setRecompute(recompute);
+        m->loss(kIds, kIds).backward();
+        std::map<std::string, torch::Tensor> g;
+        for (const auto& p : m->named_parameters())
+          if (p.value().requires_grad()) g[p.key()] = p.value().grad();
+        grads.push_back(g);
+      }
+      ASSERT_EQ(grads[0].size(), grads[1].size());
+      ASSERT_FALSE(grads[0].empty());
+      for (const auto& [name, g] : grads[0]) {
+        ASSERT_TRUE(g.defined()) << name;
+        const double tolerance = dtype == torch::kFloat ? 1e-5 : 2e-2;
+        EXPECT_TRUE(torch::allclose(g, grads[1].at(name), tolerance, tolerance))
+            << name << (dtype == torch::kFloat ? " fp32" : " bf16") << (recompute ? " recompute" : "") << ": "
+            << (g - grads[1].at(name)).abs().max().item<float>();
+      }
     }
 }
 
