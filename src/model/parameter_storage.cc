@@ -28,10 +28,25 @@ at::Tensor refill(const at::Tensor& p) {
   const std::size_t bytes = bytesOf(p);
   if (s.nbytes() != bytes) {
     const c10::DeviceGuard on(p.device());  // a GPU's caching allocator serves the current device
-    c10::Allocator* allocator = s.allocator() ? s.allocator() : c10::GetAllocator(p.device().type());
+    // The device's allocator now, not the storage's own: under dist.shard = parameters the CPU's is
+    // replaced after the model is built (Note [reusing large blocks] in model/block_reuse.h).
+    c10::Allocator* allocator = c10::GetAllocator(p.device().type());
     s.set_data_ptr_noswap(allocator->allocate(bytes));
     s.set_nbytes(bytes);
   }
+  return at::empty({0}, p.options()).set_(p.storage(), 0, p.sizes(), p.strides());
+}
+
+at::Tensor refillFrom(const at::Tensor& p, const at::Tensor& slab, std::int64_t offset) {
+  const std::size_t bytes = bytesOf(p);
+  TORCH_CHECK(slab.scalar_type() == p.scalar_type() && slab.device() == p.device() && slab.is_contiguous() &&
+                  offset >= 0 && offset + p.numel() <= slab.numel(),
+              "refillFrom: the slab does not hold the parameter");
+  auto* keep = new at::Tensor(slab);  // the slab's reference, dropped when the storage lets go
+  char* data = static_cast<char*>(slab.data_ptr()) + offset * static_cast<std::int64_t>(p.element_size());
+  auto& s = storageOf(p);
+  s.set_data_ptr_noswap(c10::DataPtr(data, keep, [](void* ctx) { delete static_cast<at::Tensor*>(ctx); }, p.device()));
+  s.set_nbytes(bytes);
   return at::empty({0}, p.options()).set_(p.storage(), 0, p.sizes(), p.strides());
 }
 

@@ -25,6 +25,10 @@ void releaseMemory(const at::Tensor& p);
 // tensor on the same storage that autograd does not track (its version counter stays put), to be
 // filled in place.
 at::Tensor refill(const at::Tensor& p);
+// The same, with the memory taken from `slab` (of p's dtype and device) at element `offset`,
+// which stays allocated while any parameter refilled from it has not been released: a unit's
+// parameters gathered into one block (Note [reusing large blocks] in model/block_reuse.h).
+at::Tensor refillFrom(const at::Tensor& p, const at::Tensor& slab, std::int64_t offset);
 
 // Fills `out` (float32, shaped [end - begin, ...]) with rows [begin, end) of parameter `name`: where
 // the values of parameters built without memory come from (convert/model_source.h).

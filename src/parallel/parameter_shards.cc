@@ -103,23 +103,14 @@ void ParameterShards::used(std::size_t u, Pass pass) {
   const long next = next_[pass][u];
   if (next < 0 || next == first_unit_ || whole_[static_cast<std::size_t>(next)] || in_flight_) return;
   const auto v = static_cast<std::size_t>(next);
-  in_flight_ = std::make_unique<InFlight>();
-  in_flight_->unit = v;
-  in_flight_->all = torch::empty({comm_.size() * plan_.units[v].numel}, buffers_[v].options());
-  in_flight_->work = allGather(comm_, buffers_[v], in_flight_->all, tags_[v][pass].c_str());
+  in_flight_ = std::make_unique<InFlight>(startGather(v, pass));
 }
 
 void ParameterShards::finishPrefetch() {
   if (!in_flight_) return;
   auto flight = std::move(in_flight_);
-  flight->work->wait(comm_.timeout());
-  torch::NoGradGuard no_grad;
-  const ShardUnit& unit = plan_.units[flight->unit];
-  for (std::size_t i = 0; i < unit.params.size(); ++i)
-    unpackRows(flight->all, unit.numel, unit.offsets[i], comm_.size(), refill(params_[unit.params[i]].second));
-  whole_[flight->unit] = true;
+  finishGather(*flight);
   ++prefetched_;
-  ++gathers_;
 }
 
 void ParameterShards::leave(const std::string& unit, const at::Tensor& input, const at::Tensor& output,
@@ -127,22 +118,44 @@ void ParameterShards::leave(const std::string& unit, const at::Tensor& input, co
   const auto it = unit_index_.find(unit);
   if (it == unit_index_.end() || all_whole_) return;
   const std::size_t u = it->second;
+  auto before = std::move(gather_pending_);  // the unit whose output may be this one's input
+  gather_pending_.reset();
   if (backward_reads_params && at::GradMode::is_enabled() && output.defined() && output.requires_grad()) {
     // Note [freeing parameters]: whole again before the unit's backward, freed after it.
-    at::Tensor(output).register_hook([this, u](const at::Tensor&) {
-      finishPrefetch();
-      if (!whole_[u]) gather(u, kBackward);
-      used(u, kBackward);
-    });
-    if (input.defined() && input.requires_grad())
-      at::Tensor(input).register_hook([this, u](const at::Tensor&) {
-        if (!all_whole_) release(u);
+    if (input.defined() && input.requires_grad()) {
+      // Note [free, then gather]: the unit before's gather waits for this release.
+      const bool chained = before && before->output.unsafeGetTensorImpl() == input.unsafeGetTensorImpl();
+      if (chained) *before->moved = true;
+      const long next = chained ? static_cast<long>(before->unit) : -1;
+      at::Tensor(input).register_hook([this, u, next](const at::Tensor&) {
+        if (all_whole_) return;
+        release(u);
+        if (released_) released_();
+        if (next >= 0) gatherForBackward(static_cast<std::size_t>(next));
       });
+    }
+    auto moved = std::make_shared<bool>(false);
+    at::Tensor(output).register_hook([this, u, moved](const at::Tensor&) {
+      if (!*moved) gatherForBackward(u);
+    });
+    gather_pending_ = Pending{output, u, std::move(moved)};
   }
   release(u);
 }
 
+void ParameterShards::gatherForBackward(std::size_t u) {
+  finishPrefetch();
+  if (!whole_[u]) gather(u, kBackward);
+  used(u, kBackward);
+}
+
+bool ParameterShards::whole(const std::string& unit) const {
+  const auto it = unit_index_.find(unit);
+  return it != unit_index_.end() && whole_[it->second];
+}
+
 void ParameterShards::afterBackward() {
+  gather_pending_.reset();
   finishPrefetch();  // before any optimizer step changes the rows it reads
   last_ = {-1, -1};
   if (all_whole_) return;
@@ -162,15 +175,45 @@ std::int64_t ParameterShards::largestUnitBytes() const {
 }
 
 void ParameterShards::gather(std::size_t u, Pass pass) {
+  auto flight = startGather(u, pass);
+  finishGather(flight);
+}
+
+// Note [gathered straight into place]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A unit is gathered into one block, one all-gather per parameter: parameter k's c rows from every
+// rank (Note [shard layout]: c = ceil(R/N) rows each, padded) land side by side, which is already
+// k's whole tensor in row order (rank r's rows begin at r*c), followed by padding. Each parameter's
+// storage then points into the block (refillFrom). Nothing is unpacked: the gathered buffer and
+// the copy out of it, one more unit-sized block and one more pass over it per gather, are gone.
+// The block is as large as a gathered unit, so the one that a unit's release or its packed
+// gradients gave back serves the next gather (Note [reusing large blocks] in model/block_reuse.h).
+ParameterShards::InFlight ParameterShards::startGather(std::size_t u, Pass pass) {
   torch::NoGradGuard no_grad;
-  const char* tag = tags_[u][pass].c_str();
-  ++gathers_;
   const ShardUnit& unit = plan_.units[u];
-  auto all = torch::empty({comm_.size() * unit.numel}, buffers_[u].options());
-  allGather(comm_, buffers_[u], all, tag)->wait(comm_.timeout());
+  const int world = comm_.size();
+  InFlight flight{u, torch::empty({world * unit.numel}, buffers_[u].options()), {}};
+  for (std::size_t i = 0; i < unit.params.size(); ++i) {
+    const std::int64_t slot = slotNumel(u, i);
+    if (slot == 0) continue;
+    auto into = flight.block.narrow(0, world * unit.offsets[i], world * slot);
+    flight.works.push_back(allGather(comm_, buffers_[u].narrow(0, unit.offsets[i], slot), into, tags_[u][pass].c_str()));
+  }
+  ++gathers_;
+  return flight;
+}
+
+void ParameterShards::finishGather(InFlight& flight) {
+  for (auto& work : flight.works) work->wait(comm_.timeout());
+  const ShardUnit& unit = plan_.units[flight.unit];
   for (std::size_t i = 0; i < unit.params.size(); ++i)
-    unpackRows(all, unit.numel, unit.offsets[i], comm_.size(), refill(params_[unit.params[i]].second));
-  whole_[u] = true;
+    refillFrom(params_[unit.params[i]].second, flight.block, comm_.size() * unit.offsets[i]);
+  whole_[flight.unit] = true;
+}
+
+std::int64_t ParameterShards::slotNumel(std::size_t u, std::size_t i) const {
+  const ShardUnit& unit = plan_.units[u];
+  return (i + 1 < unit.params.size() ? unit.offsets[i + 1] : unit.numel) - unit.offsets[i];
 }
 
 void ParameterShards::release(std::size_t u) {

@@ -18,6 +18,16 @@
 // (the first block under frozen embeddings, a head on frozen features) stays whole until the
 // micro-step's backward ends (afterBackward).
 //
+// Note [free, then gather]
+// ~~~~~~~~~~~~~~~~~~~~~~~~
+// In a chain of units the input of unit u is the output of the unit before, v: one tensor, whose
+// gradient is what tells both that u's backward is done and that v's may start. Hooks on a tensor
+// run in the order they were registered, and v's (gather) was registered first, in v's forward:
+// so v was gathered while u was still whole, two units at once. When u's input is v's output,
+// v's gather moves into u's release hook, after the release: one unit whole at a time (155M
+// Llama, 4 ranks: the most bytes in large blocks at once 213 -> 164 MiB per rank). Where the
+// tensors differ, each hook stays where it was.
+//
 // Every gather is a collective: ranks run the same units in the same order (the same model and
 // batch shapes), forward and backward alike. Tags name the pass and the unit ("ag/fwd/layers.7",
 // "ag/bwd/layers.7") so that a stalled rank is named within dist.timeout_s.
@@ -38,7 +48,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -70,11 +83,16 @@ class ParameterShards {
   void leave(const std::string& unit, const at::Tensor& input, const at::Tensor& output, bool backward_reads_params);
   // Frees what a backward left whole (units whose input needed no gradient).
   void afterBackward();
+  // Called right after backward frees a unit (from autograd's thread): the reduce-scatters of
+  // gradients wait for it (Note [reduce-scatter after the release] in sharded.cc).
+  void onReleasedInBackward(std::function<void()> f) { released_ = std::move(f); }
   // Bytes of this rank's rows of every parameter (padding included).
   std::int64_t shardBytes() const;
   // Bytes of the largest unit when gathered whole (every rank's rows).
   std::int64_t largestUnitBytes() const;
   std::size_t units() const { return plan_.units.size(); }
+  // Whether `unit` is gathered now (false for a name that is not a unit).
+  bool whole(const std::string& unit) const;
   // Gathers that a prefetch had started (Note [prefetch]), and all gathers, so far.
   std::int64_t prefetchedGathers() const { return prefetched_; }
   std::int64_t gathers() const { return gathers_; }
@@ -86,6 +104,12 @@ class ParameterShards {
   // Note [prefetch]: records that `u` is used now, then starts the gather of what follows it.
   void used(std::size_t u, Pass pass);
   void finishPrefetch();
+  void gatherForBackward(std::size_t u);
+  struct InFlight;
+  InFlight startGather(std::size_t u, Pass pass);
+  void finishGather(InFlight& flight);
+  // Elements of parameter i's slot (its c rows, padded) in unit u's per-rank buffer.
+  std::int64_t slotNumel(std::size_t u, std::size_t i) const;
 
   std::vector<std::pair<std::string, at::Tensor>> params_;
   Communicator& comm_;
@@ -102,11 +126,20 @@ class ParameterShards {
   long first_unit_ = -1;                   // the first unit a forward uses
   struct InFlight {
     std::size_t unit;
-    at::Tensor all;
-    WorkPtr work;
+    at::Tensor block;            // the unit's parameters, whole (Note [gathered straight into place])
+    std::vector<WorkPtr> works;  // one all-gather per parameter
   };
   std::unique_ptr<InFlight> in_flight_;
   std::int64_t prefetched_ = 0, gathers_ = 0;
+  std::function<void()> released_;
+  // Note [free, then gather]: the unit that left last, its output, and whether its gather moved
+  // into the release hook of the unit that took that output as input.
+  struct Pending {
+    at::Tensor output;
+    std::size_t unit;
+    std::shared_ptr<bool> moved;
+  };
+  std::optional<Pending> gather_pending_;
 };
 
 // Copies every rank's rows of a parameter from an all-gathered unit buffer (`world` blocks of

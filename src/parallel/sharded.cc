@@ -29,7 +29,12 @@ class Sharded final : public DataParallel {
         prefetch_(options.prefetch),
         reduce_dtype_(options.buckets.reduce_dtype),
         floats_(at::TensorOptions(at::kFloat).device(params.empty() ? at::Device(at::kCPU) : params.front().second.device())) {
-    if (options.shard == "parameters") shards_ = std::make_unique<ParameterShards>(params, comm, options.prefetch);
+    if (options.shard == "parameters") {
+      shards_ = std::make_unique<ParameterShards>(params, comm, options.prefetch);
+      shards_->onReleasedInBackward([this] {  // Note [reduce-scatter after the release]
+        if (launching_) launchReady();
+      });
+    }
     std::vector<ShardParamInfo> infos;
     for (const auto& [name, p] : params_) {
       if (p.requires_grad() && (p.dim() == 0 || p.scalar_type() != at::kFloat))
@@ -225,11 +230,13 @@ class Sharded final : public DataParallel {
     const std::int64_t parameters = shards_ ? shards_->shardBytes() : 4 * all;
     const std::int64_t gradients = shard_gradients_ ? 4 * owned_elements_ : 4 * trainable_elements_;
     plan.state = parameters + gradients + 8 * owned_elements_;
-    // The unit in use, the next one gathered before the last is released in backward, and the
-    // gather's receive buffer.
-    if (shards_) plan.in_flight += 3 * shards_->largestUnitBytes();
-    // Reduce-scatters in flight: up to kInFlight + 1 packed buffers, and one unit's whole gradients.
-    if (shard_gradients_) plan.in_flight += static_cast<std::int64_t>(kInFlight + 2) * 4 * largest_unit;
+    // Whole units at once (Note [free, then gather], Note [reduce-scatter after the release]):
+    // under parameters the unit in use (and the next one, with dist.prefetch) and its whole
+    // gradients, whose packed copy is made once the unit is freed; under gradients one unit's
+    // whole gradients and their packed copy; and the packs still travelling.
+    if (shards_) plan.in_flight += (prefetch_ ? 2 : 1) * shards_->largestUnitBytes();
+    if (shard_gradients_)
+      plan.in_flight += static_cast<std::int64_t>((shards_ ? 1 : 2) + max_in_flight_) * 4 * largest_unit;
     if (shard_gradients_ && !accumulate_rows_) plan.between_micro_steps = 4 * trainable_elements_;
     return plan;
   }
@@ -258,7 +265,7 @@ class Sharded final : public DataParallel {
   // (unused parameters) still take part, in order, and every one completes.
   void flush() {
     for (std::size_t u = 0; u < plan_.units.size(); ++u) ready_[u] = true;
-    launchReady();
+    launchReady(/*force=*/true);
     for (std::size_t u = 0; u < works_.size(); ++u) complete(u);
     in_flight_.clear();
   }
@@ -300,9 +307,13 @@ class Sharded final : public DataParallel {
 
   // Units start in launch_order_, the same on every rank: reverse registration order in the first
   // step, then the order learnt from it on rank 0 (learnFromFirstStep).
-  void launchReady() {
+  // Under parameters a unit also waits until backward has freed it, unless `force` (Note
+  // [reduce-scatter after the release]).
+  void launchReady(bool force = false) {
     const std::size_t n = plan_.units.size();
-    while (next_launch_ < n && ready_[launch_order_[next_launch_]]) launch(launch_order_[next_launch_++]);
+    while (next_launch_ < n && ready_[launch_order_[next_launch_]] &&
+           (force || !shards_ || !shards_->whole(plan_.units[launch_order_[next_launch_]].name)))
+      launch(launch_order_[next_launch_++]);
   }
 
   // Note [the first step's order]
@@ -392,15 +403,28 @@ class Sharded final : public DataParallel {
     works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_);
     sends_[u] = send;
     in_flight_.push_back(u);
-    // At most kInFlight packed units at a time: a packed unit is as large as its whole gradients.
-    while (in_flight_.size() > kInFlight) {
+    // At most max_in_flight_ packed units at a time: a packed unit is as large as its whole gradients.
+    while (in_flight_.size() > max_in_flight_) {
       const std::size_t oldest = in_flight_.front();
       in_flight_.pop_front();
       complete(oldest);
     }
   }
 
+  // Note [reduce-scatter after the release]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // A unit's packed gradients are as large as the unit. Where collectives progress while a rank
+  // computes (NCCL), up to two reduce-scatters stay in flight behind the backward. MPI moves bytes
+  // only inside MPI calls, so a reduce-scatter left in flight travels when it is waited for
+  // anyway, holding its packed buffer meanwhile: there each one completes as soon as it starts.
+  // Under parameters a unit's reduce-scatter also starts only once its gradients are ready and
+  // backward has freed the unit's gathered parameters (whichever comes last), not while they are
+  // still whole: the
+  // unit's parameters, its whole gradients and their packed copy never coexist (155M Llama, 4
+  // ranks: the most bytes in large blocks at once 260 -> 114 MiB per rank). Units still start in
+  // launch_order_, so every rank starts the same collectives in the same order.
   static constexpr std::size_t kInFlight = 2;
+  const std::size_t max_in_flight_ = comm_.progressesWhileComputing() ? kInFlight : 0;
 
   bool shard_gradients_;
   bool accumulate_rows_;  // dist.accumulate = rows (Note [accumulating in rows])

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "model/block_reuse.h"
 #include "monitor/run_history.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -145,6 +146,12 @@ void Metrics::memory(Communicator& comm, std::int64_t expected_bytes) {
   if (expected_bytes > 0) {
     std::snprintf(line, sizeof(line), "; expected %.1f MiB without activations (%.2fx)", static_cast<double>(expected_bytes) / (1 << 20),
                   static_cast<double>(peak[0]) / static_cast<double>(expected_bytes));
+    text += line;
+  }
+  if (const BlockReuseStats reuse = blockReuseStats(); reuse.requests > 0) {
+    std::snprintf(line, sizeof(line), "; rank %d reused %.1f%% of %lld large blocks (kept at most %.1f MiB, in use at most %.1f MiB)", comm.rank(),
+                  100.0 * static_cast<double>(reuse.reused) / static_cast<double>(reuse.requests), static_cast<long long>(reuse.requests),
+                  static_cast<double>(reuse.limit_bytes) / (1 << 20), static_cast<double>(reuse.peak_live_bytes) / (1 << 20));
     text += line;
   }
   log_.main(text);

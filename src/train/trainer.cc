@@ -12,6 +12,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "formats/hdf5.h"
+#include "model/block_reuse.h"
 #include "model/device.h"
 #include "monitor/run_history.h"
 #include "optim/schedule.h"
@@ -267,6 +268,8 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
       return;
     }
     expected_bytes = runtime_bytes + state;
+    // Note [reusing large blocks]: what a rank keeps for reuse is bounded by the units in flight.
+    if (dp->shardsParameters()) reuseLargeCpuBlocks(static_cast<std::size_t>(plan.in_flight));
     log.main("memory: expected peak about " + mib(expected_bytes) + " MiB per rank (dist.shard = " + config.shard + "): runtime " +
              mib(runtime_bytes) + " MiB measured before loading + " + parts +
              "; activations, the data held in memory and checkpoint.async's copies come on top (train.recompute shrinks activations)");

@@ -162,5 +162,28 @@ TEST(Communicator, SharedFileTakesEveryRanksBlocksWhileCollectivesGoOn) { writeI
 // as many rounds as the others need.
 TEST(Communicator, SharedFileWritesInRoundsOfBoundedSize) { writeInterleavedBlocks(10000); }
 
+// Several reduce-scatters in flight at once (as dist.shard = gradients starts them on NCCL),
+// waited for in another order than they were started: each gives its own sums (and a maximum).
+TEST(Communicator, ReduceScattersInFlightTogetherEachGiveTheirOwnSums) {
+  const int n = comm().size(), r = comm().rank();
+  const std::size_t block = 5000;
+  std::vector<std::vector<float>> send(3), recv(3, std::vector<float>(block, -1));
+  std::vector<WorkPtr> works;
+  for (int j = 0; j < 3; ++j) {
+    send[j].resize(block * static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < send[j].size(); ++i) send[j][i] = static_cast<float>((i % 97) * (r + 1) + 1000 * j);
+    works.push_back(comm().reduceScatterAsync(send[j].data(), recv[j].data(), block, DType::Float32,
+                                              j == 1 ? ReduceOp::Max : ReduceOp::Sum, "test/rs_many"));
+  }
+  for (int j = 2; j >= 0; --j) works[static_cast<std::size_t>(j)]->wait(std::chrono::milliseconds(10000));
+  for (int j = 0; j < 3; ++j)
+    for (std::size_t i = 0; i < block; ++i) {
+      const std::size_t at = static_cast<std::size_t>(r) * block + i;
+      const double want = j == 1 ? static_cast<double>((at % 97) * n + 1000 * j)
+                                 : static_cast<double>((at % 97) * n * (n + 1) / 2 + 1000 * j * n);
+      ASSERT_EQ(recv[j][i], want) << "reduce-scatter " << j << ", element " << i;
+    }
+}
+
 }  // namespace
 }  // namespace graft

@@ -1,0 +1,59 @@
+// Note [reusing large blocks] (model/block_reuse.h): LibTorch's CPU allocations of 1 MiB and more
+// come back as the block freed last of the same size; what is kept is bounded by the limit and by
+// the most the process had in use at once; smaller allocations are not its business.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "model/block_reuse.h"
+
+namespace graft {
+namespace {
+
+constexpr std::int64_t kFloatsPerMiB = (1 << 20) / 4;
+
+TEST(BlockReuse, AFreedBlockServesTheNextRequestOfItsSizeWithinTheLimits) {
+  reuseLargeCpuBlocks(16 << 20);
+  const auto start = blockReuseStats();
+  void* first = nullptr;
+  {
+    auto a = torch::empty({2 * kFloatsPerMiB});
+    first = a.data_ptr();
+  }
+  auto b = torch::empty({2 * kFloatsPerMiB});
+  EXPECT_EQ(b.data_ptr(), first) << "a 2 MiB block freed and asked for again was not reused";
+  b.fill_(3);
+  EXPECT_EQ(b.sum().item<double>(), 3.0 * 2 * kFloatsPerMiB);
+  auto after = blockReuseStats();
+  EXPECT_EQ(after.requests - start.requests, 2);
+  EXPECT_EQ(after.reused - start.reused, 1);
+
+  { auto small = torch::empty({1000}); }  // 4 KB: the allocator it replaced serves it
+  EXPECT_EQ(blockReuseStats().requests, after.requests);
+
+  // Six blocks of 3 MiB in use at once, then freed: at most the limit is kept.
+  {
+    std::vector<at::Tensor> many;
+    for (int i = 0; i < 6; ++i) many.push_back(torch::empty({3 * kFloatsPerMiB}));
+  }
+  after = blockReuseStats();
+  EXPECT_LE(after.kept_bytes, 16 << 20);
+  EXPECT_GT(after.kept_bytes, 8 << 20);
+
+  // A new size gives back kept blocks rather than take the process above its most in use at once.
+  reuseLargeCpuBlocks(1 << 30);
+  {
+    std::vector<at::Tensor> sizes;
+    for (int mib = 5; mib < 9; ++mib) {
+      sizes.push_back(torch::empty({mib * kFloatsPerMiB}));
+      const auto now = blockReuseStats();
+      EXPECT_LE(now.live_bytes + now.kept_bytes, now.peak_live_bytes) << mib << " MiB";
+    }
+  }
+  reuseLargeCpuBlocks(0);  // nothing kept from here on: later tests measure what they hold
+  EXPECT_EQ(blockReuseStats().kept_bytes, 0);
+  { auto c = torch::empty({2 * kFloatsPerMiB}); }
+  EXPECT_EQ(blockReuseStats().kept_bytes, 0);
+}
+
+}  // namespace
+}  // namespace graft
