@@ -57,7 +57,7 @@ run_once() {  # model np mode accumulation -> "tokens_per_s peak_rss_mib checkpo
   local tps rss ckpt bytes
   tps=$(tail -1 "$tmp/run/metrics.jsonl" | grep -o '"tokens_per_s": [0-9.]*' | cut -d' ' -f2)
   rss=$(grep -o 'peak resident set [0-9.]* MiB per rank (largest)' <<<"$out" | grep -o '[0-9.]*' | head -1)
-  expected=$(grep -o 'expected [0-9.]* MiB without activations' <<<"$out" | grep -o '[0-9.]*' | head -1)
+  expected=$(grep -o 'expected [0-9.]* MiB ([0-9.]*x)' <<<"$out" | grep -o '[0-9.]*' | head -1)
   echo "${expected:-null}" > "$tmp/expected"
   ckpt=$(grep -o 'checkpoint: [^ ]* ([0-9.]* s' <<<"$out" | grep -o '([0-9.]* s' | tr -d '(s ')
   bytes=$(du -cb "$tmp/run/checkpoints/"*.h5 | tail -1 | cut -f1)
@@ -77,7 +77,7 @@ for model in $MODELS; do
         eval "tps_${key}=$tps rss_${key}=$rss"
         if ((bytes >= big_bytes)); then big_bytes=$bytes big_ckpt=$ckpt; fi
         expected=$(cat "$tmp/expected")  # of the last repeat: the formulas give the same each time
-        rows+=("{\"model\": \"$model\", \"np\": $np, \"accumulation\": $accum, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"expected_without_activations_mib\": $expected, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
+        rows+=("{\"model\": \"$model\", \"np\": $np, \"accumulation\": $accum, \"shard\": \"$mode\", \"tokens_per_s\": $tps, \"peak_rss_mib\": $rss, \"expected_mib\": $expected, \"checkpoint_s\": $ckpt, \"checkpoint_bytes\": $bytes}")
         echo "shard: $key: $tps tokens/s, peak RSS $rss MiB per rank" >&2
       done
       for mode in $MODES; do

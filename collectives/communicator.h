@@ -112,6 +112,13 @@ class Communicator {
   // `send` holds size() blocks of `count` elements; rank r receives the reduction of block r.
   virtual WorkPtr reduceScatterAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
                                      const char* tag) = 0;
+  // The same reduction, added in whatever order the backend finds fastest (the MPI backend: a ring
+  // of its own, Note [ring reduce-scatter] in mpi_communicator.cc), where the caller has not
+  // promised the bits of another way of summing; by default reduceScatterAsync.
+  virtual WorkPtr reduceScatterAnyOrderAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
+                                             const char* tag) {
+    return reduceScatterAsync(send, recv, count, type, op, tag);
+  }
   // Rank r's `count` elements land at block r of `recv` (size() * count elements) on every rank.
   virtual WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) = 0;
   virtual WorkPtr broadcastAsync(void* data, std::size_t count, DType type, int root, const char* tag) = 0;

@@ -28,6 +28,11 @@ class StallingCommunicator final : public Communicator {
     stallAt(tag);
     return inner_->reduceScatterAsync(send, recv, count, type, op, tag);
   }
+  WorkPtr reduceScatterAnyOrderAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
+                                     const char* tag) override {
+    stallAt(tag);
+    return inner_->reduceScatterAnyOrderAsync(send, recv, count, type, op, tag);
+  }
   WorkPtr allGatherAsync(const void* send, void* recv, std::size_t count, DType type, const char* tag) override {
     stallAt(tag);
     return inner_->allGatherAsync(send, recv, count, type, tag);

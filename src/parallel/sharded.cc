@@ -400,7 +400,9 @@ class Sharded final : public DataParallel {
     // The step's first reduce-scatter of a unit writes its rows; a later micro-step's is added to them.
     at::Tensor into = shard_grads_[u];
     if (micro_step_ > 0 && accumulate_rows_) into = add_after_[u] = torch::empty_like(shard_grads_[u]);
-    works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_);
+    // Under dist.accumulate = rows the sums are another order than the replicated run's anyway
+    // (Note [accumulating in rows]): the backend adds in its fastest (Note [ring reduce-scatter]).
+    works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_, accumulate_rows_);
     sends_[u] = send;
     in_flight_.push_back(u);
     // At most max_in_flight_ packed units at a time: a packed unit is as large as its whole gradients.

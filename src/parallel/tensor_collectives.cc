@@ -97,7 +97,7 @@ WorkPtr allReduce(Communicator& comm, at::Tensor& t, ReduceOp op, const char* ta
 }
 
 WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& output, ReduceOp op, const char* tag,
-                      c10::optional<at::ScalarType> wire) {
+                      c10::optional<at::ScalarType> wire, bool any_order) {
   requireContiguous(input, "reduce-scatter input", tag);
   requireContiguous(output, "reduce-scatter output", tag);
   requireSameType(input, output, tag);
@@ -112,8 +112,9 @@ WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& o
   const auto dtype = wire.value_or(input.scalar_type());
   const auto send = onWire(comm, input, dtype);
   auto recv = receiveBuffer(comm, output, dtype);
-  auto work = comm.reduceScatterAsync(send.data_ptr(), recv.data_ptr(), static_cast<std::size_t>(output.numel()),
-                                      toDType(send), op, tag);
+  const auto count = static_cast<std::size_t>(output.numel());
+  auto work = any_order ? comm.reduceScatterAnyOrderAsync(send.data_ptr(), recv.data_ptr(), count, toDType(send), op, tag)
+                        : comm.reduceScatterAsync(send.data_ptr(), recv.data_ptr(), count, toDType(send), op, tag);
   if (send.data_ptr() != input.data_ptr())  // the send copy lives until the collective ends
     work = std::make_unique<CopyBackWork>(std::move(work), [send] {});
   return copyBackWhenDone(std::move(work), recv, output);

@@ -23,8 +23,10 @@ WorkPtr allReduce(Communicator& comm, at::Tensor& t, ReduceOp op, const char* ta
                   c10::optional<at::ScalarType> wire = c10::nullopt);
 // `input` holds comm.size() equal blocks along its flattened elements; `output` gets this rank's
 // reduced block (input.numel() == output.numel() * size).
+// `any_order`: the backend may add in another order than its reduce-scatter's (Communicator::
+// reduceScatterAnyOrderAsync).
 WorkPtr reduceScatter(Communicator& comm, const at::Tensor& input, at::Tensor& output, ReduceOp op, const char* tag,
-                      c10::optional<at::ScalarType> wire = c10::nullopt);
+                      c10::optional<at::ScalarType> wire = c10::nullopt, bool any_order = false);
 // `output` (input.numel() * size elements) gets every rank's `input`, rank order.
 WorkPtr allGather(Communicator& comm, const at::Tensor& input, at::Tensor& output, const char* tag);
 WorkPtr broadcast(Communicator& comm, at::Tensor& t, int root, const char* tag);

@@ -144,7 +144,7 @@ void Metrics::memory(Communicator& comm, std::int64_t expected_bytes) {
                 static_cast<double>(peak[0]) / (1 << 20), static_cast<double>(-peak[1]) / (1 << 20));
   std::string text = line;
   if (expected_bytes > 0) {
-    std::snprintf(line, sizeof(line), "; expected %.1f MiB without activations (%.2fx)", static_cast<double>(expected_bytes) / (1 << 20),
+    std::snprintf(line, sizeof(line), "; expected %.1f MiB (%.2fx)", static_cast<double>(expected_bytes) / (1 << 20),
                   static_cast<double>(peak[0]) / static_cast<double>(expected_bytes));
     text += line;
   }

@@ -253,26 +253,49 @@ struct Trainer::State : std::enable_shared_from_this<Trainer::State> {
 
   // Note [expected memory]: the peak a rank should reach by the ZeRO formulas, printed at start-up
   // so that a run can be sized before it is launched on many GPUs, and again beside the measured
-  // peak at the end. Activations are not in it: they depend on micro_batch x seq_len, the model's
-  // width and train.recompute, not on the mode.
+  // peak at the end: the runtime measured before loading, the state, the whole units in flight,
+  // and an estimate of the activations a micro-batch keeps for backward (activationBytes).
   void expectMemory() {
     const auto plan = dp->memoryPlan();
     const bool accumulates = config.accumulation(comm.size()) > 1;
+    const std::int64_t activations = activationBytes();
     const std::int64_t state = plan.state + plan.in_flight + (accumulates ? plan.between_micro_steps : 0);
     auto mib = [](std::int64_t bytes) { return std::to_string(static_cast<std::int64_t>(static_cast<double>(bytes) / (1 << 20) + 0.5)); };
     const std::string parts = "training state " + mib(plan.state) + " + whole units in flight " + mib(plan.in_flight) +
-                              (accumulates && plan.between_micro_steps ? " + whole gradients between micro-steps " + mib(plan.between_micro_steps) : "");
+                              (accumulates && plan.between_micro_steps ? " + whole gradients between micro-steps " + mib(plan.between_micro_steps) : "") +
+                              " + activations about " + mib(activations) + " (estimated, " +
+                              (config.recompute ? "train.recompute" : "micro_batch x seq_len x layers") + ")";
     if (model->device().is_cuda()) {  // the state is in device memory: no host figure to set it beside
-      log.main("memory: expected on each GPU about " + mib(state) + " MiB by the formulas (dist.shard = " + config.shard + "): " +
-               parts + "; activations and the CUDA context come on top");
+      log.main("memory: expected on each GPU about " + mib(state + activations) + " MiB by the formulas (dist.shard = " +
+               config.shard + "): " + parts + "; the CUDA context comes on top");
       return;
     }
-    expected_bytes = runtime_bytes + state;
+    expected_bytes = runtime_bytes + state + activations;
     // Note [reusing large blocks]: what a rank keeps for reuse is bounded by the units in flight.
     if (dp->shardsParameters()) reuseLargeCpuBlocks(static_cast<std::size_t>(plan.in_flight));
     log.main("memory: expected peak about " + mib(expected_bytes) + " MiB per rank (dist.shard = " + config.shard + "): runtime " +
              mib(runtime_bytes) + " MiB measured before loading + " + parts +
-             "; activations, the data held in memory and checkpoint.async's copies come on top (train.recompute shrinks activations)");
+             "; the data held in memory and checkpoint.async's copies come on top");
+  }
+
+  // What one micro-batch's forward keeps for backward, estimated per token and block from what a
+  // block saves (its input and normed input, q, k and v, the rotated q and k, the attention's
+  // output and its probabilities unless attention is fused, the FFN's normed input, both of its
+  // projections, their activation and product: about 9 x dim + 4 x hidden_dim + heads x seq_len
+  // values), plus the logits and their log-softmax. Under train.recompute only each block's input
+  // stays, and one block's whole set while it runs again. A frozen base (transfer.mode = feature)
+  // keeps nothing. At 155M parameters and 4 ranks (seq 64, micro-batch 1) the estimate is 66 MiB
+  // and the peak with train.recompute 66 MiB lower (docs/sharding.md).
+  std::int64_t activationBytes() const {
+    if (config.transfer.mode == "feature") return 0;
+    const ModelConfig& m = model->config();
+    const double tokens = static_cast<double>(config.micro_batch) * static_cast<double>(config.seq_len);
+    const double block = 9.0 * m.dim + 4.0 * m.hidden_dim + static_cast<double>(m.n_heads) * static_cast<double>(config.seq_len);
+    const double outputs = 2.0 * (m.num_classes > 0 ? m.num_classes : m.vocab_size);
+    const double values = config.recompute ? tokens * (static_cast<double>(m.n_layers) * m.dim + block + outputs)
+                                           : tokens * (static_cast<double>(m.n_layers) * block + outputs);
+    const double bytes_per_value = config.precision == "bf16" ? 2.0 : 4.0;
+    return static_cast<std::int64_t>(values * bytes_per_value);
   }
 };
 
