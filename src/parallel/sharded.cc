@@ -383,20 +383,29 @@ class Sharded final : public DataParallel {
     torch::NoGradGuard no_grad;
     const ShardUnit& unit = plan_.units[u];
     const int world = comm_.size();
-    auto send = torch::zeros({world * unit.numel}, floats_);  // padding and unused parameters: 0
+    // Each rank's slot of each parameter: its rows x 1/world (the average, folded in as the
+    // replicated reducer does: the same float products), then zeros for the padding; a parameter
+    // unused this step is all zeros. One pass over the buffer, not a fill, a copy and a scaling.
+    auto send = torch::empty({world * unit.numel}, floats_);
+    const auto scale = at::scalar_tensor(1.0 / world, at::TensorOptions(at::kDouble));
     for (const auto k : unit.params) {
       auto& p = params_[k].second;
-      if (!p.grad().defined()) continue;  // unused this step: zeros
-      const std::int64_t rows = p.size(0), row_numel = p.numel() / rows;
-      const auto g = p.grad().reshape({rows, row_numel});
+      const std::int64_t rows = p.size(0), row_numel = p.numel() / rows, slot = rowsPerRank(rows, world) * row_numel;
+      const auto g = p.grad().defined() ? p.grad().reshape({rows, row_numel}) : at::Tensor();
       for (int r = 0; r < world; ++r) {
         const RowRange theirs = shardRows(rows, r, world);
-        send.narrow(0, r * unit.numel + offset_of_[k], theirs.size() * row_numel)
-            .copy_(g.narrow(0, theirs.begin, theirs.size()).reshape({-1}));
+        const std::int64_t filled = g.defined() ? theirs.size() * row_numel : 0;
+        auto into = send.narrow(0, r * unit.numel + offset_of_[k], slot);
+        if (filled > 0) {
+          auto rows_out = into.narrow(0, 0, filled);
+          const auto rows_in = g.narrow(0, theirs.begin, theirs.size()).reshape({-1});
+          if (world > 1) at::mul_out(rows_out, rows_in, scale);
+          else rows_out.copy_(rows_in);
+        }
+        if (filled < slot) into.narrow(0, filled, slot - filled).zero_();
       }
       p.mutable_grad() = at::Tensor();
     }
-    if (world > 1) send.mul_(1.0 / world);  // the average, folded in as the replicated reducer does
     // The step's first reduce-scatter of a unit writes its rows; a later micro-step's is added to them.
     at::Tensor into = shard_grads_[u];
     if (micro_step_ > 0 && accumulate_rows_) into = add_after_[u] = torch::empty_like(shard_grads_[u]);
