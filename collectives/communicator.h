@@ -114,7 +114,9 @@ class Communicator {
                                      const char* tag) = 0;
   // The same reduction, added in whatever order the backend finds fastest (the MPI backend: a ring
   // of its own, Note [ring reduce-scatter] in mpi_communicator.cc), where the caller has not
-  // promised the bits of another way of summing; by default reduceScatterAsync.
+  // promised the bits of another way of summing; by default reduceScatterAsync. The MPI ring
+  // moves only while its Work is tested or waited for: wait for it before starting another
+  // collective on this communicator, or a peer waiting in the ring waits for ever.
   virtual WorkPtr reduceScatterAnyOrderAsync(const void* send, void* recv, std::size_t count, DType type, ReduceOp op,
                                              const char* tag) {
     return reduceScatterAsync(send, recv, count, type, op, tag);

@@ -313,14 +313,14 @@ class MpiCommunicator final : public Communicator {
     const std::uint64_t seq = ++seq_;
     const int message_tag = kRingTagBase + static_cast<int>(seq % kRingTags);
     struct Ring {
-      std::vector<char> scratch;
+      std::unique_ptr<char[]> scratch;  // not value-initialised: every byte is received before it is read
       char* into[2];  // round k receives into into[k % 2]; the last round (N-2) into recv
       int round = 0;
     };
     auto ring = std::make_shared<Ring>();
-    ring->scratch.resize(size_ > 2 ? bytes : 0);
+    if (size_ > 2) ring->scratch.reset(new char[bytes]);
     ring->into[(size_ - 2) % 2] = static_cast<char*>(recv);
-    ring->into[(size_ - 1) % 2] = ring->scratch.data();
+    ring->into[(size_ - 1) % 2] = ring->scratch.get();
     const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
     const std::string tag_copy = tag;  // the caller's tag need not outlive the rounds
     auto own = [send, bytes, this](int block) { return static_cast<const char*>(send) + static_cast<std::size_t>((block % size_ + size_) % size_) * bytes; };

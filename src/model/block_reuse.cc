@@ -39,6 +39,11 @@ class ReuseAllocator final : public c10::Allocator {
             static_cast<std::int64_t>(live_), static_cast<std::int64_t>(peak_live_)};
   }
 
+  void resetPeak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_live_ = live_;
+  }
+
   static ReuseAllocator*& instance() {
     static ReuseAllocator* the = nullptr;
     return the;
@@ -149,6 +154,10 @@ void reuseLargeCpuBlocks(std::size_t limit_bytes) {
     c10::SetCPUAllocator(ReuseAllocator::instance(), /*priority=*/100);
   });
   ReuseAllocator::instance()->setLimit(limit_bytes);
+}
+
+void resetBlockReusePeak() {
+  if (ReuseAllocator::instance()) ReuseAllocator::instance()->resetPeak();
 }
 
 BlockReuseStats blockReuseStats() {

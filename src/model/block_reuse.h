@@ -42,5 +42,8 @@ struct BlockReuseStats {
 // change the limit (giving back what is over it). Tensors allocated before keep their own deleters.
 void reuseLargeCpuBlocks(std::size_t limit_bytes);
 BlockReuseStats blockReuseStats();
+// The most in use at once counts from now on (what a test measures across one phase); kept blocks
+// above it are given back as new ones are mapped.
+void resetBlockReusePeak();
 
 }  // namespace graft

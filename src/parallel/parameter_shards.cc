@@ -124,7 +124,7 @@ void ParameterShards::leave(const std::string& unit, const at::Tensor& input, co
     // Note [freeing parameters]: whole again before the unit's backward, freed after it.
     if (input.defined() && input.requires_grad()) {
       // Note [free, then gather]: the unit before's gather waits for this release.
-      const bool chained = before && before->output.unsafeGetTensorImpl() == input.unsafeGetTensorImpl();
+      const bool chained = before && before->output.lock().get() == input.unsafeGetTensorImpl();
       if (chained) *before->moved = true;
       const long next = chained ? static_cast<long>(before->unit) : -1;
       at::Tensor(input).register_hook([this, u, next](const at::Tensor&) {
@@ -138,7 +138,8 @@ void ParameterShards::leave(const std::string& unit, const at::Tensor& input, co
     at::Tensor(output).register_hook([this, u, moved](const at::Tensor&) {
       if (!*moved) gatherForBackward(u);
     });
-    gather_pending_ = Pending{output, u, std::move(moved)};
+    gather_pending_ = Pending{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(output.getIntrusivePtr()), u,
+                              std::move(moved)};
   }
   release(u);
 }
@@ -150,8 +151,8 @@ void ParameterShards::gatherForBackward(std::size_t u) {
 }
 
 bool ParameterShards::whole(const std::string& unit) const {
-  const auto it = unit_index_.find(unit);
-  return it != unit_index_.end() && whole_[it->second];
+  const auto it = unit_index_.find(unit);  // after gatherAll() nothing is freed: not "in use"
+  return !all_whole_ && it != unit_index_.end() && whole_[it->second];
 }
 
 void ParameterShards::afterBackward() {

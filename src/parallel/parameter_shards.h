@@ -91,7 +91,8 @@ class ParameterShards {
   // Bytes of the largest unit when gathered whole (every rank's rows).
   std::int64_t largestUnitBytes() const;
   std::size_t units() const { return plan_.units.size(); }
-  // Whether `unit` is gathered now (false for a name that is not a unit).
+  // Whether `unit` is gathered now, to be freed after its use (false for a name that is not a
+  // unit, and for every unit after gatherAll()).
   bool whole(const std::string& unit) const;
   // Gathers that a prefetch had started (Note [prefetch]), and all gathers, so far.
   std::int64_t prefetchedGathers() const { return prefetched_; }
@@ -135,7 +136,9 @@ class ParameterShards {
   // Note [free, then gather]: the unit that left last, its output, and whether its gather moved
   // into the release hook of the unit that took that output as input.
   struct Pending {
-    at::Tensor output;
+    // Weak: held strongly, the last unit's output (the logits, micro_batch x seq_len x vocab)
+    // would outlive the loss's forward into the whole backward.
+    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> output;
     std::size_t unit;
     std::shared_ptr<bool> moved;
   };

@@ -129,11 +129,13 @@ class Sharded final : public DataParallel {
       return;
     }
     if (!sync_) throw Error("DataParallel::finish() on a micro-step that does not sync");
+    // Units backward left whole (their input needed no gradient) are freed before their gradients
+    // are packed (Note [reduce-scatter after the release]), as beginMicroStep() does.
+    if (shards_) shards_->afterBackward();
     flush();
     sync_ = false;
     launching_ = false;
     micro_step_ = -1;  // a next beginMicroStep without beginStep starts a step, never adds to this one
-    if (shards_) shards_->afterBackward();
     if (!learned_) learnFromFirstStep();
   }
 
@@ -411,7 +413,9 @@ class Sharded final : public DataParallel {
     if (micro_step_ > 0 && accumulate_rows_) into = add_after_[u] = torch::empty_like(shard_grads_[u]);
     // Under dist.accumulate = rows the sums are another order than the replicated run's anyway
     // (Note [accumulating in rows]): the backend adds in its fastest (Note [ring reduce-scatter]).
-    works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_, accumulate_rows_);
+    // The ring moves only while it is waited for: only where each reduce-scatter is waited for at once.
+    const bool any_order = accumulate_rows_ && max_in_flight_ == 0;
+    works_[u] = reduceScatter(comm_, send, into, ReduceOp::Sum, tags_[u][0].c_str(), reduce_dtype_, any_order);
     sends_[u] = send;
     in_flight_.push_back(u);
     // At most max_in_flight_ packed units at a time: a packed unit is as large as its whole gradients.

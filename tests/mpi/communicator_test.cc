@@ -169,8 +169,10 @@ TEST(Communicator, SharedFileWritesInRoundsOfBoundedSize) { writeInterleavedBloc
 
 // Several reduce-scatters in flight at once (as dist.shard = gradients starts them on NCCL),
 // waited for in another order than they were started: each gives its own sums (and a maximum),
-// MPI's own and graft's ring (Note [ring reduce-scatter]: one ring's rounds never take another's
-// messages) alike.
+// MPI's own and graft's ring alike (Note [ring reduce-scatter]). Every rank waits in the same
+// order, as it must (a ring moves only while it is waited for), so this checks the rings' rounds
+// and buffers, not their tags: ranks posting the same rounds in the same order match even under
+// one tag.
 TEST(Communicator, ReduceScattersInFlightTogetherEachGiveTheirOwnSums) {
   for (const bool any_order : {false, true}) {
   const int n = comm().size(), r = comm().rank();
