@@ -4,11 +4,14 @@
 // halves, BF16). The whole loads themselves are checked against independent references by the
 // e2e Formats and Inference tests (transformers' and run.c's outputs).
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <torch/torch.h>
 
 #include "convert/hf_model.h"
 #include "convert/model_io.h"
 #include "convert/model_source.h"
+#include "formats/llama2c_header.h"
 #include "model/parameter_storage.h"
 #include "parallel/shard_plan.h"
 #include "util/error.h"
@@ -56,6 +59,26 @@ void expectRowsOfTheWhole(const std::string& path, int element_bytes = 0, std::i
   if (element_bytes == 0) {
     EXPECT_EQ(source->bytesRead(), -1) << path << ": a source that does not count says so";
   }
+}
+
+// The bytes a llama2.c header implies are counted per kind of tensor, not by listing every layer:
+// the same count as the list for a real model, and at once for a header claiming 2^20 layers
+// (the list took 2.3 GB: the fuzzer's out-of-memory).
+TEST(Llama2cHeader, FileBytesAreCountedWithoutListingEveryLayer) {
+  ModelConfig c;
+  c.dim = 64, c.hidden_dim = 172, c.n_layers = 5, c.n_heads = 8, c.n_kv_heads = 4, c.vocab_size = 512, c.seq_len = 512;
+  std::uint64_t listed = static_cast<std::uint64_t>(c.seq_len) * static_cast<std::uint64_t>(c.headDim()), layer = 0;
+  for (const auto& t : llama2cTensors(c)) {
+    std::uint64_t n = 1;
+    for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+    listed += n;
+    if (t.name.rfind("layers.0.", 0) == 0) layer += n;
+  }
+  const std::uint64_t five = llama2cFileBytes(c);
+  EXPECT_EQ(five, kLlama2cHeaderBytes + 4 * listed);
+  EXPECT_EQ(five, std::filesystem::file_size(kData + "/llama2c/stories260K.bin"));
+  c.n_layers = 1 << 20;
+  EXPECT_EQ(llama2cFileBytes(c), five + 4 * layer * ((1u << 20) - 5));
 }
 
 TEST(ModelSource, Llama2cRowsAreTheWholeTensorsRows) { expectRowsOfTheWhole(kData + "/llama2c/stories260K.bin"); }
