@@ -5,6 +5,7 @@
 #include <torch/version.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <list>
 #include <map>
 #include <mutex>
@@ -79,10 +80,10 @@ class ReuseAllocator final : public c10::Allocator {
       // first gives back the longest unused ones that would (they are of other sizes).
       while (kept_ > 0 && live_ + kept_ > peak_live_) giveBackOldest();
     }
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = mapBlock(bytes);
     if (p == MAP_FAILED) {  // what is kept may be what is missing
       giveBackAll();
-      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      p = mapBlock(bytes);
     }
     std::lock_guard<std::mutex> lock(mu_);
     if (p == MAP_FAILED) {
@@ -90,6 +91,21 @@ class ReuseAllocator final : public c10::Allocator {
       TORCH_CHECK(false, "graft: out of memory: cannot map a block of ", bytes, " bytes");
     }
     size_of_[p] = bytes;
+    return p;
+  }
+
+  // Note [huge pages for large blocks]: a block of kHugePageBytes or more starts on a huge-page
+  // boundary and asks for transparent huge pages, so the kernel faults it in 2 MiB at a time.
+  static void* mapBlock(std::size_t bytes) {
+    if (bytes < kHugePageBytes) return mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const std::size_t mapped = bytes + kHugePageBytes;  // room to move the start onto a boundary
+    void* m = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return m;
+    char* const begin = static_cast<char*>(m);
+    char* const p = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(begin) + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes);
+    if (p > begin) munmap(begin, static_cast<std::size_t>(p - begin));
+    if (const std::size_t tail = static_cast<std::size_t>(begin + mapped - (p + bytes)); tail > 0) munmap(p + bytes, tail);
+    madvise(p, bytes, MADV_HUGEPAGE);  // fails harmlessly where the kernel has no huge pages
     return p;
   }
 
