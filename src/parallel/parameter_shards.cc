@@ -11,16 +11,6 @@
 
 namespace graft {
 
-void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t offset, int world, at::Tensor whole) {
-  const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
-  for (int r = 0; r < world; ++r) {
-    const RowRange theirs = shardRows(rows, r, world);
-    if (theirs.size() == 0) continue;
-    auto dst = whole.narrow(0, theirs.begin, theirs.size());
-    dst.copy_(all.narrow(0, r * unit_numel + offset, theirs.size() * row_numel).view(dst.sizes()));
-  }
-}
-
 ParameterShards::ParameterShards(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
                                  bool prefetch)
     : params_(params), comm_(comm), prefetch_(prefetch) {
@@ -150,9 +140,9 @@ void ParameterShards::gatherForBackward(std::size_t u) {
   used(u, kBackward);
 }
 
-bool ParameterShards::whole(const std::string& unit) const {
-  const auto it = unit_index_.find(unit);  // after gatherAll() nothing is freed: not "in use"
-  return !all_whole_ && it != unit_index_.end() && whole_[it->second];
+std::optional<std::size_t> ParameterShards::unitIndex(const std::string& unit) const {
+  const auto it = unit_index_.find(unit);
+  return it == unit_index_.end() ? std::nullopt : std::optional<std::size_t>(it->second);
 }
 
 void ParameterShards::afterBackward() {

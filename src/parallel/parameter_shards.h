@@ -91,9 +91,12 @@ class ParameterShards {
   // Bytes of the largest unit when gathered whole (every rank's rows).
   std::int64_t largestUnitBytes() const;
   std::size_t units() const { return plan_.units.size(); }
-  // Whether `unit` is gathered now, to be freed after its use (false for a name that is not a
-  // unit, and for every unit after gatherAll()).
-  bool whole(const std::string& unit) const;
+  // The index of the unit named `unit` (the plan holds every parameter, so every unit of a plan
+  // over the trainable ones is here too), or none.
+  std::optional<std::size_t> unitIndex(const std::string& unit) const;
+  // Whether unit `u` is gathered now, to be freed after its use (false for every unit after
+  // gatherAll()).
+  bool whole(std::size_t u) const { return !all_whole_ && whole_[u]; }
   // Gathers that a prefetch had started (Note [prefetch]), and all gathers, so far.
   std::int64_t prefetchedGathers() const { return prefetched_; }
   std::int64_t gathers() const { return gathers_; }
@@ -144,9 +147,5 @@ class ParameterShards {
   };
   std::optional<Pending> gather_pending_;
 };
-
-// Copies every rank's rows of a parameter from an all-gathered unit buffer (`world` blocks of
-// `unit_numel`, the parameter at `offset` in each) into `whole` (Note [shard layout]).
-void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t offset, int world, at::Tensor whole);
 
 }  // namespace graft

@@ -19,6 +19,18 @@
 namespace graft {
 namespace {
 
+// Copies every rank's rows of a parameter from an all-gathered unit buffer (`world` blocks of
+// `unit_numel`, the parameter at `offset` in each) into `whole` (Note [shard layout]).
+void unpackRows(const at::Tensor& all, std::int64_t unit_numel, std::int64_t offset, int world, at::Tensor whole) {
+  const std::int64_t rows = whole.size(0), row_numel = rows > 0 ? whole.numel() / rows : 0;
+  for (int r = 0; r < world; ++r) {
+    const RowRange theirs = shardRows(rows, r, world);
+    if (theirs.size() == 0) continue;
+    auto dst = whole.narrow(0, theirs.begin, theirs.size());
+    dst.copy_(all.narrow(0, r * unit_numel + offset, theirs.size() * row_numel).view(dst.sizes()));
+  }
+}
+
 class Sharded final : public DataParallel {
  public:
   Sharded(const std::vector<std::pair<std::string, at::Tensor>>& params, Communicator& comm,
@@ -45,6 +57,12 @@ class Sharded final : public DataParallel {
     verifyPlanAcrossRanks(comm, plan_.hash, plan_.lines, "shard plans",
                           "every rank must build the same model with the same frozen parameters",
                           "every rank must run with the same number of ranks", "shard/plan_hash");
+    if (shards_)
+      for (const auto& unit : plan_.units) {
+        const auto u = shards_->unitIndex(unit.name);
+        if (!u) throw Error("dist.shard = parameters: unit " + unit.name + " of the trainable parameters is not a unit of the gathered ones");
+        gathered_unit_.push_back(*u);
+      }
     // Where each trainable parameter sits: its unit, its offset there, its row-sum offset (norm).
     std::vector<AdamW::Rows> rows;
     slot_of_.assign(params_.size(), -1);
@@ -314,7 +332,7 @@ class Sharded final : public DataParallel {
   void launchReady(bool force = false) {
     const std::size_t n = plan_.units.size();
     while (next_launch_ < n && ready_[launch_order_[next_launch_]] &&
-           (force || !shards_ || !shards_->whole(plan_.units[launch_order_[next_launch_]].name)))
+           (force || !shards_ || !shards_->whole(gathered_unit_[launch_order_[next_launch_]])))
       launch(launch_order_[next_launch_++]);
   }
 
@@ -478,6 +496,7 @@ class Sharded final : public DataParallel {
   std::vector<std::size_t> unused_in_unit_;
   std::unique_ptr<GradReadyHooks> hooks_;
   std::unique_ptr<ParameterShards> shards_;  // parameters: this rank's rows of every parameter
+  std::vector<std::size_t> gathered_unit_;   // parameters: per unit of plan_, the same unit in shards_
 };
 
 }  // namespace

@@ -385,13 +385,15 @@ TEST(DataParallel, StateMemoryFollowsTheZeroFormulas) {
     for (int i = 0; i < 30; ++i)
       params.emplace_back("layers." + std::to_string(i) + ".w", torch::ones({1000, 1000}).requires_grad_(true));
     const double p = 30e6;
+    // A rank's rows: ceil(1000 / n) of each parameter, padding included (Note [shard layout]).
+    const double mine = 30.0 * ((1000 + n - 1) / n) * 1000;
     auto dp = makeDataParallel(params, comm(), options(mode));
     dp->keepOwnRows();
     const double added = static_cast<double>(residentBytes() - before);
     const double expected = mode == "none"        ? 16 * p
-                            : mode == "optimizer" ? 8 * p + 8 * p / n
-                            : mode == "gradients" ? 4 * p + 12 * p / n
-                                                  : 16 * p / n;
+                            : mode == "optimizer" ? 8 * p + 8 * mine
+                            : mode == "gradients" ? 4 * p + 12 * mine
+                                                  : 16 * mine;
     EXPECT_NEAR(added, expected, 0.05 * expected) << mode << " at np " << n << ": " << added / 1e6 << " MB added, formula "
                                                   << expected / 1e6 << " MB";
     // What graft train prints at start-up as the state (Note [expected memory]) is the formula.
