@@ -5,7 +5,7 @@
 # assumed: every run is a child of a memory cgroup of its own (cgroup v1 or v2; root), so the
 # kernel kills a run that passes it without touching the rest of the machine. LAYERS defaults to
 # the deepest model whose ZeRO-3 expectation (docs/sharding.md: 16 bytes per parameter / 4 ranks,
-# three whole blocks gathered and two packed, 0.25 GiB of runtime per rank) fits in 90% of the
+# one whole block gathered and one packed, 0.25 GiB of runtime per rank) fits in 90% of the
 # limit; it also runs LAYERS + 4 under parameters, which should not fit. The limit must fit in the
 # machine's available memory with 400 MB to spare, and swap is capped with it. Each run: 2 steps of one
 # 64-token sequence per rank, 1 thread per rank. Prints one JSON object: per run, whether it
@@ -78,7 +78,7 @@ if [[ ${LAYERS:-auto} == auto ]]; then
   LAYERS=1
   for ((l = 2; l <= 200; l++)); do
     p=$(params_of "$l")
-    need=$(awk -v p="$p" -v n="$NP" -v d=$DIM -v h=$HIDDEN 'BEGIN {block = 4 * d * d + 3 * d * h; printf "%.0f", n * (16 * p / n + 5 * 4 * block + 0.25 * 2^30)}')
+    need=$(awk -v p="$p" -v n="$NP" -v d=$DIM -v h=$HIDDEN 'BEGIN {block = 4 * d * d + 3 * d * h; printf "%.0f", n * (16 * p / n + 2 * 4 * block + 0.25 * 2^30)}')
     ((need <= limit_bytes * 9 / 10)) || break
     LAYERS=$l
   done

@@ -6,13 +6,33 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <fstream>
 #include <list>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <utility>
 
 namespace graft {
+namespace {
+
+std::size_t readHugePageBytes() {
+  std::ifstream enabled("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::ifstream size("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+  std::string mode;
+  std::size_t bytes = 0;
+  if (!std::getline(enabled, mode) || mode.find("[never]") != std::string::npos || !(size >> bytes)) return 0;
+  return bytes == kHugePageBytes ? bytes : 0;  // 4 KiB pages; with 16 or 64 KiB a huge page is 32 or 512 MiB
+}
+
+}  // namespace
+
+std::size_t hugePageBytes() {
+  static const std::size_t bytes = readHugePageBytes();
+  return bytes;
+}
+
 namespace {
 
 class ReuseAllocator final : public c10::Allocator {
@@ -94,18 +114,24 @@ class ReuseAllocator final : public c10::Allocator {
     return p;
   }
 
-  // Note [huge pages for large blocks]: a block of kHugePageBytes or more starts on a huge-page
+  // Note [huge pages for large blocks]: a block of a huge page or more starts on a huge-page
   // boundary and asks for transparent huge pages, so the kernel faults it in 2 MiB at a time.
   static void* mapBlock(std::size_t bytes) {
-    if (bytes < kHugePageBytes) return mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    const std::size_t mapped = bytes + kHugePageBytes;  // room to move the start onto a boundary
-    void* m = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    constexpr int kProt = PROT_READ | PROT_WRITE, kFlags = MAP_PRIVATE | MAP_ANONYMOUS;
+    const std::size_t huge = hugePageBytes();
+    if (huge == 0 || bytes < huge) return mmap(nullptr, bytes, kProt, kFlags, -1, 0);
+    const std::size_t mapped = bytes + huge;  // room to move the start onto a boundary
+    void* m = mmap(nullptr, mapped, kProt, kFlags, -1, 0);
     if (m == MAP_FAILED) return m;
     char* const begin = static_cast<char*>(m);
-    char* const p = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(begin) + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes);
-    if (p > begin) munmap(begin, static_cast<std::size_t>(p - begin));
-    if (const std::size_t tail = static_cast<std::size_t>(begin + mapped - (p + bytes)); tail > 0) munmap(p + bytes, tail);
-    madvise(p, bytes, MADV_HUGEPAGE);  // fails harmlessly where the kernel has no huge pages
+    char* const p = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(begin) + huge - 1) / huge * huge);
+    const std::size_t head = static_cast<std::size_t>(p - begin), tail = mapped - head - bytes;  // tail >= 1 page
+    if ((head > 0 && munmap(begin, head) != 0) || munmap(p + bytes, tail) != 0) {
+      // Splitting a mapping can fail (vm.max_map_count): give it all back and map it plainly.
+      munmap(begin, mapped);
+      return mmap(nullptr, bytes, kProt, kFlags, -1, 0);
+    }
+    madvise(p, bytes, MADV_HUGEPAGE);  // only a hint: without it the block is still whole and usable
     return p;
   }
 

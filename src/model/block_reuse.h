@@ -27,10 +27,13 @@
 // optimizer step at accumulation 4. Faulted in 4 KiB at a time that costs 0.43 s per GiB on this
 // machine (each fault zeroes a page and charges it to the memory cgroup), about 1.4 s of a 9.8 s
 // step on 4 ranks sharing 2 cores. A block of kHugePageBytes or more is therefore mapped to start
-// on a 2 MiB boundary (a little more is mapped and the ends unmapped; the kernel aligns only sizes
-// that are whole multiples) and marked MADV_HUGEPAGE: faulted 2 MiB at a time it costs 0.037 s per
-// GiB. The bytes resident are the same, as every block is written whole before it is read. Where
-// transparent huge pages are off ("never") the mark does nothing.
+// on a 2 MiB boundary (2 MiB more is mapped and the ends unmapped: recent kernels align only sizes
+// that are whole multiples, older ones none) and marked MADV_HUGEPAGE: faulted 2 MiB at a time it
+// costs 0.037 s per GiB. The blocks measured (gathered units, gradients, packed buffers) are
+// written whole, so the bytes resident are the same; a block written only in part can be up to
+// 2 MiB more resident per huge page it touches. Where transparent huge pages are off ("never"), or
+// a huge page is not 2 MiB (16 or 64 KiB base pages make it 32 or 512 MiB, too coarse to fault in
+// at once), blocks are plain mappings as before.
 #pragma once
 
 #include <cstddef>
@@ -40,6 +43,9 @@ namespace graft {
 
 constexpr std::size_t kMinBlockBytes = std::size_t{1} << 20;
 constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;  // x86-64 and arm64 (4 KiB pages)
+// kHugePageBytes where the kernel gives transparent huge pages of that size ("always" or
+// "madvise"), else 0: large blocks then are plain mappings (Note [huge pages for large blocks]).
+std::size_t hugePageBytes();
 
 struct BlockReuseStats {
   std::int64_t requests = 0;      // blocks of kMinBlockBytes and more asked for
