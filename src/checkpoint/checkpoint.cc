@@ -93,19 +93,68 @@ std::string manifestOf(const H5File& file) {
   return manifest;
 }
 
+// The CRC-32 and size of a share of a tensor's rows, read a block at a time: verifying never
+// holds a whole tensor (a 405B model's embedding is 8.4 GB in float32). Rows stored as they are
+// read (every tensor graft writes into one file) are read from the file itself through one small
+// buffer, which stays in the CPU's cache between the read and the checksum: no fresh memory for
+// each block, no copy through HDF5. Others (rows in part files) are read through HDF5 in blocks.
+class RowChecksums {
+ public:
+  RowChecksums(const H5File& file, std::string path) : file_(file), path_(std::move(path)) {}
+
+  // Rows [rows * part / parts, rows * (part + 1) / parts) of `object` (a 0-d tensor is one row).
+  ManifestEntry of(const std::string& object, int part = 0, int parts = 1) {
+    constexpr std::uint64_t kBlockBytes = 64u << 20, kRawBlockBytes = 4u << 20;
+    const auto shape = file_.shape(object);
+    const std::int64_t rows = shape.empty() ? 1 : shape[0];
+    std::uint64_t row_bytes = c10::elementSize(file_.scalarType(object));
+    for (std::size_t d = 1; d < shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(shape[d]);
+    const std::int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
+    ManifestEntry sum{object, crc32(nullptr, 0), 0};
+    const std::uint64_t offset = begin < end ? file_.rawOffset(object) : 0;
+    if (offset > 0) {
+      if (!raw_) raw_.emplace(ReadOnlyFile::open(path_));
+      buffer_.resize(kRawBlockBytes);
+      const std::uint64_t first = offset + static_cast<std::uint64_t>(begin) * row_bytes,
+                          total = static_cast<std::uint64_t>(end - begin) * row_bytes;
+      for (std::uint64_t at = 0; at < total; at += buffer_.size()) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), total - at));
+        raw_->readAt(first + at, buffer_.data(), n);
+        sum.crc32 = crc32Combine(sum.crc32, crc32(buffer_.data(), n), n);
+      }
+      sum.bytes = total;
+      return sum;
+    }
+    const std::int64_t block = std::max<std::int64_t>(1, static_cast<std::int64_t>(kBlockBytes / std::max<std::uint64_t>(row_bytes, 1)));
+    for (std::int64_t r = begin; r < end; r += block) {
+      const at::Tensor t = file_.readRows(object, r, std::min(end, r + block)).contiguous();
+      const std::size_t n = static_cast<std::size_t>(t.numel()) * t.element_size();
+      sum.crc32 = crc32Combine(sum.crc32, crc32(t.data_ptr(), n), n);
+      sum.bytes += n;
+    }
+    return sum;
+  }
+
+ private:
+  const H5File& file_;
+  std::string path_;
+  std::optional<ReadOnlyFile> raw_;
+  std::vector<char> buffer_;
+};
+
 // Reads every tensor `manifest` lists (but virtual ones when `skip_virtual`) and checks its size and
 // CRC; throws InputError naming the file and the first damaged or unreadable tensor.
 void verifyTensors(const H5File& file, const std::string& manifest, const std::string& path, bool skip_virtual) {
+  RowChecksums sums(file, path);
   for (const auto& [object, crc, bytes] : parseManifest(manifest, path)) {
     if (skip_virtual && file.isVirtual(object)) continue;
-    at::Tensor t;
+    ManifestEntry have;
     try {
-      t = file.readTensor(object).contiguous();
+      have = sums.of(object);
     } catch (const Error& e) {
       throw InputError(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
     }
-    const std::size_t have = static_cast<std::size_t>(t.numel()) * t.element_size();
-    if (have != bytes || crc32(t.data_ptr(), have) != crc)
+    if (have.bytes != bytes || have.crc32 != crc)
       throw InputError(path + ": tensor " + object + " is damaged (checksum or size differs from the manifest" +
                        (file.isVirtual(object) ? "; its rows live in part files beside it: is one missing?" : "") + ")");
   }
@@ -456,45 +505,13 @@ std::vector<std::uint64_t> checkpointRowSums(const std::string& path, const std:
   }
   if (entries.size() != count) fail(path + ": the manifest lists " + std::to_string(entries.size()) + " tensors here, " +
                                     std::to_string(count) + " on rank 0");
-  constexpr std::uint64_t kBlockBytes = 64u << 20, kRawBlockBytes = 4u << 20;
-  // Rows stored as they are read (every tensor graft writes into one file) are read from the file
-  // itself through one small buffer, which stays in the CPU's cache between the read and the
-  // checksum: no fresh memory for each block, no copy through HDF5. Others (rows in part files)
-  // are read through HDF5 in blocks.
-  std::optional<ReadOnlyFile> raw;
-  std::vector<char> buffer;
+  RowChecksums read(*file, path);
   for (std::size_t i = 0; i < std::min(count, entries.size()); ++i) {
     const std::string& object = entries[i].object;
     try {
-      const auto shape = file->shape(object);
-      const std::int64_t rows = shape.empty() ? 1 : shape[0];
-      std::uint64_t row_bytes = c10::elementSize(file->scalarType(object));
-      for (std::size_t d = 1; d < shape.size(); ++d) row_bytes *= static_cast<std::uint64_t>(shape[d]);
-      const std::int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
-      std::uint32_t crc = crc32(nullptr, 0);
-      std::uint64_t bytes = 0;
-      const std::uint64_t offset = begin < end ? file->rawOffset(object) : 0;
-      if (offset > 0) {
-        if (!raw) raw.emplace(ReadOnlyFile::open(path));
-        buffer.resize(kRawBlockBytes);
-        const std::uint64_t first = offset + static_cast<std::uint64_t>(begin) * row_bytes,
-                            total = static_cast<std::uint64_t>(end - begin) * row_bytes;
-        for (std::uint64_t at = 0; at < total; at += buffer.size()) {
-          const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), total - at));
-          raw->readAt(first + at, buffer.data(), n);
-          crc = crc32Combine(crc, crc32(buffer.data(), n), n);
-        }
-        bytes = total;
-      }
-      const std::int64_t block = std::max<std::int64_t>(1, static_cast<std::int64_t>(kBlockBytes / std::max<std::uint64_t>(row_bytes, 1)));
-      for (std::int64_t r = offset > 0 ? end : begin; r < end; r += block) {
-        const at::Tensor t = file->readRows(object, r, std::min(end, r + block)).contiguous();
-        const std::size_t n = static_cast<std::size_t>(t.numel()) * t.element_size();
-        crc = crc32Combine(crc, crc32(t.data_ptr(), n), n);
-        bytes += n;
-      }
-      sums[2 * i] = crc;
-      sums[2 * i + 1] = bytes;
+      const ManifestEntry sum = read.of(object, part, parts);
+      sums[2 * i] = sum.crc32;
+      sums[2 * i + 1] = sum.bytes;
     } catch (const Error& e) {
       fail(path + ": tensor " + object + " cannot be read (" + e.what() + ")");
     }

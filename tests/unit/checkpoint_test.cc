@@ -4,6 +4,8 @@
 #include <fstream>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/manifest.h"
+#include "model/block_reuse.h"
 #include "train/checkpointing.h"
 #include "formats/hdf5.h"
 #include "util/error.h"
@@ -79,6 +81,56 @@ TEST(Hdf5, TensorsAndAttributesRoundTrip) {
   EXPECT_FALSE(f.exists("/nope/x"));
   EXPECT_THROW(f.readTensor("/nope"), InputError);
   EXPECT_THROW(f.intAttr("/", "missing"), InputError);
+}
+
+// verifyCheckpoint reads each tensor a block at a time (4 MiB from the file itself, or 64 MiB
+// through HDF5), never whole: a tensor of several blocks, one that ends mid-block, every element
+// type and shape (0-d, empty) verify against the CRC-32s writeTensor took in
+// memory, and a flipped byte in a tensor's last block is named. The blocks LibTorch allocated
+// meanwhile are counted by the allocator of model/block_reuse.h: none whole (reading the tensor
+// whole, as verifying did before, allocated 10.4 MB at once: watched fail).
+TEST(Checkpoint, VerifyingReadsTensorsInBlocksAndSeesTheirLastByte) {
+  const std::string path = ::testing::TempDir() + "/blocks.h5";
+  std::uint64_t big_bytes = 0;
+  {
+    auto f = H5File::create(path);
+    f.writeTensor("/big", torch::randn({2600, 1000}));  // 10.4 MB: 3 blocks, the last one partial
+    f.writeTensor("/i64", torch::arange(60, torch::kLong).view({5, 4, 3}));
+    f.writeTensor("/u8", torch::randint(0, 256, {1001}, torch::kUInt8));
+    f.writeTensor("/f64_scalar", torch::tensor(3.25, torch::kDouble));
+    f.writeTensor("/empty", torch::zeros({0, 5}));
+    std::string manifest;
+    for (const auto& w : f.written()) manifest += formatManifestLine({w.object, w.crc32, w.bytes});
+    big_bytes = f.written().front().bytes;
+    writeManifest(f, manifest);
+    f.close();
+  }
+  reuseLargeCpuBlocks(0);  // counts LibTorch's blocks of 1 MiB and more
+  resetBlockReusePeak();
+  const auto before = blockReuseStats().live_bytes;
+  EXPECT_NO_THROW(verifyCheckpoint(path));
+  EXPECT_LT(blockReuseStats().peak_live_bytes - before, 4 << 20) << "verifying held a whole 10.4 MB tensor at once";
+  std::uint64_t offset = 0;
+  {
+    auto f = H5File::openRead(path);
+    offset = f.dataOffset("/big");
+  }
+  ASSERT_GT(offset, 0u);
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(static_cast<std::streamoff>(offset + big_bytes - 1));
+    char c = 0;
+    file.read(&c, 1);
+    c ^= 0x01;
+    file.seekp(static_cast<std::streamoff>(offset + big_bytes - 1));
+    file.write(&c, 1);
+  }
+  try {
+    verifyCheckpoint(path);
+    FAIL() << "a flipped byte in the last block went unseen";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/big"), std::string::npos) << e.what();
+  }
 }
 
 // An object header holds at most 64 KiB of fixed-length attributes: a longer string (a manifest of
