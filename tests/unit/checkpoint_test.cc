@@ -5,7 +5,6 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/manifest.h"
-#include "model/block_reuse.h"
 #include "train/checkpointing.h"
 #include "formats/hdf5.h"
 #include "util/error.h"
@@ -86,9 +85,8 @@ TEST(Hdf5, TensorsAndAttributesRoundTrip) {
 // verifyCheckpoint reads each tensor a block at a time (4 MiB from the file itself, or 64 MiB
 // through HDF5), never whole: a tensor of several blocks, one that ends mid-block, every element
 // type and shape (0-d, empty) verify against the CRC-32s writeTensor took in
-// memory, and a flipped byte in a tensor's last block is named. The blocks LibTorch allocated
-// meanwhile are counted by the allocator of model/block_reuse.h: none whole (reading the tensor
-// whole, as verifying did before, allocated 10.4 MB at once: watched fail).
+// memory, and a flipped byte in a tensor's last block is named. (That no whole tensor is held is
+// BlockReuse.VerifyingACheckpointHoldsNoWholeTensor: its allocator counts the blocks.)
 TEST(Checkpoint, VerifyingReadsTensorsInBlocksAndSeesTheirLastByte) {
   const std::string path = ::testing::TempDir() + "/blocks.h5";
   std::uint64_t big_bytes = 0;
@@ -105,11 +103,7 @@ TEST(Checkpoint, VerifyingReadsTensorsInBlocksAndSeesTheirLastByte) {
     writeManifest(f, manifest);
     f.close();
   }
-  reuseLargeCpuBlocks(0);  // counts LibTorch's blocks of 1 MiB and more
-  resetBlockReusePeak();
-  const auto before = blockReuseStats().live_bytes;
   EXPECT_NO_THROW(verifyCheckpoint(path));
-  EXPECT_LT(blockReuseStats().peak_live_bytes - before, 4 << 20) << "verifying held a whole 10.4 MB tensor at once";
   std::uint64_t offset = 0;
   {
     auto f = H5File::openRead(path);
@@ -130,6 +124,7 @@ TEST(Checkpoint, VerifyingReadsTensorsInBlocksAndSeesTheirLastByte) {
     FAIL() << "a flipped byte in the last block went unseen";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("/big"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is damaged"), std::string::npos) << e.what();
   }
 }
 
