@@ -101,7 +101,7 @@ std::string manifestOf(const H5File& file) {
 // each block, no copy through HDF5. Others (rows in part files) are read through HDF5 in blocks.
 class RowChecksums {
  public:
-  RowChecksums(const H5File& file, std::string path) : file_(file), path_(std::move(path)) {}
+  explicit RowChecksums(const H5File& file) : file_(file) {}
 
   // Rows [rows * part / parts, rows * (part + 1) / parts) of `object` (a 0-d tensor is one row).
   ManifestEntry of(const std::string& object, int part = 0, int parts = 1) {
@@ -114,7 +114,7 @@ class RowChecksums {
     ManifestEntry sum{object, crc32(nullptr, 0), 0};
     const std::uint64_t offset = begin < end ? file_.rawOffset(object) : 0;
     if (offset > 0) {
-      if (!raw_) raw_.emplace(ReadOnlyFile::open(path_));
+      if (!raw_) raw_.emplace(ReadOnlyFile::open(file_.path()));
       buffer_.resize(kRawBlockBytes);
       const std::uint64_t first = offset + static_cast<std::uint64_t>(begin) * row_bytes,
                           total = static_cast<std::uint64_t>(end - begin) * row_bytes;
@@ -138,7 +138,6 @@ class RowChecksums {
 
  private:
   const H5File& file_;
-  std::string path_;
   std::optional<ReadOnlyFile> raw_;
   std::vector<char> buffer_;
 };
@@ -146,7 +145,7 @@ class RowChecksums {
 // Reads every tensor `manifest` lists (but virtual ones when `skip_virtual`) and checks its size and
 // CRC; throws InputError naming the file and the first damaged or unreadable tensor.
 void verifyTensors(const H5File& file, const std::string& manifest, const std::string& path, bool skip_virtual) {
-  RowChecksums sums(file, path);
+  RowChecksums sums(file);
   for (const auto& [object, crc, bytes] : parseManifest(manifest, path)) {
     if (skip_virtual && file.isVirtual(object)) continue;
     ManifestEntry have;
@@ -506,7 +505,7 @@ std::vector<std::uint64_t> checkpointRowSums(const std::string& path, const std:
   }
   if (entries.size() != count) fail(path + ": the manifest lists " + std::to_string(entries.size()) + " tensors here, " +
                                     std::to_string(count) + " on rank 0");
-  RowChecksums read(*file, path);
+  RowChecksums read(*file);
   for (std::size_t i = 0; i < std::min(count, entries.size()); ++i) {
     const std::string& object = entries[i].object;
     try {
